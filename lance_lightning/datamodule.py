@@ -1,0 +1,368 @@
+"""``LanceDataModule``: Lightning hooks only; the work is done by the modules it wires.
+
+``setup`` opens the table once, pins its version, builds the splits, and, for the stage
+at hand, a :class:`~.dataset.LanceBatchDataset` plus a :class:`~.sampler.LanceBatchSampler`
+sharded by the rank and world size that the Trainer reports.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from .convert import NullPolicy, describe_column
+from .dataset import LanceBatchDataset, resolve_transform
+from .sampler import LanceBatchSampler
+from .sharding import SHUFFLE_MODES
+from .source import LanceSourceError, TableSource, check_columns, is_memory_uri
+from .splits import WHOLE_TABLE, SplitRows, SplitSpecError, build_splits, parse_split_spec, whole_table_row_ids
+
+STAGES = ("train", "val", "test", "predict")
+DEFAULT_SPLITS: Mapping[str, float] = MappingProxyType({"train": 0.8, "val": 0.1, "test": 0.1})
+_DEFAULT_STAGE_SPLITS = {
+    "train": ("train",),
+    "val": ("val", "validation", "valid"),
+    "test": ("test",),
+    "predict": ("predict",),
+}
+_LIGHTNING_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+WORKER_START_METHODS = ("forkserver", "spawn")
+FORK_REFUSED = (
+    "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
+    "reliably (measured with lancedb 0.40: DataLoader workers forked from a process that has read a "
+    "table segfaulted, hung or died in 3 of 6 runs, even with each worker reopening the table itself). "
+    "Use 'forkserver' (the default) or 'spawn'; both need the usual `if __name__ == \"__main__\":` guard "
+    "around the code that starts training."
+)
+
+
+class LanceDataModule(pl.LightningDataModule):
+    """Train, validate, test and predict straight from a LanceDB table.
+
+    Args:
+        uri: the database: a local directory or any URI lancedb connects to (``s3://...``).
+            May be None when ``table`` is an open lancedb ``Table``.
+        table: the table name, or an open lancedb ``Table``.
+        columns: the columns to read (all when None).
+        splits: how the filtered table is divided; see :mod:`lance_lightning.splits`.
+        filter: an SQL predicate applied before splitting.
+        batch_size: rows per batch on each rank.
+        seed: the only source of randomness: splits and every epoch's shuffle.
+        num_workers: DataLoader worker processes per rank.
+        shuffle: training order: ``"uniform"`` (every row order equally likely), ``"block"``
+            (shuffled runs of ``block_size`` rows mixed within ``window_blocks`` runs: much
+            faster reads) or ``"none"``. Evaluation stages always read in table order.
+        drop_last: training only; see :mod:`lance_lightning.sharding` for the exact rule.
+        eval_batch_size: batch size for val/test/predict (``batch_size`` when None).
+        stage_splits: which split each stage reads, e.g. ``{"val": "holdout"}``. Defaults:
+            train→"train", val→"val" (or "validation"/"valid"), test→"test",
+            predict→"predict" or, if there is none, the whole filtered table in table order.
+            A stage whose default split does not exist gets no dataloader.
+        transform: a callable (or dotted path to one) applied to each batch dict in the worker.
+        nulls: ``"raise"`` (default) or ``"mask"``; see :mod:`lance_lightning.convert`.
+        version: the table version to read; the latest at ``setup`` when None.
+        storage_options: passed to ``lancedb.connect`` (credentials: never logged).
+        connect_kwargs: further ``lancedb.connect`` arguments.
+        multiprocessing_context: worker start method: ``"forkserver"`` (default) or ``"spawn"``;
+            ``"fork"`` is refused with the reason (lancedb does not survive it).
+        persistent_workers: keep workers alive across epochs (start-up paid once).
+        pin_memory, prefetch_factor: passed to the ``DataLoader``.
+        block_size, window_blocks: the ``"block"`` shuffle's parameters.
+    """
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        table: Any = None,
+        *,
+        columns: Sequence[str] | None = None,
+        splits: Mapping[str, Any] | None = DEFAULT_SPLITS,
+        filter: str | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+        num_workers: int = 0,
+        shuffle: Literal["uniform", "block", "none"] = "uniform",
+        drop_last: bool = False,
+        eval_batch_size: int | None = None,
+        stage_splits: Mapping[str, str] | None = None,
+        transform: Callable[[dict[str, Any]], Any] | str | None = None,
+        nulls: Literal["raise", "mask"] = "raise",
+        version: int | None = None,
+        storage_options: Mapping[str, str] | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        multiprocessing_context: Literal["forkserver", "spawn"] | None = None,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+        block_size: int = 64,
+        window_blocks: int = 16,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive_int("eval_batch_size", eval_batch_size)
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if shuffle not in SHUFFLE_MODES:
+            raise ValueError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}, got {shuffle!r}")
+        if nulls not in ("raise", "mask"):
+            raise ValueError(f"nulls must be 'raise' or 'mask', got {nulls!r}")
+        if multiprocessing_context == "fork":
+            raise ValueError(FORK_REFUSED)
+        if multiprocessing_context is not None and multiprocessing_context not in WORKER_START_METHODS:
+            raise ValueError(
+                f"multiprocessing_context must be one of {', '.join(WORKER_START_METHODS)}, "
+                f"got {multiprocessing_context!r}"
+            )
+        if stage_splits is not None:
+            unknown = sorted(set(stage_splits) - set(STAGES))
+            if unknown:
+                raise ValueError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+        self._open_table = None
+        if table is None:
+            raise ValueError("`table` is required: a table name in the database at `uri`, or an open lancedb Table")
+        if isinstance(table, str):
+            if uri is None:
+                raise ValueError(f"`uri` is required to open table {table!r}: the database directory or URI")
+            self.source = TableSource(str(uri), table, version, storage_options, connect_kwargs)
+        else:
+            self.source = TableSource.from_table(table)
+            if version is not None:
+                self.source = self.source.pinned(version)
+            self._open_table = table
+        self.split_spec = parse_split_spec(splits)
+        self.columns = list(columns) if columns is not None else None
+        self.filter = filter
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.stage_splits = dict(stage_splits or {})
+        self.transform = resolve_transform(transform)
+        self.nulls: NullPolicy = nulls
+        self.multiprocessing_context = multiprocessing_context
+        self.persistent_workers = persistent_workers
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.block_size = block_size
+        self.window_blocks = window_blocks
+        self.save_hyperparameters(
+            {
+                "uri": self.source.uri,
+                "table": self.source.name,
+                "columns": self.columns,
+                "splits": _plain(splits),
+                "filter": filter,
+                "batch_size": batch_size,
+                "seed": seed,
+                "shuffle": shuffle,
+                "drop_last": drop_last,
+                "num_workers": num_workers,
+            }
+        )
+        self.splits: dict[str, SplitRows] | None = None
+        self.datasets: dict[str, LanceBatchDataset] = {}
+        self.samplers: dict[str, LanceBatchSampler] = {}
+        self.rank, self.world_size = 0, 1
+
+    # -- setup ---------------------------------------------------------------------------
+
+    @property
+    def table_version(self) -> int | None:
+        """The table version this run reads (pinned at the first ``setup``)."""
+        return self.source.version
+
+    def _table(self) -> Any:
+        if self._open_table is None:
+            self._open_table = self.source.open()
+        return self._open_table
+
+    def _pin_version(self) -> Any:
+        table = self._table()
+        if self.source.version is None:
+            self.source = self.source.pinned(table.version)
+        elif table.version != self.source.version:
+            table.checkout(self.source.version)
+        return table
+
+    def _topology(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        """Pin the table version, build the splits, and the dataset and sampler per stage."""
+        stages = _LIGHTNING_STAGES.get(stage, STAGES) if stage else STAGES
+        if stage is not None and stage not in _LIGHTNING_STAGES:
+            raise ValueError(f"unknown stage {stage!r}; Lightning stages are {', '.join(_LIGHTNING_STAGES)}")
+        self.rank, self.world_size = self._topology()
+        table = self._pin_version()
+        schema = table.schema
+        self.columns = check_columns(self.source.name, schema, self.columns)
+        for name in self.columns:
+            describe_column(schema.field(name))
+        if self.splits is None:
+            self.splits = build_splits(self.source, table, self.split_spec, filter=self.filter, seed=self.seed)
+            self._check_stage_splits()
+            self._record_hyperparameters()
+        for split_stage in stages:
+            self._build_stage(split_stage)
+
+    def split_for_stage(self, stage: str) -> str | None:
+        """The split name that ``stage`` reads, or None if it has none (no dataloader)."""
+        assert self.splits is not None, "call setup() first"
+        if stage in self.stage_splits:
+            return self.stage_splits[stage]
+        for candidate in _DEFAULT_STAGE_SPLITS[stage]:
+            if candidate in self.splits:
+                return candidate
+        if stage == "predict":
+            return WHOLE_TABLE
+        if set(self.splits) == {WHOLE_TABLE} and stage == "train":
+            return WHOLE_TABLE
+        return None
+
+    def _check_stage_splits(self) -> None:
+        assert self.splits is not None
+        for stage, name in self.stage_splits.items():
+            if name not in self.splits and not (stage == "predict" and name == WHOLE_TABLE):
+                raise SplitSpecError(
+                    f"stage {stage!r} is set to read split {name!r}, but table {self.source.name!r} has "
+                    f"splits {sorted(self.splits)}"
+                )
+        for stage in STAGES:
+            name = self.split_for_stage(stage)
+            if name is not None and name != WHOLE_TABLE and len(self.splits[name]) == 0:
+                raise SplitSpecError(
+                    f"split {name!r} (read by stage {stage!r}) of table {self.source.name!r} is empty"
+                    f"{' after filter ' + repr(self.filter) if self.filter else ''}; split sizes: "
+                    f"{ {n: len(s) for n, s in self.splits.items()} }"
+                )
+
+    def _split_rows(self, name: str) -> SplitRows:
+        assert self.splits is not None
+        if name == WHOLE_TABLE and WHOLE_TABLE not in self.splits:
+            whole = whole_table_row_ids(self._table(), self.filter)
+            self.splits[WHOLE_TABLE] = SplitRows(WHOLE_TABLE, self.source, whole)
+        return self.splits[name]
+
+    def _build_stage(self, stage: str) -> None:
+        name = self.split_for_stage(stage)
+        if name is None:
+            return
+        split = self._split_rows(name)
+        if len(split) == 0:
+            raise SplitSpecError(
+                f"split {name!r} (read by stage {stage!r}) of table {split.source.name!r} is empty"
+                f"{' after filter ' + repr(self.filter) if self.filter else ''}"
+            )
+        if stage in self.samplers and self.samplers[stage].num_replicas == self.world_size:
+            return
+        same_table = split.source == self.source
+        self.datasets[stage] = LanceBatchDataset(
+            split.source,
+            self.columns,
+            num_rows=len(split),
+            transform=self.transform,
+            nulls=self.nulls,
+            table=self._open_table if same_table else None,
+        )
+        training = stage == "train"
+        self.samplers[stage] = LanceBatchSampler(
+            split.row_ids,
+            batch_size=self.batch_size if training else self.eval_batch_size,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=self.shuffle if training else "none",
+            seed=self.seed,
+            drop_last=self.drop_last if training else False,
+            even=training,
+            block_size=self.block_size,
+            window_blocks=self.window_blocks,
+        )
+
+    def _record_hyperparameters(self) -> None:
+        assert self.splits is not None
+        extra = {
+            "table_version": self.source.version,
+            "split_rows": {name: len(rows) for name, rows in self.splits.items()},
+        }
+        self.hparams.update(extra)
+        self._hparams_initial.update(extra)
+
+    # -- dataloaders ---------------------------------------------------------------------
+
+    def _loader(self, stage: str) -> DataLoader | list:
+        if stage not in self.samplers:
+            if self.splits is None:
+                raise RuntimeError(f"{stage}_dataloader() called before setup(); call setup() first")
+            return []
+        dataset = self.datasets[stage]
+        workers = self.num_workers
+        if workers and is_memory_uri(dataset.source.uri):
+            raise LanceSourceError(
+                f"table {dataset.source.name!r} is in an in-memory database ({dataset.source.uri}): "
+                f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, or store "
+                "the table in a directory (lancedb.connect('/path')) or object store."
+            )
+        kwargs: dict[str, Any] = {}
+        if workers:
+            method = self.multiprocessing_context or "forkserver"
+            kwargs["multiprocessing_context"] = multiprocessing.get_context(method)
+            kwargs["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = self.prefetch_factor
+        return DataLoader(
+            dataset,
+            sampler=self.samplers[stage],
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader | list:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._loader("predict")
+
+    # -- description ---------------------------------------------------------------------
+
+    def column_tensors(self) -> dict[str, str]:
+        """What each selected column becomes, e.g. ``{"emb": "Tensor[float32, (rows, 128)]"}``."""
+        schema = self._table().schema
+        return {
+            name: describe_column(schema.field(name)) for name in check_columns(self.source.name, schema, self.columns)
+        }
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences (Hydra's DictConfig/ListConfig included) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,130 @@
+"""Which row addresses this rank reads, batch by batch, epoch by epoch.
+
+:class:`LanceBatchSampler` subclasses ``DistributedSampler`` so that Lightning recognises it
+as already distributed: it neither wraps it in a second ``DistributedSampler`` (whatever
+``use_distributed_sampler`` says) nor forgets to call :meth:`set_epoch` on it. Each item it
+yields is a whole batch (an array of row addresses) for :class:`~.dataset.LanceBatchDataset`.
+
+All arithmetic is in :mod:`.sharding`; this class only holds the values it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data.distributed import DistributedSampler
+
+from .sharding import SHUFFLE_MODES, ShardPlan, ShuffleMode, epoch_order, plan_epoch, rank_batch_bounds, take_padded
+
+
+class LanceBatchSampler(DistributedSampler):
+    """Yields this rank's batches of row addresses for one split.
+
+    Args:
+        row_ids: the split's row addresses in table order (``uint64``).
+        batch_size: rows per batch on this rank.
+        num_replicas, rank: the world size and this process's global rank.
+        shuffle: ``"none"``, ``"uniform"`` or ``"block"`` (see :func:`.sharding.epoch_order`).
+        seed: with the epoch, the only input of the shuffle.
+        drop_last: training only: drop the last partial global step instead of padding it.
+        even: every rank yields the same number of batches (training); when False every
+            row is read exactly once and ranks may differ by one batch (evaluation).
+    """
+
+    def __init__(
+        self,
+        row_ids: np.ndarray,
+        *,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: ShuffleMode = "none",
+        seed: int = 0,
+        drop_last: bool = False,
+        even: bool = True,
+        block_size: int = 64,
+        window_blocks: int = 16,
+    ) -> None:
+        if shuffle not in SHUFFLE_MODES:
+            raise ValueError(f"unknown shuffle mode {shuffle!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got rank={rank}")
+        # DistributedSampler.__init__ would query torch.distributed; set its fields directly.
+        self.dataset = None
+        self.row_ids = np.asarray(row_ids, dtype=np.uint64)
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle_mode = shuffle
+        self.shuffle = shuffle != "none"
+        self.seed = seed
+        self.drop_last = drop_last
+        self.even = even
+        self.block_size = block_size
+        self.window_blocks = window_blocks
+        self.epoch = 0
+        self.start_row = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch; a new epoch starts from its first row."""
+        if epoch != self.epoch:
+            self.start_row = 0
+        self.epoch = epoch
+
+    def resume_at(self, *, epoch: int, consumed_rows: int) -> None:
+        """Start ``epoch`` after its first ``consumed_rows`` rows (a world-size-free position)."""
+        if not 0 <= consumed_rows <= len(self.row_ids):
+            raise ValueError(f"consumed_rows must be in [0, {len(self.row_ids)}], got {consumed_rows}")
+        self.epoch = epoch
+        self.start_row = consumed_rows
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_ids)
+
+    def plan(self) -> ShardPlan:
+        """The cut of the current epoch (from :attr:`start_row` on) into per-rank batches."""
+        return plan_epoch(
+            self.num_rows - self.start_row,
+            world_size=self.num_replicas,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            even=self.even,
+        )
+
+    def epoch_positions(self) -> np.ndarray:
+        """Positions into :attr:`row_ids`, in the order this epoch reads them (all ranks alike)."""
+        return epoch_order(
+            self.num_rows,
+            mode=self.shuffle_mode,
+            seed=self.seed,
+            epoch=self.epoch,
+            block_size=self.block_size,
+            window_blocks=self.window_blocks,
+        )
+
+    def rows_consumed_after(self, batches: int) -> int:
+        """Rows of the epoch order consumed once every rank has read ``batches`` batches."""
+        plan = self.plan()
+        full = min(batches, plan.full_steps)
+        consumed = full * self.num_replicas * self.batch_size
+        if batches > plan.full_steps:
+            consumed += plan.tail_rows - plan.padded_rows
+        return min(self.start_row + consumed, self.num_rows)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        remaining = self.epoch_positions()[self.start_row :]
+        if len(remaining) == 0:
+            return
+        for start, stop in rank_batch_bounds(self.plan(), rank=self.rank):
+            yield self.row_ids[take_padded(remaining, start, stop)]
+
+    def __len__(self) -> int:
+        return self.plan().batches_for_rank(self.rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "start_row": self.start_row}

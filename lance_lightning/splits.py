@@ -1,0 +1,334 @@
+"""Split specs → the sorted row addresses of each split.
+
+A *split spec* says how the (filtered) table is divided into named splits. Accepted forms:
+
+``{"train": 0.8, "val": 0.1, "test": 0.1}``
+    Random, seeded, by fractions (floats; a sum below 1 leaves the rest unused).
+``{"train": 8000, "val": 1000}``
+    Random, seeded, by row counts (ints).
+``{"kind": "random", "fractions" | "counts": {...}, "seed": 7}``
+    The same, spelled out; ``seed`` defaults to the datamodule's seed.
+``{"kind": "hash", "columns": ["id"], "weights": {"train": 8, "val": 1, "test": 1}}``
+    By a hash of ``columns``: a row keeps its split when rows are appended or deleted.
+    ``discard_weight`` (default 0) sets aside a share of rows in no split.
+``{"kind": "sequential", "fractions" | "counts": {...}}``
+    Consecutive runs of the table, in table order.
+``{"kind": "column", "column": "split"}``
+    Each row's value in ``column`` names its split (every distinct value is a split).
+``{"kind": "sql", "predicates": {"train": "year < 2020", "val": "year = 2020"}}``
+    One SQL predicate per split; a row matching two predicates is an error.
+``{"kind": "tables", "tables": {"train": "train_table", "val": "val_table"}}``
+    One table per split, in the same database.
+``None``
+    One split, ``"all"``: the whole filtered table.
+
+Random, hash and sequential splits are built by lancedb's ``permutation_builder``; the
+result is turned into one sorted ``uint64`` array of row addresses per split, which is all
+that later steps need (16 bytes a row while building, 8 after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from lancedb.permutation import permutation_builder
+
+from .source import LanceSourceError, TableSource, check_filter
+
+SPLIT_KINDS = ("random", "hash", "sequential", "column", "sql", "tables")
+WHOLE_TABLE = "all"
+# lancedb's builder spills its sort to disk once it passes this many bytes of memory; its
+# own default fails ("Not enough memory to continue external sort") near 4M rows.
+_BUILDER_MEMORY_ENV = "LANCEDB_PERM_BUILDER_MEMORY_LIMIT"
+_BUILDER_MEMORY_DEFAULT = str(4 * 1024**3)
+
+
+class SplitSpecError(ValueError):
+    """The split spec is malformed, or a split it names is unknown or empty."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A validated, normalized split spec: ``kind`` plus its parameters."""
+
+    kind: str
+    names: tuple[str, ...]
+    fractions: tuple[float, ...] | None = None
+    counts: tuple[int, ...] | None = None
+    seed: int | None = None
+    columns: tuple[str, ...] | None = None
+    weights: tuple[int, ...] | None = None
+    discard_weight: int = 0
+    column: str | None = None
+    predicates: tuple[str, ...] | None = None
+    tables: tuple[str, ...] | None = None
+
+    def fingerprint(self, *, filter: str | None, seed: int) -> str:
+        """A short stable hash of everything that decides which row lands in which split."""
+        payload = json.dumps({"spec": self.__dict__, "filter": filter, "seed": seed}, sort_keys=True, default=list)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """One split: the table it reads and its row addresses, sorted ascending (table order)."""
+
+    name: str
+    source: TableSource
+    row_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.row_ids)
+
+
+def _names_and_values(mapping: Any, what: str) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise SplitSpecError(f"split {what} must be a non-empty mapping of split name to value, got {mapping!r}")
+    names = tuple(str(k) for k in mapping)
+    return names, tuple(mapping.values())
+
+
+def _fractions(mapping: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    names, values = _names_and_values(mapping, "fractions")
+    bad = [
+        f"{n}={v!r}" for n, v in zip(names, values) if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
+    ]
+    if bad:
+        raise SplitSpecError(f"split fractions must be numbers >= 0; got {', '.join(bad)}")
+    total = float(sum(values))
+    if total > 1.0 + 1e-9:
+        listing = ", ".join(f"{n}={v}" for n, v in zip(names, values))
+        raise SplitSpecError(
+            f"split fractions sum to {total:g} ({listing}); they must sum to at most 1 "
+            "(a sum below 1 leaves the rest of the table unused)"
+        )
+    return names, tuple(float(v) for v in values)
+
+
+def _counts(mapping: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    names, values = _names_and_values(mapping, "counts")
+    bad = [f"{n}={v!r}" for n, v in zip(names, values) if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if bad:
+        raise SplitSpecError(f"split counts must be integers >= 0; got {', '.join(bad)}")
+    return names, tuple(int(v) for v in values)
+
+
+def _sized(kind: str, spec: Mapping[str, Any], seed: int | None) -> SplitSpec:
+    has_f, has_c = "fractions" in spec, "counts" in spec
+    if has_f == has_c:
+        raise SplitSpecError(f"a {kind!r} split spec needs exactly one of 'fractions' or 'counts', got {dict(spec)!r}")
+    if has_f:
+        names, fractions = _fractions(spec["fractions"])
+        return SplitSpec(kind, names, fractions=fractions, seed=seed)
+    names, counts = _counts(spec["counts"])
+    return SplitSpec(kind, names, counts=counts, seed=seed)
+
+
+_KEYS = {
+    "random": {"kind", "fractions", "counts", "seed"},
+    "sequential": {"kind", "fractions", "counts"},
+    "hash": {"kind", "columns", "weights", "discard_weight"},
+    "column": {"kind", "column"},
+    "sql": {"kind", "predicates"},
+    "tables": {"kind", "tables"},
+}
+
+
+def parse_split_spec(spec: Any) -> SplitSpec | None:
+    """Validate ``spec`` (see the module docstring) without touching any table."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise SplitSpecError(
+            f"`splits` must be a mapping such as {{'train': 0.8, 'val': 0.2}} or {{'kind': ..., ...}}, got {spec!r}"
+        )
+    spec = dict(spec)
+    if "kind" not in spec:
+        values = list(spec.values())
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return _sized("random", {"counts": spec}, None)
+        return _sized("random", {"fractions": spec}, None)
+    kind = spec["kind"]
+    if kind not in SPLIT_KINDS:
+        raise SplitSpecError(f"unknown split kind {kind!r}; valid kinds are {', '.join(SPLIT_KINDS)}")
+    unknown = set(spec) - _KEYS[kind]
+    if unknown:
+        raise SplitSpecError(
+            f"split kind {kind!r} does not take {sorted(unknown)}; it takes {sorted(_KEYS[kind] - {'kind'})}"
+        )
+    if kind in ("random", "sequential"):
+        seed = spec.get("seed")
+        if seed is not None and not isinstance(seed, int):
+            raise SplitSpecError(f"split seed must be an integer, got {seed!r}")
+        return _sized(kind, spec, seed)
+    if kind == "hash":
+        columns = spec.get("columns")
+        if isinstance(columns, str):
+            columns = [columns]
+        if not columns:
+            raise SplitSpecError("a 'hash' split spec needs 'columns': the columns to hash, e.g. ['id']")
+        names, weights = _counts(spec.get("weights"))
+        discard = spec.get("discard_weight", 0)
+        if discard is None:
+            discard = 0  # lancedb raises TypeError on None
+        if not isinstance(discard, int) or discard < 0:
+            raise SplitSpecError(f"discard_weight must be an integer >= 0, got {discard!r}")
+        if sum(weights) == 0:
+            raise SplitSpecError(f"hash split weights {dict(zip(names, weights))} are all zero")
+        return SplitSpec(kind, names, columns=tuple(columns), weights=weights, discard_weight=discard)
+    if kind == "column":
+        column = spec.get("column")
+        if not isinstance(column, str) or not column:
+            raise SplitSpecError("a 'column' split spec needs 'column': the column whose values name the split")
+        return SplitSpec(kind, (), column=column)
+    if kind == "sql":
+        names, predicates = _names_and_values(spec.get("predicates"), "predicates")
+        bad = [n for n, p in zip(names, predicates) if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise SplitSpecError(f"SQL split predicates for {bad} must be non-empty strings")
+        return SplitSpec(kind, names, predicates=tuple(predicates))
+    names, tables = _names_and_values(spec.get("tables"), "tables")
+    return SplitSpec(kind, names, tables=tuple(str(t) for t in tables))
+
+
+def _and(filter: str | None, predicate: str) -> str:
+    return predicate if filter is None else f"({filter}) AND ({predicate})"
+
+
+def _scan_row_ids(table: Any, where: str | None, columns: list[str]) -> Any:
+    query = table.search().select(columns).with_row_id(True).limit(None)
+    if where is not None:
+        query = query.where(where)
+    return query.to_arrow()
+
+
+def _ensure_builder_memory() -> None:
+    os.environ.setdefault(_BUILDER_MEMORY_ENV, _BUILDER_MEMORY_DEFAULT)
+
+
+def _group_by_split(perm: Any, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    row_ids = perm["row_id"].to_numpy()
+    split_ids = perm["split_id"].to_numpy()
+    order = np.argsort(split_ids, kind="stable")
+    bounds = np.searchsorted(split_ids[order], np.arange(len(names) + 1))
+    return {
+        name: np.sort(row_ids[order[bounds[i] : bounds[i + 1]]]).astype(np.uint64, copy=False)
+        for i, name in enumerate(names)
+    }
+
+
+def build_splits(
+    source: TableSource, table: Any, spec: SplitSpec | None, *, filter: str | None, seed: int
+) -> dict[str, SplitRows]:
+    """Divide the filtered table into splits; each process gets identical results for a seed.
+
+    ``table`` is ``source`` opened at its pinned version.
+    """
+    if spec is not None and spec.kind == "tables":
+        return _per_table_splits(source, spec, filter=filter)
+    check_filter(table, filter)
+    if spec is None:
+        return {WHOLE_TABLE: SplitRows(WHOLE_TABLE, source, whole_table_row_ids(table, filter))}
+    if spec.kind == "column":
+        return _column_splits(source, table, spec, filter=filter)
+    if spec.kind == "sql":
+        return _sql_splits(source, table, spec, filter=filter)
+    builder = permutation_builder(table)
+    if filter is not None:
+        builder = builder.filter(filter)
+    names = list(spec.names)
+    if spec.kind == "random":
+        builder = builder.split_random(
+            ratios=list(spec.fractions) if spec.fractions else None,
+            counts=list(spec.counts) if spec.counts else None,
+            seed=spec.seed if spec.seed is not None else seed,
+            split_names=names,
+        )
+    elif spec.kind == "sequential":
+        builder = builder.split_sequential(
+            ratios=list(spec.fractions) if spec.fractions else None,
+            counts=list(spec.counts) if spec.counts else None,
+            split_names=names,
+        )
+    elif spec.kind == "hash":
+        missing = [c for c in spec.columns or () if c not in table.schema.names]
+        if missing:
+            raise LanceSourceError(
+                f"hash split columns {missing} are not in table {table.name!r}; its columns: {table.schema.names}"
+            )
+        builder = builder.split_hash(
+            list(spec.columns or ()), list(spec.weights or ()), discard_weight=spec.discard_weight, split_names=names
+        )
+    _ensure_builder_memory()
+    try:
+        perm = builder.execute().to_arrow()
+    except ValueError as err:
+        raise SplitSpecError(
+            f"lancedb could not build {spec.kind} splits {names} of table {table.name!r}: {err}"
+        ) from err
+    return {name: SplitRows(name, source, ids) for name, ids in _group_by_split(perm, spec.names).items()}
+
+
+def whole_table_row_ids(table: Any, filter: str | None) -> np.ndarray:
+    """Row addresses of every row that ``filter`` keeps, in table order."""
+    ids = _scan_row_ids(table, filter, [])["_rowid"].to_numpy()
+    return np.sort(ids).astype(np.uint64, copy=False)
+
+
+def _column_splits(source: TableSource, table: Any, spec: SplitSpec, *, filter: str | None) -> dict[str, SplitRows]:
+    column = spec.column
+    if column not in table.schema.names:
+        raise LanceSourceError(
+            f"split column {column!r} is not in table {table.name!r}; its columns: {table.schema.names}"
+        )
+    scanned = _scan_row_ids(table, filter, [column])
+    values = scanned[column]
+    if values.null_count:
+        raise SplitSpecError(
+            f"split column {column!r} of table {table.name!r} has {values.null_count} null value(s): "
+            f'every row needs a split name (filter them out, e.g. filter="{column} IS NOT NULL")'
+        )
+    keys = np.asarray([str(v) for v in values.to_pylist()], dtype=object)
+    row_ids = scanned["_rowid"].to_numpy()
+    names = sorted(set(keys.tolist()))
+    return {n: SplitRows(n, source, np.sort(row_ids[keys == n]).astype(np.uint64, copy=False)) for n in names}
+
+
+def _sql_splits(source: TableSource, table: Any, spec: SplitSpec, *, filter: str | None) -> dict[str, SplitRows]:
+    out: dict[str, SplitRows] = {}
+    for name, predicate in zip(spec.names, spec.predicates or ()):
+        try:
+            ids = np.sort(_scan_row_ids(table, _and(filter, predicate), [])["_rowid"].to_numpy())
+        except Exception as err:
+            raise SplitSpecError(
+                f"SQL predicate {predicate!r} of split {name!r} is not valid on table {table.name!r}: {err}"
+            ) from err
+        for other, rows in out.items():
+            both = np.intersect1d(rows.row_ids, ids, assume_unique=True)
+            if len(both):
+                raise SplitSpecError(
+                    f"SQL splits {other!r} and {name!r} overlap in {len(both)} row(s) of table "
+                    f"{table.name!r}: make the predicates mutually exclusive"
+                )
+        out[name] = SplitRows(name, source, ids.astype(np.uint64, copy=False))
+    return out
+
+
+def _per_table_splits(source: TableSource, spec: SplitSpec, *, filter: str | None) -> dict[str, SplitRows]:
+    from .source import open_table
+
+    out: dict[str, SplitRows] = {}
+    for name, table_name in zip(spec.names, spec.tables or ()):
+        table = open_table(
+            source.uri, table_name, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs
+        )
+        split_source = TableSource(source.uri, table_name, table.version, source.storage_options, source.connect_kwargs)
+        check_filter(table, filter)
+        out[name] = SplitRows(name, split_source, whole_table_row_ids(table, filter))
+    return out
