@@ -169,6 +169,7 @@ class LanceDataModule(pl.LightningDataModule):
             }
         )
         self.splits: dict[str, SplitRows] | None = None
+        self._whole_table: SplitRows | None = None
         self.datasets: dict[str, LanceBatchDataset] = {}
         self.samplers: dict[str, LanceBatchSampler] = {}
         self.rank, self.world_size = 0, 1
@@ -252,10 +253,13 @@ class LanceDataModule(pl.LightningDataModule):
 
     def _split_rows(self, name: str) -> SplitRows:
         assert self.splits is not None
-        if name == WHOLE_TABLE and WHOLE_TABLE not in self.splits:
-            whole = whole_table_row_ids(self._table(), self.filter)
-            self.splits[WHOLE_TABLE] = SplitRows(WHOLE_TABLE, self.source, whole)
-        return self.splits[name]
+        if name in self.splits:
+            return self.splits[name]
+        # predict with no "predict" split: the whole filtered table, not one of the splits
+        if self._whole_table is None:
+            rows = whole_table_row_ids(self._table(), self.filter)
+            self._whole_table = SplitRows(WHOLE_TABLE, self.source, rows)
+        return self._whole_table
 
     def _build_stage(self, stage: str) -> None:
         name = self.split_for_stage(stage)

@@ -232,7 +232,12 @@ def build_splits(
     """
     if spec is not None and spec.kind == "tables":
         return _per_table_splits(source, spec, filter=filter)
-    check_filter(table, filter)
+    num_rows = check_filter(table, filter)
+    where = f" after filter {filter!r}" if filter else ""
+    if num_rows == 0:
+        raise SplitSpecError(f"table {table.name!r} (version {table.version}) has no rows{where}: every split is empty")
+    if spec is not None:
+        _check_sizes(spec, num_rows, f"table {table.name!r} has {num_rows} rows{where}")
     if spec is None:
         return {WHOLE_TABLE: SplitRows(WHOLE_TABLE, source, whole_table_row_ids(table, filter))}
     if spec.kind == "column":
@@ -268,11 +273,35 @@ def build_splits(
     _ensure_builder_memory()
     try:
         perm = builder.execute().to_arrow()
-    except ValueError as err:
+    except Exception as err:  # lancedb raises ValueError or RuntimeError with DataFusion's message
+        hint = ""
+        if "memory" in str(err).lower():
+            hint = (
+                f" (the builder ran out of its memory budget: raise {_BUILDER_MEMORY_ENV}, "
+                f"now {os.environ.get(_BUILDER_MEMORY_ENV)} bytes)"
+            )
         raise SplitSpecError(
-            f"lancedb could not build {spec.kind} splits {names} of table {table.name!r}: {err}"
+            f"lancedb could not build {spec.kind} splits {names} of table {table.name!r}{hint}: {err}"
         ) from err
     return {name: SplitRows(name, source, ids) for name, ids in _group_by_split(perm, spec.names).items()}
+
+
+def _check_sizes(spec: SplitSpec, num_rows: int, context: str) -> None:
+    """Refuse a split that would come out empty, or counts the table cannot fill, naming the split."""
+    if spec.counts is not None:
+        empty = [n for n, c in zip(spec.names, spec.counts) if c == 0]
+        if empty:
+            raise SplitSpecError(f"split(s) {empty} have a count of 0 and would be empty; drop them from `splits`")
+        if sum(spec.counts) > num_rows:
+            raise SplitSpecError(
+                f"split counts {dict(zip(spec.names, spec.counts))} add up to {sum(spec.counts)} rows, but {context}"
+            )
+    if spec.fractions is not None:
+        empty = [f"{n}={f:g}" for n, f in zip(spec.names, spec.fractions) if int(f * num_rows) == 0]
+        if empty:
+            raise SplitSpecError(
+                f"split(s) {', '.join(empty)} would be empty: {context}; raise the fraction or drop the split"
+            )
 
 
 def whole_table_row_ids(table: Any, filter: str | None) -> np.ndarray:

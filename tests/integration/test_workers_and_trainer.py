@@ -1,0 +1,155 @@
+"""Worker processes, a real Trainer through every stage, seeds across processes, large tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lance_lightning import LanceDataModule
+
+
+def epoch_ids(loader) -> list[int]:
+    return [i for batch in loader for i in batch["id"].tolist()]
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_workers_read_every_row_once_per_epoch(make_table, start_method):
+    uri, _ = make_table("toy", 203)
+    dm = LanceDataModule(
+        uri, "toy", splits={"train": 1.0}, batch_size=16, num_workers=2,
+        multiprocessing_context=start_method, transform="tests.helpers.double_x",
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        ids = epoch_ids(loader)
+        assert sorted(ids) == list(range(203)), "a row was lost or repeated"
+        epochs.append(ids)
+    assert epochs[0] != epochs[1], "epochs were not reshuffled"
+    # Same order as a single-process read: the order does not depend on num_workers.
+    single = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=16)
+    single.setup("fit")
+    single.samplers["train"].set_epoch(1)
+    assert epoch_ids(single.train_dataloader()) == epochs[1]
+
+
+def test_workers_persist_across_epochs(make_table):
+    uri, _ = make_table("toy", 40)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, num_workers=1)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    epoch_ids(loader)
+    first = loader._iterator._workers[0].pid
+    epoch_ids(loader)
+    assert loader._iterator._workers[0].pid == first
+
+
+class TinyModel(pl.LightningModule):
+    """Records the ids each stage sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.seen: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+
+    def _step(self, stage: str, batch) -> torch.Tensor:
+        self.seen[stage] += batch["id"].tolist()
+        loss = torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
+        self.log(f"{stage}_loss", loss, batch_size=len(batch["id"]))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._step("test", batch)
+
+    def predict_step(self, batch, batch_idx):
+        return batch["id"]
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("use_distributed_sampler", [True, False])
+def test_trainer_fit_validate_test_predict(make_table, tmp_path, use_distributed_sampler):
+    uri, _ = make_table("toy", 150)
+    dm = LanceDataModule(uri, "toy", columns=["id", "x", "y"], batch_size=16, seed=3)
+    model = TinyModel()
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=use_distributed_sampler, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    sizes = {name: len(rows) for name, rows in dm.splits.items()}
+    assert len(model.seen["train"]) == 2 * sizes["train"]
+    assert sorted(model.seen["train"][: sizes["train"]]) == sorted(model.seen["train"][sizes["train"] :])
+    assert model.seen["train"][: sizes["train"]] != model.seen["train"][sizes["train"] :]
+    assert len(model.seen["val"]) == 2 * sizes["val"]
+
+    model.seen["val"].clear()
+    (metrics,) = trainer.validate(model, datamodule=dm)
+    assert "val_loss" in metrics and len(model.seen["val"]) == sizes["val"]
+    (metrics,) = trainer.test(model, datamodule=dm)
+    assert "test_loss" in metrics and len(set(model.seen["test"])) == sizes["test"]
+    predictions = trainer.predict(model, datamodule=dm)
+    assert torch.cat(predictions).tolist() == list(range(150))
+
+
+def test_no_val_split_means_no_validation(make_table, tmp_path):
+    uri, _ = make_table("toy", 64)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=16)
+    model = TinyModel()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    assert len(model.seen["train"]) == 64 and model.seen["val"] == []
+
+
+SPLIT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from lance_lightning import LanceDataModule
+    dm = LanceDataModule(sys.argv[1], "toy", seed=int(sys.argv[2]), batch_size=8)
+    dm.setup()
+    order = [b.tolist() for b in dm.samplers["train"]]
+    print(json.dumps({"splits": {n: s.row_ids.tolist() for n, s in dm.splits.items()}, "order": order}))
+    """
+)
+
+
+def test_splits_and_order_identical_across_processes(make_table):
+    uri, _ = make_table("toy", 500)
+    runs = [
+        json.loads(subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, uri, seed], check=True,
+                                  capture_output=True, text=True).stdout)
+        for seed in ("7", "7", "8")
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0]["splits"] != runs[2]["splits"]
+
+
+def test_ten_million_row_table_builds_its_splits(make_table):
+    import numpy as np
+    import pyarrow as pa
+
+    uri, _ = make_table("big", pa.table({"id": np.arange(10_000_000, dtype=np.int64)}))
+    dm = LanceDataModule(uri, "big", batch_size=1024)
+    dm.setup("fit")
+    sizes = {name: len(rows) for name, rows in dm.splits.items()}
+    assert sizes == {"train": 8_000_000, "val": 1_000_000, "test": 1_000_000}
+    first = next(iter(dm.train_dataloader()))
+    assert len(first["id"]) == 1024

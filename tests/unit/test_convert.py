@@ -1,0 +1,168 @@
+"""Arrow → torch conversion, per type, checked against the source values."""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from lance_lightning.convert import UnsupportedColumnError, batch_to_tensors, describe_column
+
+
+def convert(array: pa.Array, name: str = "c", **kwargs):
+    return batch_to_tensors(pa.record_batch({name: array}), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("arrow_type", "torch_dtype"),
+    [
+        (pa.int8(), torch.int8),
+        (pa.int16(), torch.int16),
+        (pa.int32(), torch.int32),
+        (pa.int64(), torch.int64),
+        (pa.uint8(), torch.uint8),
+        (pa.uint16(), torch.int32),
+        (pa.uint32(), torch.int64),
+        (pa.uint64(), torch.int64),
+        (pa.float16(), torch.float16),
+        (pa.float32(), torch.float32),
+        (pa.float64(), torch.float64),
+    ],
+)
+def test_numbers_keep_values_and_dtype(arrow_type, torch_dtype):
+    values = np.array([0, 1, 7, 100], dtype=arrow_type.to_pandas_dtype())
+    out = convert(pa.array(values, type=arrow_type))["c"]
+    assert out.dtype == torch_dtype
+    assert out.tolist() == values.tolist()
+    assert describe_column(pa.field("c", arrow_type)) == f"Tensor[{str(torch_dtype)[6:]}, (rows,)]"
+
+
+def test_primitive_conversion_is_zero_copy():
+    array = pa.array(np.arange(1000, dtype=np.float32))
+    out = convert(array)["c"]
+    assert out.data_ptr() == array.buffers()[1].address
+
+
+def test_sliced_arrays_respect_offsets():
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(20, dtype=np.float32)), 4)
+    batch = pa.record_batch({"i": pa.array(np.arange(5)), "emb": emb}).slice(2, 2)
+    out = batch_to_tensors(batch)
+    assert out["i"].tolist() == [2, 3]
+    assert out["emb"].tolist() == [[8, 9, 10, 11], [12, 13, 14, 15]]
+
+
+def test_bool_becomes_bool_tensor():
+    out = convert(pa.array([True, False, True]))["c"]
+    assert out.dtype == torch.bool and out.tolist() == [True, False, True]
+
+
+def test_bfloat16_extension_from_field_metadata():
+    values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.bfloat16)
+    raw = values.view(torch.int16).numpy().tobytes()
+    field = pa.field("bf", pa.binary(2), metadata={"ARROW:extension:name": "lance.bfloat16"})
+    array = pa.Array.from_buffers(pa.binary(2), 3, [None, pa.py_buffer(raw)])
+    batch = pa.RecordBatch.from_arrays([array], schema=pa.schema([field]))
+    out = batch_to_tensors(batch)["bf"]
+    assert out.dtype == torch.bfloat16 and torch.equal(out, values)
+    assert describe_column(field) == "Tensor[bfloat16, (rows,)]"
+
+
+def test_nested_fixed_size_list_becomes_nd_tensor():
+    values = np.arange(3 * 2 * 5, dtype=np.int16)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(values), 5)
+    outer = pa.FixedSizeListArray.from_arrays(inner, 2)
+    out = convert(outer)["c"]
+    assert out.shape == (3, 2, 5) and out.dtype == torch.int16
+    assert torch.equal(out, torch.from_numpy(values.reshape(3, 2, 5)))
+    assert describe_column(pa.field("c", outer.type)) == "Tensor[int16, (rows, 2, 5)]"
+
+
+def test_fixed_shape_tensor_extension():
+    values = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    array = pa.FixedShapeTensorArray.from_numpy_ndarray(values)
+    out = convert(array)["c"]
+    assert out.shape == (4, 2, 3) and torch.equal(out, torch.from_numpy(values))
+
+
+def test_strings_and_binary_become_python_lists():
+    out = batch_to_tensors(
+        pa.record_batch(
+            {
+                "s": pa.array(["a", "", "ü"]),
+                "ls": pa.array(["x", "y", "z"], pa.large_string()),
+                "b": pa.array([b"\x00", b"", b"ab"]),
+                "lb": pa.array([b"1", b"2", b"3"], pa.large_binary()),
+            }
+        )
+    )
+    assert out == {"s": ["a", "", "ü"], "ls": ["x", "y", "z"], "b": [b"\x00", b"", b"ab"], "lb": [b"1", b"2", b"3"]}
+
+
+def test_variable_length_lists_become_lists_of_views():
+    array = pa.array([[1.0, 2.0], [], [3.0]], pa.list_(pa.float32()))
+    out = convert(array)["c"]
+    assert [t.tolist() for t in out] == [[1.0, 2.0], [], [3.0]]
+    assert all(t.dtype == torch.float32 for t in out)
+    assert describe_column(pa.field("c", array.type)) == "list[Tensor[float32, (length,)]]"
+
+
+def test_temporal_types_become_int64_counts():
+    ts = pa.array([datetime.datetime(2020, 1, 1), datetime.datetime(2020, 1, 2)], pa.timestamp("us"))
+    dates = pa.array([datetime.date(1970, 1, 2), datetime.date(1970, 1, 11)])
+    out = batch_to_tensors(pa.record_batch({"ts": ts, "d": dates}))
+    assert out["ts"].dtype == torch.int64
+    assert out["ts"].tolist() == [1577836800000000, 1577923200000000]
+    assert out["d"].tolist() == [1, 10]
+
+
+def test_dictionary_and_struct():
+    out = batch_to_tensors(
+        pa.record_batch(
+            {
+                "cat": pa.array(["a", "b", "a"]).dictionary_encode(),
+                "st": pa.array([{"k": 1, "v": "x"}, {"k": 2, "v": "y"}, {"k": 3, "v": "z"}]),
+            }
+        )
+    )
+    assert out["cat"] == ["a", "b", "a"]
+    assert out["st"]["k"].tolist() == [1, 2, 3] and out["st"]["v"] == ["x", "y", "z"]
+
+
+def test_nulls_raise_naming_the_column():
+    with pytest.raises(UnsupportedColumnError, match=r"'score'.*1 null"):
+        convert(pa.array([1.0, None, 3.0]), name="score")
+
+
+def test_nulls_in_embeddings_raise():
+    emb = pa.array([[1.0, 2.0], None], pa.list_(pa.float32(), 2))
+    with pytest.raises(UnsupportedColumnError, match="'emb'"):
+        convert(emb, name="emb")
+
+
+def test_nulls_mask_gives_zeros_and_validity():
+    out = convert(pa.array([1.0, None, 3.0]), name="score", nulls="mask")
+    assert out["score"].tolist() == [1.0, 0.0, 3.0]
+    assert out["score_valid"].tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        pa.array([1, 2], pa.decimal128(5, 2)),
+        pa.array([[("a", 1)]], pa.map_(pa.string(), pa.int64())),
+        pa.array([["a"], ["b"]], pa.list_(pa.string())),
+    ],
+)
+def test_unsupported_types_name_column_and_type(array):
+    with pytest.raises(UnsupportedColumnError, match=r"column 'odd' has Arrow type .*transform"):
+        describe_column(pa.field("odd", array.type))
+    with pytest.raises(UnsupportedColumnError, match="column 'odd'"):
+        convert(array, name="odd")
+
+
+def test_empty_batch_converts():
+    out = batch_to_tensors(pa.table({"i": pa.array([], pa.int64())}))
+    assert out["i"].shape == (0,)
