@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from .convert import NullPolicy, describe_column
@@ -33,6 +34,7 @@ _DEFAULT_STAGE_SPLITS = {
 }
 _LIGHTNING_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 WORKER_START_METHODS = ("forkserver", "spawn")
+STATE_FORMAT = 1
 FORK_REFUSED = (
     "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
     "reliably (measured with lancedb 0.40: DataLoader workers forked from a process that has read a "
@@ -74,6 +76,9 @@ class LanceDataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive across epochs (start-up paid once).
         pin_memory, prefetch_factor: passed to the ``DataLoader``.
         block_size, window_blocks: the ``"block"`` shuffle's parameters.
+        resume: ``"exact"`` (default): a checkpoint's data state must match this configuration
+            (split spec, filter, seed, table) and training continues with the next unread row;
+            ``"fresh"``: ignore the checkpoint's data state and start its epoch afresh.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class LanceDataModule(pl.LightningDataModule):
         prefetch_factor: int | None = None,
         block_size: int = 64,
         window_blocks: int = 16,
+        resume: Literal["exact", "fresh"] = "exact",
     ) -> None:
         super().__init__()
         _check_positive_int("batch_size", batch_size)
@@ -154,6 +160,11 @@ class LanceDataModule(pl.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.block_size = block_size
         self.window_blocks = window_blocks
+        if resume not in ("exact", "fresh"):
+            raise ValueError(f"resume must be 'exact' or 'fresh', got {resume!r}")
+        self.resume = resume
+        self._resume_state: dict[str, Any] | None = None
+        self._state_loaded = False
         self.save_hyperparameters(
             {
                 "uri": self.source.uri,
@@ -295,6 +306,8 @@ class LanceDataModule(pl.LightningDataModule):
             block_size=self.block_size,
             window_blocks=self.window_blocks,
         )
+        if training:
+            self._apply_resume()
 
     def _record_hyperparameters(self) -> None:
         assert self.splits is not None
@@ -304,6 +317,106 @@ class LanceDataModule(pl.LightningDataModule):
         }
         self.hparams.update(extra)
         self._hparams_initial.update(extra)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """What decides which row is in which split: a checkpoint must match it to resume."""
+        return {
+            "table": self.source.name,
+            "splits": _plain(self.split_spec.__dict__) if self.split_spec else None,
+            "filter": self.filter,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by Lightning in every checkpoint: enough to continue with the next unread row."""
+        if self.splits is None:
+            return {}
+        state: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            **self._identity(),
+            "fingerprint": self.split_spec.fingerprint(filter=self.filter, seed=self.seed) if self.split_spec else None,
+            "table_version": self.source.version,
+            "world_size": self.world_size,
+        }
+        sampler = self.samplers.get("train")
+        if sampler is not None:
+            done = self._batches_consumed(sampler)
+            state.update(
+                epoch=sampler.epoch,
+                train_batches_done=done,
+                train_rows_consumed=sampler.rows_consumed_after(done),
+                train_split_rows=sampler.num_rows,
+            )
+        return state
+
+    def _batches_consumed(self, sampler: LanceBatchSampler) -> int:
+        """Batches of the current epoch the model has consumed (prefetched ones do not count)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return sampler.batches_before_start
+        return min(trainer.fit_loop.epoch_loop.batch_progress.current.processed, len(sampler))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""
+        self._state_loaded = True
+        if not state_dict or "format" not in state_dict:
+            rank_zero_warn(
+                "the checkpoint holds no lance-lightning data state (written before it existed, or by another "
+                "datamodule): the interrupted epoch starts afresh from its first row"
+            )
+            return
+        if self.resume == "fresh":
+            rank_zero_warn("resume='fresh': ignoring the checkpoint's data state; its epoch starts afresh")
+            return
+        mine = self._identity()
+        differs = [
+            f"{key}: checkpoint {state_dict.get(key)!r} != now {mine[key]!r}"
+            for key in mine
+            if state_dict.get(key) != mine[key]
+        ]
+        if differs:
+            raise ValueError(
+                "the checkpoint's data state does not match this LanceDataModule (" + "; ".join(differs) + "). "
+                "Resuming would read different rows. Restore the original settings, or pass resume='fresh' "
+                "to start the data afresh."
+            )
+        version = state_dict.get("table_version")
+        if version is not None and version != self.source.version:
+            self._repin(version)
+        self._resume_state = dict(state_dict)
+        self._apply_resume()
+
+    def _repin(self, version: int) -> None:
+        """Read the checkpoint's table version: rebuild splits and stages at it."""
+        latest = self.source.version
+        rank_zero_warn(
+            f"table {self.source.name!r} has moved on since the checkpoint (version {version} then, {latest} "
+            f"now): this run keeps reading version {version}, so the splits and the epoch stay exactly the same"
+        )
+        self.source = self.source.pinned(version)
+        self._open_table = None
+        stages = list(self.samplers)
+        self.splits, self._whole_table, self.samplers, self.datasets = None, None, {}, {}
+        table = self._pin_version()
+        self.splits = build_splits(self.source, table, self.split_spec, filter=self.filter, seed=self.seed)
+        self._check_stage_splits()
+        self._record_hyperparameters()
+        for stage in stages:
+            self._build_stage(stage)
+
+    def _apply_resume(self) -> None:
+        state, sampler = self._resume_state, self.samplers.get("train")
+        if state is None or sampler is None or "epoch" not in state:
+            return
+        if state.get("train_split_rows") != sampler.num_rows:
+            raise ValueError(
+                f"the checkpoint's train split has {state.get('train_split_rows')} rows, this one {sampler.num_rows}"
+            )
+        sampler.resume_at(
+            epoch=state["epoch"], consumed_rows=state["train_rows_consumed"], batches_done=state["train_batches_done"]
+        )
 
     # -- dataloaders ---------------------------------------------------------------------
 
@@ -327,7 +440,7 @@ class LanceDataModule(pl.LightningDataModule):
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
-        return DataLoader(
+        return LanceDataLoader(
             dataset,
             sampler=self.samplers[stage],
             batch_size=None,
@@ -337,6 +450,20 @@ class LanceDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader | list:
+        trainer = getattr(self, "trainer", None)
+        sampler = self.samplers.get("train")
+        if trainer is not None and trainer.ckpt_path and not self._state_loaded and sampler is not None:
+            # Lightning skips load_state_dict when the checkpoint has no entry for this datamodule.
+            self._state_loaded = True
+            rank_zero_warn(
+                "the checkpoint holds no lance-lightning data state (written before it existed, or by another "
+                "datamodule): the interrupted epoch starts afresh from its first row"
+            )
+            sampler.resume_at(
+                epoch=sampler.epoch,
+                consumed_rows=0,
+                batches_done=trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            )
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader | list:
@@ -356,6 +483,21 @@ class LanceDataModule(pl.LightningDataModule):
         return {
             name: describe_column(schema.field(name)) for name in check_columns(self.source.name, schema, self.columns)
         }
+
+
+class LanceDataLoader(DataLoader):
+    """A plain ``DataLoader`` that Lightning recognises as resumable.
+
+    Its position lives in its :class:`LanceBatchSampler` and is saved and restored by
+    :meth:`LanceDataModule.state_dict` / :meth:`LanceDataModule.load_state_dict`, which also
+    handle a change of world size; the loader's own ``load_state_dict`` therefore does nothing.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict() if isinstance(self.sampler, LanceBatchSampler) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
 
 
 def _check_positive_int(name: str, value: Any) -> None:

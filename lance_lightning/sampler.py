@@ -68,19 +68,29 @@ class LanceBatchSampler(DistributedSampler):
         self.window_blocks = window_blocks
         self.epoch = 0
         self.start_row = 0
+        self.batches_before_start = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch; a new epoch starts from its first row."""
         if epoch != self.epoch:
             self.start_row = 0
+            self.batches_before_start = 0
         self.epoch = epoch
 
-    def resume_at(self, *, epoch: int, consumed_rows: int) -> None:
-        """Start ``epoch`` after its first ``consumed_rows`` rows (a world-size-free position)."""
+    def resume_at(self, *, epoch: int, consumed_rows: int, batches_done: int = 0) -> None:
+        """Start ``epoch`` after its first ``consumed_rows`` rows (a world-size-free position).
+
+        ``batches_done`` is how many batches this rank's loop already counted in the epoch
+        (Lightning's restored batch index); ``len()`` includes them, so a loop that resumes at
+        batch ``batches_done`` runs exactly the rest, whatever the new world size.
+        """
         if not 0 <= consumed_rows <= len(self.row_ids):
             raise ValueError(f"consumed_rows must be in [0, {len(self.row_ids)}], got {consumed_rows}")
+        if batches_done < 0:
+            raise ValueError(f"batches_done must be >= 0, got {batches_done}")
         self.epoch = epoch
         self.start_row = consumed_rows
+        self.batches_before_start = batches_done
 
     @property
     def num_rows(self) -> int:
@@ -108,7 +118,11 @@ class LanceBatchSampler(DistributedSampler):
         )
 
     def rows_consumed_after(self, batches: int) -> int:
-        """Rows of the epoch order consumed once every rank has read ``batches`` batches."""
+        """Rows of the epoch order consumed once every rank has read ``batches`` batches.
+
+        ``batches`` counts from the start of the epoch, as ``len()`` and Lightning do.
+        """
+        batches -= self.batches_before_start
         plan = self.plan()
         full = min(batches, plan.full_steps)
         consumed = full * self.num_replicas * self.batch_size
@@ -124,7 +138,7 @@ class LanceBatchSampler(DistributedSampler):
             yield self.row_ids[take_padded(remaining, start, stop)]
 
     def __len__(self) -> int:
-        return self.plan().batches_for_rank(self.rank)
+        return self.batches_before_start + self.plan().batches_for_rank(self.rank)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "start_row": self.start_row}
+        return {"epoch": self.epoch, "start_row": self.start_row, "batches_before_start": self.batches_before_start}

@@ -1,0 +1,128 @@
+"""Mid-epoch checkpoints resume with exactly the rows an uninterrupted run would read."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lance_lightning import LanceDataModule
+from tests.conftest import toy_table
+
+
+class Recorder(pl.LightningModule):
+    """Records the ids of every training batch it consumes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["id"].tolist())
+        return torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Preempted(Exception):
+    pass
+
+
+class SaveThenStop(pl.Callback):
+    """Saves a checkpoint after ``step`` optimizer steps, then dies like a preempted job."""
+
+    def __init__(self, step: int, path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            raise Preempted
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def datamodule(uri: str, **kwargs) -> LanceDataModule:
+    return LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=5, **kwargs)
+
+
+def interrupted_then_resumed(tmp_path, uri, stop_step, first_kwargs, second_kwargs) -> list[list[int]]:
+    ckpt = tmp_path / "mid.ckpt"
+    first = Recorder()
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(stop_step, ckpt)]).fit(
+            first, datamodule=datamodule(uri, **first_kwargs)
+        )
+    second = Recorder()
+    trainer(tmp_path).fit(second, datamodule=datamodule(uri, **second_kwargs), ckpt_path=ckpt)
+    return first.seen + second.seen
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_reads_what_an_uninterrupted_run_reads(make_table, tmp_path, num_workers):
+    uri, _ = make_table("toy", 100)  # 13 batches an epoch
+    reference = Recorder()
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
+    resumed = interrupted_then_resumed(tmp_path, uri, 5, {"num_workers": num_workers}, {"num_workers": num_workers})
+    assert resumed == reference.seen
+
+
+def test_resume_keeps_the_pinned_version_when_rows_are_appended(make_table, tmp_path):
+    uri, table = make_table("toy", 100)
+    reference = Recorder()
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
+    ckpt = tmp_path / "mid.ckpt"
+    first = Recorder()
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(4, ckpt)]).fit(first, datamodule=datamodule(uri))
+    table.add(toy_table(150).slice(100))
+    second = Recorder()
+    with pytest.warns(UserWarning, match="has moved on since the checkpoint"):
+        trainer(tmp_path).fit(second, datamodule=datamodule(uri), ckpt_path=ckpt)
+    assert first.seen + second.seen == reference.seen
+    assert max(i for batch in second.seen for i in batch) < 100
+
+
+def test_changed_configuration_is_refused_naming_the_difference(make_table, tmp_path):
+    uri, _ = make_table("toy", 100)
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(3, ckpt)]).fit(Recorder(), datamodule=datamodule(uri))
+    changed = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=6)
+    with pytest.raises(ValueError, match=r"seed: checkpoint 5 != now 6.*resume='fresh'"):
+        trainer(tmp_path).fit(Recorder(), datamodule=changed, ckpt_path=ckpt)
+    fresh = Recorder()
+    fresh_dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=6, resume="fresh")
+    with pytest.warns(UserWarning, match="resume='fresh'"):
+        trainer(tmp_path).fit(fresh, datamodule=fresh_dm, ckpt_path=ckpt)
+    assert fresh.seen
+
+
+def test_plain_lightning_checkpoint_starts_the_epoch_afresh(make_table, tmp_path):
+    uri, _ = make_table("toy", 100)
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(3, ckpt)]).fit(Recorder(), datamodule=datamodule(uri))
+    checkpoint = torch.load(ckpt, weights_only=False)
+    del checkpoint["LanceDataModule"]
+    torch.save(checkpoint, ckpt)
+    model = Recorder()
+    with pytest.warns(UserWarning, match="no lance-lightning data state"):
+        trainer(tmp_path).fit(model, datamodule=datamodule(uri), ckpt_path=ckpt)
+    # the interrupted epoch is read again from its first row, then the second epoch in full
+    assert len(model.seen) == 13 + 13
+    assert sorted(i for batch in model.seen[:13] for i in batch) == list(range(100))
