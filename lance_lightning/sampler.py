@@ -131,14 +131,33 @@ class LanceBatchSampler(DistributedSampler):
         return min(self.start_row + consumed, self.num_rows)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        remaining = self.epoch_positions()[self.start_row :]
-        if len(remaining) == 0:
+        order = self.epoch_positions()
+        if self.start_row >= len(order):
             return
+        # Bounds are relative to the resume point; padding wraps to the start of the whole
+        # epoch order, so a resumed epoch pads with exactly the rows an uninterrupted one would.
+        offset = self.start_row
         for start, stop in rank_batch_bounds(self.plan(), rank=self.rank):
-            yield self.row_ids[take_padded(remaining, start, stop)]
+            yield self.row_ids[take_padded(order, offset + start, offset + stop)]
 
     def __len__(self) -> int:
-        return self.batches_before_start + self.plan().batches_for_rank(self.rank)
+        """Batches in the epoch, counted from its start as Lightning counts them.
+
+        After a resume at another world size the rest of the epoch can need more batches than a
+        whole epoch does; Lightning reads ``len()`` once and keeps it for later epochs, so this is
+        the larger of the two and an epoch with fewer batches simply ends early (on every rank
+        alike).
+        """
+        whole = plan_epoch(
+            self.num_rows,
+            world_size=self.num_replicas,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            even=self.even,
+        ).batches_for_rank(self.rank)
+        if self.start_row == 0 and self.batches_before_start == 0:
+            return whole
+        return max(whole, self.batches_before_start + self.plan().batches_for_rank(self.rank))
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "start_row": self.start_row, "batches_before_start": self.batches_before_start}

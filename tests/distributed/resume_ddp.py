@@ -1,0 +1,82 @@
+"""Standalone DDP run for the resume tests: fit, record each rank's batches, maybe checkpoint.
+
+usage: resume_ddp.py URI OUT_DIR TAG DEVICES STOP_STEP CKPT_IN CKPT_OUT
+STOP_STEP > 0 saves CKPT_OUT after that many steps, mid-epoch, then dies like a preempted job
+(exit code 3); -1 runs both epochs. CKPT_IN "-" starts from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from lance_lightning import LanceDataModule
+
+
+class Recorder(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["id"].tolist())
+        return torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Preempted(Exception):
+    pass
+
+
+class SaveRecordStop(pl.Callback):
+    """At ``step``: save a checkpoint, write this rank's record, wait for every rank, then die."""
+
+    def __init__(self, step: int, ckpt: str, record: Path) -> None:
+        self.step, self.ckpt, self.record = step, ckpt, record
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.ckpt)
+            self.record.with_name(self.record.name.format(rank=trainer.global_rank)).write_text(
+                json.dumps(pl_module.seen)
+            )
+            trainer.strategy.barrier()
+            raise Preempted
+
+
+def main() -> None:
+    uri, out_dir, tag, devices, stop_step, ckpt_in, ckpt_out = sys.argv[1:8]
+    devices, stop_step = int(devices), int(stop_step)
+    record = Path(out_dir, tag + "_rank{rank}.json")
+    callbacks = [SaveRecordStop(stop_step, ckpt_out, record)] if stop_step > 0 else []
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        callbacks=callbacks,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=out_dir,
+    )
+    model = Recorder()
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=5)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_in == "-" else ckpt_in)
+    except Preempted:
+        sys.exit(3)
+    Path(str(record).format(rank=trainer.global_rank)).write_text(json.dumps(model.seen))
+
+
+if __name__ == "__main__":
+    main()
