@@ -81,9 +81,12 @@ def epoch_order(
         lengths = np.minimum(block_size, num_rows - starts)
         # Expand each shuffled block into its run of positions.
         order = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(num_rows)
-        window = block_size * window_blocks
-        for lo in range(0, num_rows, window):
-            chunk = order[lo : lo + window]
+        # Windows end on block boundaries: the short last block can land anywhere in the
+        # shuffled order, so fixed offsets (multiples of block_size * window_blocks) would cut
+        # every later block in two.
+        ends = np.cumsum(lengths)[window_blocks - 1 :: window_blocks].tolist()
+        for lo, hi in zip([0, *ends], [*ends, num_rows]):
+            chunk = order[lo:hi]
             chunk[:] = chunk[rng.permutation(len(chunk))]
         return order.astype(np.int64, copy=False)
     raise ValueError(f"unknown shuffle mode {mode!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
