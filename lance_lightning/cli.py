@@ -1,0 +1,38 @@
+"""``python -m lance_lightning.cli``: the same job through Lightning's own ``LightningCLI``.
+
+For users who prefer jsonargparse to Hydra: every ``LanceDataModule`` argument is a
+``--data.*`` flag, the model is any ``LightningModule`` given by class path, e.g.::
+
+    python -m lance_lightning.cli fit --data.uri data/demo --data.table digits \\
+        --data.columns '[image, label]' --model MLPClassifier --trainer.max_epochs 5
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from .datamodule import LanceDataModule
+from .models import MLPClassifier  # noqa: F401 - lets `--model MLPClassifier` resolve by name
+
+
+def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
+    """Build and run the ``LightningCLI`` (``args`` as on the command line; None: ``sys.argv``)."""
+    return LightningCLI(
+        pl.LightningModule,
+        LanceDataModule,
+        subclass_mode_model=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        **kwargs,
+    )
+
+
+def main() -> None:
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
