@@ -14,18 +14,27 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+from .callbacks import ShardPlanLogger
 from .datamodule import LanceDataModule
 from .models import MLPClassifier  # noqa: F401 - lets `--model MLPClassifier` resolve by name
 
 
 def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
-    """Build and run the ``LightningCLI`` (``args`` as on the command line; None: ``sys.argv``)."""
+    """Build and run the ``LightningCLI`` (``args`` as on the command line; None: ``sys.argv``).
+
+    A :class:`~lance_lightning.callbacks.ShardPlanLogger` is always added, as in the Hydra job,
+    so the logged hyperparameters say how each rank's batches were cut.
+    """
+    trainer_defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+    callbacks = trainer_defaults.get("callbacks") or []
+    trainer_defaults["callbacks"] = [*callbacks, ShardPlanLogger()]
     return LightningCLI(
         pl.LightningModule,
         LanceDataModule,
         subclass_mode_model=True,
         args=args,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults=trainer_defaults,
         **kwargs,
     )
 

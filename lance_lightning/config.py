@@ -238,7 +238,7 @@ def check_config(cfg: Any) -> None:
         if node is None or not hasattr(node, "keys") or node.get("_target_") != schema.target:
             continue
         known = schema.keys
-        unknown = sorted(str(k) for k in node.keys() if k not in known)
+        unknown = sorted(str(k) for k in node if k not in known)
         if unknown:
             hints = []
             for key in unknown:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, read_write
 
-from .config import check_config  # importing config registers the schemas in Hydra's ConfigStore
 from .callbacks import ShardPlanLogger
+from .config import check_config  # importing config registers the schemas in Hydra's ConfigStore
 from .demo import ensure_demo
 
 # The repository's conf/, found from this file (``../conf``). An absolute path: Hydra would
