@@ -2,7 +2,7 @@
 
 from .convert import UnsupportedColumnError, batch_to_tensors, describe_column
 from .dataset import LanceBatchDataset
-from .sampler import LanceBatchSampler
+from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
 from .sharding import epoch_order, plan_epoch, rank_batch_bounds
 from .source import LanceSourceError, TableSource
 from .splits import SplitSpecError, build_splits, parse_split_spec
@@ -12,6 +12,7 @@ __all__ = [
     "LanceBatchSampler",
     "LanceDataModule",
     "LanceSourceError",
+    "SequentialLanceBatchSampler",
     "SplitSpecError",
     "TableSource",
     "UnsupportedColumnError",

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from .convert import NullPolicy, describe_column
 from .dataset import LanceBatchDataset, resolve_transform
-from .sampler import LanceBatchSampler
+from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
 from .sharding import SHUFFLE_MODES
 from .source import LanceSourceError, TableSource, check_columns, is_memory_uri
 from .splits import WHOLE_TABLE, SplitRows, SplitSpecError, build_splits, parse_split_spec, whole_table_row_ids
@@ -111,6 +111,8 @@ class LanceDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         _check_positive_int("batch_size", batch_size)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         if eval_batch_size is not None:
             _check_positive_int("eval_batch_size", eval_batch_size)
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -294,12 +296,21 @@ class LanceDataModule(pl.LightningDataModule):
             table=self._open_table if same_table else None,
         )
         training = stage == "train"
-        self.samplers[stage] = LanceBatchSampler(
+        if not training and len(split) < self.world_size:
+            raise SplitSpecError(
+                f"split {name!r} (read by stage {stage!r}) has {len(split)} row(s), fewer than the "
+                f"{self.world_size} ranks: a rank with no batch would skip the loop while the others wait "
+                "for it. Use a larger split or fewer devices for this stage."
+            )
+        overfitting = getattr(getattr(self, "trainer", None), "overfit_batches", 0) or 0
+        ordered = not training or self.shuffle == "none" or overfitting > 0
+        sampler_class = SequentialLanceBatchSampler if ordered else LanceBatchSampler
+        self.samplers[stage] = sampler_class(
             split.row_ids,
             batch_size=self.batch_size if training else self.eval_batch_size,
             num_replicas=self.world_size,
             rank=self.rank,
-            shuffle=self.shuffle if training else "none",
+            shuffle="none" if ordered else self.shuffle,
             seed=self.seed,
             drop_last=self.drop_last if training else False,
             even=training,
@@ -436,7 +447,13 @@ class LanceDataModule(pl.LightningDataModule):
         kwargs: dict[str, Any] = {}
         if workers:
             method = self.multiprocessing_context or "forkserver"
-            kwargs["multiprocessing_context"] = multiprocessing.get_context(method)
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                # The fork server imports these once; each worker forks from it instead of
+                # importing torch and Lightning again (the user's script re-imports them).
+                # lancedb is left out: it must not be imported before a fork.
+                context.set_forkserver_preload(["torch", "lightning.pytorch"])
+            kwargs["multiprocessing_context"] = context
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .sharding import SHUFFLE_MODES, ShardPlan, ShuffleMode, epoch_order, plan_epoch, rank_batch_bounds, take_padded
@@ -161,3 +162,16 @@ class LanceBatchSampler(DistributedSampler):
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "start_row": self.start_row, "batches_before_start": self.batches_before_start}
+
+
+class SequentialLanceBatchSampler(LanceBatchSampler, SequentialSampler):
+    """A :class:`LanceBatchSampler` that never shuffles, and says so to Lightning.
+
+    Lightning replaces any sampler that is not a ``SequentialSampler`` when it wants a fixed
+    order (``Trainer(overfit_batches=...)``) and warns about shuffled evaluation loaders;
+    this subclass keeps our batching and sharding in both cases.
+    """
+
+    def __init__(self, row_ids: np.ndarray, **kwargs: Any) -> None:
+        kwargs["shuffle"] = "none"
+        super().__init__(row_ids, **kwargs)

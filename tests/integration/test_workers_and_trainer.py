@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lance_lightning import LanceDataModule
+from lance_lightning import LanceDataModule, SplitSpecError
 
 
 def epoch_ids(loader) -> list[int]:
@@ -153,3 +153,31 @@ def test_ten_million_row_table_builds_its_splits(make_table):
     assert sizes == {"train": 8_000_000, "val": 1_000_000, "test": 1_000_000}
     first = next(iter(dm.train_dataloader()))
     assert len(first["id"]) == 1024
+
+
+def test_overfit_batches_keeps_our_batches(make_table, tmp_path):
+    uri, _ = make_table("toy", 100)
+    dm = LanceDataModule(uri, "toy", batch_size=8, seed=1)
+    model = TinyModel()
+    trainer = pl.Trainer(max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    batches = [model.seen["train"][i : i + 8] for i in range(0, len(model.seen["train"]), 8)]
+    assert len(batches) == 6 and batches[:2] == batches[2:4] == batches[4:6]
+
+
+def test_negative_seed_is_refused():
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        LanceDataModule("/unused", "toy", seed=-1)
+
+
+def test_eval_split_smaller_than_the_world_is_refused(make_table):
+    uri, _ = make_table("toy", 40)
+    dm = LanceDataModule(uri, "toy", splits={"train": 39, "val": 1}, batch_size=8)
+    # A real 2-process DDP Trainer, not launched: it reports world size 2 to the datamodule.
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    assert dm.trainer.world_size == 2
+    message = r"split 'val' \(read by stage 'val'\) has 1 row\(s\), fewer than the 2 ranks"
+    with pytest.raises(SplitSpecError, match=message):
+        dm.setup("validate")
