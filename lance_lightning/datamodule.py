@@ -167,18 +167,20 @@ class LanceDataModule(pl.LightningDataModule):
         self.resume = resume
         self._resume_state: dict[str, Any] | None = None
         self._state_loaded = False
+        # Prefixed: Lightning merges these with the model's hyperparameters and refuses a key
+        # (such as "batch_size" or "seed") that both define with different values.
         self.save_hyperparameters(
             {
-                "uri": self.source.uri,
-                "table": self.source.name,
-                "columns": self.columns,
-                "splits": _plain(splits),
-                "filter": filter,
-                "batch_size": batch_size,
-                "seed": seed,
-                "shuffle": shuffle,
-                "drop_last": drop_last,
-                "num_workers": num_workers,
+                "data_uri": _absolute_if_local(self.source.uri),
+                "data_table": self.source.name,
+                "data_columns": self.columns,
+                "data_splits": _plain(splits),
+                "data_filter": filter,
+                "data_batch_size": batch_size,
+                "data_seed": seed,
+                "data_shuffle": shuffle,
+                "data_drop_last": drop_last,
+                "data_num_workers": num_workers,
             }
         )
         self.splits: dict[str, SplitRows] | None = None
@@ -515,6 +517,15 @@ class LanceDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         return None
+
+
+def _absolute_if_local(uri: str) -> str:
+    """Local paths as absolute paths (what the logs should say); other URIs as given."""
+    import os
+
+    from .source import is_local_uri
+
+    return os.path.abspath(uri) if is_local_uri(uri) and not uri.startswith("file://") else uri
 
 
 def _check_positive_int(name: str, value: Any) -> None:

@@ -34,3 +34,58 @@ def make_table(tmp_path):
         return uri, table
 
     return make
+
+
+def digits_like_table(num_rows: int, *, seed: int = 0) -> pa.Table:
+    """Like the demo table: ``id`` int64, ``image`` fixed_shape_tensor<float32, [8, 8]>,
+    ``label`` int64 equal to ``id % 10`` (so each split's label balance is known exactly)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (num_rows, 8, 8)).astype(np.float32)
+    return pa.table(
+        {
+            "id": np.arange(num_rows, dtype=np.int64),
+            "image": pa.FixedShapeTensorArray.from_numpy_ndarray(images),
+            "label": (np.arange(num_rows) % 10).astype(np.int64),
+        }
+    )
+
+
+@pytest.fixture
+def digits_db(tmp_path):
+    """``digits_db(num_rows=200, name="digits", **columns) -> (uri, name)``: a tiny demo-shaped
+    table on disk; keyword arguments add columns (name=values)."""
+    import lancedb
+
+    def make(num_rows: int = 200, name: str = "digits", **columns) -> tuple[str, str]:
+        uri = str(tmp_path / "digits_db")
+        table = digits_like_table(num_rows)
+        for column, values in columns.items():
+            table = table.append_column(column, pa.array(values))
+        lancedb.connect(uri).create_table(name, table)
+        return uri, name
+
+    return make
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """``run_cli(args, timeout=...) -> CompletedProcess``: ``python <args>`` in ``tmp_path``, output captured.
+
+    A real process, as users run it: entry points that re-launch themselves (DDP) need one.
+    """
+    import os
+    import subprocess
+    import sys
+
+    def run(args: list[str], *, timeout: float = 240, cwd=None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=cwd or tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -181,3 +181,21 @@ def test_eval_split_smaller_than_the_world_is_refused(make_table):
     message = r"split 'val' \(read by stage 'val'\) has 1 row\(s\), fewer than the 2 ranks"
     with pytest.raises(SplitSpecError, match=message):
         dm.setup("validate")
+
+
+class ModelWithOwnHyperparameters(TinyModel):
+    def __init__(self, batch_size: int = 999, seed: int = 123) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+
+def test_model_hyperparameters_do_not_clash_with_the_datamodule(make_table, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    uri, _ = make_table("toy", 40)
+    dm = LanceDataModule(uri, "toy", batch_size=8, seed=1)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(ModelWithOwnHyperparameters(), datamodule=dm)
+    logged = (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
+    assert "table_version: 1" in logged and "data_batch_size: 8" in logged and "batch_size: 999" in logged

@@ -1,0 +1,111 @@
+"""``lance-lightning-inspect``: the table, splits, label balance and per-rank plan, before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lance_lightning.inspect import inspect, render
+from lance_lightning.report import resolve_world_size
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
+        return compose("config", overrides=overrides)
+
+
+@pytest.fixture
+def tiny(digits_db):
+    uri, table = digits_db(200)
+    return [f"data.uri={uri}", f"data.table={table}", "data.batch_size=16"]
+
+
+def test_report_on_a_tiny_table_for_two_ranks(tiny):
+    report = inspect(compose_cfg([*tiny, "trainer=ddp_sim"]))
+    assert report["source"]["version"] == 1
+    assert report["tensors"] == {"image": "Tensor[float32, (rows, 8, 8)]", "label": "Tensor[int64, (rows,)]"}
+    assert report["splits"] == {"train": 160, "val": 20, "test": 20}
+    # label == id % 10: every label appears 20 times over the whole table
+    for split, counts in report["label_balance"].items():
+        assert sum(counts.values()) == report["splits"][split]
+    totals = {}
+    for counts in report["label_balance"].values():
+        for label, n in counts.items():
+            totals[label] = totals.get(label, 0) + n
+    assert totals == {str(i): 20 for i in range(10)}
+
+    plan = report["shard_plan"]
+    assert report["world_size"] == 2
+    assert plan["train"]["batches_per_rank"] == [5, 5]  # 160 rows / (2 ranks x 16)
+    assert plan["train"]["rows_per_rank"] == [80, 80]
+    assert plan["train"]["padded_rows"] == plan["train"]["dropped_rows"] == 0
+    assert plan["val"]["rows_per_rank"] == [10, 10] and plan["val"]["shuffle"] == "none"
+
+    text = render(report)
+    for expected in (
+        "version 1",
+        "image  extension<arrow.fixed_shape_tensor",
+        "-> Tensor[float32, (rows, 8, 8)]",
+        "id     int64  (not read)",
+        "train             160 rows (80.0%)",
+        "label: 0: ",
+        "per rank, world size 2:",
+        "ranks 0-1: 5 batches, 80 rows",
+    ):
+        assert expected in text, expected
+
+
+def test_padding_and_dropping_are_reported(tiny):
+    padded = inspect(
+        compose_cfg(
+            [
+                *tiny,
+                "inspect.world_size=3",
+                "data/splits=random_counts",
+                "data.splits.train=161",
+                "data.splits.val=20",
+                "data.splits.test=19",
+            ]
+        )
+    )["shard_plan"]["train"]
+    assert padded["rows"] == 161 and padded["world_size"] == 3
+    assert padded["padded_rows"] == 1  # 161 rows over 3 ranks: one row read twice
+    assert len(set(padded["batches_per_rank"])) == 1 and sum(padded["rows_per_rank"]) == 162
+
+    dropped = inspect(compose_cfg([*tiny, "inspect.world_size=3", "data.drop_last=true"]))
+    assert dropped["shard_plan"]["train"]["dropped_rows"] == 160 % (3 * 16)
+    assert "row(s) dropped (drop_last)" in render(dropped)
+
+
+def test_no_label_column(tiny):
+    report = inspect(compose_cfg([*tiny, "inspect.label_column=null"]))
+    assert report["label_balance"] is None
+    missing = inspect(compose_cfg([*tiny, "inspect.label_column=nope"]))
+    assert missing["label_balance"] is None and "label:" not in render(missing)
+
+
+@pytest.mark.parametrize(
+    "trainer,world",
+    [
+        ({"devices": 2, "num_nodes": 3}, 6),
+        ({"devices": "4", "num_nodes": 1}, 4),
+        ({"devices": [0, 1], "num_nodes": 2}, 4),
+        ({"devices": "0,1,2", "num_nodes": 1}, 3),
+        ({"devices": "auto", "accelerator": "cpu"}, 1),
+    ],
+)
+def test_world_size_from_the_trainer_config(trainer, world):
+    assert resolve_world_size(trainer) == world
+
+
+def test_console_entry_with_overrides(tiny, run_cli, tmp_path):
+    result = run_cli(["-m", "lance_lightning.inspect", *tiny, "trainer.accelerator=cpu", "trainer.devices=2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "per rank, world size 2:" in out and "ranks 0-1: 5 batches, 80 rows" in out
+    assert "Tensor[float32, (rows, 8, 8)]" in out
+    assert not (tmp_path / "outputs").exists()  # a look, not a run: no Hydra output directory

@@ -1,0 +1,125 @@
+"""``lance-lightning-train`` / ``python -m lance_lightning.train`` as users run them: real processes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TRAIN_SCRIPT = Path(sys.executable).parent / "lance-lightning-train"
+
+
+def hparams(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
+
+
+@pytest.fixture
+def tiny(digits_db):
+    uri, table = digits_db(200)
+    return [f"data.uri={uri}", f"data.table={table}", "trainer.enable_progress_bar=false"]
+
+
+def test_module_entry_with_overrides(tiny, run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            "-m",
+            "lance_lightning.train",
+            *tiny,
+            "data.columns=[image,label]",
+            "data.batch_size=64",
+            "data.splits.val=0.2",
+            "data.splits.train=0.7",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test metrics: test/acc=" in result.stdout
+    logged = hparams(run_dir)
+    assert logged["data_batch_size"] == 64
+    assert logged["data_splits"] == {"train": 0.7, "val": 0.2, "test": 0.1}
+    assert logged["split_rows"] == {"train": 140, "val": 40, "test": 20}
+    assert logged["shard_plan"]["train"]["batches_per_rank"] == [3]
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+
+
+@pytest.mark.skipif(not TRAIN_SCRIPT.exists(), reason="console script not installed (pip install -e .)")
+def test_sweep_runs_one_job_per_value(tiny, run_cli, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        [
+            str(TRAIN_SCRIPT),
+            "-m",
+            *tiny,
+            "data.batch_size=16,32",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "callbacks=none",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test metrics: test/acc=") == 2
+    assert [hparams(sweep_dir / str(job))["data_batch_size"] for job in (0, 1)] == [16, 32]
+    assert hparams(sweep_dir / "0")["shard_plan"]["train"]["batches_per_rank"] == [10]  # 160 rows / 16
+    assert hparams(sweep_dir / "1")["shard_plan"]["train"]["batches_per_rank"] == [5]
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not TRAIN_SCRIPT.exists(), reason="console script not installed (pip install -e .)")
+def test_ddp_sim_two_cpu_processes(tiny, run_cli, tmp_path):
+    """Lightning re-launches the console script for rank 1; both ranks train, rank 0 reports."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            str(TRAIN_SCRIPT),
+            *tiny,
+            "trainer=ddp_sim",
+            "trainer.max_epochs=1",
+            "data.batch_size=16",
+            "callbacks=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output and "distributed_backend=gloo" in output
+    assert result.stdout.count("test metrics: test/acc=") == 1  # printed by rank 0 only
+    plan = hparams(run_dir)["shard_plan"]
+    assert plan["train"]["world_size"] == 2
+    assert plan["train"]["batches_per_rank"] == [5, 5] and plan["train"]["rows_per_rank"] == [80, 80]
+    assert plan["test"]["rows_per_rank"] == [10, 10]
+    assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 ran in this job's directory
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ddp_sim_inside_a_sweep(tiny, run_cli, tmp_path):
+    """Each job of a ``-m`` sweep re-launches only itself for rank 1, in its own directory."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "lance_lightning.train",
+            "-m",
+            *tiny,
+            "trainer=ddp_sim",
+            "trainer.max_epochs=1",
+            "data.batch_size=16,32",
+            "callbacks=none",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert result.stdout.count("test metrics: test/acc=") == 2
+    assert output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
+    for job, batches in ((0, [5, 5]), (1, [3, 3])):
+        assert hparams(sweep_dir / str(job))["shard_plan"]["train"]["batches_per_rank"] == batches
+        assert (sweep_dir / str(job) / "train_ddp_process_1.log").exists()
