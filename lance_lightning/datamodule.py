@@ -35,6 +35,7 @@ _DEFAULT_STAGE_SPLITS = {
 _LIGHTNING_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 WORKER_START_METHODS = ("forkserver", "spawn")
 STATE_FORMAT = 1
+STABLE_ONLY = ("random", "sequential")  # split kinds that reassign rows when the table grows
 FORK_REFUSED = (
     "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
     "reliably (measured with lancedb 0.40: DataLoader workers forked from a process that has read a "
@@ -79,6 +80,11 @@ class LanceDataModule(pl.LightningDataModule):
         resume: ``"exact"`` (default): a checkpoint's data state must match this configuration
             (split spec, filter, seed, table) and training continues with the next unread row;
             ``"fresh"``: ignore the checkpoint's data state and start its epoch afresh.
+        table_updates: ``"pin"`` (default): the whole run reads the version pinned at the first
+            ``setup`` (or stored in the checkpoint it resumes). ``"next_epoch"``: at each epoch
+            boundary, move to the table's latest version, so appended rows join from the next
+            epoch on (never mid-epoch). Needs ``Trainer(reload_dataloaders_every_n_epochs=1)`` and
+            a split whose assignment survives appends (hash, column, sql, tables, or None).
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class LanceDataModule(pl.LightningDataModule):
         block_size: int = 64,
         window_blocks: int = 16,
         resume: Literal["exact", "fresh"] = "exact",
+        table_updates: Literal["pin", "next_epoch"] = "pin",
     ) -> None:
         super().__init__()
         _check_positive_int("batch_size", batch_size)
@@ -165,6 +172,16 @@ class LanceDataModule(pl.LightningDataModule):
         if resume not in ("exact", "fresh"):
             raise ValueError(f"resume must be 'exact' or 'fresh', got {resume!r}")
         self.resume = resume
+        if table_updates not in ("pin", "next_epoch"):
+            raise ValueError(f"table_updates must be 'pin' or 'next_epoch', got {table_updates!r}")
+        if table_updates == "next_epoch" and self.split_spec is not None and self.split_spec.kind in STABLE_ONLY:
+            raise ValueError(
+                f"table_updates='next_epoch' with {self.split_spec.kind} splits would reassign existing rows to "
+                "other splits whenever rows are added (leaking validation rows into training). Use a split whose "
+                "assignment survives appends: kind 'hash', 'column', 'sql' or 'tables'."
+            )
+        self.table_updates = table_updates
+        self._pinned_epoch = 0
         self._resume_state: dict[str, Any] | None = None
         self._state_loaded = False
         # Prefixed: Lightning merges these with the model's hyperparameters and refuses a key
@@ -223,6 +240,13 @@ class LanceDataModule(pl.LightningDataModule):
         if stage is not None and stage not in _LIGHTNING_STAGES:
             raise ValueError(f"unknown stage {stage!r}; Lightning stages are {', '.join(_LIGHTNING_STAGES)}")
         self.rank, self.world_size = self._topology()
+        trainer = getattr(self, "trainer", None)
+        reload_every = getattr(trainer, "reload_dataloaders_every_n_epochs", 1)
+        if self.table_updates == "next_epoch" and trainer is not None and reload_every != 1:
+            raise ValueError(
+                "table_updates='next_epoch' needs Trainer(reload_dataloaders_every_n_epochs=1), so that Lightning asks "
+                f"for new dataloaders at each epoch (it is {trainer.reload_dataloaders_every_n_epochs})"
+            )
         table = self._pin_version()
         schema = table.schema
         self.columns = check_columns(self.source.name, schema, self.columns)
@@ -397,17 +421,19 @@ class LanceDataModule(pl.LightningDataModule):
             )
         version = state_dict.get("table_version")
         if version is not None and version != self.source.version:
+            follow = " until this epoch ends" if self.table_updates == "next_epoch" else ""
+            rank_zero_warn(
+                f"table {self.source.name!r} has moved on since the checkpoint (version {version} then, "
+                f"{self.source.version} now): this run keeps reading version {version}{follow}, so the splits and "
+                "the interrupted epoch stay exactly the same"
+            )
             self._repin(version)
+        self._pinned_epoch = state_dict.get("epoch", 0)
         self._resume_state = dict(state_dict)
         self._apply_resume()
 
     def _repin(self, version: int) -> None:
-        """Read the checkpoint's table version: rebuild splits and stages at it."""
-        latest = self.source.version
-        rank_zero_warn(
-            f"table {self.source.name!r} has moved on since the checkpoint (version {version} then, {latest} "
-            f"now): this run keeps reading version {version}, so the splits and the epoch stay exactly the same"
-        )
+        """Read ``version`` of the table from now on: rebuild the splits and every built stage."""
         self.source = self.source.pinned(version)
         self._open_table = None
         stages = list(self.samplers)
@@ -468,7 +494,21 @@ class LanceDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
+    def _follow_table_updates(self) -> None:
+        """At a new epoch, with ``table_updates="next_epoch"``: move every stage to the latest version."""
+        trainer = getattr(self, "trainer", None)
+        if self.table_updates != "next_epoch" or trainer is None or trainer.current_epoch <= self._pinned_epoch:
+            return
+        latest = self.source.pinned(None).open().version if self.rank == 0 else None
+        if self.world_size > 1:
+            latest = trainer.strategy.broadcast(latest, src=0)  # every rank must read the same version
+        self._pinned_epoch = trainer.current_epoch
+        self._resume_state = None  # the resumed epoch is over: a new one starts from its first row
+        if latest != self.source.version:
+            self._repin(latest)
+
     def train_dataloader(self) -> DataLoader | list:
+        self._follow_table_updates()
         trainer = getattr(self, "trainer", None)
         sampler = self.samplers.get("train")
         if trainer is not None and trainer.ckpt_path and not self._state_loaded and sampler is not None:

@@ -55,7 +55,7 @@ class TableSource:
             connect_kwargs=self.connect_kwargs,
         )
 
-    def pinned(self, version: int) -> TableSource:
+    def pinned(self, version: int | None) -> TableSource:
         return TableSource(self.uri, self.name, version, self.storage_options, self.connect_kwargs)
 
     def describe(self) -> dict[str, Any]:

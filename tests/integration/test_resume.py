@@ -126,3 +126,60 @@ def test_plain_lightning_checkpoint_starts_the_epoch_afresh(make_table, tmp_path
     # the interrupted epoch is read again from its first row, then the second epoch in full
     assert len(model.seen) == 13 + 13
     assert sorted(i for batch in model.seen[:13] for i in batch) == list(range(100))
+
+
+HASH = {"kind": "hash", "columns": ["id"], "weights": {"train": 1}}
+
+
+class AppendAfterEpoch(pl.Callback):
+    """Appends rows 100..149 to the table when epoch 0 ends (a writer working beside training)."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.table.add(toy_table(150).slice(100))
+
+
+@pytest.mark.parametrize("table_updates", ["pin", "next_epoch"])
+def test_appended_rows_join_only_when_asked_and_only_at_an_epoch_boundary(make_table, tmp_path, table_updates):
+    uri, table = make_table("toy", 100)
+    model = Recorder()
+    dm = LanceDataModule(uri, "toy", splits=HASH, batch_size=8, seed=5, table_updates=table_updates)
+    run = trainer(tmp_path, callbacks=[AppendAfterEpoch(table)], reload_dataloaders_every_n_epochs=1)
+    run.fit(model, datamodule=dm)
+    epoch0 = [i for batch in model.seen[:13] for i in batch]
+    later = [i for batch in model.seen[13:] for i in batch]
+    assert sorted(epoch0) == list(range(100))
+    assert sorted(later) == (list(range(150)) if table_updates == "next_epoch" else list(range(100)))
+
+
+def test_resume_reads_the_pinned_version_until_the_epoch_ends_then_follows(make_table, tmp_path):
+    uri, table = make_table("toy", 100)
+    ckpt = tmp_path / "mid.ckpt"
+    first = Recorder()
+
+    def follow() -> LanceDataModule:
+        return LanceDataModule(uri, "toy", splits=HASH, batch_size=8, seed=5, table_updates="next_epoch")
+
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(4, ckpt)], reload_dataloaders_every_n_epochs=1).fit(
+            first, datamodule=follow()
+        )
+    table.add(toy_table(150).slice(100))
+    second = Recorder()
+    with pytest.warns(UserWarning, match="until this epoch ends"):
+        trainer(tmp_path, reload_dataloaders_every_n_epochs=1).fit(second, datamodule=follow(), ckpt_path=ckpt)
+    rest_of_epoch0 = [i for batch in second.seen[: 13 - 4] for i in batch]
+    assert sorted([i for batch in first.seen for i in batch] + rest_of_epoch0) == list(range(100))
+    assert sorted(i for batch in second.seen[13 - 4 :] for i in batch) == list(range(150))
+
+
+def test_following_updates_needs_stable_splits_and_reloading(make_table, tmp_path):
+    with pytest.raises(ValueError, match="random splits would reassign existing rows"):
+        LanceDataModule("/unused", "toy", table_updates="next_epoch")
+    uri, _ = make_table("toy", 50)
+    dm = LanceDataModule(uri, "toy", splits=HASH, table_updates="next_epoch")
+    with pytest.raises(ValueError, match=r"reload_dataloaders_every_n_epochs=1"):
+        trainer(tmp_path).fit(Recorder(), datamodule=dm)
