@@ -202,7 +202,7 @@ def check_stage(records, expected: Expected, stage: str, *, epochs: int) -> list
     for rank, record in enumerate(records):
         used = record["samplers"][stage]
         # Rule 1: sharded once, by the Trainer's rank and world size; Lightning left it alone.
-        assert used["type"] == "LanceBatchSampler" and used["is_datamodule_sampler"], used
+        assert used["type"] == type(base).__name__ and used["is_datamodule_sampler"], used
         assert (used["rank"], used["num_replicas"]) == (rank, w), used
     for epoch in range(epochs):
         batches = [record["seen"].get(stage, {}).get(str(epoch), []) for record in records]
