@@ -21,7 +21,7 @@ from .sharding import SHUFFLE_MODES, ShardPlan, ShuffleMode, epoch_order, plan_e
 
 
 class LanceBatchSampler(DistributedSampler):
-    """Yields this rank's batches of row addresses for one split.
+    """Yields this rank's batches of row addresses for one split, each batch in table order.
 
     Args:
         row_ids: the split's row addresses in table order (``uint64``).
@@ -137,9 +137,11 @@ class LanceBatchSampler(DistributedSampler):
             return
         # Bounds are relative to the resume point; padding wraps to the start of the whole
         # epoch order, so a resumed epoch pads with exactly the rows an uninterrupted one would.
+        # Each batch's addresses come sorted: the batch is the same set of rows, and the take
+        # then needs no reordering (the order inside a batch carries no randomness a loss uses).
         offset = self.start_row
         for start, stop in rank_batch_bounds(self.plan(), rank=self.rank):
-            yield self.row_ids[take_padded(order, offset + start, offset + stop)]
+            yield np.sort(self.row_ids[take_padded(order, offset + start, offset + stop)])
 
     def __len__(self) -> int:
         """Batches in the epoch, counted from its start as Lightning counts them.

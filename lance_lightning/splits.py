@@ -305,8 +305,16 @@ def _check_sizes(spec: SplitSpec, num_rows: int, context: str) -> None:
 
 
 def whole_table_row_ids(table: Any, filter: str | None) -> np.ndarray:
-    """Row addresses of every row that ``filter`` keeps, in table order."""
-    ids = _scan_row_ids(table, filter, [])["_rowid"].to_numpy()
+    """Row addresses of every row that ``filter`` keeps, in table order.
+
+    Built by lancedb's permutation builder, which reads only what the filter needs (a scan
+    with ``select([])`` would read every column).
+    """
+    builder = permutation_builder(table)
+    if filter is not None:
+        builder = builder.filter(filter)
+    _ensure_builder_memory()
+    ids = builder.execute().to_arrow()["row_id"].to_numpy()
     return np.sort(ids).astype(np.uint64, copy=False)
 
 
@@ -333,7 +341,7 @@ def _sql_splits(source: TableSource, table: Any, spec: SplitSpec, *, filter: str
     out: dict[str, SplitRows] = {}
     for name, predicate in zip(spec.names, spec.predicates or ()):
         try:
-            ids = np.sort(_scan_row_ids(table, _and(filter, predicate), [])["_rowid"].to_numpy())
+            ids = whole_table_row_ids(table, _and(filter, predicate))
         except Exception as err:
             raise SplitSpecError(
                 f"SQL predicate {predicate!r} of split {name!r} is not valid on table {table.name!r}: {err}"
