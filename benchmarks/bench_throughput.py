@@ -319,7 +319,7 @@ DM_SPLITS_MEMORY = {"kind": "sequential", "fractions": {"train": 1.0}}
 
 
 def reader_datamodule(
-    ctx: Ctx, *, shuffle: str, num_workers: int, stage: str = "train", splits: Any = DM_SPLITS
+    ctx: Ctx, *, shuffle: str, num_workers: int, stage: str = "train", splits: Any = DM_SPLITS, in_memory: bool = False
 ) -> Reader:
     t0 = time.perf_counter()
     dm = LanceDataModule(
@@ -331,6 +331,7 @@ def reader_datamodule(
         seed=ctx.seed,
         num_workers=num_workers,
         shuffle=shuffle,
+        in_memory=in_memory,
     )
     dm.setup("fit")
     loader = dm.val_dataloader() if stage == "val" else dm.train_dataloader()
@@ -417,6 +418,16 @@ for _mode in ("uniform", "block", "none"):
                 cap=_CAPS[_mode],
             )
         )
+for _w in (0, 2):
+    THROUGHPUT_SPECS.append(
+        Spec(
+            f"LanceDataModule in_memory uniform w{_w}",
+            "throughput",
+            lambda c, _w=_w: reader_datamodule(c, shuffle="uniform", num_workers=_w, in_memory=True),
+            f"train_dataloader(), in_memory=True (columns read once into shared memory, batches are gathers), "
+            f"shuffle='uniform', num_workers={_w}; setup includes the one read",
+        )
+    )
 THROUGHPUT_SPECS.append(
     Spec(
         "LanceDataModule val w0",

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from .convert import NullPolicy, describe_column
 from .dataset import LanceBatchDataset, resolve_transform
+from .memory import DEFAULT_MEMORY_BUDGET, load_in_memory
 from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
 from .sharding import SHUFFLE_MODES
 from .source import LanceSourceError, TableSource, check_columns, is_memory_uri
@@ -85,6 +86,14 @@ class LanceDataModule(pl.LightningDataModule):
             boundary, move to the table's latest version, so appended rows join from the next
             epoch on (never mid-epoch). Needs ``Trainer(reload_dataloaders_every_n_epochs=1)`` and
             a split whose assignment survives appends (hash, column, sql, tables, or None).
+        in_memory: read each stage's selected columns once into shared memory (all workers of a
+            rank map the same pages) and make every batch a gather: faster than any read from the
+            table, for splits that fit ``memory_budget_bytes`` (tensor columns only). Too large
+            or non-tensor columns get an error naming the split, the size and the setting.
+        cache: a local directory: each stage's split (selected columns, pinned version) is copied
+            there once per node at ``setup`` and read from there (see :mod:`lance_lightning.cache`).
+            For tables in object storage. None (default): read the table directly.
+        cache_max_bytes: refuse to grow the ``cache`` directory beyond this many bytes.
     """
 
     def __init__(
@@ -115,6 +124,10 @@ class LanceDataModule(pl.LightningDataModule):
         window_blocks: int = 16,
         resume: Literal["exact", "fresh"] = "exact",
         table_updates: Literal["pin", "next_epoch"] = "pin",
+        in_memory: bool = False,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+        cache: str | None = None,
+        cache_max_bytes: int | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("batch_size", batch_size)
@@ -181,6 +194,14 @@ class LanceDataModule(pl.LightningDataModule):
                 "assignment survives appends: kind 'hash', 'column', 'sql' or 'tables'."
             )
         self.table_updates = table_updates
+        self.in_memory = in_memory
+        _check_positive_int("memory_budget_bytes", memory_budget_bytes)
+        self.memory_budget_bytes = memory_budget_bytes
+        # -- local cache (lance_lightning/cache.py) --
+        if cache_max_bytes is not None:
+            _check_positive_int("cache_max_bytes", cache_max_bytes)
+        self.cache = str(cache) if cache is not None else None
+        self.cache_max_bytes = cache_max_bytes
         self._pinned_epoch = 0
         self._resume_state: dict[str, Any] | None = None
         self._state_loaded = False
@@ -321,6 +342,22 @@ class LanceDataModule(pl.LightningDataModule):
             nulls=self.nulls,
             table=self._open_table if same_table else None,
         )
+        if self.cache is not None:  # -- local cache: read the split from a local copy --
+            from .cache import cached_dataset
+
+            self.datasets[stage] = cached_dataset(
+                self.datasets[stage],
+                split.row_ids,
+                directory=self.cache,
+                max_bytes=self.cache_max_bytes,
+                filter=self.filter,
+                split_name=name,
+                table=self._open_table if same_table else None,
+            )
+        if self.in_memory:  # -- in-memory mode: one read of the split, then gathers --
+            self.datasets[stage] = load_in_memory(
+                self.datasets[stage], split.row_ids, split=name, budget_bytes=self.memory_budget_bytes
+            )
         training = stage == "train"
         if not training and len(split) < self.world_size:
             raise SplitSpecError(
@@ -466,11 +503,12 @@ class LanceDataModule(pl.LightningDataModule):
             return []
         dataset = self.datasets[stage]
         workers = self.num_workers
-        if workers and is_memory_uri(dataset.source.uri):
+        source = getattr(dataset, "source", None)  # in-memory datasets reopen nothing
+        if workers and source is not None and is_memory_uri(source.uri):
             raise LanceSourceError(
-                f"table {dataset.source.name!r} is in an in-memory database ({dataset.source.uri}): "
-                f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, or store "
-                "the table in a directory (lancedb.connect('/path')) or object store."
+                f"table {source.name!r} is in an in-memory database ({source.uri}): "
+                f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, in_memory=True, "
+                "or store the table in a directory (lancedb.connect('/path')) or object store."
             )
         kwargs: dict[str, Any] = {}
         if workers:
