@@ -380,6 +380,9 @@ class LanceDataModule(pl.LightningDataModule):
             block_size=self.block_size,
             window_blocks=self.window_blocks,
         )
+        if self.in_memory:  # the in-memory dataset takes positions: no address lookup per batch
+            self.datasets[stage].by_position = True
+            self.samplers[stage].yield_positions = True
         if training:
             self._apply_resume()
 

@@ -30,7 +30,10 @@ class InMemoryBatchDataset(Dataset):
     """The rows of one split as shared-memory tensors; ``dataset[row_ids]`` gathers a batch.
 
     Same contract as :class:`~.dataset.LanceBatchDataset`: the index is a sorted array of
-    row addresses of the split, the result a dict of tensors (then the transform).
+    row addresses of the split, the result a dict of tensors (then the transform). With
+    ``by_position=True`` the index is instead positions in the split (what a
+    :class:`~.sampler.LanceBatchSampler` yields with ``yield_positions = True``), which skips
+    the address lookup.
     """
 
     def __init__(
@@ -39,7 +42,9 @@ class InMemoryBatchDataset(Dataset):
         columns: dict[str, torch.Tensor],
         *,
         transform: Callable[[dict[str, Any]], Any] | None = None,
+        by_position: bool = False,
     ) -> None:
+        self.by_position = by_position
         self.row_ids = torch.from_numpy(np.ascontiguousarray(row_ids, dtype=np.uint64).view(np.int64)).share_memory_()
         self.columns = {name: tensor.share_memory_() for name, tensor in columns.items()}
         self.transform = transform
@@ -52,8 +57,11 @@ class InMemoryBatchDataset(Dataset):
         return sum(t.numel() * t.element_size() for t in self.columns.values())
 
     def __getitem__(self, row_ids: np.ndarray) -> Any:
-        wanted = torch.from_numpy(np.asarray(row_ids, dtype=np.uint64).view(np.int64))
-        positions = torch.searchsorted(self.row_ids, wanted)
+        if self.by_position:
+            positions = torch.from_numpy(np.asarray(row_ids, dtype=np.int64))
+        else:
+            wanted = torch.from_numpy(np.asarray(row_ids, dtype=np.uint64).view(np.int64))
+            positions = torch.searchsorted(self.row_ids, wanted)
         batch = {name: tensor.index_select(0, positions) for name, tensor in self.columns.items()}
         return self.transform(batch) if self.transform is not None else batch
 

@@ -70,6 +70,7 @@ class LanceBatchSampler(DistributedSampler):
         self.epoch = 0
         self.start_row = 0
         self.batches_before_start = 0
+        self.yield_positions = False
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch; a new epoch starts from its first row."""
@@ -139,9 +140,12 @@ class LanceBatchSampler(DistributedSampler):
         # epoch order, so a resumed epoch pads with exactly the rows an uninterrupted one would.
         # Each batch's addresses come sorted: the batch is the same set of rows, and the take
         # then needs no reordering (the order inside a batch carries no randomness a loss uses).
+        # With ``yield_positions`` (in-memory datasets) a batch is the sorted positions in the
+        # split instead of row addresses: the same rows, with no address lookup in the dataset.
         offset = self.start_row
         for start, stop in rank_batch_bounds(self.plan(), rank=self.rank):
-            yield np.sort(self.row_ids[take_padded(order, offset + start, offset + stop)])
+            positions = np.sort(take_padded(order, offset + start, offset + stop))
+            yield positions if self.yield_positions else self.row_ids[positions]
 
     def __len__(self) -> int:
         """Batches in the epoch, counted from its start as Lightning counts them.
