@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 DATA_TARGET = "lance_lightning.LanceDataModule"
 MODEL_TARGET = "lance_lightning.models.MLPClassifier"
@@ -153,8 +153,14 @@ def _data_schema() -> Schema:
     # splits defaults to null here, and each data config picks an option of the data/splits
     # group: Hydra merges a dict into a dict, so starting from {train, val, test} a hash spec
     # would keep those keys too; choosing a group option replaces the spec whole.
+    # storage_options and connect_kwargs default to {} (not null) so that one key can be set from
+    # the command line: data.storage_options.aws_endpoint=http://... (null has no keys to set).
     return schema_from_signature(
-        "DataConfig", DATA_TARGET, LanceDataModule.__init__, convert="all", defaults={"splits": None}
+        "DataConfig",
+        DATA_TARGET,
+        LanceDataModule.__init__,
+        convert="all",
+        defaults={"splits": None, "storage_options": {}, "connect_kwargs": {}},
     )
 
 
@@ -253,11 +259,23 @@ def check_config(cfg: Any) -> None:
                 )
 
 
+# Free-form maps: each key is the storage's or lancedb's business, so any key may be set
+# without Hydra's "+" (data.storage_options.aws_endpoint=http://...); the other fields stay strict.
+OPEN_DATA_MAPS = ("storage_options", "connect_kwargs")
+
+
+def _data_node() -> Any:
+    node = OmegaConf.structured(DataConfig)
+    for key in OPEN_DATA_MAPS:
+        OmegaConf.set_struct(node[key], False)
+    return node
+
+
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (idempotent; done on import of this module)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="data", name="lance_schema", node=DataConfig)
+    cs.store(group="data", name="lance_schema", node=_data_node())
     cs.store(group="model", name="mlp_schema", node=MLPConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
 

@@ -8,8 +8,10 @@ itself, so nothing of lancedb's runtime is ever carried across a fork or a pickl
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -42,8 +44,9 @@ class TableSource:
     uri: str
     name: str
     version: int | None = None
-    storage_options: Mapping[str, str] | None = field(default=None, repr=False)
-    connect_kwargs: Mapping[str, Any] | None = field(default=None, repr=False)
+    # Not hashed (a dict is not hashable; sources are dict keys in report.py), still compared.
+    storage_options: Mapping[str, str] | None = field(default=None, repr=False, hash=False)
+    connect_kwargs: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
 
     def open(self) -> lancedb.table.Table:
         """Open the table (at :attr:`version` when pinned), with errors naming what is missing."""
@@ -91,6 +94,9 @@ def connect(uri: str, *, storage_options: Mapping[str, str] | None = None, **kwa
                 "Pass the directory that holds your `<table>.lance` folders "
                 "(or run `lance-lightning-demo` to build the demo table)."
             )
+    interval = kwargs.get("read_consistency_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        kwargs["read_consistency_interval"] = timedelta(seconds=interval)  # seconds, as configs give it
     return lancedb.connect(uri, storage_options=dict(storage_options) if storage_options else None, **kwargs)
 
 
@@ -115,10 +121,15 @@ def open_table(
     connect_kwargs: Mapping[str, Any] | None = None,
 ) -> lancedb.table.Table:
     """Open ``name`` in the database at ``uri``; a missing table lists the ones there."""
-    db = connect(uri, storage_options=storage_options, **dict(connect_kwargs or {}))
     try:
+        db = connect(uri, storage_options=storage_options, **dict(connect_kwargs or {}))
         table = db.open_table(name)
-    except (ValueError, FileNotFoundError) as err:
+    except LanceSourceError:
+        raise
+    except Exception as err:
+        remote = remote_error(err, uri, storage_options, what=f"open table {name!r}")
+        if remote is not None:
+            raise remote from None  # the original may quote credentials; the message keeps what matters
         if "not found" not in str(err).lower() and "does not exist" not in str(err).lower():
             raise
         names = list_table_names(db)
@@ -168,3 +179,115 @@ def check_filter(table: lancedb.table.Table, filter: str | None) -> int:
         raise LanceSourceError(
             f"filter {filter!r} is not a valid SQL predicate on table {table.name!r}: {err}"
         ) from err
+
+
+# -- object storage errors ------------------------------------------------------------------
+
+# Option and environment names whose values are secrets (matched case-insensitively, by substring).
+_SECRET_MARKERS = ("secret", "token", "password", "access_key", "account_key", "sas", "credential", "api_key")
+_CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+)
+_ENDPOINT_KEYS = ("aws_endpoint", "endpoint", "aws_endpoint_url", "endpoint_url", "azure_endpoint", "google_endpoint")
+_REFUSED = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "AuthorizationHeaderMalformed",
+    "InvalidClientTokenId",
+    "AuthenticationFailed",
+    "status: 403",
+    "status: 401",
+)
+_UNREACHABLE = (
+    "ConnectionRefused",
+    "tcp connect error",
+    "dns error",
+    "failed to lookup address",
+    "Connect,",
+    "kind: Connect",
+    "timed out",
+    "error sending request",
+    "operation timed out",
+)
+
+
+def is_secret_key(key: str) -> bool:
+    key = key.lower()
+    return any(marker in key for marker in _SECRET_MARKERS)
+
+
+def secret_values(storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Every credential value this process might send: from ``storage_options`` and the environment."""
+    values = [str(v) for k, v in (storage_options or {}).items() if is_secret_key(str(k)) and v]
+    values += [os.environ[k] for k in _CREDENTIAL_ENV if os.environ.get(k)]
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+
+def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``text`` with every known credential value replaced by ``***``."""
+    for value in secret_values(storage_options):
+        text = text.replace(value, "***")
+    return text
+
+
+def storage_endpoint(storage_options: Mapping[str, Any] | None) -> str | None:
+    """The endpoint named in ``storage_options`` (or the environment), if any: not a secret."""
+    options = {str(k).lower(): v for k, v in (storage_options or {}).items()}
+    for key in _ENDPOINT_KEYS:
+        if options.get(key):
+            return str(options[key])
+    return os.environ.get("AWS_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _credential_origin(storage_options: Mapping[str, Any] | None) -> str:
+    given = sorted(str(k) for k in (storage_options or {}) if is_secret_key(str(k)) or "key_id" in str(k).lower())
+    if given:
+        return f"storage_options keys {given} (values hidden)"
+    env = [k for k in _CREDENTIAL_ENV if os.environ.get(k)]
+    if env:
+        return f"environment variables {env} (values hidden)"
+    return "the default credential chain (no credentials in storage_options or AWS_*/AZURE_*/GOOGLE_* variables)"
+
+
+def remote_error(
+    err: BaseException, uri: str, storage_options: Mapping[str, Any] | None, *, what: str
+) -> LanceSourceError | None:
+    """A clear, secret-free error for an object store failure of ``what`` at ``uri``; None if not one."""
+    if is_local_uri(uri) or is_memory_uri(uri):
+        return None
+    text = str(err)
+    parsed = urlparse(uri)
+    endpoint = storage_endpoint(storage_options)
+    where = f"endpoint {endpoint}" if endpoint else f"the default {parsed.scheme}:// endpoint"
+    code = re.search(r"<Code>([A-Za-z]+)</Code>", text)
+    code_text = f" ({code.group(1)})" if code else ""
+    if "NoSuchBucket" in text:
+        reason = f"the bucket {parsed.netloc!r} does not exist at {where}"
+    elif any(marker in text for marker in _REFUSED):
+        reason = f"{where} refused the credentials{code_text}"
+    elif any(marker in text for marker in _UNREACHABLE):
+        reason = (
+            f"{where} could not be reached (connection refused, timed out or unknown host; "
+            "retries follow storage_options client_max_retries / client_retry_timeout / connect_timeout)"
+        )
+    elif "Failed to connect to namespace" in text or "store: " in text or "ObjectStore" in text:
+        reason = f"the object store at {where} answered with an error{code_text}"
+    else:
+        return None
+    detail = scrub(text, storage_options)
+    if len(detail) > 600:
+        detail = detail[:600] + "..."
+    return LanceSourceError(
+        f"cannot {what} in the LanceDB database at {uri!r}: {reason}. Tried {where} with credentials from "
+        f"{_credential_origin(storage_options)}. lancedb said: {detail}"
+    )
