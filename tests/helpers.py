@@ -4,7 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
+
 
 def double_x(batch: dict[str, Any]) -> dict[str, Any]:
     batch["x_doubled"] = batch["x"] * 2
     return batch
+
+
+class Preempted(Exception):
+    """What a preempted job dies of, in the resume tests."""
+
+
+class SaveThenStop(pl.Callback):
+    """Saves a checkpoint after ``step`` optimizer steps (mid-epoch), then dies like a preempted job."""
+
+    def __init__(self, step: int, path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            raise Preempted

@@ -8,6 +8,7 @@ import torch
 
 from lance_lightning import LanceDataModule
 from tests.conftest import toy_table
+from tests.helpers import Preempted, SaveThenStop
 
 
 class Recorder(pl.LightningModule):
@@ -24,22 +25,6 @@ class Recorder(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-class Preempted(Exception):
-    pass
-
-
-class SaveThenStop(pl.Callback):
-    """Saves a checkpoint after ``step`` optimizer steps, then dies like a preempted job."""
-
-    def __init__(self, step: int, path) -> None:
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
-            raise Preempted
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:

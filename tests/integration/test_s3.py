@@ -22,6 +22,7 @@ import torch
 from lance_lightning import LanceDataModule, LanceSourceError, TableSource
 from lance_lightning.cache import CacheLimitError, ensure_cached
 from tests.conftest import toy_table
+from tests.helpers import Preempted, SaveThenStop
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -168,20 +169,6 @@ def test_fit_and_validate_with_workers_that_reopen_the_s3_table(s3, s3_table, tm
     assert s3.log.data_reads(uri.split("/")[2], before) > 0  # the workers read from the server
     metrics = trainer(tmp_path).validate(model, datamodule=dm)
     assert np.isfinite(metrics[0]["val_loss"])
-
-
-class Preempted(Exception):
-    pass
-
-
-class SaveThenStop(pl.Callback):
-    def __init__(self, step: int, path) -> None:
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
-            raise Preempted
 
 
 @pytest.mark.parametrize("cached", [False, True])
