@@ -5,11 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 
 def double_x(batch: dict[str, Any]) -> dict[str, Any]:
     batch["x_doubled"] = batch["x"] * 2
     return batch
+
+
+class Recorder(pl.LightningModule):
+    """Records the ids of every training batch it consumes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["id"].tolist())
+        return torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class Preempted(Exception):

@@ -12,23 +12,9 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 
 from lance_lightning import LanceDataModule
-
-
-class Recorder(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 3)
-        self.seen: list[list[int]] = []
-
-    def training_step(self, batch, batch_idx):
-        self.seen.append(batch["id"].tolist())
-        return torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+from tests.helpers import Recorder
 
 
 class Preempted(Exception):

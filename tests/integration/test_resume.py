@@ -8,23 +8,7 @@ import torch
 
 from lance_lightning import LanceDataModule
 from tests.conftest import toy_table
-from tests.helpers import Preempted, SaveThenStop
-
-
-class Recorder(pl.LightningModule):
-    """Records the ids of every training batch it consumes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 3)
-        self.seen: list[list[int]] = []
-
-    def training_step(self, batch, batch_idx):
-        self.seen.append(batch["id"].tolist())
-        return torch.nn.functional.cross_entropy(self.layer(batch["x"]), batch["y"])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+from tests.helpers import Preempted, Recorder, SaveThenStop
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
