@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 
 from lance_lightning import LanceDataModule
 from tests.helpers import Recorder
@@ -62,6 +63,10 @@ def main() -> None:
     except Preempted:
         sys.exit(3)
     Path(str(record).format(rank=trainer.global_rank)).write_text(json.dumps(model.seen))
+    # Leave the process group together: exiting with gloo's threads still up can abort a rank.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -196,6 +196,16 @@ def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[1]).read_text())
     for run in spec["runs"]:
         run_one(spec, run)
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Leave the process group together: exiting with gloo's threads still up can abort a rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
