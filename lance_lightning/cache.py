@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .dataset import LanceBatchDataset, TableChangedError
+from .dataset import LanceBatchDataset, TableChangedError, unique_sorted
 from .source import storage_endpoint
 
 log = logging.getLogger(__name__)
@@ -295,10 +295,7 @@ class CachedBatchDataset(LanceBatchDataset):
                 f"{int((~found).sum())} requested row(s) of table {self.source.name!r} (version "
                 f"{self.source.version}) are not in the cache entry {self.cache_path}"
             )
-        if len(pos) > 1 and not np.all(pos[1:] > pos[:-1]):
-            unique, inverse = np.unique(pos, return_inverse=True)
-        else:
-            unique, inverse = pos, None
+        unique, inverse = unique_sorted(pos)
         result = table.take_offsets(unique.tolist()).select(self.columns).to_arrow()
         if inverse is not None:
             result = result.take(pa.array(inverse))

@@ -8,6 +8,7 @@ sharded by the rank and world size that the Trainer reports.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from .dataset import LanceBatchDataset, resolve_transform
 from .memory import DEFAULT_MEMORY_BUDGET, load_in_memory
 from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
 from .sharding import SHUFFLE_MODES
-from .source import LanceSourceError, TableSource, check_columns, is_memory_uri
+from .source import LanceSourceError, TableSource, check_columns, is_local_uri, is_memory_uri
 from .splits import WHOLE_TABLE, SplitRows, SplitSpecError, build_splits, parse_split_spec, whole_table_row_ids
 
 STAGES = ("train", "val", "test", "predict")
@@ -36,6 +37,10 @@ _DEFAULT_STAGE_SPLITS = {
 _LIGHTNING_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 WORKER_START_METHODS = ("forkserver", "spawn")
 STATE_FORMAT = 1
+NO_DATA_STATE = (
+    "the checkpoint holds no lance-lightning data state (written before it existed, or by another "
+    "datamodule): the interrupted epoch starts afresh from its first row"
+)
 STABLE_ONLY = ("random", "sequential")  # split kinds that reassign rows when the table grows
 FORK_REFUSED = (
     "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
@@ -318,6 +323,11 @@ class LanceDataModule(pl.LightningDataModule):
         # predict with no "predict" split: the whole filtered table, not one of the splits
         if self._whole_table is None:
             rows = whole_table_row_ids(self._table(), self.filter)
+            if len(rows) == 0:
+                raise SplitSpecError(
+                    f"stage 'predict' reads the whole of table {self.source.name!r}, which is empty"
+                    f"{' after filter ' + repr(self.filter) if self.filter else ''}"
+                )
             self._whole_table = SplitRows(WHOLE_TABLE, self.source, rows)
         return self._whole_table
 
@@ -325,12 +335,7 @@ class LanceDataModule(pl.LightningDataModule):
         name = self.split_for_stage(stage)
         if name is None:
             return
-        split = self._split_rows(name)
-        if len(split) == 0:
-            raise SplitSpecError(
-                f"split {name!r} (read by stage {stage!r}) of table {split.source.name!r} is empty"
-                f"{' after filter ' + repr(self.filter) if self.filter else ''}"
-            )
+        split = self._split_rows(name)  # never empty: _check_stage_splits and _split_rows refuse that
         if stage in self.samplers and self.samplers[stage].num_replicas == self.world_size:
             return
         same_table = split.source == self.source
@@ -439,10 +444,7 @@ class LanceDataModule(pl.LightningDataModule):
         """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""
         self._state_loaded = True
         if not state_dict or "format" not in state_dict:
-            rank_zero_warn(
-                "the checkpoint holds no lance-lightning data state (written before it existed, or by another "
-                "datamodule): the interrupted epoch starts afresh from its first row"
-            )
+            rank_zero_warn(NO_DATA_STATE)
             return
         if self.resume == "fresh":
             rank_zero_warn("resume='fresh': ignoring the checkpoint's data state; its epoch starts afresh")
@@ -555,10 +557,7 @@ class LanceDataModule(pl.LightningDataModule):
         if trainer is not None and trainer.ckpt_path and not self._state_loaded and sampler is not None:
             # Lightning skips load_state_dict when the checkpoint has no entry for this datamodule.
             self._state_loaded = True
-            rank_zero_warn(
-                "the checkpoint holds no lance-lightning data state (written before it existed, or by another "
-                "datamodule): the interrupted epoch starts afresh from its first row"
-            )
+            rank_zero_warn(NO_DATA_STATE)
             sampler.resume_at(
                 epoch=sampler.epoch,
                 consumed_rows=0,
@@ -602,10 +601,6 @@ class LanceDataLoader(DataLoader):
 
 def _absolute_if_local(uri: str) -> str:
     """Local paths as absolute paths (what the logs should say); other URIs as given."""
-    import os
-
-    from .source import is_local_uri
-
     return os.path.abspath(uri) if is_local_uri(uri) and not uri.startswith("file://") else uri
 
 

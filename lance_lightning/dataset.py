@@ -42,6 +42,14 @@ def resolve_transform(transform: Transform | str | None) -> Transform | None:
     return fn
 
 
+def unique_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(unique, inverse)`` for a take that needs sorted, distinct keys; ``inverse`` is None when
+    ``values`` already are (the sampler hands batches over sorted), so no reorder is needed."""
+    if len(values) > 1 and not np.all(values[1:] > values[:-1]):
+        return np.unique(values, return_inverse=True)
+    return values, None
+
+
 class TableChangedError(RuntimeError):
     """Rows the split refers to are gone from the pinned table version."""
 
@@ -95,11 +103,7 @@ class LanceBatchDataset(Dataset):
 
     def read_arrow(self, row_ids: Sequence[int] | np.ndarray) -> pa.Table:
         """One take for the whole batch, rows in the requested order."""
-        ids = np.asarray(row_ids, dtype=np.uint64)
-        if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
-            unique, inverse = np.unique(ids, return_inverse=True)
-        else:
-            unique, inverse = ids, None
+        unique, inverse = unique_sorted(np.asarray(row_ids, dtype=np.uint64))
         result = self.table().take_row_ids(unique.tolist()).select(self.columns).to_arrow()
         if result.num_rows != len(unique):
             raise TableChangedError(

@@ -325,3 +325,13 @@ def test_unsupported_column_type_found_at_setup(make_table):
 def test_fork_is_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"'fork' is refused.*forkserver"):
         LanceDataModule("/unused", "toy", num_workers=2, multiprocessing_context="fork")
+
+
+def test_predict_over_an_empty_filtered_table_is_named(tmp_path):
+    uri = str(tmp_path / "db")
+    db = lancedb.connect(uri)
+    db.create_table("tr", toy_table(10))
+    db.create_table("pred", toy_table(3))
+    dm = LanceDataModule(uri, "pred", filter="id > 5", splits={"kind": "tables", "tables": {"train": "tr"}})
+    with pytest.raises(SplitSpecError, match=r"stage 'predict' reads the whole of table 'pred', which is empty"):
+        dm.setup("predict")
