@@ -9,7 +9,7 @@ One entry is a directory holding
 
 ``rows.lance``   a local Lance table: the split's rows, selected columns, in ascending row address
 ``row_ids.npy``  the split's original row addresses (sorted ``uint64``): row ``i`` of the table
-                 above is original address ``row_ids[i]``; workers ``np.load(mmap_mode="r")`` it
+                 above is original address ``row_ids[i]`` (so readers address it by position)
 ``meta.json``    what was copied (URI, table, version, columns, filter, rows, bytes): no secrets
 
 The key is a hash of the table URI (and endpoint), table name, version, columns, filter and the
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .dataset import LanceBatchDataset, TableChangedError, unique_sorted
+from .dataset import LanceBatchDataset, TableChangedError
 from .source import storage_endpoint
 
 log = logging.getLogger(__name__)
@@ -256,9 +256,9 @@ def ensure_cached(
 class CachedBatchDataset(LanceBatchDataset):
     """A :class:`LanceBatchDataset` that reads its rows from a local cache entry.
 
-    Indexed, like its base, by *original* row addresses: they are mapped to positions in the
-    cached table with ``np.searchsorted`` on the entry's ``row_ids.npy`` (memory-mapped, so a
-    worker holds no copy), then read with one ``take_offsets`` per batch.
+    The entry holds the split's rows in split order, so a row's offset in the cached table is
+    its position in the split: the sampler hands out positions (:meth:`addresses_of` is None)
+    and batches are read from the local table like any other (range scans, takes).
     """
 
     def __init__(self, base: LanceBatchDataset, entry_path: str | os.PathLike[str]) -> None:
@@ -266,11 +266,10 @@ class CachedBatchDataset(LanceBatchDataset):
         self.cache_path = str(entry_path)
         self._table = None
         self._pid = None
-        self._row_ids: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_table=None, _pid=None, _row_ids=None)
+        state.update(_table=None, _pid=None)
         return state  # workers read the local copy: even an in-memory source table is fine
 
     def table(self) -> Any:
@@ -278,28 +277,12 @@ class CachedBatchDataset(LanceBatchDataset):
             import lancedb
 
             self._table = lancedb.connect(self.cache_path).open_table(TABLE_NAME)
-            self._row_ids = np.load(os.path.join(self.cache_path, ROW_IDS_FILE), mmap_mode="r")
             self._pid = os.getpid()
         return self._table
 
-    def read_arrow(self, row_ids: Sequence[int] | np.ndarray) -> pa.Table:
-        table = self.table()
-        cached = self._row_ids
-        assert cached is not None
-        ids = np.asarray(row_ids, dtype=np.uint64)
-        pos = np.searchsorted(cached, ids)
-        found = pos < len(cached)
-        found[found] = cached[pos[found]] == ids[found]
-        if not found.all():
-            raise TableChangedError(
-                f"{int((~found).sum())} requested row(s) of table {self.source.name!r} (version "
-                f"{self.source.version}) are not in the cache entry {self.cache_path}"
-            )
-        unique, inverse = unique_sorted(pos)
-        result = table.take_offsets(unique.tolist()).select(self.columns).to_arrow()
-        if inverse is not None:
-            result = result.take(pa.array(inverse))
-        return result
+    def addresses_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> None:
+        """Positions in the split are offsets in the entry: the sampler hands out positions."""
+        return None
 
 
 def cached_dataset(

@@ -1,8 +1,11 @@
-"""Row addresses → one Arrow take → a dict of tensors, inside whichever process reads.
+"""Table offsets → few reads → a dict of tensors, inside whichever process reads.
 
 :class:`LanceBatchDataset` is a map-style dataset whose *index is a whole batch*: the
-sampler hands it an array of row addresses and it makes one ``take`` for all of them. Use it
-with ``DataLoader(dataset, sampler=LanceBatchSampler(...), batch_size=None)``.
+sampler hands it the table offsets of one batch and it reads them in one call (see
+:mod:`.reads`). Use it with ``DataLoader(dataset, sampler=LanceBatchSampler(...),
+batch_size=None)``. An index may also be a :class:`BatchGroup` of consecutive batches (the
+block and sequential modes): their rows are read together, in range scans, and the result is
+a :class:`BatchGroup` of batches that :class:`~.datamodule.LanceDataLoader` hands out one by one.
 
 It pickles as a few strings (table URI, name, version, columns, transform), so a worker
 process opens its own handle to the table: no permutation table is copied into workers and
@@ -18,10 +21,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from torch.utils.data import Dataset
 
 from .convert import NullPolicy, batch_to_tensors
+from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
 from .source import TableSource, is_memory_uri
+
+__all__ = ["BatchGroup", "LanceBatchDataset", "TableChangedError", "gather", "resolve_transform", "unique_sorted"]
 
 Transform = Callable[[dict[str, Any]], Any]
 
@@ -50,15 +57,26 @@ def unique_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return values, None
 
 
-class TableChangedError(RuntimeError):
-    """Rows the split refers to are gone from the pinned table version."""
+class BatchGroup(list):
+    """Consecutive batches of one rank, read together; the loader hands them out one by one."""
+
+
+def gather(value: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` of one converted column (tensor, list, or dict of those for structs)."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, torch.from_numpy(index))
+    if isinstance(value, dict):
+        return {name: gather(child, index) for name, child in value.items()}
+    return [value[i] for i in index.tolist()]
 
 
 class LanceBatchDataset(Dataset):
-    """Reads batches of rows by row address from one pinned table version.
+    """Reads batches of rows by table offset from one pinned table version.
 
-    ``dataset[row_ids]`` returns ``transform(batch_to_tensors(record_batch))`` with rows in
-    the order of ``row_ids`` (repeats allowed). ``len(dataset)`` is the split's row count.
+    ``dataset[offsets]`` returns ``transform(batch_to_tensors(rows))`` with rows in the order
+    of ``offsets`` (repeats allowed); ``dataset[BatchGroup([...])]`` a :class:`BatchGroup` of
+    such batches. :meth:`addresses_of` maps a split's row addresses to the offsets the sampler
+    hands out. ``len(dataset)`` is the split's row count.
     """
 
     def __init__(
@@ -101,19 +119,34 @@ class LanceBatchDataset(Dataset):
             self._pid = os.getpid()
         return self._table
 
-    def read_arrow(self, row_ids: Sequence[int] | np.ndarray) -> pa.Table:
-        """One take for the whole batch, rows in the requested order."""
-        unique, inverse = unique_sorted(np.asarray(row_ids, dtype=np.uint64))
-        result = self.table().take_row_ids(unique.tolist()).select(self.columns).to_arrow()
-        if result.num_rows != len(unique):
-            raise TableChangedError(
-                f"asked table {self.source.name!r} (version {self.source.version}) for {len(unique)} rows "
-                f"and got {result.num_rows}: rows were deleted from the version this run pinned"
-            )
+    def addresses_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> np.ndarray | None:
+        """What the sampler should hand out for the split ``row_ids``: their table offsets.
+
+        ``scan_ids`` (the table's row addresses in scan order) can be passed when several
+        splits of one table are mapped, to scan the ``_rowid`` column once.
+        """
+        if scan_ids is None:
+            scan_ids = scan_row_ids(self.table())
+        return offsets_of(row_ids, scan_ids, table_name=self.source.name, version=self.source.version)
+
+    def read_arrow(self, offsets: Sequence[int] | np.ndarray) -> pa.Table:
+        """The rows at ``offsets``, in the requested order, in as few reads as possible."""
+        unique, inverse = unique_sorted(np.asarray(offsets, dtype=np.int64))
+        result = read_offsets(self.table(), unique, self.columns)
         if inverse is not None:
             result = result.take(pa.array(inverse))
         return result
 
-    def __getitem__(self, row_ids: Sequence[int] | np.ndarray) -> Any:
-        batch = batch_to_tensors(self.read_arrow(row_ids), nulls=self.nulls)
+    def _finish(self, batch: dict[str, Any]) -> Any:
         return self.transform(batch) if self.transform is not None else batch
+
+    def __getitem__(self, index: Sequence[int] | np.ndarray) -> Any:
+        if isinstance(index, BatchGroup):
+            # One read for the whole group (range scans), one conversion, then a gather per batch.
+            union = np.unique(np.concatenate(index)) if len(index) else np.empty(0, np.int64)
+            rows = batch_to_tensors(self.read_arrow(union), nulls=self.nulls)
+            return BatchGroup(
+                self._finish({name: gather(v, np.searchsorted(union, batch)) for name, v in rows.items()})
+                for batch in index
+            )
+        return self._finish(batch_to_tensors(self.read_arrow(index), nulls=self.nulls))

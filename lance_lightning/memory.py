@@ -27,68 +27,65 @@ class MemoryBudgetError(ValueError):
 
 
 class InMemoryBatchDataset(Dataset):
-    """The rows of one split as shared-memory tensors; ``dataset[row_ids]`` gathers a batch.
+    """The rows of one split as shared-memory tensors; ``dataset[positions]`` gathers a batch.
 
-    Same contract as :class:`~.dataset.LanceBatchDataset`: the index is a sorted array of
-    row addresses of the split, the result a dict of tensors (then the transform). With
-    ``by_position=True`` the index is instead positions in the split (what a
-    :class:`~.sampler.LanceBatchSampler` yields with ``yield_positions = True``), which skips
-    the address lookup.
+    Same contract as :class:`~.dataset.LanceBatchDataset`, except that the index is positions
+    in the split (:meth:`addresses_of` is None, so the sampler hands out positions): a batch
+    is one ``index_select`` per column, then the transform.
     """
 
     def __init__(
         self,
-        row_ids: np.ndarray,
+        num_rows: int,
         columns: dict[str, torch.Tensor],
         *,
         transform: Callable[[dict[str, Any]], Any] | None = None,
-        by_position: bool = False,
     ) -> None:
-        self.by_position = by_position
-        self.row_ids = torch.from_numpy(np.ascontiguousarray(row_ids, dtype=np.uint64).view(np.int64)).share_memory_()
+        self.num_rows = num_rows
         self.columns = {name: tensor.share_memory_() for name, tensor in columns.items()}
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.row_ids)
+        return self.num_rows
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.columns.values())
 
-    def __getitem__(self, row_ids: np.ndarray) -> Any:
-        if self.by_position:
-            positions = torch.from_numpy(np.asarray(row_ids, dtype=np.int64))
-        else:
-            wanted = torch.from_numpy(np.asarray(row_ids, dtype=np.uint64).view(np.int64))
-            positions = torch.searchsorted(self.row_ids, wanted)
-        batch = {name: tensor.index_select(0, positions) for name, tensor in self.columns.items()}
+    def addresses_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> None:
+        return None
+
+    def __getitem__(self, positions: np.ndarray) -> Any:
+        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        batch = {name: tensor.index_select(0, index) for name, tensor in self.columns.items()}
         return self.transform(batch) if self.transform is not None else batch
 
 
 def load_in_memory(
-    reader: LanceBatchDataset, row_ids: np.ndarray, *, split: str, budget_bytes: int
+    reader: LanceBatchDataset, addresses: np.ndarray | None, *, num_rows: int, split: str, budget_bytes: int
 ) -> InMemoryBatchDataset:
-    """Read the split's selected columns once (in table order, in large takes) into memory.
+    """Read the split's selected columns once (in table order, in range scans) into memory.
 
-    Raises :class:`MemoryBudgetError` before reading the whole split when the first chunk
-    shows it will not fit ``budget_bytes``, or when a column is not a tensor (strings, bytes,
-    variable-length lists have no gather; leave them out of ``columns``).
+    ``addresses`` are what ``reader`` reads the split by (``reader.addresses_of``; None for
+    positions). Raises :class:`MemoryBudgetError` before reading the whole split when the first
+    chunk shows it will not fit ``budget_bytes``, or when a column is not a tensor (strings,
+    bytes, variable-length lists have no gather; leave them out of ``columns``).
     """
-    ids = np.asarray(row_ids, dtype=np.uint64)
     columns: dict[str, torch.Tensor] = {}
-    for start in range(0, len(ids), _CHUNK_ROWS):
-        chunk = batch_to_tensors(reader.read_arrow(ids[start : start + _CHUNK_ROWS]), nulls=reader.nulls)
+    for start in range(0, num_rows, _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, num_rows)
+        where = np.arange(start, stop) if addresses is None else addresses[start:stop]
+        chunk = batch_to_tensors(reader.read_arrow(where), nulls=reader.nulls)
         if start == 0:
-            _check_fits(chunk, rows=len(ids), split=split, budget_bytes=budget_bytes)
+            _check_fits(chunk, rows=num_rows, split=split, budget_bytes=budget_bytes)
             # Allocated once, in shared memory, and filled chunk by chunk: no second copy.
             columns = {
-                name: torch.empty((len(ids), *value.shape[1:]), dtype=value.dtype).share_memory_()
+                name: torch.empty((num_rows, *value.shape[1:]), dtype=value.dtype).share_memory_()
                 for name, value in chunk.items()
             }
         for name, value in chunk.items():
             columns[name][start : start + len(value)] = value
-    return InMemoryBatchDataset(ids, columns, transform=reader.transform)
+    return InMemoryBatchDataset(num_rows, columns, transform=reader.transform)
 
 
 def _check_fits(chunk: dict[str, Any], *, rows: int, split: str, budget_bytes: int) -> None:

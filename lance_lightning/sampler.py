@@ -3,7 +3,9 @@
 :class:`LanceBatchSampler` subclasses ``DistributedSampler`` so that Lightning recognises it
 as already distributed: it neither wraps it in a second ``DistributedSampler`` (whatever
 ``use_distributed_sampler`` says) nor forgets to call :meth:`set_epoch` on it. Each item it
-yields is a whole batch (an array of row addresses) for :class:`~.dataset.LanceBatchDataset`.
+yields is a whole batch (a sorted array of the addresses the dataset reads by: table offsets,
+or positions in the split), or a :class:`~.dataset.BatchGroup` of consecutive batches that the
+dataset reads together.
 
 All arithmetic is in :mod:`.sharding`; this class only holds the values it needs.
 """
@@ -17,14 +19,27 @@ import numpy as np
 from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .sharding import SHUFFLE_MODES, ShardPlan, ShuffleMode, epoch_order, plan_epoch, rank_batch_bounds, take_padded
+from .dataset import BatchGroup
+from .sharding import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_WINDOW_BLOCKS,
+    SHUFFLE_MODES,
+    ShardPlan,
+    ShuffleMode,
+    epoch_order,
+    plan_epoch,
+    rank_batch_bounds,
+    take_padded,
+)
 
 
 class LanceBatchSampler(DistributedSampler):
-    """Yields this rank's batches of row addresses for one split, each batch in table order.
+    """Yields this rank's batches of one split, each batch sorted in table order.
 
     Args:
-        row_ids: the split's row addresses in table order (``uint64``).
+        addresses: what the dataset reads row ``i`` of the split by (table offsets, row
+            addresses), in table order; or an ``int``: the split's row count, and batches are
+            positions in the split.
         batch_size: rows per batch on this rank.
         num_replicas, rank: the world size and this process's global rank.
         shuffle: ``"none"``, ``"uniform"`` or ``"block"`` (see :func:`.sharding.epoch_order`).
@@ -32,11 +47,14 @@ class LanceBatchSampler(DistributedSampler):
         drop_last: training only: drop the last partial global step instead of padding it.
         even: every rank yields the same number of batches (training); when False every
             row is read exactly once and ranks may differ by one batch (evaluation).
+        block_size, window_blocks: the ``block`` shuffle (see :func:`.sharding.block_order`).
+        group_batches: yield this many consecutive batches at a time as one
+            :class:`~.dataset.BatchGroup` (read together in range scans); 1 yields plain batches.
     """
 
     def __init__(
         self,
-        row_ids: np.ndarray,
+        addresses: np.ndarray | int,
         *,
         batch_size: int,
         num_replicas: int = 1,
@@ -45,8 +63,9 @@ class LanceBatchSampler(DistributedSampler):
         seed: int = 0,
         drop_last: bool = False,
         even: bool = True,
-        block_size: int = 64,
-        window_blocks: int = 16,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        window_blocks: int = DEFAULT_WINDOW_BLOCKS,
+        group_batches: int = 1,
     ) -> None:
         if shuffle not in SHUFFLE_MODES:
             raise ValueError(f"unknown shuffle mode {shuffle!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
@@ -55,8 +74,14 @@ class LanceBatchSampler(DistributedSampler):
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got rank={rank}")
         # DistributedSampler.__init__ would query torch.distributed; set its fields directly.
+        if group_batches < 1:
+            raise ValueError(f"group_batches must be >= 1, got {group_batches}")
         self.dataset = None
-        self.row_ids = np.asarray(row_ids, dtype=np.uint64)
+        if isinstance(addresses, (int, np.integer)):
+            self.addresses, self._num_rows = None, int(addresses)
+        else:
+            self.addresses = np.asarray(addresses)
+            self._num_rows = len(self.addresses)
         self.batch_size = batch_size
         self.num_replicas = num_replicas
         self.rank = rank
@@ -67,36 +92,52 @@ class LanceBatchSampler(DistributedSampler):
         self.even = even
         self.block_size = block_size
         self.window_blocks = window_blocks
+        self.group_batches = group_batches
         self.epoch = 0
         self.start_row = 0
         self.batches_before_start = 0
-        self.yield_positions = False
+        # The world and batch size the current epoch's order was dealt for (block shuffle).
+        self.order_world_size = num_replicas
+        self.order_batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch; a new epoch starts from its first row."""
         if epoch != self.epoch:
             self.start_row = 0
             self.batches_before_start = 0
+            self.order_world_size, self.order_batch_size = self.num_replicas, self.batch_size
         self.epoch = epoch
 
-    def resume_at(self, *, epoch: int, consumed_rows: int, batches_done: int = 0) -> None:
-        """Start ``epoch`` after its first ``consumed_rows`` rows (a world-size-free position).
+    def resume_at(
+        self,
+        *,
+        epoch: int,
+        consumed_rows: int,
+        batches_done: int = 0,
+        order_world_size: int | None = None,
+        order_batch_size: int | None = None,
+    ) -> None:
+        """Start ``epoch`` after the first ``consumed_rows`` rows of its order.
 
         ``batches_done`` is how many batches this rank's loop already counted in the epoch
         (Lightning's restored batch index); ``len()`` includes them, so a loop that resumes at
         batch ``batches_done`` runs exactly the rest, whatever the new world size.
+        ``order_world_size`` / ``order_batch_size``: what the interrupted epoch's order was
+        dealt for (the block shuffle depends on them); default: this sampler's.
         """
-        if not 0 <= consumed_rows <= len(self.row_ids):
-            raise ValueError(f"consumed_rows must be in [0, {len(self.row_ids)}], got {consumed_rows}")
+        if not 0 <= consumed_rows <= self.num_rows:
+            raise ValueError(f"consumed_rows must be in [0, {self.num_rows}], got {consumed_rows}")
         if batches_done < 0:
             raise ValueError(f"batches_done must be >= 0, got {batches_done}")
         self.epoch = epoch
         self.start_row = consumed_rows
         self.batches_before_start = batches_done
+        self.order_world_size = order_world_size or self.num_replicas
+        self.order_batch_size = order_batch_size or self.batch_size
 
     @property
     def num_rows(self) -> int:
-        return len(self.row_ids)
+        return self._num_rows
 
     def plan(self) -> ShardPlan:
         """The cut of the current epoch (from :attr:`start_row` on) into per-rank batches."""
@@ -109,7 +150,7 @@ class LanceBatchSampler(DistributedSampler):
         )
 
     def epoch_positions(self) -> np.ndarray:
-        """Positions into :attr:`row_ids`, in the order this epoch reads them (all ranks alike)."""
+        """Positions in the split, in the order this epoch reads them (all ranks alike)."""
         return epoch_order(
             self.num_rows,
             mode=self.shuffle_mode,
@@ -117,6 +158,8 @@ class LanceBatchSampler(DistributedSampler):
             epoch=self.epoch,
             block_size=self.block_size,
             window_blocks=self.window_blocks,
+            streams=self.order_world_size,
+            batch_size=self.order_batch_size,
         )
 
     def rows_consumed_after(self, batches: int) -> int:
@@ -132,20 +175,37 @@ class LanceBatchSampler(DistributedSampler):
             consumed += plan.tail_rows - plan.padded_rows
         return min(self.start_row + consumed, self.num_rows)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray | BatchGroup]:
         order = self.epoch_positions()
         if self.start_row >= len(order):
             return
         # Bounds are relative to the resume point; padding wraps to the start of the whole
         # epoch order, so a resumed epoch pads with exactly the rows an uninterrupted one would.
-        # Each batch's addresses come sorted: the batch is the same set of rows, and the take
-        # then needs no reordering (the order inside a batch carries no randomness a loss uses).
-        # With ``yield_positions`` (in-memory datasets) a batch is the sorted positions in the
-        # split instead of row addresses: the same rows, with no address lookup in the dataset.
+        # Each batch comes sorted: the batch is the same set of rows, and the read then needs no
+        # reordering (the order inside a batch carries no randomness a loss uses).
         offset = self.start_row
-        for start, stop in rank_batch_bounds(self.plan(), rank=self.rank):
-            positions = np.sort(take_padded(order, offset + start, offset + stop))
-            yield positions if self.yield_positions else self.row_ids[positions]
+        batches = (
+            self._addressed(np.sort(take_padded(order, offset + start, offset + stop)))
+            for start, stop in rank_batch_bounds(self.plan(), rank=self.rank)
+        )
+        if self.group_batches == 1:
+            yield from batches
+            return
+        # Groups follow global steps, so that after a resume at a whole step they still
+        # coincide with the windows of the block order.
+        step_rows = self.num_replicas * self.batch_size
+        phase = (offset // step_rows) % self.group_batches if offset % step_rows == 0 else 0
+        group, size = BatchGroup(), self.group_batches - phase
+        for batch in batches:
+            group.append(batch)
+            if len(group) == size:
+                yield group
+                group, size = BatchGroup(), self.group_batches
+        if group:
+            yield group
+
+    def _addressed(self, positions: np.ndarray) -> np.ndarray:
+        return positions if self.addresses is None else self.addresses[positions]
 
     def __len__(self) -> int:
         """Batches in the epoch, counted from its start as Lightning counts them.
@@ -167,7 +227,13 @@ class LanceBatchSampler(DistributedSampler):
         return max(whole, self.batches_before_start + self.plan().batches_for_rank(self.rank))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "start_row": self.start_row, "batches_before_start": self.batches_before_start}
+        return {
+            "epoch": self.epoch,
+            "start_row": self.start_row,
+            "batches_before_start": self.batches_before_start,
+            "order_world_size": self.order_world_size,
+            "order_batch_size": self.order_batch_size,
+        }
 
 
 class SequentialLanceBatchSampler(LanceBatchSampler, SequentialSampler):
@@ -178,6 +244,6 @@ class SequentialLanceBatchSampler(LanceBatchSampler, SequentialSampler):
     this subclass keeps our batching and sharding in both cases.
     """
 
-    def __init__(self, row_ids: np.ndarray, **kwargs: Any) -> None:
+    def __init__(self, addresses: np.ndarray | int, **kwargs: Any) -> None:
         kwargs["shuffle"] = "none"
-        super().__init__(row_ids, **kwargs)
+        super().__init__(addresses, **kwargs)

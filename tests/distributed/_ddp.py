@@ -170,16 +170,16 @@ class Expected:
         dataset = self.dm.datasets["train"]
         self.id_of = {}
         for sampler in self.dm.samplers.values():
-            ids = dataset.read_arrow(sampler.row_ids)["id"].to_pylist()
-            self.id_of.update(zip(sampler.row_ids.tolist(), ids))
+            ids = dataset.read_arrow(sampler.addresses)["id"].to_pylist()
+            self.id_of.update(zip(sampler.addresses.tolist(), ids))
 
     def stage_ids(self, stage: str) -> list[int]:
-        return [self.id_of[r] for r in self.dm.samplers[stage].row_ids.tolist()]
+        return [self.id_of[r] for r in self.dm.samplers[stage].addresses.tolist()]
 
     def batches(self, stage: str, *, rank: int, world_size: int, epoch: int) -> list[list[int]]:
         base = self.dm.samplers[stage]
         sampler = LanceBatchSampler(
-            base.row_ids,
+            base.addresses,
             batch_size=base.batch_size,
             num_replicas=world_size,
             rank=rank,

@@ -20,7 +20,7 @@ def split_ids(dm: LanceDataModule) -> dict[str, set[int]]:
     out = {}
     for name, rows in dm.splits.items():
         dataset = LanceBatchDataset(rows.source, ["id"], num_rows=len(rows))
-        out[name] = set(dataset.read_arrow(rows.row_ids)["id"].to_pylist())
+        out[name] = set(dataset.read_arrow(dataset.addresses_of(rows.row_ids))["id"].to_pylist())
     return out
 
 
@@ -158,21 +158,54 @@ def test_batches_hold_the_source_rows(make_table):
             assert batch["name"][pos] == source["name"][i].as_py()
 
 
-def test_reads_are_one_take_per_batch(make_table, monkeypatch):
+def count_reads(monkeypatch, table) -> dict[str, list[int]]:
+    """Record the row count of every take_offsets call and every range scan on ``table``."""
+    calls: dict[str, list[int]] = {"take": [], "scan": []}
+    real_take, real_search = table.take_offsets, table.search
+
+    def counting_take(offsets):
+        calls["take"].append(len(offsets))
+        return real_take(offsets)
+
+    class CountingQuery:
+        def __init__(self, query):
+            self.query = query
+
+        def __getattr__(self, name):
+            attr = getattr(self.query, name)
+            if name == "limit":
+                return lambda n: (calls["scan"].append(n), CountingQuery(attr(n)))[1]
+            return (lambda *a, **k: CountingQuery(attr(*a, **k))) if name in ("select", "offset") else attr
+
+    monkeypatch.setattr(table, "take_offsets", counting_take)
+    monkeypatch.setattr(table, "search", lambda *a, **k: CountingQuery(real_search(*a, **k)))
+    return calls
+
+
+def test_uniform_reads_are_one_take_per_batch(make_table, monkeypatch):
     uri, _ = make_table("toy", 100)
     dm = LanceDataModule(uri, "toy", batch_size=25, splits={"train": 1.0})
     dm.setup("fit")
-    table = dm.datasets["train"].table()
-    calls = []
-    real_take = table.take_row_ids
-
-    def counting_take(ids):
-        calls.append(len(ids))
-        return real_take(ids)
-
-    monkeypatch.setattr(table, "take_row_ids", counting_take)
+    calls = count_reads(monkeypatch, dm.datasets["train"].table())
     assert len(ids_of(dm.train_dataloader())) == 100
-    assert calls == [25, 25, 25, 25]
+    assert calls == {"take": [25, 25, 25, 25], "scan": []}
+
+
+@pytest.mark.parametrize("shuffle", ["block", "none"])
+def test_block_and_sequential_reads_are_range_scans_of_several_batches(make_table, monkeypatch, shuffle):
+    uri, _ = make_table("toy", 20_000)
+    dm = LanceDataModule(
+        uri, "toy", batch_size=500, splits={"train": 1.0}, shuffle=shuffle, block_size=2500, window_blocks=2
+    )
+    dm.setup("fit")
+    calls = count_reads(monkeypatch, dm.datasets["train"].table())
+    batches = [batch["id"].tolist() for batch in dm.train_dataloader()]
+    assert sorted(i for b in batches for i in b) == list(range(20_000))
+    assert [len(b) for b in batches] == [500] * 40, "the loader hands out single batches"
+    # block: 8 windows of 2 blocks of 2,500 rows (10 batches each), one scan a block;
+    # none: groups of 16,384 // 500 = 32 batches, one scan a group.
+    expected = [2500] * 8 if shuffle == "block" else [16_000, 4_000]
+    assert sorted(calls["scan"], reverse=True) == expected and calls["take"] == []
 
 
 def test_open_table_object_from_memory_database():

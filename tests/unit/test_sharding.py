@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch.utils.data.distributed import DistributedSampler
 
 from lance_lightning.sampler import LanceBatchSampler
-from lance_lightning.sharding import epoch_order, plan_epoch, rank_batch_bounds, take_padded
+from lance_lightning.sharding import epoch_order, plan_epoch, rank_batch_bounds, take_padded, window_rows
 from tests.sharding_invariants import assert_epoch_invariants
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,25 +85,33 @@ def test_epoch_order_changes_with_epoch_and_seed(n, mode, seed, epoch):
 
 
 @FAST
-@given(n=rows, seed=seeds, block=st.integers(1, 100), window=st.integers(1, 20))
-def test_block_order_windows_are_unions_of_whole_blocks(n, seed, block, window):
-    # The order is a run of windows, each the rows of `window` whole blocks (the last maybe
-    # fewer), shuffled together; a block is never split between two windows.
-    order = epoch_order(n, mode="block", seed=seed, epoch=3, block_size=block, window_blocks=window)
-    size = [min(block, n - k * block) for k in range(-(-n // block))]
-    lo = 0
-    while lo < n:
-        blocks: set[int] = set()
-        needed, hi = 0, lo
-        while hi < n and not (len(blocks) == window and hi - lo == needed):
-            k = int(order[hi]) // block
-            if k not in blocks:
-                blocks.add(k)
-                needed += size[k]
-            hi += 1
-        assert len(blocks) <= window, "a window holds rows of more blocks than window_blocks"
-        assert hi - lo == needed, "a block is split between two windows"
-        lo = hi
+@given(
+    n=rows, seed=seeds, block=st.integers(1, 100), window=st.integers(1, 20), w=st.integers(1, 8), b=batch_sizes
+)
+def test_block_order_windows_are_few_blocks_and_ranks_own_their_blocks(n, seed, block, window, w, b):
+    kw = dict(mode="block", seed=seed, epoch=3, block_size=block, window_blocks=window, streams=w, batch_size=b)
+    order = epoch_order(n, **kw)
+    assert np.array_equal(np.sort(order), np.arange(n))
+    assert np.array_equal(order, epoch_order(n, **kw))
+    plan, batches = rank_slices(n, w, b, False, True, order)
+    rows_per_window = window_rows(block, window, b)
+    # Rows a rank reads in the steps every stream fills (each stream has at least
+    # num_blocks // w blocks, one of them maybe short) come from that rank's blocks only...
+    common_steps = max(0, (-(-n // block) // w - 1) * block) // b
+    owner: dict[int, int] = {}
+    for rank, rank_batches in enumerate(batches):
+        head = [row for batch in rank_batches[:common_steps] for row in batch]
+        for blk in {row // block for row in head}:
+            assert owner.setdefault(blk, rank) == rank, f"block {blk} is read by ranks {owner[blk]} and {rank}"
+        # ...and each of its windows (consecutive whole batches) spans few blocks, each block in
+        # at most two neighbouring windows: the reads are a few contiguous runs of the table.
+        seen_in: dict[int, list[int]] = {}
+        for i in range(0, len(head), rows_per_window):
+            blocks = {row // block for row in head[i : i + rows_per_window]}
+            assert len(blocks) <= -(-rows_per_window // block) + 2
+            for blk in blocks:
+                seen_in.setdefault(blk, []).append(i // rows_per_window)
+        assert all(len(v) <= 2 and v[-1] - v[0] <= 1 for v in seen_in.values())
 
 
 def test_epoch_order_rejects_bad_arguments():
@@ -306,3 +314,23 @@ def test_resume_is_forgotten_at_the_next_epoch():
     fresh = LanceBatchSampler(ids, batch_size=4, num_replicas=2, rank=0, shuffle="uniform", seed=3)
     fresh.set_epoch(3)
     assert [b.tolist() for b in s] == [b.tolist() for b in fresh]
+
+
+# -- plan_reads (lance_lightning.reads) ------------------------------------------------------
+
+
+def test_plan_reads_scans_dense_runs_and_takes_the_rest_in_one_call():
+    from lance_lightning.reads import MAX_RUN_GAP, MIN_SCAN_ROWS, plan_reads
+
+    dense = np.arange(100, 100 + MIN_SCAN_ROWS)
+    holes = np.arange(50_000, 50_000 + 2 * MIN_SCAN_ROWS, 2)  # half of the range: still scanned
+    thin = np.arange(90_000, 90_000 + 4 * MIN_SCAN_ROWS, 4)  # a quarter: taken
+    offsets = np.concatenate([[0, 5], dense, [20_000], holes, thin, [200_000]])
+    reads = plan_reads(offsets)
+    assert [k for k, _, _ in reads] == ["take", "scan", "take", "scan", "take"]
+    # Every offset is in exactly one read, in order, and neighbouring takes are merged.
+    assert [lo for _, lo, _ in reads] == [0, *(hi for _, _, hi in reads)][: len(reads)]
+    assert reads[-1][2] == len(offsets)
+    assert offsets[reads[1][1] : reads[1][2]].tolist() == dense.tolist()
+    assert plan_reads(np.array([], dtype=np.int64)) == []
+    assert plan_reads(np.arange(0, MIN_SCAN_ROWS * (MAX_RUN_GAP + 1), MAX_RUN_GAP + 1)) == [("take", 0, MIN_SCAN_ROWS)]

@@ -1,0 +1,118 @@
+"""Reading rows of a pinned table by *offset* (position in scan order), as few calls as possible.
+
+Every read from a LanceDB table pays a fixed cost per call (planning, opening fragment
+readers: about 1-3 ms here) plus a cost per row that is about three times lower for a scan
+than for a take (measured on 520-byte rows, 2 cores: a take of 16,384 contiguous offsets
+reads 0.74M rows/s, a scan of the same range 1.5M). So:
+
+* dense runs of wanted offsets (at least :data:`MIN_SCAN_ROWS` rows, at least half of the
+  range wanted) are read with one range scan each (``search().offset().limit()``), and the
+  unwanted rows of the range are filtered out in Arrow;
+* everything else is read with one ``take_offsets`` call.
+
+Offsets are what this module speaks because a range scan positions itself by offset; a
+split's row *addresses* are mapped to offsets once per setup (:func:`offsets_of`), from one
+scan of the ``_rowid`` column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+MIN_SCAN_ROWS = 2048
+"""A run of wanted offsets shorter than this is cheaper to take than to scan."""
+MIN_SCAN_DENSITY = 0.5
+"""A run is scanned only when at least this share of its range is wanted."""
+MAX_RUN_GAP = 64
+"""Wanted offsets further apart than this start a new run."""
+
+
+class TableChangedError(RuntimeError):
+    """Rows the split refers to are not in the pinned table version."""
+
+
+def scan_row_ids(table: Any) -> np.ndarray:
+    """Every row address of ``table`` in scan order (``uint64``): offset i holds row ``result[i]``."""
+    ids = table.search().select(["_rowid"]).to_arrow()["_rowid"]
+    return ids.to_numpy().astype(np.uint64, copy=False) if ids.num_chunks else np.empty(0, np.uint64)
+
+
+def offsets_of(row_ids: np.ndarray, scan_ids: np.ndarray, *, table_name: str, version: int | None) -> np.ndarray:
+    """The offsets (``int64``) of ``row_ids`` in a table whose scan order is ``scan_ids``.
+
+    Raises :class:`TableChangedError` naming the table and version when a row is missing.
+    """
+    row_ids = np.asarray(row_ids, dtype=np.uint64)
+    if len(scan_ids) > 1 and not np.all(scan_ids[1:] > scan_ids[:-1]):
+        order = np.argsort(scan_ids, kind="stable")
+        sorted_ids = scan_ids[order]
+    else:
+        order, sorted_ids = None, scan_ids
+    pos = np.searchsorted(sorted_ids, row_ids)
+    found = pos < len(sorted_ids)
+    found[found] = sorted_ids[pos[found]] == row_ids[found]
+    if not found.all():
+        raise TableChangedError(
+            f"{int((~found).sum())} of {len(row_ids)} rows of the split are not in table {table_name!r} "
+            f"(version {version}): rows were deleted from the version this run pinned"
+        )
+    return (pos if order is None else order[pos]).astype(np.int64, copy=False)
+
+
+def plan_reads(offsets: np.ndarray) -> list[tuple[str, int, int]]:
+    """Cut sorted, distinct ``offsets`` into reads: ``[(kind, lo, hi), ...]`` over index ranges.
+
+    ``kind`` is ``"scan"`` (scan the table range ``offsets[lo] .. offsets[hi - 1]``) or
+    ``"take"`` (take those offsets). Pure: tested without a table.
+    """
+    n = len(offsets)
+    if n == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(offsets) > MAX_RUN_GAP) + 1
+    starts = [0, *breaks.tolist()]
+    stops = [*breaks.tolist(), n]
+    reads: list[tuple[str, int, int]] = []
+    for lo, hi in zip(starts, stops):
+        count = hi - lo
+        span = int(offsets[hi - 1] - offsets[lo]) + 1
+        kind = "scan" if count >= MIN_SCAN_ROWS and count >= MIN_SCAN_DENSITY * span else "take"
+        if reads and kind == "take" and reads[-1][0] == "take":
+            reads[-1] = ("take", reads[-1][1], hi)  # neighbouring takes become one call
+        else:
+            reads.append((kind, lo, hi))
+    return reads
+
+
+def read_offsets(table: Any, offsets: np.ndarray, columns: Sequence[str]) -> pa.Table:
+    """The rows at sorted, distinct ``offsets`` of ``table`` (``columns`` only), in that order."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    reads = plan_reads(offsets)
+    takes = [offsets[lo:hi] for kind, lo, hi in reads if kind == "take"]
+    taken = table.take_offsets(np.concatenate(takes).tolist()).select(list(columns)).to_arrow() if takes else None
+    pieces: list[pa.Table] = []
+    taken_at = 0
+    for kind, lo, hi in reads:
+        if kind == "take":
+            assert taken is not None
+            pieces.append(taken.slice(taken_at, hi - lo))
+            taken_at += hi - lo
+            continue
+        first, last = int(offsets[lo]), int(offsets[hi - 1])
+        scanned = table.search().select(list(columns)).offset(first).limit(last - first + 1).to_arrow()
+        if scanned.num_rows != last - first + 1:
+            raise TableChangedError(f"scanned offsets {first}..{last} and got {scanned.num_rows} rows")
+        if hi - lo != scanned.num_rows:
+            wanted = np.zeros(scanned.num_rows, dtype=bool)
+            wanted[offsets[lo:hi] - first] = True
+            scanned = scanned.filter(pa.array(wanted))
+        pieces.append(scanned)
+    if taken is not None and taken.num_rows != sum(len(t) for t in takes):
+        raise TableChangedError(f"took {sum(len(t) for t in takes)} offsets and got {taken.num_rows} rows")
+    if not pieces:
+        schema = table.schema
+        return pa.Table.from_batches([], schema=pa.schema([schema.field(c) for c in columns]))
+    return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
