@@ -70,6 +70,13 @@ def gather(value: Any, index: np.ndarray) -> Any:
     return [value[i] for i in index.tolist()]
 
 
+def _rows(value: Any, lo: int, hi: int) -> Any:
+    """Rows ``lo:hi`` of one gathered column, as a view where the column is a tensor."""
+    if isinstance(value, dict):
+        return {name: _rows(child, lo, hi) for name, child in value.items()}
+    return value[lo:hi]
+
+
 class LanceBatchDataset(Dataset):
     """Reads batches of rows by table offset from one pinned table version.
 
@@ -143,10 +150,16 @@ class LanceBatchDataset(Dataset):
     def __getitem__(self, index: Sequence[int] | np.ndarray) -> Any:
         if isinstance(index, BatchGroup):
             # One read for the whole group (range scans), one conversion, then a gather per batch.
-            union = np.unique(np.concatenate(index)) if len(index) else np.empty(0, np.int64)
+            # The batches are views into one gathered tensor per column: a worker then moves one
+            # shared-memory block per column to the main process, not one per batch.
+            if not len(index):
+                return BatchGroup()
+            union, where = np.unique(np.concatenate(index), return_inverse=True)
             rows = batch_to_tensors(self.read_arrow(union), nulls=self.nulls)
+            gathered = {name: gather(v, where) for name, v in rows.items()}
+            bounds = np.cumsum([0, *(len(b) for b in index)]).tolist()
             return BatchGroup(
-                self._finish({name: gather(v, np.searchsorted(union, batch)) for name, v in rows.items()})
-                for batch in index
+                self._finish({name: _rows(v, lo, hi) for name, v in gathered.items()})
+                for lo, hi in zip(bounds[:-1], bounds[1:])
             )
         return self._finish(batch_to_tensors(self.read_arrow(index), nulls=self.nulls))

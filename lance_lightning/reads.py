@@ -17,7 +17,9 @@ scan of the ``_rowid`` column.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,19 @@ MIN_SCAN_DENSITY = 0.5
 """A run is scanned only when at least this share of its range is wanted."""
 MAX_RUN_GAP = 64
 """Wanted offsets further apart than this start a new run."""
+SCAN_THREADS = 2
+"""Range scans of one read in flight at once: overlaps their fixed costs (8 scans of 4,096 rows
+read 1.06M rows/s one after the other, 1.21M two at a time, 1.24M four, 1.04M eight, 2 cores)."""
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _scan_pool() -> ThreadPoolExecutor:
+    """This process's scan threads (made after any fork or spawn, never inherited)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="lance-scan"))
+    return _pool[1]
 
 
 class TableChangedError(RuntimeError):
@@ -90,28 +105,36 @@ def plan_reads(offsets: np.ndarray) -> list[tuple[str, int, int]]:
 def read_offsets(table: Any, offsets: np.ndarray, columns: Sequence[str]) -> pa.Table:
     """The rows at sorted, distinct ``offsets`` of ``table`` (``columns`` only), in that order."""
     offsets = np.asarray(offsets, dtype=np.int64)
+    columns = list(columns)
     reads = plan_reads(offsets)
     takes = [offsets[lo:hi] for kind, lo, hi in reads if kind == "take"]
-    taken = table.take_offsets(np.concatenate(takes).tolist()).select(list(columns)).to_arrow() if takes else None
-    pieces: list[pa.Table] = []
-    taken_at = 0
-    for kind, lo, hi in reads:
-        if kind == "take":
-            assert taken is not None
-            pieces.append(taken.slice(taken_at, hi - lo))
-            taken_at += hi - lo
-            continue
+    scans = [(lo, hi) for kind, lo, hi in reads if kind == "scan"]
+
+    def scan(bounds: tuple[int, int]) -> pa.Table:
+        lo, hi = bounds
         first, last = int(offsets[lo]), int(offsets[hi - 1])
-        scanned = table.search().select(list(columns)).offset(first).limit(last - first + 1).to_arrow()
+        scanned = table.search().select(columns).offset(first).limit(last - first + 1).to_arrow()
         if scanned.num_rows != last - first + 1:
             raise TableChangedError(f"scanned offsets {first}..{last} and got {scanned.num_rows} rows")
         if hi - lo != scanned.num_rows:
             wanted = np.zeros(scanned.num_rows, dtype=bool)
             wanted[offsets[lo:hi] - first] = True
             scanned = scanned.filter(pa.array(wanted))
-        pieces.append(scanned)
+        return scanned
+
+    scanned = iter(_scan_pool().map(scan, scans) if len(scans) > 1 else map(scan, scans))
+    taken = table.take_offsets(np.concatenate(takes).tolist()).select(columns).to_arrow() if takes else None
     if taken is not None and taken.num_rows != sum(len(t) for t in takes):
         raise TableChangedError(f"took {sum(len(t) for t in takes)} offsets and got {taken.num_rows} rows")
+    pieces: list[pa.Table] = []
+    taken_at = 0
+    for kind, lo, hi in reads:
+        if kind == "scan":
+            pieces.append(next(scanned))
+        else:
+            assert taken is not None
+            pieces.append(taken.slice(taken_at, hi - lo))
+            taken_at += hi - lo
     if not pieces:
         schema = table.schema
         return pa.Table.from_batches([], schema=pa.schema([schema.field(c) for c in columns]))
