@@ -257,8 +257,8 @@ class CachedBatchDataset(LanceBatchDataset):
     """A :class:`LanceBatchDataset` that reads its rows from a local cache entry.
 
     The entry holds the split's rows in split order, so a row's offset in the cached table is
-    its position in the split: the sampler hands out positions (:meth:`addresses_of` is None)
-    and batches are read from the local table like any other (range scans, takes).
+    its position in the split: ``rows`` stays None (positions are offsets) and batches are
+    read from the local table like any other (range scans, takes).
     """
 
     def __init__(self, base: LanceBatchDataset, entry_path: str | os.PathLike[str]) -> None:
@@ -279,10 +279,6 @@ class CachedBatchDataset(LanceBatchDataset):
             self._table = lancedb.connect(self.cache_path).open_table(TABLE_NAME)
             self._pid = os.getpid()
         return self._table
-
-    def addresses_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> None:
-        """Positions in the split are offsets in the entry: the sampler hands out positions."""
-        return None
 
 
 def cached_dataset(

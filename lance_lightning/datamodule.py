@@ -372,16 +372,11 @@ class LanceDataModule(pl.LightningDataModule):
                 split_name=name,
                 table=self._open_table if same_table else None,
             )
-        addresses = self._addresses(self.datasets[stage], split)
+        self._map_offsets(self.datasets[stage], split)
         if self.in_memory:  # -- in-memory mode: one read of the split, then gathers --
             self.datasets[stage] = load_in_memory(
-                self.datasets[stage],
-                addresses,
-                num_rows=len(split),
-                split=name,
-                budget_bytes=self.memory_budget_bytes,
+                self.datasets[stage], num_rows=len(split), split=name, budget_bytes=self.memory_budget_bytes
             )
-            addresses = None
         training = stage == "train"
         if not training and len(split) < self.world_size:
             raise SplitSpecError(
@@ -394,7 +389,7 @@ class LanceDataModule(pl.LightningDataModule):
         sampler_class = SequentialLanceBatchSampler if ordered else LanceBatchSampler
         batch_size = self.batch_size if training else self.eval_batch_size
         self.samplers[stage] = sampler_class(
-            addresses if addresses is not None else len(split),
+            len(split),
             batch_size=batch_size,
             num_replicas=self.world_size,
             rank=self.rank,
@@ -409,14 +404,14 @@ class LanceDataModule(pl.LightningDataModule):
         if training:
             self._apply_resume()
 
-    def _addresses(self, dataset: Any, split: SplitRows) -> Any:
-        """What ``dataset`` reads the split's rows by (table offsets), or None for positions."""
-        if type(dataset) is LanceBatchDataset:  # offsets: one scan of `_rowid` per table and setup
+    def _map_offsets(self, dataset: Any, split: SplitRows) -> None:
+        """Give a table reader the table offsets of the split's rows (cache entries need none:
+        there a row's offset is its position). One scan of ``_rowid`` per table and setup."""
+        if type(dataset) is LanceBatchDataset:
             key = (split.source.uri, split.source.name, split.source.version)
             if key not in self._scan_ids:
                 self._scan_ids[key] = scan_row_ids(dataset.table())
-            return dataset.addresses_of(split.row_ids, self._scan_ids[key])
-        return dataset.addresses_of(split.row_ids)
+            dataset.rows = dataset.offsets_of(split.row_ids, self._scan_ids[key])
 
     def _group_batches(self, order: str, batch_size: int) -> int:
         """Consecutive batches a worker reads together: a block window, or ~16k sequential rows."""

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from .convert import NullPolicy, batch_to_tensors
 from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
+from .rowset import RowSet
 from .source import TableSource, is_memory_uri
 
 __all__ = ["BatchGroup", "LanceBatchDataset", "TableChangedError", "gather", "resolve_transform", "unique_sorted"]
@@ -78,12 +79,13 @@ def _rows(value: Any, lo: int, hi: int) -> Any:
 
 
 class LanceBatchDataset(Dataset):
-    """Reads batches of rows by table offset from one pinned table version.
+    """Reads batches of rows of one split from one pinned table version.
 
-    ``dataset[offsets]`` returns ``transform(batch_to_tensors(rows))`` with rows in the order
-    of ``offsets`` (repeats allowed); ``dataset[BatchGroup([...])]`` a :class:`BatchGroup` of
-    such batches. :meth:`addresses_of` maps a split's row addresses to the offsets the sampler
-    hands out. ``len(dataset)`` is the split's row count.
+    ``dataset[positions]`` (positions in the split) returns
+    ``transform(batch_to_tensors(rows))`` with rows in the order of ``positions`` (repeats
+    allowed); ``dataset[BatchGroup([...])]`` a :class:`BatchGroup` of such batches. ``rows``
+    (:meth:`offsets_of`, a :class:`~.rowset.RowSet`) maps positions to table offsets; when it
+    is None, positions *are* table offsets. ``len(dataset)`` is the split's row count.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class LanceBatchDataset(Dataset):
         self.nulls = nulls
         self._table = table
         self._pid = os.getpid() if table is not None else None
+        self.rows: RowSet | np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.num_rows
@@ -126,15 +129,26 @@ class LanceBatchDataset(Dataset):
             self._pid = os.getpid()
         return self._table
 
-    def addresses_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> np.ndarray | None:
-        """What the sampler should hand out for the split ``row_ids``: their table offsets.
+    def offsets_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> RowSet | np.ndarray:
+        """The table offsets of the split ``row_ids``: a compact :class:`~.rowset.RowSet` (about
+        2 bits a table row), or an array if the table's scan order is not address order.
 
         ``scan_ids`` (the table's row addresses in scan order) can be passed when several
         splits of one table are mapped, to scan the ``_rowid`` column once.
         """
         if scan_ids is None:
             scan_ids = scan_row_ids(self.table())
-        return offsets_of(row_ids, scan_ids, table_name=self.source.name, version=self.source.version)
+        offsets = offsets_of(row_ids, scan_ids, table_name=self.source.name, version=self.source.version)
+        return RowSet.from_sorted(offsets) if np.all(offsets[1:] > offsets[:-1]) else offsets
+
+    def offsets(self, positions: np.ndarray) -> np.ndarray:
+        """Table offsets of ``positions`` in the split."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.rows is None:
+            return positions
+        if isinstance(self.rows, RowSet):
+            return self.rows.select(positions).astype(np.int64)
+        return self.rows[positions]
 
     def read_arrow(self, offsets: Sequence[int] | np.ndarray) -> pa.Table:
         """The rows at ``offsets``, in the requested order, in as few reads as possible."""
@@ -155,11 +169,11 @@ class LanceBatchDataset(Dataset):
             if not len(index):
                 return BatchGroup()
             union, where = np.unique(np.concatenate(index), return_inverse=True)
-            rows = batch_to_tensors(self.read_arrow(union), nulls=self.nulls)
+            rows = batch_to_tensors(self.read_arrow(self.offsets(union)), nulls=self.nulls)
             gathered = {name: gather(v, where) for name, v in rows.items()}
             bounds = np.cumsum([0, *(len(b) for b in index)]).tolist()
             return BatchGroup(
                 self._finish({name: _rows(v, lo, hi) for name, v in gathered.items()})
                 for lo, hi in zip(bounds[:-1], bounds[1:])
             )
-        return self._finish(batch_to_tensors(self.read_arrow(index), nulls=self.nulls))
+        return self._finish(batch_to_tensors(self.read_arrow(self.offsets(index)), nulls=self.nulls))

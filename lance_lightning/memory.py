@@ -30,8 +30,7 @@ class InMemoryBatchDataset(Dataset):
     """The rows of one split as shared-memory tensors; ``dataset[positions]`` gathers a batch.
 
     Same contract as :class:`~.dataset.LanceBatchDataset`, except that the index is positions
-    in the split (:meth:`addresses_of` is None, so the sampler hands out positions): a batch
-    is one ``index_select`` per column, then the transform.
+    in the split, always: a batch is one ``index_select`` per column, then the transform.
     """
 
     def __init__(
@@ -52,30 +51,24 @@ class InMemoryBatchDataset(Dataset):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.columns.values())
 
-    def addresses_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> None:
-        return None
-
     def __getitem__(self, positions: np.ndarray) -> Any:
         index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
         batch = {name: tensor.index_select(0, index) for name, tensor in self.columns.items()}
         return self.transform(batch) if self.transform is not None else batch
 
 
-def load_in_memory(
-    reader: LanceBatchDataset, addresses: np.ndarray | None, *, num_rows: int, split: str, budget_bytes: int
-) -> InMemoryBatchDataset:
+def load_in_memory(reader: LanceBatchDataset, *, num_rows: int, split: str, budget_bytes: int) -> InMemoryBatchDataset:
     """Read the split's selected columns once (in table order, in range scans) into memory.
 
-    ``addresses`` are what ``reader`` reads the split by (``reader.addresses_of``; None for
-    positions). Raises :class:`MemoryBudgetError` before reading the whole split when the first
-    chunk shows it will not fit ``budget_bytes``, or when a column is not a tensor (strings,
-    bytes, variable-length lists have no gather; leave them out of ``columns``).
+    ``reader`` maps the split's positions to its rows (``reader.rows``). Raises
+    :class:`MemoryBudgetError` before reading the whole split when the first chunk shows it
+    will not fit ``budget_bytes``, or when a column is not a tensor (strings, bytes,
+    variable-length lists have no gather; leave them out of ``columns``).
     """
     columns: dict[str, torch.Tensor] = {}
     for start in range(0, num_rows, _CHUNK_ROWS):
         stop = min(start + _CHUNK_ROWS, num_rows)
-        where = np.arange(start, stop) if addresses is None else addresses[start:stop]
-        chunk = batch_to_tensors(reader.read_arrow(where), nulls=reader.nulls)
+        chunk = batch_to_tensors(reader.read_arrow(reader.offsets(np.arange(start, stop))), nulls=reader.nulls)
         if start == 0:
             _check_fits(chunk, rows=num_rows, split=split, budget_bytes=budget_bytes)
             # Allocated once, in shared memory, and filled chunk by chunk: no second copy.

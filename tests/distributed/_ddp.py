@@ -167,19 +167,19 @@ class Expected:
 
         self.dm = LanceDataModule(uri, TABLE, columns=["id", "x", "y"], **data)
         self.dm.setup()  # every stage, world size 1
-        dataset = self.dm.datasets["train"]
-        self.id_of = {}
-        for sampler in self.dm.samplers.values():
-            ids = dataset.read_arrow(sampler.addresses)["id"].to_pylist()
-            self.id_of.update(zip(sampler.addresses.tolist(), ids))
+        # the id at each position of each stage's split (what the samplers yield)
+        self.ids = {
+            stage: self.dm.datasets[stage][np.arange(sampler.num_rows)]["id"].tolist()
+            for stage, sampler in self.dm.samplers.items()
+        }
 
     def stage_ids(self, stage: str) -> list[int]:
-        return [self.id_of[r] for r in self.dm.samplers[stage].addresses.tolist()]
+        return self.ids[stage]
 
     def batches(self, stage: str, *, rank: int, world_size: int, epoch: int) -> list[list[int]]:
         base = self.dm.samplers[stage]
         sampler = LanceBatchSampler(
-            base.addresses,
+            base.num_rows,
             batch_size=base.batch_size,
             num_replicas=world_size,
             rank=rank,
@@ -191,7 +191,8 @@ class Expected:
             window_blocks=base.window_blocks,
         )
         sampler.set_epoch(epoch)
-        return [[self.id_of[r] for r in batch.tolist()] for batch in sampler]
+        ids = self.ids[stage]
+        return [[ids[p] for p in batch.tolist()] for batch in sampler]
 
 
 def check_stage(records, expected: Expected, stage: str, *, epochs: int) -> list[list[list[list[int]]]]:

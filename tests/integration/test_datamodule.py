@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -20,7 +21,8 @@ def split_ids(dm: LanceDataModule) -> dict[str, set[int]]:
     out = {}
     for name, rows in dm.splits.items():
         dataset = LanceBatchDataset(rows.source, ["id"], num_rows=len(rows))
-        out[name] = set(dataset.read_arrow(dataset.addresses_of(rows.row_ids))["id"].to_pylist())
+        dataset.rows = dataset.offsets_of(rows.row_ids)
+        out[name] = set(dataset[np.arange(len(rows))]["id"].tolist())
     return out
 
 
@@ -41,8 +43,10 @@ def assert_partition(parts: dict[str, set[int]], expected: set[int]) -> None:
         ({"kind": "sequential", "counts": {"train": 70, "val": 31}}, {"train": 70, "val": 31}),
         ({"kind": "sequential", "fractions": {"train": 0.5, "val": 0.5}}, None),
         ({"kind": "hash", "columns": ["id"], "weights": {"train": 8, "val": 1, "test": 1}}, None),
-        ({"kind": "sql", "predicates": {"train": "id < 50", "val": "id >= 50 AND id < 80", "test": "id >= 80"}},
-         {"train": 50, "val": 30, "test": 21}),
+        (
+            {"kind": "sql", "predicates": {"train": "id < 50", "val": "id >= 50 AND id < 80", "test": "id >= 80"}},
+            {"train": 50, "val": 30, "test": 21},
+        ),
     ],
 )
 def test_split_kinds_are_disjoint_and_cover_the_table(make_table, splits, sizes):

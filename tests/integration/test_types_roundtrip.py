@@ -85,7 +85,8 @@ def test_plain_pytorch_dataloader_without_lightning(make_table):
     dm.setup("fit")
     split = dm.splits["train"]
     dataset = LanceBatchDataset(split.source, ["id", "x"], num_rows=len(split))
-    sampler = LanceBatchSampler(split.row_ids, batch_size=8, shuffle="uniform", seed=4)
+    dataset.rows = dataset.offsets_of(split.row_ids)  # positions in the split -> table offsets
+    sampler = LanceBatchSampler(len(split), batch_size=8, shuffle="uniform", seed=4)
     sampler.set_epoch(1)
     dm.samplers["train"].set_epoch(1)
     plain = [b["id"].tolist() for b in DataLoader(dataset, sampler=sampler, batch_size=None)]

@@ -219,8 +219,8 @@ def test_sampler_all_ranks_in_one_process(n, w, b, drop_last, even, mode, seed):
     # Same seed, fresh objects (a rerun): identical batches on every rank, every epoch.
     rerun = all_ranks(ids, w, **kw)
     assert read_epoch(rerun, 1) == e1 and read_epoch(rerun, 0) == e0
-    # The global order is the epoch order of the split, whatever the world size.
-    order = epoch_order(n, mode=mode, seed=seed, epoch=1)
+    # The global order is the epoch order of the split (for 'block', dealt for w ranks of b rows).
+    order = epoch_order(n, mode=mode, seed=seed, epoch=1, streams=w, batch_size=b)
     # Each batch holds the next b rows of that order; the sampler hands them over sorted.
     full = n - n % (w * b)
     expected = [sorted(ids[order[i : i + b]].tolist()) for i in range(0, full, b)]
