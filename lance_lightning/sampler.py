@@ -20,13 +20,14 @@ from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .dataset import BatchGroup
+from .orders import EpochOrder
 from .sharding import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_WINDOW_BLOCKS,
     SHUFFLE_MODES,
     ShardPlan,
     ShuffleMode,
-    epoch_order,
+    order_for,
     plan_epoch,
     rank_batch_bounds,
     take_padded,
@@ -99,6 +100,7 @@ class LanceBatchSampler(DistributedSampler):
         # The world and batch size the current epoch's order was dealt for (block shuffle).
         self.order_world_size = num_replicas
         self.order_batch_size = batch_size
+        self._order: tuple[tuple[int, int, int], EpochOrder] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch; a new epoch starts from its first row."""
@@ -149,18 +151,26 @@ class LanceBatchSampler(DistributedSampler):
             even=self.even,
         )
 
+    def epoch_order(self) -> EpochOrder:
+        """This epoch's order (all ranks alike), evaluated slice by slice: never held whole."""
+        key = (self.epoch, self.order_world_size, self.order_batch_size)
+        if self._order is None or self._order[0] != key:
+            order = order_for(
+                self.num_rows,
+                mode=self.shuffle_mode,
+                seed=self.seed,
+                epoch=self.epoch,
+                block_size=self.block_size,
+                window_blocks=self.window_blocks,
+                streams=self.order_world_size,
+                batch_size=self.order_batch_size,
+            )
+            self._order = (key, order)
+        return self._order[1]
+
     def epoch_positions(self) -> np.ndarray:
-        """Positions in the split, in the order this epoch reads them (all ranks alike)."""
-        return epoch_order(
-            self.num_rows,
-            mode=self.shuffle_mode,
-            seed=self.seed,
-            epoch=self.epoch,
-            block_size=self.block_size,
-            window_blocks=self.window_blocks,
-            streams=self.order_world_size,
-            batch_size=self.order_batch_size,
-        )
+        """The whole epoch order as positions in the split (8 bytes a row: for inspection)."""
+        return self.epoch_order().positions(np.arange(self.num_rows, dtype=np.int64))
 
     def rows_consumed_after(self, batches: int) -> int:
         """Rows of the epoch order consumed once every rank has read ``batches`` batches.
@@ -176,8 +186,8 @@ class LanceBatchSampler(DistributedSampler):
         return min(self.start_row + consumed, self.num_rows)
 
     def __iter__(self) -> Iterator[np.ndarray | BatchGroup]:
-        order = self.epoch_positions()
-        if self.start_row >= len(order):
+        order = self.epoch_order()
+        if self.start_row >= self.num_rows:
             return
         # Bounds are relative to the resume point; padding wraps to the start of the whole
         # epoch order, so a resumed epoch pads with exactly the rows an uninterrupted one would.
@@ -185,7 +195,7 @@ class LanceBatchSampler(DistributedSampler):
         # reordering (the order inside a batch carries no randomness a loss uses).
         offset = self.start_row
         batches = (
-            self._addressed(np.sort(take_padded(order, offset + start, offset + stop)))
+            self._addressed(np.sort(take_padded(order, offset + start, offset + stop, self.num_rows)))
             for start, stop in rank_batch_bounds(self.plan(), rank=self.rank)
         )
         if self.group_batches == 1:

@@ -30,9 +30,25 @@ step is split into per-rank batches, so rank batch counts differ by at most one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from .orders import BlockOrder, EpochOrder, SequentialOrder, UniformOrder, window_rows
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_WINDOW_BLOCKS",
+    "SHUFFLE_MODES",
+    "ShardPlan",
+    "ShuffleMode",
+    "epoch_order",
+    "order_for",
+    "plan_epoch",
+    "rank_batch_bounds",
+    "take_padded",
+    "window_rows",
+]
 
 ShuffleMode = Literal["none", "uniform", "block"]
 SHUFFLE_MODES: tuple[str, ...] = ("none", "uniform", "block")
@@ -43,12 +59,7 @@ DEFAULT_WINDOW_BLOCKS = 8
 """Blocks whose rows are mixed together in the ``block`` shuffle."""
 
 
-def _rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
-    """A generator derived only from (seed, epoch, stream): never global state."""
-    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, stream]))
-
-
-def epoch_order(
+def order_for(
     num_rows: int,
     *,
     mode: ShuffleMode,
@@ -58,24 +69,22 @@ def epoch_order(
     window_blocks: int = DEFAULT_WINDOW_BLOCKS,
     streams: int = 1,
     batch_size: int = 1,
-) -> np.ndarray:
-    """Positions 0..num_rows-1 in the order epoch ``epoch`` reads them (int64 array).
+) -> EpochOrder:
+    """Epoch ``epoch``'s order as an object that computes any slice of it (see :mod:`.orders`).
 
     * ``none``: table order.
-    * ``uniform``: a uniformly random permutation.
-    * ``block``: see :func:`block_order`; ``streams`` (the world size) and ``batch_size``
-      shape it so that each rank reads its own blocks.
-
-    The result depends on its arguments alone.
+    * ``uniform``: a uniformly random permutation (keyed Feistel, evaluated per batch).
+    * ``block``: see :class:`~.orders.BlockOrder`; ``streams`` (the world size) and
+      ``batch_size`` shape it so that each rank reads its own blocks.
     """
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
     if mode == "none":
-        return np.arange(num_rows, dtype=np.int64)
+        return SequentialOrder(num_rows)
     if mode == "uniform":
-        return _rng(seed, epoch).permutation(num_rows).astype(np.int64, copy=False)
+        return UniformOrder(num_rows, seed=seed, epoch=epoch)
     if mode == "block":
-        return block_order(
+        return BlockOrder(
             num_rows,
             seed=seed,
             epoch=epoch,
@@ -87,65 +96,10 @@ def epoch_order(
     raise ValueError(f"unknown shuffle mode {mode!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
 
 
-def window_rows(block_size: int, window_blocks: int, batch_size: int) -> int:
-    """Rows in one shuffle window: ``block_size * window_blocks`` rounded up to whole batches."""
-    return -(-block_size * window_blocks // batch_size) * batch_size
-
-
-def block_order(
-    num_rows: int,
-    *,
-    seed: int,
-    epoch: int,
-    block_size: int,
-    window_blocks: int,
-    streams: int = 1,
-    batch_size: int = 1,
-) -> np.ndarray:
-    """The locality-aware order: shuffled blocks, dealt to streams, rows mixed within windows.
-
-    1. The rows are cut into blocks of ``block_size`` consecutive rows; the blocks are shuffled.
-    2. The shuffled blocks are dealt round-robin to ``streams`` streams (one per rank).
-    3. Each stream is cut into windows of :func:`window_rows` rows (about ``window_blocks``
-       blocks, in whole batches); rows are shuffled within each window.
-    4. The streams are interleaved batch by batch, so that under the global-step rule of
-       :func:`rank_batch_bounds` rank ``r`` reads stream ``r``: each of its windows is a few
-       contiguous runs of the table, read with range scans. Rows the streams have beyond
-       their common length come last, stream after stream.
-
-    What it costs in randomness: a batch holds rows of one window only (about
-    ``window_blocks`` blocks), not of the whole split; block membership and the order of
-    blocks change every epoch.
-    """
-    if block_size < 1 or window_blocks < 1 or streams < 1 or batch_size < 1:
-        raise ValueError(
-            "block shuffle needs block_size, window_blocks, streams and batch_size >= 1, got "
-            f"block_size={block_size}, window_blocks={window_blocks}, streams={streams}, batch_size={batch_size}"
-        )
-    rng = _rng(seed, epoch)
-    num_blocks = -(-num_rows // block_size)
-    starts = rng.permutation(num_blocks) * block_size
-    window = window_rows(block_size, window_blocks, batch_size)
-    per_stream = []
-    for stream in range(streams):
-        mine = starts[stream::streams]
-        lengths = np.minimum(block_size, num_rows - mine)
-        # Expand each block into its run of positions.
-        rows = np.repeat(mine - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        for lo in range(0, len(rows), window):
-            chunk = rows[lo : lo + window]
-            chunk[:] = chunk[rng.permutation(len(chunk))]
-        per_stream.append(rows.astype(np.int64, copy=False))
-    return _interleave(per_stream, batch_size)
-
-
-def _interleave(streams: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """Batch ``k`` of stream ``r`` at global position ``(k * len(streams) + r) * batch_size``."""
-    if len(streams) == 1:
-        return streams[0]
-    steps = min(len(s) for s in streams) // batch_size
-    head = np.stack([s[: steps * batch_size].reshape(steps, batch_size) for s in streams], axis=1).reshape(-1)
-    return np.concatenate([head, *(s[steps * batch_size :] for s in streams)])
+def epoch_order(num_rows: int, **kwargs: Any) -> np.ndarray:
+    """The whole order of :func:`order_for` as an ``int64`` array (8 bytes a row: for tests and
+    small splits; the sampler evaluates slices instead)."""
+    return order_for(num_rows, **kwargs).positions(np.arange(num_rows, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -236,9 +190,15 @@ def _split_evenly(total: int, parts: int, index: int) -> tuple[int, int]:
     return lo, lo + q + (1 if index < r else 0)
 
 
-def take_padded(order: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """``order[start:stop]``, wrapping past the end to the start of ``order`` (padding)."""
-    n = len(order)
-    if stop <= n:
-        return order[start:stop]
-    return order[np.arange(start, stop) % n]
+def take_padded(order: np.ndarray | EpochOrder, start: int, stop: int, num_rows: int | None = None) -> np.ndarray:
+    """Epoch positions ``start..stop-1``, wrapping past the end to the start of the order (padding).
+
+    ``order`` is an array or an order object (then ``num_rows`` is its length).
+    """
+    if isinstance(order, np.ndarray):
+        n = len(order)
+        if stop <= n:
+            return order[start:stop]
+        return order[np.arange(start, stop) % n]
+    n = num_rows if num_rows is not None else order.num_rows
+    return order.positions(np.arange(start, stop, dtype=np.int64) % max(n, 1))

@@ -334,3 +334,28 @@ def test_plan_reads_scans_dense_runs_and_takes_the_rest_in_one_call():
     assert offsets[reads[1][1] : reads[1][2]].tolist() == dense.tolist()
     assert plan_reads(np.array([], dtype=np.int64)) == []
     assert plan_reads(np.arange(0, MIN_SCAN_ROWS * (MAX_RUN_GAP + 1), MAX_RUN_GAP + 1)) == [("take", 0, MIN_SCAN_ROWS)]
+
+
+# -- the uniform order is a fair shuffle ---------------------------------------------------
+
+
+def test_uniform_order_places_a_row_anywhere_with_equal_chance():
+    # Row 0 of 10 over 3,000 seeds: each place ~300 times (binomial sd ~16); neighbours in
+    # the table end up as far apart as in a random permutation (mean gap (n+1)/3).
+    where = [int(np.argmax(epoch_order(10, mode="uniform", seed=s, epoch=0) == 0)) for s in range(3000)]
+    counts = np.bincount(where, minlength=10)
+    assert counts.min() > 220 and counts.max() < 380, counts
+    gaps = [
+        np.abs(np.diff(np.argsort(epoch_order(1000, mode="uniform", seed=s, epoch=1)))).mean() for s in range(20)
+    ]
+    assert 320 < np.mean(gaps) < 348  # (1000 + 1) / 3 = 333.7
+
+
+def test_orders_are_computed_per_slice_without_the_whole_array():
+    from lance_lightning.sharding import order_for
+
+    for mode in ("uniform", "block"):
+        order = order_for(10_000_000, mode=mode, seed=3, epoch=2, streams=4, batch_size=1024)
+        part = order.positions(np.arange(5_000_000, 5_001_024))
+        assert len(np.unique(part)) == 1024 and part.min() >= 0 and part.max() < 10_000_000
+        assert np.array_equal(part, order.positions(np.arange(5_000_000, 5_001_024)))
