@@ -179,6 +179,7 @@ class Reader:
     make_iter: Callable[[int], Iterator[Batch]]
     limit: int
     setup_s: float
+    index: Callable[[], dict[str, int]] | None = None  # bytes of row index the reader holds
     close: Callable[[], None] = lambda: None
 
 
@@ -348,7 +349,9 @@ def reader_datamodule(
         loader.sampler.set_epoch(repeat)  # what Lightning does before each epoch
         return iter(loader)
 
-    return Reader(make_iter, limit=ctx.max_batches, setup_s=setup, close=lambda: _shutdown(loader))
+    return Reader(
+        make_iter, limit=ctx.max_batches, setup_s=setup, close=lambda: _shutdown(loader), index=dm.index_nbytes
+    )
 
 
 def _shutdown(loader: DataLoader) -> None:
@@ -519,9 +522,12 @@ def run_child(kind: str, name: str, ctx: Ctx) -> dict[str, Any]:
                 iterator.close()
             del iterator
             runs.append({"first_s": t1 - t0, "rows": rows, "secs": t2 - t1, "batches": batches})
+        index = reader.index() if reader.index is not None else None
     finally:
         reader.close()
     return {
+        "index": index,
+        "table_rows": ctx.rows,
         "setup_s": reader.setup_s,
         "runs": runs,
         "maxrss_self_mb": _maxrss_mb(resource.RUSAGE_SELF),
@@ -546,9 +552,22 @@ class RssSampler(threading.Thread):
         self.interval = interval
         self.stop = threading.Event()
         self.peak_total = self.peak_main = self.peak_children = self.peak_child = 0
+        self.peak_pss = 0  # proportional set size: shared pages split among the processes sharing them
+        self.ticks = 0
+
+    def _pss(self) -> None:
+        total = 0
+        for proc in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error, AttributeError):
+                total += proc.memory_full_info().pss
+        self.peak_pss = max(self.peak_pss, total)
 
     def run(self) -> None:
         while not self.stop.is_set():
+            self.ticks += 1
+            if self.ticks % 20 == 0:  # every ~0.2 s: reading smaps is too slow for every sample
+                with contextlib.suppress(psutil.Error):
+                    self._pss()
             try:
                 main = self.proc.memory_info().rss
                 others = []
@@ -662,6 +681,7 @@ def run_reader(args: argparse.Namespace, spec: Spec, table: str) -> dict[str, An
             rss_main_mb=sampler.peak_main / mb,
             rss_children_mb=sampler.peak_children / mb,
             rss_child_mb=sampler.peak_child / mb,
+            pss_mb=sampler.peak_pss / mb,
             rss_how="psutil",
         )
     else:
@@ -702,10 +722,10 @@ def summarize(results: dict[str, dict[str, Any]], specs: list[Spec], kind: str) 
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     else:
         lines.append(
-            "| reader | batches×runs | rows/s (best) | spread (min–max) | peak RSS MB (all) | × scan RSS "
-            "| main MB | children MB (sum) | largest child MB | setup s | first batch s |"
+            "| reader | batches×runs | rows/s (best) | spread (min–max) | peak RSS MB (all) | peak PSS MB (all) "
+            "| main MB | children MB (sum) | largest child MB | row index held, main | setup s | first batch s |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for spec in specs:
         r = results.get(spec.name)
         if r is None:
@@ -727,10 +747,14 @@ def summarize(results: dict[str, dict[str, Any]], specs: list[Spec], kind: str) 
                 f"{_ratio(r['rss_mb'], base_rss)} | {r['setup_s']:.2f} | {first:.2f} |"
             )
         else:
+            index = r.get("index")
+            held = ""
+            if index:
+                held = f"{sum(index.values()) / 1e6:.2f} MB ({8 * sum(index.values()) / r['table_rows']:.2f} bits/row)"
             lines.append(
-                f"| {spec.name} | {batches} | {rate} | {spread} | {r['rss_mb']:.0f} | "
-                f"{_ratio(r['rss_mb'], base_rss)} | {r['rss_main_mb']:.0f} | {r['rss_children_mb']:.0f} | "
-                f"{r['rss_child_mb']:.0f} | {r['setup_s']:.2f} | {first:.2f} |"
+                f"| {spec.name} | {batches} | {rate} | {spread} | {r['rss_mb']:.0f} | {r.get('pss_mb', 0):.0f} | "
+                f"{r['rss_main_mb']:.0f} | {r['rss_children_mb']:.0f} | "
+                f"{r['rss_child_mb']:.0f} | {held} | {r['setup_s']:.2f} | {first:.2f} |"
             )
     return lines
 

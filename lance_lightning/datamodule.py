@@ -612,6 +612,22 @@ class LanceDataModule(pl.LightningDataModule):
 
     # -- description ---------------------------------------------------------------------
 
+    def index_nbytes(self) -> dict[str, int]:
+        """Bytes of row index this process holds, by holder: each split's rows, each stage's
+        offset map (also what every DataLoader worker of that stage holds), each sampler's order.
+
+        None grows with the number of workers; none is 8 bytes a row (see the README, "Memory").
+        """
+        out = {f"split {name}": split.rows.nbytes for name, split in (self.splits or {}).items()}
+        if self._whole_table is not None:
+            out["split (whole table)"] = self._whole_table.rows.nbytes
+        for stage, dataset in self.datasets.items():
+            rows = getattr(dataset, "rows", None)
+            out[f"offsets {stage}"] = int(rows.nbytes) if rows is not None else 0
+        for stage, sampler in self.samplers.items():
+            out[f"order {stage}"] = sampler.epoch_order().nbytes
+        return out
+
     def column_tensors(self) -> dict[str, str]:
         """What each selected column becomes, e.g. ``{"emb": "Tensor[float32, (rows, 128)]"}``."""
         schema = self._table().schema

@@ -36,6 +36,8 @@ def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
 class SequentialOrder:
     """Table order."""
 
+    nbytes = 0
+
     def __init__(self, num_rows: int) -> None:
         self.num_rows = num_rows
 
@@ -59,6 +61,7 @@ class UniformOrder:
         self.half = (bits + 1) // 2
         self.mask = np.uint64((1 << self.half) - 1)
         self.keys = seed_sequence(seed, epoch, 0).generate_state(FEISTEL_ROUNDS, dtype=np.uint64)
+        self.nbytes = self.keys.nbytes
 
     def _round(self, right: np.ndarray, key: np.uint64) -> np.ndarray:
         z = (right ^ key) * np.uint64(0x9E3779B97F4A7C15)
@@ -139,6 +142,12 @@ class BlockOrder:
         tails = lengths - self.steps * batch_size
         self.tail_starts = np.concatenate([[0], np.cumsum(tails)[:-1]]).astype(np.int64)
         self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the block tables and the cached window permutations."""
+        arrays = [*self.block_starts, *self.block_ends, *self.block_firsts, *self._windows.values()]
+        return sum(a.nbytes for a in arrays)
 
     def _window_perm(self, stream: int, window: int) -> np.ndarray:
         key = (stream, window)
