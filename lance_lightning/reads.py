@@ -35,7 +35,13 @@ SCAN_THREADS = 2
 """Range scans of one read in flight at once: overlaps their fixed costs (8 scans of 4,096 rows
 read 1.06M rows/s one after the other, 1.21M two at a time, 1.24M four, 1.04M eight, 2 cores)."""
 
+_ROWID_BATCH = 1 << 20
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _schema(table: Any, columns: list[str]) -> pa.Schema:
+    schema = table.schema
+    return pa.schema([schema.field(c) for c in columns])
 
 
 def _scan_pool() -> ThreadPoolExecutor:
@@ -52,8 +58,9 @@ class TableChangedError(RuntimeError):
 
 def scan_row_ids(table: Any) -> np.ndarray:
     """Every row address of ``table`` in scan order (``uint64``): offset i holds row ``result[i]``."""
-    ids = table.search().select(["_rowid"]).to_arrow()["_rowid"]
-    return ids.to_numpy().astype(np.uint64, copy=False) if ids.num_chunks else np.empty(0, np.uint64)
+    batches = [b.column(0).to_numpy() for b in table.search().select(["_rowid"]).to_batches(_ROWID_BATCH)]
+    # (to_arrow() reads 1,024 rows a round trip: 2.7 s for 10M rows instead of 0.1 s)
+    return np.concatenate(batches).astype(np.uint64, copy=False) if batches else np.empty(0, np.uint64)
 
 
 def offsets_of(row_ids: np.ndarray, scan_ids: np.ndarray, *, table_name: str, version: int | None) -> np.ndarray:
@@ -113,7 +120,11 @@ def read_offsets(table: Any, offsets: np.ndarray, columns: Sequence[str]) -> pa.
     def scan(bounds: tuple[int, int]) -> pa.Table:
         lo, hi = bounds
         first, last = int(offsets[lo]), int(offsets[hi - 1])
-        scanned = table.search().select(columns).offset(first).limit(last - first + 1).to_arrow()
+        query = table.search().select(columns).offset(first).limit(last - first + 1)
+        # to_batches(span): one batch for the range; to_arrow() would cut it into 1,024-row
+        # batches, one round trip each (a 16,384-row scan: 1.69M rows/s that way, 2.78M this way)
+        batches = list(query.to_batches(last - first + 1))
+        scanned = pa.Table.from_batches(batches) if batches else pa.Table.from_batches([], _schema(table, columns))
         if scanned.num_rows != last - first + 1:
             raise TableChangedError(f"scanned offsets {first}..{last} and got {scanned.num_rows} rows")
         if hi - lo != scanned.num_rows:
@@ -136,6 +147,5 @@ def read_offsets(table: Any, offsets: np.ndarray, columns: Sequence[str]) -> pa.
             pieces.append(taken.slice(taken_at, hi - lo))
             taken_at += hi - lo
     if not pieces:
-        schema = table.schema
-        return pa.Table.from_batches([], schema=pa.schema([schema.field(c) for c in columns]))
+        return pa.Table.from_batches([], schema=_schema(table, columns))
     return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
