@@ -1,19 +1,23 @@
-"""Where LanceDataModule's time goes, batch by batch, in each shuffle mode (num_workers=0).
+"""LanceDataModule's own overhead over the raw read of the same rows, per shuffle mode (num_workers=0).
 
 Run by hand after ``bench_throughput.py`` has made its table (or let this script make it)::
 
     python benchmarks/profile_datamodule.py --rows 1000000
     python benchmarks/profile_datamodule.py --rows 1000000 --cprofile 15   # plus cProfile's top 15
 
-The datamodule reads the same splits as in bench_throughput.py (train: the first 90% of the
-table). For each mode it times, per batch, the steps ``LanceBatchDataset.read_arrow`` and
-``__getitem__`` take (the sampler's next batch, the sortedness check, ``np.unique``,
-``tolist``, lancedb's ``take_row_ids(...).select(...).to_arrow()``, the Arrow ``take`` that puts
-rows back in the sampler's order, ``batch_to_tensors``), then the same batches read
-end to end through ``dataset[ids]`` and through a ``DataLoader`` (num_workers=0), and the raw
-read for that mode: ``take_row_ids`` of the sorted ids plus a minimal Arrow-to-tensor step.
-The step timings mirror the package's code; they are not hooks inside it, so check that
-their sum matches the end-to-end time before trusting the split.
+For each mode, one process alternates two ways of producing the *same batches* (the same rows,
+in the same batches, as ``{"emb", "label"}`` tensors):
+
+* ``DataLoader w0``: ``dm.train_dataloader()`` with num_workers=0, everything included
+  (sampler, order, position→offset map, read planning, conversion, gathers, DataLoader);
+* ``raw read``: the lancedb calls that mode needs, written out by hand with nothing of
+  lance_lightning in the timed loop: per batch ``take_offsets`` of the sorted offsets (uniform),
+  or per group of batches one ``search().offset().limit().to_batches()`` per run of rows, the
+  unwanted rows filtered out, minimal tensors, and a gather per batch (block, none).
+
+The batches are taken from the sampler before timing, so the raw read does no planning the
+datamodule does not also do. ``overhead`` = DataLoader time / raw time - 1, best of ``--repeats``
+alternating passes.
 """
 
 from __future__ import annotations
@@ -24,96 +28,80 @@ import io
 import pstats
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_throughput import DM_SPLITS, THROUGHPUT_COLUMNS, arrow_to_tensors, ensure_table  # noqa: E402
 
-from lance_lightning.convert import batch_to_tensors  # noqa: E402
 from lance_lightning.datamodule import LanceDataModule  # noqa: E402
+from lance_lightning.dataset import BatchGroup  # noqa: E402
 
-STEPS = ["sampler", "sorted check", "np.unique", "tolist", "lancedb take", "arrow take", "batch_to_tensors"]
+MAX_GAP = 64  # wanted offsets further apart start a new range, as lance_lightning.reads does
 
 
-def step_times(dm: LanceDataModule, batches: int) -> tuple[dict[str, float], list[np.ndarray], float]:
-    """Seconds per step summed over ``batches`` batches; the batches' ids; the epoch order's cost."""
+def planned_items(dm: LanceDataModule, batches: int) -> list[list[np.ndarray]]:
+    """The sampler's items for the first ``batches`` batches, as lists of batches of table offsets."""
     sampler, dataset = dm.samplers["train"], dm.datasets["train"]
-    table, columns = dataset.table(), dataset.columns
-    t0 = time.perf_counter()
-    sampler.epoch_positions()
-    epoch_order_s = time.perf_counter() - t0
-    totals: dict[str, float] = defaultdict(float)
-    kept = []
-    iterator = iter(sampler)
-    pending = [next(iterator)]  # the first next() computes the epoch order: timed above, not here
-    for _ in range(batches):
-        t = time.perf_counter()
-        try:
-            row_ids = pending.pop() if pending else next(iterator)
-        except StopIteration:
+    items, count = [], 0
+    for item in sampler:
+        group = list(item) if isinstance(item, BatchGroup) else [item]
+        items.append([dataset.offsets(b) for b in group])
+        count += len(group)
+        if count >= batches:
             break
-        t1 = time.perf_counter()
-        ids = np.asarray(row_ids, dtype=np.uint64)
-        is_sorted = not (len(ids) > 1 and not np.all(ids[1:] > ids[:-1]))
-        t2 = time.perf_counter()
-        if is_sorted:
-            unique, inverse = ids, None
-        else:
-            unique, inverse = np.unique(ids, return_inverse=True)
-        t3 = time.perf_counter()
-        as_list = unique.tolist()
-        t4 = time.perf_counter()
-        result = table.take_row_ids(as_list).select(columns).to_arrow()
-        t5 = time.perf_counter()
-        if inverse is not None:
-            result = result.take(pa.array(inverse))
-        t6 = time.perf_counter()
-        batch_to_tensors(result)
-        t7 = time.perf_counter()
-        for name, dt in zip(STEPS, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
-            totals[name] += dt
-        kept.append(ids)
-    return dict(totals), kept, epoch_order_s
+    return items
 
 
-def end_to_end(dm: LanceDataModule, batches: list[np.ndarray]) -> float:
-    dataset = dm.datasets["train"]
-    t0 = time.perf_counter()
-    for ids in batches:
-        dataset[ids]
-    return time.perf_counter() - t0
+def raw_read(table, columns: list[str], items: list[list[np.ndarray]]) -> tuple[float, int]:
+    """Seconds and batches for the hand-written read of ``items`` (see the module docstring)."""
+    t0, n = time.perf_counter(), 0
+    for group in items:
+        if len(group) == 1 and len(group[0]) and np.diff(group[0]).max(initial=0) > MAX_GAP:
+            arrow_to_tensors(table.take_offsets(np.sort(group[0]).tolist()).select(columns).to_arrow())
+            n += 1
+            continue
+        union, where = np.unique(np.concatenate(group), return_inverse=True)
+        cuts = np.flatnonzero(np.diff(union) > MAX_GAP) + 1
+        pieces = []
+        for run in np.split(union, cuts):
+            first, span = int(run[0]), int(run[-1] - run[0]) + 1
+            query = table.search().select(columns).offset(first).limit(span)
+            piece = pa.Table.from_batches(list(query.to_batches(span)))
+            if len(run) != span:
+                keep = np.zeros(span, dtype=bool)
+                keep[run - first] = True
+                piece = piece.filter(pa.array(keep))
+            pieces.append(piece)
+        tensors = arrow_to_tensors(pa.concat_tables(pieces))
+        index = torch.from_numpy(where)
+        gathered = {name: t.index_select(0, index) for name, t in tensors.items()}
+        lo = 0
+        for batch in group:
+            {name: t[lo : lo + len(batch)] for name, t in gathered.items()}
+            lo += len(batch)
+            n += 1
+    return time.perf_counter() - t0, n
 
 
-def raw_read(dm: LanceDataModule, batches: list[np.ndarray]) -> float:
-    """take_row_ids of the sorted ids + minimal tensors: the ceiling for this mode's batches."""
-    dataset = dm.datasets["train"]
-    table, columns = dataset.table(), dataset.columns
-    sorted_batches = [np.sort(ids).tolist() for ids in batches]
-    t0 = time.perf_counter()
-    for ids in sorted_batches:
-        arrow_to_tensors(table.take_row_ids(ids).select(columns).to_arrow())
-    return time.perf_counter() - t0
-
-
-def loader_time(dm: LanceDataModule, batches: int, profile: cProfile.Profile | None = None) -> float:
+def loader_time(dm: LanceDataModule, batches: int, profile: cProfile.Profile | None = None) -> tuple[float, int]:
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
-    iterator = iter(loader)
-    next(iterator)  # start-up excluded, as in bench_throughput
+    n = 0
     t0 = time.perf_counter()
     if profile is not None:
         profile.enable()
-    for i, _ in enumerate(iterator, start=2):
-        if i >= batches:
+    for _ in loader:
+        n += 1
+        if n >= batches:
             break
     if profile is not None:
         profile.disable()
-    return (time.perf_counter() - t0) / max(1, batches - 1)
+    return time.perf_counter() - t0, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="/tmp/lance_lightning_bench")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--batches", type=int, default=100, help="batches timed per mode and pass")
-    parser.add_argument("--repeats", type=int, default=3, help="passes per mode; the best is reported")
+    parser.add_argument("--batches", type=int, default=256, help="batches timed per mode and pass")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating passes per mode; the best is reported")
     parser.add_argument("--modes", default="uniform,block,none")
     parser.add_argument("--cprofile", type=int, default=0, help="print cProfile's top N functions per mode")
     args = parser.parse_args(argv)
@@ -130,15 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     name, made = ensure_table(args.dir, "throughput", args.rows)
     print(f"table {name}: " + (f"made in {made:.1f} s" if made else "reused"), file=sys.stderr)
     lines = [
-        f"ms per batch of {args.batch_size} (best of {args.repeats} passes of {args.batches} batches), "
-        "num_workers=0; % of the step sum in parentheses",
+        f"ms per batch of {args.batch_size}, best of {args.repeats} alternating passes, num_workers=0",
         "",
-        "| mode | " + " | ".join(STEPS) + " | step sum | dataset[ids] | DataLoader w0 | raw read | "
-        "overhead vs raw | epoch order (once/epoch) |",
-        "|---" * (len(STEPS) + 7) + "|",
+        "| mode | batches | DataLoader w0 ms | raw read ms | overhead |",
+        "|---|---|---|---|---|",
     ]
     profiles = []
     for mode in args.modes.split(","):
+        batches = args.batches if mode != "uniform" else min(args.batches, 100)
         dm = LanceDataModule(
             args.dir,
             name,
@@ -149,37 +136,28 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=0,
         )
         dm.setup("fit")
-        best: dict[str, float] = {}
-        best_e2e = best_raw = best_loader = best_order = float("inf")
-        for repeat in range(args.repeats):
-            dm.samplers["train"].set_epoch(repeat)
-            steps, batches, order_s = step_times(dm, args.batches)
-            n = len(batches)
-            for key, value in steps.items():
-                best[key] = min(best.get(key, float("inf")), value / n)
-            best_order = min(best_order, order_s)
-            best_e2e = min(best_e2e, end_to_end(dm, batches) / n)
-            best_raw = min(best_raw, raw_read(dm, batches) / n)
-            best_loader = min(best_loader, loader_time(dm, args.batches))
-        total = sum(best.values())
-        cells = [f"{best[s] * 1e3:.2f} ({100 * best[s] / total:.0f}%)" for s in STEPS]
-        lines.append(
-            f"| {mode} | "
-            + " | ".join(cells)
-            + f" | {total * 1e3:.2f} | {best_e2e * 1e3:.2f} | {best_loader * 1e3:.2f} | {best_raw * 1e3:.2f} | "
-            f"{100 * (best_loader / best_raw - 1):+.0f}% | {best_order * 1e3:.0f} ms |"
-        )
+        dm.samplers["train"].set_epoch(0)
+        items = planned_items(dm, batches)
+        table, columns = dm.datasets["train"].table(), list(THROUGHPUT_COLUMNS)
+        best_dm = best_raw = float("inf")
+        for _ in range(args.repeats):
+            seconds, n = loader_time(dm, batches)
+            best_dm = min(best_dm, seconds / n)
+            seconds, n = raw_read(table, columns, items)
+            best_raw = min(best_raw, seconds / n)
+        overhead = 100 * (best_dm / best_raw - 1)
+        lines.append(f"| {mode} | {batches} | {best_dm * 1e3:.2f} | {best_raw * 1e3:.2f} | {overhead:+.1f}% |")
         print(f"  {mode}: done", file=sys.stderr)
         if args.cprofile:
             profile = cProfile.Profile()
-            loader_time(dm, args.batches, profile)
+            loader_time(dm, batches, profile)
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.cprofile)
             profiles.append((mode, out.getvalue()))
     print("\n".join(lines))
     for mode, text in profiles:
         body = text[text.find("   ncalls") :].rstrip()
-        print(f"\ncProfile, shuffle={mode!r}, DataLoader num_workers=0, {args.batches} batches, by tottime:\n{body}")
+        print(f"\ncProfile, shuffle={mode!r}, DataLoader num_workers=0, by tottime:\n{body}")
     return 0
 
 

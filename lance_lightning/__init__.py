@@ -1,17 +1,20 @@
 """Train PyTorch Lightning models straight from a LanceDB table."""
 
 from .convert import UnsupportedColumnError, batch_to_tensors, describe_column
-from .dataset import LanceBatchDataset
+from .dataset import BatchGroup, LanceBatchDataset
+from .rowset import RowSet
 from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
-from .sharding import epoch_order, plan_epoch, rank_batch_bounds
+from .sharding import epoch_order, order_for, plan_epoch, rank_batch_bounds
 from .source import LanceSourceError, TableSource
 from .splits import SplitSpecError, build_splits, parse_split_spec
 
 __all__ = [
+    "BatchGroup",
     "LanceBatchDataset",
     "LanceBatchSampler",
     "LanceDataModule",
     "LanceSourceError",
+    "RowSet",
     "SequentialLanceBatchSampler",
     "SplitSpecError",
     "TableSource",
@@ -20,6 +23,7 @@ __all__ = [
     "build_splits",
     "describe_column",
     "epoch_order",
+    "order_for",
     "parse_split_spec",
     "plan_epoch",
     "rank_batch_bounds",

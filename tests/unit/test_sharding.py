@@ -249,11 +249,12 @@ def test_sampler_validates_arguments():
 # -- world-size-independent resume ---------------------------------------------------------
 
 
-def resume_reads(ids, w, k, *, epoch, start, **kw):
-    """(rows read by all ranks in their first k batches, rows consumed) from ``start`` at world ``w``."""
+def resume_reads(ids, w, k, *, epoch, start, order_world_size=2, **kw):
+    """(rows read by all ranks in their first k batches, rows consumed) from ``start`` at world ``w``,
+    in the epoch order dealt for ``order_world_size`` ranks (what the checkpoint records)."""
     samplers = all_ranks(ids, w, **kw)
     for s in samplers:
-        s.resume_at(epoch=epoch, consumed_rows=start)
+        s.resume_at(epoch=epoch, consumed_rows=start, order_world_size=order_world_size)
     batches = [[b.tolist() for b in s][:k] for s in samplers]
     consumed = {s.rows_consumed_after(k) for s in samplers}
     assert len(consumed) == 1, "ranks disagree on the resume point"
@@ -273,8 +274,9 @@ def resume_reads(ids, w, k, *, epoch, start, **kw):
 )
 def test_resume_across_world_sizes(n, b, k, seed, mode, drop_last, new_w, epoch):
     ids = row_addresses(n)
-    kw = dict(batch_size=b, shuffle=mode, seed=seed, drop_last=drop_last, even=True)
-    order = ids[epoch_order(n, mode=mode, seed=seed, epoch=epoch)].tolist()
+    blocks = dict(block_size=8, window_blocks=3)  # many blocks, so the block order is dealt per rank
+    kw = dict(batch_size=b, shuffle=mode, seed=seed, drop_last=drop_last, even=True, **blocks)
+    order = ids[epoch_order(n, mode=mode, seed=seed, epoch=epoch, streams=2, batch_size=b, **blocks)].tolist()
     before, consumed = resume_reads(ids, 2, k, epoch=epoch, start=0, **kw)
     # What was read before the interruption is exactly the first `consumed` rows of the epoch
     # (plus at most one padding read if the interrupted run got through its last batch).
