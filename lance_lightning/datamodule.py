@@ -414,9 +414,12 @@ class LanceDataModule(pl.LightningDataModule):
             dataset.rows = dataset.offsets_of(split.row_ids, self._scan_ids[key])
 
     def _group_batches(self, order: str, batch_size: int) -> int:
-        """Consecutive batches a worker reads together: a block window, or ~16k sequential rows."""
-        if self.in_memory or order == "uniform":
-            return 1  # gathers from memory, or scattered rows: nothing to gain from grouping
+        """Consecutive batches a worker reads together: a block window, or ~16k sequential rows;
+        in memory, with workers, ~16k rows a hand-over (one shared-memory block, not one a batch)."""
+        if self.in_memory:
+            return 1 if not self.num_workers else max(1, SEQUENTIAL_READ_ROWS // batch_size)
+        if order == "uniform":
+            return 1  # scattered rows: one take a batch, nothing to gain from grouping
         if order == "block":
             return window_rows(self.block_size, self.window_blocks, batch_size) // batch_size
         return max(1, SEQUENTIAL_READ_ROWS // batch_size)

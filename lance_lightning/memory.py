@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .convert import batch_to_tensors
-from .dataset import LanceBatchDataset
+from .dataset import BatchGroup, LanceBatchDataset, gather_shared
 
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3
 _CHUNK_ROWS = 65_536
@@ -51,10 +51,24 @@ class InMemoryBatchDataset(Dataset):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.columns.values())
 
-    def __getitem__(self, positions: np.ndarray) -> Any:
-        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
-        batch = {name: tensor.index_select(0, index) for name, tensor in self.columns.items()}
+    def _finish(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.transform(batch) if self.transform is not None else batch
+
+    def __getitem__(self, positions: np.ndarray | BatchGroup) -> Any:
+        if isinstance(positions, BatchGroup):
+            # One gather for the group; the batches are views of it, so a worker hands the main
+            # process one shared-memory block per column instead of one per batch.
+            if not len(positions):
+                return BatchGroup()
+            index = torch.from_numpy(np.concatenate(positions).astype(np.int64, copy=False))
+            gathered = {name: gather_shared(tensor, index) for name, tensor in self.columns.items()}
+            bounds = np.cumsum([0, *(len(b) for b in positions)]).tolist()
+            return BatchGroup(
+                self._finish({name: t[lo:hi] for name, t in gathered.items()})
+                for lo, hi in zip(bounds[:-1], bounds[1:])
+            )
+        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        return self._finish({name: tensor.index_select(0, index) for name, tensor in self.columns.items()})
 
 
 def load_in_memory(reader: LanceBatchDataset, *, num_rows: int, split: str, budget_bytes: int) -> InMemoryBatchDataset:
