@@ -567,6 +567,10 @@ class LanceDataModule(pl.LightningDataModule):
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
+        if self.transform is None:
+            # Batches are already tensors: skip DataLoader's default_convert walk over every item
+            # (a transform may return NumPy arrays, which default_convert still turns into tensors).
+            kwargs["collate_fn"] = batch_as_is
         return LanceDataLoader(
             dataset,
             sampler=self.samplers[stage],
@@ -659,6 +663,11 @@ class LanceDataLoader(DataLoader):
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def batch_as_is(batch: Any) -> Any:
+    """The DataLoader's collate_fn when batches are already tensors: hand them on unchanged."""
+    return batch
 
 
 def _absolute_if_local(uri: str) -> str:

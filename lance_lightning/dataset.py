@@ -178,9 +178,13 @@ class LanceBatchDataset(Dataset):
             # shared-memory block per column to the main process, not one per batch.
             if not len(index):
                 return BatchGroup()
-            union, where = np.unique(np.concatenate(index), return_inverse=True)
-            rows = batch_to_tensors(self.read_arrow(self.offsets(union)), nulls=self.nulls)
-            gathered = {name: gather(v, where) for name, v in rows.items()}
+            wanted = np.concatenate(index)
+            if len(wanted) > 1 and np.all(wanted[1:] > wanted[:-1]):  # table order (shuffle="none")
+                gathered = batch_to_tensors(self.read_arrow(self.offsets(wanted)), nulls=self.nulls)
+            else:
+                union, where = np.unique(wanted, return_inverse=True)
+                rows = batch_to_tensors(self.read_arrow(self.offsets(union)), nulls=self.nulls)
+                gathered = {name: gather(v, where) for name, v in rows.items()}
             bounds = np.cumsum([0, *(len(b) for b in index)]).tolist()
             return BatchGroup(
                 self._finish({name: _rows(v, lo, hi) for name, v in gathered.items()})

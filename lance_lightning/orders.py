@@ -20,7 +20,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-FEISTEL_ROUNDS = 6
+FEISTEL_ROUNDS = 4
+"""Four rounds with a keyed mixing function: the Luby-Rackoff bound for a pseudo-random permutation."""
 _WINDOW_CACHE = 8  # window permutations kept per order (a rank walks its windows in turn)
 
 

@@ -89,23 +89,25 @@ def plan_reads(offsets: np.ndarray) -> list[tuple[str, int, int]]:
     """Cut sorted, distinct ``offsets`` into reads: ``[(kind, lo, hi), ...]`` over index ranges.
 
     ``kind`` is ``"scan"`` (scan the table range ``offsets[lo] .. offsets[hi - 1]``) or
-    ``"take"`` (take those offsets). Pure: tested without a table.
+    ``"take"`` (take those offsets); neighbouring takes are one read. Pure: tested without a table.
     """
     n = len(offsets)
     if n == 0:
         return []
     breaks = np.flatnonzero(np.diff(offsets) > MAX_RUN_GAP) + 1
-    starts = [0, *breaks.tolist()]
-    stops = [*breaks.tolist(), n]
+    starts, stops = np.r_[0, breaks], np.r_[breaks, n]
+    count = stops - starts
+    span = offsets[stops - 1] - offsets[starts] + 1
+    scan = (count >= MIN_SCAN_ROWS) & (count >= MIN_SCAN_DENSITY * span)
     reads: list[tuple[str, int, int]] = []
-    for lo, hi in zip(starts, stops):
-        count = hi - lo
-        span = int(offsets[hi - 1] - offsets[lo]) + 1
-        kind = "scan" if count >= MIN_SCAN_ROWS and count >= MIN_SCAN_DENSITY * span else "take"
-        if reads and kind == "take" and reads[-1][0] == "take":
-            reads[-1] = ("take", reads[-1][1], hi)  # neighbouring takes become one call
-        else:
-            reads.append((kind, lo, hi))
+    at = 0
+    for lo, hi in zip(starts[scan].tolist(), stops[scan].tolist()):
+        if lo > at:
+            reads.append(("take", at, lo))
+        reads.append(("scan", lo, hi))
+        at = hi
+    if at < n:
+        reads.append(("take", at, n))
     return reads
 
 

@@ -194,8 +194,9 @@ class LanceBatchSampler(DistributedSampler):
         # Each batch comes sorted: the batch is the same set of rows, and the read then needs no
         # reordering (the order inside a batch carries no randomness a loss uses).
         offset = self.start_row
+        arrange = (lambda p: p) if self.shuffle_mode == "none" else np.sort  # table order is sorted already
         batches = (
-            self._addressed(np.sort(take_padded(order, offset + start, offset + stop, self.num_rows)))
+            self._addressed(arrange(take_padded(order, offset + start, offset + stop, self.num_rows)))
             for start, stop in rank_batch_bounds(self.plan(), rank=self.rank)
         )
         if self.group_batches == 1:
