@@ -81,6 +81,14 @@ def gather(value: Any, index: np.ndarray) -> Any:
     return [value[i] for i in index.tolist()]
 
 
+def split_group(columns: dict[str, Any], sizes: list[int], finish: Callable[[dict[str, Any]], Any]) -> BatchGroup:
+    """The rows of a group's columns, cut into consecutive batches of ``sizes`` (tensor views)."""
+    bounds = np.cumsum([0, *sizes]).tolist()
+    return BatchGroup(
+        finish({name: _rows(v, lo, hi) for name, v in columns.items()}) for lo, hi in zip(bounds[:-1], bounds[1:])
+    )
+
+
 def _rows(value: Any, lo: int, hi: int) -> Any:
     """Rows ``lo:hi`` of one gathered column, as a view where the column is a tensor."""
     if isinstance(value, dict):
@@ -185,9 +193,5 @@ class LanceBatchDataset(Dataset):
                 union, where = np.unique(wanted, return_inverse=True)
                 rows = batch_to_tensors(self.read_arrow(self.offsets(union)), nulls=self.nulls)
                 gathered = {name: gather(v, where) for name, v in rows.items()}
-            bounds = np.cumsum([0, *(len(b) for b in index)]).tolist()
-            return BatchGroup(
-                self._finish({name: _rows(v, lo, hi) for name, v in gathered.items()})
-                for lo, hi in zip(bounds[:-1], bounds[1:])
-            )
+            return split_group(gathered, [len(b) for b in index], self._finish)
         return self._finish(batch_to_tensors(self.read_arrow(self.offsets(index)), nulls=self.nulls))

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .convert import batch_to_tensors
-from .dataset import BatchGroup, LanceBatchDataset, gather_shared
+from .dataset import BatchGroup, LanceBatchDataset, gather_shared, split_group
 
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3
 _CHUNK_ROWS = 65_536
@@ -62,11 +62,7 @@ class InMemoryBatchDataset(Dataset):
                 return BatchGroup()
             index = torch.from_numpy(np.concatenate(positions).astype(np.int64, copy=False))
             gathered = {name: gather_shared(tensor, index) for name, tensor in self.columns.items()}
-            bounds = np.cumsum([0, *(len(b) for b in positions)]).tolist()
-            return BatchGroup(
-                self._finish({name: t[lo:hi] for name, t in gathered.items()})
-                for lo, hi in zip(bounds[:-1], bounds[1:])
-            )
+            return split_group(gathered, [len(b) for b in positions], self._finish)
         index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
         return self._finish({name: tensor.index_select(0, index) for name, tensor in self.columns.items()})
 
