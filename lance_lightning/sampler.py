@@ -1,11 +1,11 @@
-"""Which row addresses this rank reads, batch by batch, epoch by epoch.
+"""Which rows of a split this rank reads, batch by batch, epoch by epoch.
 
 :class:`LanceBatchSampler` subclasses ``DistributedSampler`` so that Lightning recognises it
 as already distributed: it neither wraps it in a second ``DistributedSampler`` (whatever
 ``use_distributed_sampler`` says) nor forgets to call :meth:`set_epoch` on it. Each item it
-yields is a whole batch (a sorted array of the addresses the dataset reads by: table offsets,
-or positions in the split), or a :class:`~.dataset.BatchGroup` of consecutive batches that the
-dataset reads together.
+yields is a whole batch (a sorted array of positions in the split, which the dataset maps to
+table offsets; or of the ``addresses`` given), or a :class:`~.dataset.BatchGroup` of
+consecutive batches that the dataset reads together.
 
 All arithmetic is in :mod:`.sharding`; this class only holds the values it needs.
 """
@@ -167,10 +167,6 @@ class LanceBatchSampler(DistributedSampler):
             )
             self._order = (key, order)
         return self._order[1]
-
-    def epoch_positions(self) -> np.ndarray:
-        """The whole epoch order as positions in the split (8 bytes a row: for inspection)."""
-        return self.epoch_order().positions(np.arange(self.num_rows, dtype=np.int64))
 
     def rows_consumed_after(self, batches: int) -> int:
         """Rows of the epoch order consumed once every rank has read ``batches`` batches.
