@@ -89,7 +89,7 @@ class LanceDataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive across epochs (start-up paid once).
         pin_memory, prefetch_factor: passed to the ``DataLoader``.
         block_size, window_blocks: the ``"block"`` shuffle's parameters (rows a block, blocks
-            a window); see :func:`lance_lightning.sharding.block_order`.
+            a window); see :class:`lance_lightning.orders.BlockOrder`.
         resume: ``"exact"`` (default): a checkpoint's data state must match this configuration
             (split spec, filter, seed, table) and training continues with the next unread row;
             ``"fresh"``: ignore the checkpoint's data state and start its epoch afresh.
@@ -519,8 +519,11 @@ class LanceDataModule(pl.LightningDataModule):
         self.splits = build_splits(self.source, table, self.split_spec, filter=self.filter, seed=self.seed)
         self._check_stage_splits()
         self._record_hyperparameters()
-        for stage in stages:
-            self._build_stage(stage)
+        try:
+            for stage in stages:
+                self._build_stage(stage)
+        finally:
+            self._scan_ids.clear()
 
     def _apply_resume(self) -> None:
         state, sampler = self._resume_state, self.samplers.get("train")

@@ -48,7 +48,7 @@ class LanceBatchSampler(DistributedSampler):
         drop_last: training only: drop the last partial global step instead of padding it.
         even: every rank yields the same number of batches (training); when False every
             row is read exactly once and ranks may differ by one batch (evaluation).
-        block_size, window_blocks: the ``block`` shuffle (see :func:`.sharding.block_order`).
+        block_size, window_blocks: the ``block`` shuffle (see :class:`.orders.BlockOrder`).
         group_batches: yield this many consecutive batches at a time as one
             :class:`~.dataset.BatchGroup` (read together in range scans); 1 yields plain batches.
     """

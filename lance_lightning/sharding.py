@@ -12,7 +12,7 @@ rank r reads rows ``[(k * world_size + r) * batch_size, ... + batch_size)``. So 
 rank has read k batches, exactly the first ``k * world_size * batch_size`` rows of the
 epoch order have been consumed, whatever the world size: that prefix length is the resume
 point. The ``none`` and ``uniform`` orders do not depend on the world size at all; the
-``block`` order is dealt out per rank (see :func:`block_order`), so a resume re-creates the
+``block`` order is dealt out per rank (see :class:`~.orders.BlockOrder`), so a resume re-creates the
 interrupted epoch's order with the world size and batch size it started with.
 
 Training (``even=True``) makes every rank read the same number of batches:
