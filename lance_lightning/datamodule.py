@@ -633,7 +633,7 @@ class LanceDataModule(pl.LightningDataModule):
             out["split (whole table)"] = self._whole_table.rows.nbytes
         for stage, dataset in self.datasets.items():
             rows = getattr(dataset, "rows", None)
-            out[f"offsets {stage}"] = int(rows.nbytes) if rows is not None else 0
+            out[f"offsets {stage}"] = int(getattr(rows, "nbytes", 0))
         for stage, sampler in self.samplers.items():
             out[f"order {stage}"] = sampler.epoch_order().nbytes
         return out

@@ -123,7 +123,7 @@ class LanceBatchDataset(Dataset):
         self.nulls = nulls
         self._table = table
         self._pid = os.getpid() if table is not None else None
-        self.rows: RowSet | np.ndarray | None = None
+        self.rows: RowSet | np.ndarray | int | None = None
 
     def __len__(self) -> int:
         return self.num_rows
@@ -147,9 +147,10 @@ class LanceBatchDataset(Dataset):
             self._pid = os.getpid()
         return self._table
 
-    def offsets_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> RowSet | np.ndarray:
-        """The table offsets of the split ``row_ids``: a compact :class:`~.rowset.RowSet` (about
-        2 bits a table row), or an array if the table's scan order is not address order.
+    def offsets_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> RowSet | np.ndarray | int:
+        """The table offsets of the split ``row_ids``: an ``int`` when they are one run of the
+        table (offset = first + position), else a compact :class:`~.rowset.RowSet` (about 2 bits
+        a table row), or an array if the table's scan order is not address order.
 
         ``scan_ids`` (the table's row addresses in scan order) can be passed when several
         splits of one table are mapped, to scan the ``_rowid`` column once.
@@ -157,6 +158,8 @@ class LanceBatchDataset(Dataset):
         if scan_ids is None:
             scan_ids = scan_row_ids(self.table())
         offsets = offsets_of(row_ids, scan_ids, table_name=self.source.name, version=self.source.version)
+        if len(offsets) and offsets[-1] - offsets[0] == len(offsets) - 1 and np.all(offsets[1:] > offsets[:-1]):
+            return int(offsets[0])  # a contiguous run: nothing to look up
         return RowSet.from_sorted(offsets) if np.all(offsets[1:] > offsets[:-1]) else offsets
 
     def offsets(self, positions: np.ndarray) -> np.ndarray:
@@ -164,6 +167,8 @@ class LanceBatchDataset(Dataset):
         positions = np.asarray(positions, dtype=np.int64)
         if self.rows is None:
             return positions
+        if isinstance(self.rows, int):
+            return positions + self.rows
         if isinstance(self.rows, RowSet):
             return self.rows.select(positions).astype(np.int64)
         return self.rows[positions]

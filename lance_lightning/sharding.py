@@ -201,4 +201,6 @@ def take_padded(order: np.ndarray | EpochOrder, start: int, stop: int, num_rows:
             return order[start:stop]
         return order[np.arange(start, stop) % n]
     n = num_rows if num_rows is not None else order.num_rows
+    if stop <= n:
+        return order.positions(np.arange(start, stop, dtype=np.int64))
     return order.positions(np.arange(start, stop, dtype=np.int64) % max(n, 1))
