@@ -32,7 +32,8 @@ FIT_RUNS = [
     {
         "tag": "drop-last-block-shuffle",
         "use_distributed_sampler": True,
-        "data": {"drop_last": True, "shuffle": "block", "block_size": 4, "window_blocks": 2},
+        # windows of 3 batches: each worker reads a window as one group, the loader hands out batches
+        "data": {"drop_last": True, "shuffle": "block", "block_size": 4, "window_blocks": 6, **WORKERS},
     },
 ]
 for _run in FIT_RUNS:

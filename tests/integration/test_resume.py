@@ -41,12 +41,18 @@ def interrupted_then_resumed(tmp_path, uri, stop_step, first_kwargs, second_kwar
     return first.seen + second.seen
 
 
+# block: windows of 3 batches, each read by a worker as one group; step 5 stops inside a group
+BLOCK = {"shuffle": "block", "block_size": 8, "window_blocks": 3}
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_mid_epoch_reads_what_an_uninterrupted_run_reads(make_table, tmp_path, num_workers):
+@pytest.mark.parametrize("order", [{}, BLOCK], ids=["uniform", "block"])
+def test_resume_mid_epoch_reads_what_an_uninterrupted_run_reads(make_table, tmp_path, num_workers, order):
     uri, _ = make_table("toy", 100)  # 13 batches an epoch
     reference = Recorder()
-    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
-    resumed = interrupted_then_resumed(tmp_path, uri, 5, {"num_workers": num_workers}, {"num_workers": num_workers})
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri, **order))
+    kwargs = {"num_workers": num_workers, **order}
+    resumed = interrupted_then_resumed(tmp_path, uri, 5, kwargs, kwargs)
     assert resumed == reference.seen
 
 
