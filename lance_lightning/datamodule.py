@@ -7,8 +7,11 @@ sharded by the rank and world size that the Trainer reports.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
@@ -297,6 +300,7 @@ class LanceDataModule(pl.LightningDataModule):
                 self._build_stage(split_stage)
         finally:
             self._scan_ids.clear()
+            release_freed_memory()
 
     def split_for_stage(self, stage: str) -> str | None:
         """The split name that ``stage`` reads, or None if it has none (no dataloader)."""
@@ -666,6 +670,21 @@ class LanceDataLoader(DataLoader):
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed during setup back to the OS.
+
+    Building splits frees hundreds of MB (lancedb's permutation builder, one-off 8-byte arrays)
+    that Arrow's mimalloc pool and glibc's malloc otherwise keep for the rest of the run: at 10M
+    rows the training process stayed at 1.08 GB after setup; releasing both brings it to ~0.55 GB.
+    """
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def batch_as_is(batch: Any) -> Any:
