@@ -158,9 +158,11 @@ class LanceBatchDataset(Dataset):
         if scan_ids is None:
             scan_ids = scan_row_ids(self.table())
         offsets = offsets_of(row_ids, scan_ids, table_name=self.source.name, version=self.source.version)
-        if len(offsets) and offsets[-1] - offsets[0] == len(offsets) - 1 and np.all(offsets[1:] > offsets[:-1]):
+        if not np.all(offsets[1:] > offsets[:-1]):
+            return offsets
+        if len(offsets) and offsets[-1] - offsets[0] == len(offsets) - 1:
             return int(offsets[0])  # a contiguous run: nothing to look up
-        return RowSet.from_sorted(offsets) if np.all(offsets[1:] > offsets[:-1]) else offsets
+        return RowSet.from_sorted(offsets)
 
     def offsets(self, positions: np.ndarray) -> np.ndarray:
         """Table offsets of ``positions`` in the split."""
@@ -191,12 +193,9 @@ class LanceBatchDataset(Dataset):
             # shared-memory block per column to the main process, not one per batch.
             if not len(index):
                 return BatchGroup()
-            wanted = np.concatenate(index)
-            if len(wanted) > 1 and np.all(wanted[1:] > wanted[:-1]):  # table order (shuffle="none")
-                gathered = batch_to_tensors(self.read_arrow(self.offsets(wanted)), nulls=self.nulls)
-            else:
-                union, where = np.unique(wanted, return_inverse=True)
-                rows = batch_to_tensors(self.read_arrow(self.offsets(union)), nulls=self.nulls)
-                gathered = {name: gather(v, where) for name, v in rows.items()}
+            union, where = unique_sorted(np.concatenate(index))
+            rows = batch_to_tensors(self.read_arrow(self.offsets(union)), nulls=self.nulls)
+            # already in table order (shuffle="none"): the rows are the batches, nothing to gather
+            gathered = rows if where is None else {name: gather(v, where) for name, v in rows.items()}
             return split_group(gathered, [len(b) for b in index], self._finish)
         return self._finish(batch_to_tensors(self.read_arrow(self.offsets(index)), nulls=self.nulls))
