@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 import lancedb
 import pyarrow as pa
 
+from .filters import early_end, enclose, refusal
+
 
 class LanceSourceError(ValueError):
     """The database, table, column or filter named in the configuration is not usable."""
@@ -168,17 +170,23 @@ def check_columns(table_name: str, schema: pa.Schema, columns: list[str] | None)
 
 
 def check_filter(table: lancedb.table.Table, filter: str | None) -> int:
-    """Row count that ``filter`` keeps; a filter that does not parse is quoted in the error."""
+    """Row count that ``filter`` keeps; a filter that does not parse is quoted in the error.
+
+    lancedb would read only the first complete expression of ``"a = 1 b = 2"`` and drop the
+    rest silently: a filter that is not one whole expression is refused, naming where lancedb
+    stops (see :mod:`lance_lightning.filters`).
+    """
     if filter is None:
         return table.count_rows()
     if not isinstance(filter, str) or not filter.strip():
         raise LanceSourceError(f"`filter` must be a non-empty SQL predicate string, got {filter!r}")
+    subject = f"filter {filter!r}"
+    if early_end(filter) is not None:  # a ';', or a ',' / ')' that ends the expression: no need to ask lancedb
+        raise LanceSourceError(refusal(table, filter, subject))
     try:
-        return table.count_rows(filter)
+        return table.count_rows(enclose(filter))
     except Exception as err:  # lancedb raises ValueError / RuntimeError with a parser message
-        raise LanceSourceError(
-            f"filter {filter!r} is not a valid SQL predicate on table {table.name!r}: {err}"
-        ) from err
+        raise LanceSourceError(refusal(table, filter, subject, err) or str(err)) from err
 
 
 # -- object storage errors ------------------------------------------------------------------

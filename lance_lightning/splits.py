@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from lancedb.permutation import permutation_builder
 
+from .filters import cut_short, early_end, refusal
 from .rowset import RowSet
 from .source import LanceSourceError, TableSource, check_filter
 
@@ -206,13 +207,22 @@ def parse_split_spec(spec: Any) -> SplitSpec | None:
         bad = [n for n, p in zip(names, predicates) if not isinstance(p, str) or not p.strip()]
         if bad:
             raise SplitSpecError(f"SQL split predicates for {bad} must be non-empty strings")
+        for name, predicate in zip(names, predicates):
+            early = early_end(predicate)  # a ';', ',' or ')' that ends it: knowable without a table
+            if early is not None:
+                raise SplitSpecError(cut_short(_predicate_subject(name, predicate), predicate, *early))
         return SplitSpec(kind, names, predicates=tuple(predicates))
     names, tables = _names_and_values(spec.get("tables"), "tables")
     return SplitSpec(kind, names, tables=tuple(str(t) for t in tables))
 
 
+def _predicate_subject(name: str, predicate: str) -> str:
+    return f"predicate {predicate!r} of split {name!r}"
+
+
 def _and(filter: str | None, predicate: str) -> str:
-    return predicate if filter is None else f"({filter}) AND ({predicate})"
+    # Newlines end a trailing ``--`` comment of either part before the parenthesis that closes it.
+    return predicate if filter is None else f"(\n{filter}\n) AND (\n{predicate}\n)"
 
 
 def _scan_row_ids(table: Any, where: str | None, columns: list[str]) -> Any:
@@ -354,6 +364,9 @@ def _column_splits(source: TableSource, table: Any, spec: SplitSpec, *, filter: 
 def _sql_splits(source: TableSource, table: Any, spec: SplitSpec, *, filter: str | None) -> dict[str, SplitRows]:
     out: dict[str, SplitRows] = {}
     for name, predicate in zip(spec.names, spec.predicates or ()):
+        problem = refusal(table, predicate, _predicate_subject(name, predicate))
+        if problem is not None:  # lancedb would run only part of it (or none): say which part
+            raise SplitSpecError(problem)
         try:
             ids = whole_table_row_ids(table, _and(filter, predicate))
         except Exception as err:
