@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import os
 import sys
@@ -29,6 +30,7 @@ from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, SHUFFLE_MODES, window_rows
 from .source import LanceSourceError, TableSource, check_columns, is_local_uri, is_memory_uri
 from .splits import WHOLE_TABLE, SplitRows, SplitSpecError, build_splits, parse_split_spec, whole_table_row_ids
+from .workers import init_worker
 
 STAGES = ("train", "val", "test", "predict")
 DEFAULT_SPLITS: Mapping[str, float] = MappingProxyType({"train": 0.8, "val": 0.1, "test": 0.1})
@@ -571,6 +573,9 @@ class LanceDataModule(pl.LightningDataModule):
                 # lancedb is left out: it must not be imported before a fork.
                 context.set_forkserver_preload(["torch", "lightning.pytorch"])
             kwargs["multiprocessing_context"] = context
+            # each worker ends when this process does (lance_lightning/workers.py): a SIGKILLed
+            # trainer otherwise leaves the fork server and its workers alive
+            kwargs["worker_init_fn"] = functools.partial(init_worker, os.getpid())
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor

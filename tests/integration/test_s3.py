@@ -267,7 +267,7 @@ def test_a_new_table_version_gets_a_new_cache_entry(s3, s3_table, tmp_path):
 def test_cache_size_limit_is_refused_with_the_numbers_and_the_setting(s3, s3_table, tmp_path):
     uri, _ = s3_table(120)
     dm = datamodule(uri, s3, cache=str(tmp_path / "cache"), cache_max_bytes=1000)
-    with pytest.raises(CacheLimitError, match=r"needs about [\d,]+ bytes.*cache_max_bytes=1,000") as err:
+    with pytest.raises(CacheLimitError, match=r"split 'train'.* wrote [\d,]+ bytes.*cache_max_bytes=1,000") as err:
         dm.setup("fit")
     assert "toy" in str(err.value) and SECRET not in str(err.value)
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
