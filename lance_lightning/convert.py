@@ -110,15 +110,27 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 _WIDEN = {pa.uint16(): torch.int32, pa.uint32(): torch.int64, pa.uint64(): torch.int64}
 
+# Arrow primitive → torch dtype, spelled out: ``DataType.to_pandas_dtype()`` imports pandas
+# on pyarrow < 26, and pandas is not a dependency.
+_TORCH_DTYPES = {
+    pa.bool_(): torch.bool,
+    pa.int8(): torch.int8,
+    pa.int16(): torch.int16,
+    pa.int32(): torch.int32,
+    pa.int64(): torch.int64,
+    pa.uint8(): torch.uint8,
+    **_WIDEN,
+    pa.float16(): torch.float16,
+    pa.float32(): torch.float32,
+    pa.float64(): torch.float64,
+}
+
 
 def _torch_dtype(name: str, t: pa.DataType) -> torch.dtype:
-    if pa.types.is_boolean(t):
-        return torch.bool
-    if t in _WIDEN:
-        return _WIDEN[t]
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return torch.from_numpy(np.empty(0, dtype=t.to_pandas_dtype())).dtype
-    raise _unsupported(name, t)
+    dtype = _TORCH_DTYPES.get(t)
+    if dtype is None:
+        raise _unsupported(name, t)
+    return dtype
 
 
 def _fixed_shape(t: pa.DataType) -> tuple[list[int], pa.DataType]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -16,28 +17,63 @@ def convert(array: pa.Array, name: str = "c", **kwargs):
     return batch_to_tensors(pa.record_batch({name: array}), **kwargs)
 
 
-@pytest.mark.parametrize(
-    ("arrow_type", "torch_dtype"),
-    [
-        (pa.int8(), torch.int8),
-        (pa.int16(), torch.int16),
-        (pa.int32(), torch.int32),
-        (pa.int64(), torch.int64),
-        (pa.uint8(), torch.uint8),
-        (pa.uint16(), torch.int32),
-        (pa.uint32(), torch.int64),
-        (pa.uint64(), torch.int64),
-        (pa.float16(), torch.float16),
-        (pa.float32(), torch.float32),
-        (pa.float64(), torch.float64),
-    ],
-)
-def test_numbers_keep_values_and_dtype(arrow_type, torch_dtype):
-    values = np.array([0, 1, 7, 100], dtype=arrow_type.to_pandas_dtype())
+# (Arrow type, numpy dtype of the source values, torch dtype of the result). The numpy dtype
+# is spelled out, not taken from ``DataType.to_pandas_dtype()``: that imports pandas on
+# pyarrow < 26, and pandas is not a dependency.
+NUMBER_TYPES = [
+    (pa.int8(), np.int8, torch.int8),
+    (pa.int16(), np.int16, torch.int16),
+    (pa.int32(), np.int32, torch.int32),
+    (pa.int64(), np.int64, torch.int64),
+    (pa.uint8(), np.uint8, torch.uint8),
+    (pa.uint16(), np.uint16, torch.int32),
+    (pa.uint32(), np.uint32, torch.int64),
+    (pa.uint64(), np.uint64, torch.int64),
+    (pa.float16(), np.float16, torch.float16),
+    (pa.float32(), np.float32, torch.float32),
+    (pa.float64(), np.float64, torch.float64),
+]
+
+
+@pytest.mark.parametrize(("arrow_type", "np_dtype", "torch_dtype"), NUMBER_TYPES)
+def test_numbers_keep_values_and_dtype(arrow_type, np_dtype, torch_dtype):
+    values = np.array([0, 1, 7, 100], dtype=np_dtype)
     out = convert(pa.array(values, type=arrow_type))["c"]
     assert out.dtype == torch_dtype
     assert out.tolist() == values.tolist()
     assert describe_column(pa.field("c", arrow_type)) == f"Tensor[{str(torch_dtype)[6:]}, (rows,)]"
+
+
+def test_every_type_converts_without_pandas(monkeypatch):
+    """pandas is not a dependency: neither describing nor converting may import it."""
+    monkeypatch.setitem(sys.modules, "pandas", None)  # any `import pandas` now raises ImportError
+    columns = {
+        f"n{i}": pa.array(np.arange(3, dtype=np_dtype), arrow_type)
+        for i, (arrow_type, np_dtype, _) in enumerate(NUMBER_TYPES)
+    }
+    columns |= {
+        "flag": pa.array([True, False, None]),
+        "emb": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(6, np.float16)), 2),
+        "seq": pa.array([[1], [], [2, 3]], pa.list_(pa.uint16())),
+        "ts": pa.array([0, 1, 2], pa.timestamp("ms")),
+        "d32": pa.array([0, 1, 2], pa.date32()),
+        "d64": pa.array([0, 86_400_000, 2 * 86_400_000], pa.date64()),
+        "t32": pa.array([0, 1, 2], pa.time32("s")),
+        "dur": pa.array([0, 5, 10], pa.duration("ns")),
+        "s": pa.array(["a", "b", "c"]).dictionary_encode(),
+        "st": pa.array([{"k": 1}, {"k": 2}, {"k": 3}]),
+    }
+    batch = pa.record_batch(columns)
+    for field in batch.schema:
+        describe_column(field)
+    out = batch_to_tensors(batch, nulls="mask")
+    assert out["n8"].dtype == torch.float16 and out["n8"].tolist() == [0.0, 1.0, 2.0]
+    assert out["flag_valid"].tolist() == [True, True, False]
+    assert out["emb"].shape == (3, 2) and out["emb"].dtype == torch.float16
+    assert [t.tolist() for t in out["seq"]] == [[1], [], [2, 3]] and out["seq"][0].dtype == torch.int32
+    assert out["d64"].tolist() == [0, 86_400_000, 2 * 86_400_000]
+    assert out["t32"].tolist() == [0, 1, 2] and out["dur"].tolist() == [0, 5, 10]
+    assert all(out[k].dtype == torch.int64 for k in ("ts", "d32", "d64", "t32", "dur"))
 
 
 def test_primitive_conversion_is_zero_copy():
