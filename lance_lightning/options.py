@@ -186,10 +186,10 @@ def as_mapping(
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        kind = f"a {type(value).__name__}" if secret else shown(value)
+        kind = f"a value of type {type(value).__name__}" if secret else shown(value)
         raise SettingTypeError(f"{name} must be a mapping of {what}, or None, got {kind}")
     bad = [
-        f"{k!r}: {f'a {type(v).__name__}' if secret else shown(v)}"
+        f"{k!r}: {f'a value of type {type(v).__name__}' if secret else shown(v)}"
         for k, v in value.items()
         if not isinstance(k, str) or not isinstance(v, values)
     ]

@@ -209,8 +209,8 @@ def test_row_counts_and_the_shuffle_window_stay_inside_int64():
 
 
 def test_secret_mappings_name_types_not_values():
-    with pytest.raises(SettingTypeError, match=r"not valid: 'token': a int$") as info:
+    with pytest.raises(SettingTypeError, match=r"not valid: 'token': a value of type int$") as info:
         as_mapping("storage_options", {"token": 98765}, what="x", values=str, secret=True)
     assert "98765" not in str(info.value)
-    with pytest.raises(SettingTypeError, match=r"or None, got a list$"):
+    with pytest.raises(SettingTypeError, match=r"or None, got a value of type list$"):
         as_mapping("storage_options", ["secret-value"], what="x", secret=True)
