@@ -115,6 +115,7 @@ def cache_key(source: Any, columns: Sequence[str], row_ids: np.ndarray, *, filte
         "endpoint": storage_endpoint(source.storage_options),
         "table": source.name,
         "version": source.version,
+        "version_time": source.version_time,  # a recreated table restarts at version 1
         "columns": list(columns),
         "filter": filter,
         "num_rows": len(rows),

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
+import lancedb
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -25,14 +26,15 @@ from torch.utils.data import DataLoader
 from .convert import NullPolicy, describe_column
 from .dataset import BatchGroup, LanceBatchDataset, resolve_transform
 from .memory import DEFAULT_MEMORY_BUDGET, load_in_memory
+from .options import STAGES, DataOptions, SettingError, SettingTypeError, as_mapping, as_path, as_str, shown
 from .reads import scan_row_ids
 from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
-from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, SHUFFLE_MODES, window_rows
+from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, window_rows
 from .source import LanceSourceError, TableSource, check_columns, is_local_uri, is_memory_uri
 from .splits import WHOLE_TABLE, SplitRows, SplitSpecError, build_splits, parse_split_spec, whole_table_row_ids
+from .state import DataState, TrainPosition
 from .workers import init_worker
 
-STAGES = ("train", "val", "test", "predict")
 DEFAULT_SPLITS: Mapping[str, float] = MappingProxyType({"train": 0.8, "val": 0.1, "test": 0.1})
 _DEFAULT_STAGE_SPLITS = {
     "train": ("train",),
@@ -41,8 +43,6 @@ _DEFAULT_STAGE_SPLITS = {
     "predict": ("predict",),
 }
 _LIGHTNING_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-WORKER_START_METHODS = ("forkserver", "spawn")
-STATE_FORMAT = 1
 SEQUENTIAL_READ_ROWS = 16_384
 """Rows an unshuffled stage reads per range scan (several batches at once): a scan of 16,384
 rows runs at ~1.5M rows/s here, of 1,024 rows at ~0.25M (a fixed cost per call)."""
@@ -51,13 +51,6 @@ NO_DATA_STATE = (
     "datamodule): the interrupted epoch starts afresh from its first row"
 )
 STABLE_ONLY = ("random", "sequential")  # split kinds that reassign rows when the table grows
-FORK_REFUSED = (
-    "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
-    "reliably (measured with lancedb 0.40: DataLoader workers forked from a process that has read a "
-    "table segfaulted, hung or died in 3 of 6 runs, even with each worker reopening the table itself). "
-    "Use 'forkserver' (the default) or 'spawn'; both need the usual `if __name__ == \"__main__\":` guard "
-    "around the code that starts training."
-)
 
 
 class LanceDataModule(pl.LightningDataModule):
@@ -83,7 +76,8 @@ class LanceDataModule(pl.LightningDataModule):
         stage_splits: which split each stage reads, e.g. ``{"val": "holdout"}``. Defaults:
             train→"train", val→"val" (or "validation"/"valid"), test→"test",
             predict→"predict" or, if there is none, the whole filtered table in table order.
-            A stage whose default split does not exist gets no dataloader.
+            A stage whose default split does not exist gets no dataloader, except that
+            ``setup("fit")`` without a train split is an error (it would train 0 steps).
         transform: a callable (or dotted path to one) applied to each batch dict in the worker.
         nulls: ``"raise"`` (default) or ``"mask"``; see :mod:`lance_lightning.convert`.
         version: the table version to read; the latest at ``setup`` when None.
@@ -147,83 +141,98 @@ class LanceDataModule(pl.LightningDataModule):
         cache_max_bytes: int | None = None,
     ) -> None:
         super().__init__()
-        _check_positive_int("batch_size", batch_size)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        if eval_batch_size is not None:
-            _check_positive_int("eval_batch_size", eval_batch_size)
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-        if shuffle not in SHUFFLE_MODES:
-            raise ValueError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}, got {shuffle!r}")
-        if nulls not in ("raise", "mask"):
-            raise ValueError(f"nulls must be 'raise' or 'mask', got {nulls!r}")
-        if multiprocessing_context == "fork":
-            raise ValueError(FORK_REFUSED)
-        if multiprocessing_context is not None and multiprocessing_context not in WORKER_START_METHODS:
-            raise ValueError(
-                f"multiprocessing_context must be one of {', '.join(WORKER_START_METHODS)}, "
-                f"got {multiprocessing_context!r}"
-            )
-        if stage_splits is not None:
-            unknown = sorted(set(stage_splits) - set(STAGES))
-            if unknown:
-                raise ValueError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+        # Every setting that needs no table, checked once (lance_lightning/options.py): a wrong
+        # type or value is refused here, naming the setting and what is valid.
+        options = self.options = DataOptions(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            nulls=nulls,
+            version=version,
+            multiprocessing_context=multiprocessing_context,
+            persistent_workers=persistent_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
+            block_size=block_size,
+            window_blocks=window_blocks,
+            resume=resume,
+            table_updates=table_updates,
+            in_memory=in_memory,
+            memory_budget_bytes=memory_budget_bytes,
+            cache=cache,
+            cache_max_bytes=cache_max_bytes,
+            columns=columns,
+            filter=filter,
+            stage_splits=stage_splits,
+        )
         self._open_table = None
         if table is None:
-            raise ValueError("`table` is required: a table name in the database at `uri`, or an open lancedb Table")
+            raise SettingError("`table` is required: a table name in the database at `uri`, or an open lancedb Table")
         if isinstance(table, str):
+            table = as_str("`table`", table, what="a table name", optional=False)
             if uri is None:
-                raise ValueError(f"`uri` is required to open table {table!r}: the database directory or URI")
-            self.source = TableSource(str(uri), table, version, storage_options, connect_kwargs)
-        else:
+                raise SettingError(f"`uri` is required to open table {table!r}: the database directory or URI")
+            uri = as_path("`uri`", uri, what="the database: a directory or a URI", optional=False)
+            storage_options = as_mapping(
+                "storage_options", storage_options, what="option name to value (str)", values=str, secret=True
+            )
+            connect_kwargs = as_mapping(
+                "connect_kwargs", connect_kwargs, what="lancedb.connect argument name (str) to value", secret=True
+            )
+            self.source = TableSource(uri, table, options.version, storage_options, connect_kwargs)
+        elif isinstance(table, lancedb.table.Table):
             self.source = TableSource.from_table(table)
-            if version is not None:
-                self.source = self.source.pinned(version)
+            if options.version is not None:
+                self.source = self.source.pinned(options.version)
             self._open_table = table
+        else:
+            raise SettingTypeError(
+                f"`table` must be a table name (a non-empty str) or an open lancedb Table, got {shown(table)}"
+            )
         self.split_spec = parse_split_spec(splits)
-        self.columns = list(columns) if columns is not None else None
-        self.filter = filter
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.stage_splits = dict(stage_splits or {})
+        self.columns = list(options.columns) if options.columns is not None else None
+        self.filter = options.filter
+        self.batch_size = options.batch_size
+        self.eval_batch_size = options.eval_batch_size or options.batch_size
+        self.seed = options.seed
+        self.num_workers = options.num_workers
+        self.shuffle = options.shuffle
+        self.drop_last = options.drop_last
+        self.stage_splits = dict(options.stage_splits)
         self.transform = resolve_transform(transform)
-        self.nulls: NullPolicy = nulls
-        self.multiprocessing_context = multiprocessing_context
-        self.persistent_workers = persistent_workers
-        self.pin_memory = pin_memory
-        self.prefetch_factor = prefetch_factor
-        _check_positive_int("block_size", block_size)
-        _check_positive_int("window_blocks", window_blocks)
-        self.block_size = block_size
-        self.window_blocks = window_blocks
-        if resume not in ("exact", "fresh"):
-            raise ValueError(f"resume must be 'exact' or 'fresh', got {resume!r}")
-        self.resume = resume
-        if table_updates not in ("pin", "next_epoch"):
-            raise ValueError(f"table_updates must be 'pin' or 'next_epoch', got {table_updates!r}")
-        if table_updates == "next_epoch" and self.split_spec is not None and self.split_spec.kind in STABLE_ONLY:
+        self.nulls: NullPolicy = options.nulls  # type: ignore[assignment]
+        self.multiprocessing_context = options.multiprocessing_context
+        self.persistent_workers = options.persistent_workers
+        self.pin_memory = options.pin_memory
+        self.prefetch_factor = options.prefetch_factor
+        self.block_size = options.block_size
+        self.window_blocks = options.window_blocks
+        self.resume = options.resume
+        if (
+            options.table_updates == "next_epoch"
+            and self.split_spec is not None
+            and self.split_spec.kind in STABLE_ONLY
+        ):
             raise ValueError(
                 f"table_updates='next_epoch' with {self.split_spec.kind} splits would reassign existing rows to "
                 "other splits whenever rows are added (leaking validation rows into training). Use a split whose "
                 "assignment survives appends: kind 'hash', 'column', 'sql' or 'tables'."
             )
-        self.table_updates = table_updates
-        self.in_memory = in_memory
-        _check_positive_int("memory_budget_bytes", memory_budget_bytes)
-        self.memory_budget_bytes = memory_budget_bytes
+        self.table_updates = options.table_updates
+        self.in_memory = options.in_memory
+        self.memory_budget_bytes = options.memory_budget_bytes
         # -- local cache (lance_lightning/cache.py) --
-        if cache_max_bytes is not None:
-            _check_positive_int("cache_max_bytes", cache_max_bytes)
-        self.cache = str(cache) if cache is not None else None
-        self.cache_max_bytes = cache_max_bytes
+        self.cache = options.cache
+        self.cache_max_bytes = options.cache_max_bytes
         self._pinned_epoch = 0
-        self._resume_state: dict[str, Any] | None = None
+        self._resume_state: DataState | None = None
         self._state_loaded = False
+        self._align_pending = self._afresh = False
+        # the train data position: saved in checkpoints, read by the train sampler
+        self.position = TrainPosition(epoch_label=self._lightning_epoch)
         # Prefixed: Lightning merges these with the model's hyperparameters and refuses a key
         # (such as "batch_size" or "seed") that both define with different values.
         self.save_hyperparameters(
@@ -232,12 +241,12 @@ class LanceDataModule(pl.LightningDataModule):
                 "data_table": self.source.name,
                 "data_columns": self.columns,
                 "data_splits": _plain(splits),
-                "data_filter": filter,
-                "data_batch_size": batch_size,
-                "data_seed": seed,
-                "data_shuffle": shuffle,
-                "data_drop_last": drop_last,
-                "data_num_workers": num_workers,
+                "data_filter": options.filter,
+                "data_batch_size": options.batch_size,
+                "data_seed": options.seed,
+                "data_shuffle": options.shuffle,
+                "data_drop_last": options.drop_last,
+                "data_num_workers": options.num_workers,
             }
         )
         self.splits: dict[str, SplitRows] | None = None
@@ -259,13 +268,33 @@ class LanceDataModule(pl.LightningDataModule):
             self._open_table = self.source.open()
         return self._open_table
 
-    def _pin_version(self) -> Any:
-        table = self._table()
+    def _pin_version(self, reason: str = "") -> Any:
+        """The open table at the pinned version (the latest, pinned now, when none is); the source
+        records the version's commit time, which tells a recreated table from the original."""
+        try:
+            table = self._table()
+        except LanceSourceError as err:
+            if not reason:
+                raise
+            raise LanceSourceError(
+                f"{err}. {reason.capitalize()} was written reading version {self.source.version} of table "
+                f"{self.source.name!r}, whose files are gone (removed by cleanup_old_versions / "
+                "optimize(cleanup_older_than=...), or the table was dropped and recreated). Pass resume='fresh' to "
+                "train on the table as it is now from the start of the checkpoint's epoch, and keep old versions "
+                "longer than a run lasts."
+            ) from err
         if self.source.version is None:
             self.source = self.source.pinned(table.version)
         elif table.version != self.source.version:
             table.checkout(self.source.version)
+        if self.source.version_time is None:
+            self.source = self.source.stamped(table)
         return table
+
+    def _lightning_epoch(self) -> int | None:
+        """The epoch Lightning is running (``trainer.current_epoch``), None without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.current_epoch
 
     def _topology(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -297,6 +326,8 @@ class LanceDataModule(pl.LightningDataModule):
             self.splits = build_splits(self.source, table, self.split_spec, filter=self.filter, seed=self.seed)
             self._check_stage_splits()
             self._record_hyperparameters()
+        if "train" in stages:
+            self._check_train_split(stage)
         try:
             for split_stage in stages:
                 self._build_stage(split_stage)
@@ -334,6 +365,30 @@ class LanceDataModule(pl.LightningDataModule):
                     f"{' after filter ' + repr(self.filter) if self.filter else ''}; split sizes: "
                     f"{ {n: len(s) for n, s in self.splits.items()} }"
                 )
+
+    def _check_train_split(self, stage: str | None) -> None:
+        """Refuse what would make ``fit`` train 0 steps with only Lightning's generic warning:
+        no train split, or ``drop_last`` with fewer rows than one global step."""
+        assert self.splits is not None
+        name = self.split_for_stage("train")
+        if name is None:
+            if stage != "fit":
+                return  # setup() for evaluation or prediction: no train dataloader, as documented
+            others = {n for names in _DEFAULT_STAGE_SPLITS.values() for n in names} | set(self.stage_splits.values())
+            example = next((n for n in sorted(self.splits) if n not in others), sorted(self.splits)[0])
+            raise SplitSpecError(
+                f"the fit stage reads split 'train', which is not among the splits {sorted(self.splits)} of table "
+                f"{self.source.name!r}: it would train 0 steps. The train stage reads a split named 'train' (val: "
+                f"{', '.join(map(repr, _DEFAULT_STAGE_SPLITS['val']))}); name a split 'train', or map one with "
+                f"stage_splits={{'train': {example!r}}}"
+            )
+        rows, step = len(self._split_rows(name)), self.batch_size * self.world_size
+        if self.drop_last and rows < step:
+            raise SplitSpecError(
+                f"the train split {name!r} has {rows} rows, fewer than batch_size {self.batch_size} × "
+                f"{self.world_size} rank(s) = {step}: drop_last=True would drop every row and train 0 steps. "
+                "Use drop_last=False, a smaller batch_size or a larger train split"
+            )
 
     def _split_rows(self, name: str) -> SplitRows:
         assert self.splits is not None
@@ -406,6 +461,7 @@ class LanceDataModule(pl.LightningDataModule):
             block_size=self.block_size,
             window_blocks=self.window_blocks,
             group_batches=self._group_batches("none" if ordered else self.shuffle, batch_size),
+            position=self.position if training else None,
         )
         if training:
             self._apply_resume()
@@ -451,28 +507,37 @@ class LanceDataModule(pl.LightningDataModule):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved by Lightning in every checkpoint: enough to continue with the next unread row."""
+        """Saved by Lightning in every checkpoint: the data's identity and the next unread row.
+
+        A finished epoch (every batch Lightning will run of it consumed, ``limit_train_batches``
+        included) is saved as the next epoch at row 0, since the loader for the resumed run is
+        made before Lightning says which epoch it runs (see :mod:`.state`).
+        """
         if self.splits is None:
             return {}
-        state: dict[str, Any] = {
-            "format": STATE_FORMAT,
-            **self._identity(),
-            "fingerprint": self.split_spec.fingerprint(filter=self.filter, seed=self.seed) if self.split_spec else None,
-            "table_version": self.source.version,
-            "world_size": self.world_size,
-        }
+        train = None
         sampler = self.samplers.get("train")
         if sampler is not None:
             done = self._batches_consumed(sampler)
-            state.update(
-                epoch=sampler.epoch,
-                train_batches_done=done,
-                train_rows_consumed=sampler.rows_consumed_after(done),
-                train_split_rows=sampler.num_rows,
-                train_order_world_size=sampler.order_world_size,
-                train_order_batch_size=sampler.order_batch_size,
-            )
-        return state
+            consumed = sampler.rows_consumed_after(done)
+            finished = consumed >= sampler.num_rows or done >= self._train_batches_per_epoch(sampler)
+            epoch, start = (sampler.epoch + 1, 0) if finished else (sampler.epoch, consumed)
+            train = {
+                "epoch": epoch,
+                "start_row": start,
+                "split_rows": sampler.num_rows,
+                "order_world_size": sampler.order_world_size if start else None,
+                "order_batch_size": sampler.order_batch_size if start else None,
+                "batch_size": sampler.batch_size,
+                "batches_done": done if start else 0,
+            }
+        return DataState(
+            identity=self._identity(),
+            table_version=self.source.version,
+            table_version_time=self.source.version_time,
+            world_size=self.world_size,
+            train=train,
+        ).to_dict()
 
     def _batches_consumed(self, sampler: LanceBatchSampler) -> int:
         """Batches of the current epoch the model has consumed (prefetched ones do not count)."""
@@ -481,20 +546,31 @@ class LanceDataModule(pl.LightningDataModule):
             return sampler.batches_before_start
         return min(trainer.fit_loop.epoch_loop.batch_progress.current.processed, len(sampler))
 
+    def _train_batches_per_epoch(self, sampler: LanceBatchSampler) -> int:
+        """Batches Lightning runs of a train epoch: ``len()``, or fewer under ``limit_train_batches``."""
+        trainer = getattr(self, "trainer", None)
+        limit = getattr(trainer, "num_training_batches", None) if trainer is not None else None
+        if isinstance(limit, int) and 0 < limit < len(sampler):
+            return limit
+        return len(sampler)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""
         self._state_loaded = True
         if not state_dict or "format" not in state_dict:
             rank_zero_warn(NO_DATA_STATE)
+            self._resume_afresh()
             return
         if self.resume == "fresh":
             rank_zero_warn("resume='fresh': ignoring the checkpoint's data state; its epoch starts afresh")
+            self._resume_afresh()
             return
+        state = DataState.from_dict(state_dict)
         mine = self._identity()
         differs = [
-            f"{key}: checkpoint {state_dict.get(key)!r} != now {mine[key]!r}"
+            f"{key}: checkpoint {state.identity.get(key)!r} != now {mine[key]!r}"
             for key in mine
-            if state_dict.get(key) != mine[key]
+            if state.identity.get(key) != mine[key]
         ]
         if differs:
             raise ValueError(
@@ -502,7 +578,7 @@ class LanceDataModule(pl.LightningDataModule):
                 "Resuming would read different rows. Restore the original settings, or pass resume='fresh' "
                 "to start the data afresh."
             )
-        version = state_dict.get("table_version")
+        version = state.table_version
         if version is not None and version != self.source.version:
             follow = " until this epoch ends" if self.table_updates == "next_epoch" else ""
             rank_zero_warn(
@@ -510,18 +586,32 @@ class LanceDataModule(pl.LightningDataModule):
                 f"{self.source.version} now): this run keeps reading version {version}{follow}, so the splits and "
                 "the interrupted epoch stay exactly the same"
             )
-            self._repin(version)
-        self._pinned_epoch = state_dict.get("epoch", 0)
-        self._resume_state = dict(state_dict)
+            self._repin(version, reason="the checkpoint")
+        self._check_same_table(state)
+        self._pinned_epoch = state.train["epoch"] if state.train else 0
+        self._resume_state = state
         self._apply_resume()
 
-    def _repin(self, version: int) -> None:
+    def _check_same_table(self, state: DataState) -> None:
+        """Refuse a checkpoint of a table that was dropped and recreated under the same name."""
+        then, now = state.table_version_time, self.source.version_time
+        if then is None or now is None or then == now:
+            return
+        raise ValueError(
+            f"table {self.source.name!r} at {self.source.uri!r} is not the table the checkpoint was written from: "
+            f"its version {self.source.version} was committed at {now}, the checkpoint's at {then} (the table was "
+            "dropped and recreated, or replaced by a copy: version numbers restart at 1). Resuming would read "
+            "other rows as the rest of the interrupted epoch. Pass resume='fresh' to train on this table from the "
+            "start of the checkpoint's epoch."
+        )
+
+    def _repin(self, version: int, *, reason: str = "") -> None:
         """Read ``version`` of the table from now on: rebuild the splits and every built stage."""
         self.source = self.source.pinned(version)
         self._open_table = None
         stages = list(self.samplers)
         self.splits, self._whole_table, self.samplers, self.datasets = None, None, {}, {}
-        table = self._pin_version()
+        table = self._pin_version(reason=reason)
         self.splits = build_splits(self.source, table, self.split_spec, filter=self.filter, seed=self.seed)
         self._check_stage_splits()
         self._record_hyperparameters()
@@ -532,20 +622,73 @@ class LanceDataModule(pl.LightningDataModule):
             self._scan_ids.clear()
 
     def _apply_resume(self) -> None:
+        """Position the train sampler where the checkpoint's data state says reading stands."""
         state, sampler = self._resume_state, self.samplers.get("train")
-        if state is None or sampler is None or "epoch" not in state:
+        if state is None or sampler is None or state.train is None:
             return
-        if state.get("train_split_rows") != sampler.num_rows:
+        train = state.train
+        if train["split_rows"] != sampler.num_rows:
             raise ValueError(
-                f"the checkpoint's train split has {state.get('train_split_rows')} rows, this one {sampler.num_rows}"
+                f"the checkpoint's train split of table {self.source.name!r} has {train['split_rows']} rows, this "
+                f"one {sampler.num_rows} (same table version, splits, filter and seed): the split was built "
+                "differently. Pass resume='fresh' to start the data afresh."
             )
         sampler.resume_at(
-            epoch=state["epoch"],
-            consumed_rows=state["train_rows_consumed"],
-            batches_done=state["train_batches_done"],
-            order_world_size=state.get("train_order_world_size"),
-            order_batch_size=state.get("train_order_batch_size"),
+            epoch=train["epoch"],
+            consumed_rows=train["start_row"],
+            order_world_size=train["order_world_size"],
+            order_batch_size=train["order_batch_size"],
         )
+        self._align_pending = True
+
+    def _resume_afresh(self) -> None:
+        """No usable data state: the epoch Lightning resumes is read again from its first row."""
+        self._resume_state = None
+        self._align_pending = True
+        self._afresh = True
+
+    def _align_lightning(self) -> None:
+        """Once, when the resumed run asks for its train loader: make Lightning's batch index agree
+        with the data position, so that an epoch ends (and validates) where a whole epoch does.
+
+        Lightning resumes its batch index at the batches it had counted; the data position
+        leaves ``len() - batches_before_start`` batches to read. They differ when the batch size
+        or world size changed mid-epoch, or when the checkpoint holds no data state (the epoch is
+        read afresh); the data position wins and Lightning's count is moved to match it.
+        """
+        trainer = getattr(self, "trainer", None)
+        sampler = self.samplers.get("train")
+        if not self._align_pending or trainer is None or sampler is None:
+            return
+        self._align_pending = False
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if self._afresh:
+            self._afresh = False
+            epoch = trainer.fit_loop.epoch_progress.current.completed
+            sampler.resume_at(epoch=epoch, consumed_rows=0)
+            counted = progress.processed
+        else:
+            train = self._resume_state.train if self._resume_state is not None else None
+            if train is None:
+                return
+            counted = train["batches_done"]
+            then = self._resume_state.world_size
+            if train["batch_size"] != sampler.batch_size or then != self.world_size:
+                rest = len(sampler) - sampler.batches_before_start
+                rank_zero_warn(
+                    f"resuming epoch {train['epoch']} of split {self.split_for_stage('train')!r} with "
+                    f"batch_size={sampler.batch_size} on {self.world_size} rank(s) (the checkpoint: batch_size="
+                    f"{train['batch_size']} on {then}): its {sampler.num_rows - train['start_row']} unread rows make "
+                    f"{rest} batches, and the epoch's batch index continues at {sampler.batches_before_start} so "
+                    "that it ends (and validates) where a whole epoch does. Rows are exact; batch boundaries "
+                    "differ from an uninterrupted run's."
+                )
+        shift = sampler.batches_before_start - counted
+        if shift:
+            # all four alike: Lightning's restart arithmetic (completed += 1 after a checkpoint
+            # written in on_train_batch_end, then ready = processed = completed) is unchanged
+            for attr in ("ready", "started", "processed", "completed"):
+                setattr(progress, attr, getattr(progress, attr) + shift)
 
     # -- dataloaders ---------------------------------------------------------------------
 
@@ -608,16 +751,12 @@ class LanceDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader | list:
         self._follow_table_updates()
         trainer = getattr(self, "trainer", None)
-        sampler = self.samplers.get("train")
-        if trainer is not None and trainer.ckpt_path and not self._state_loaded and sampler is not None:
+        if trainer is not None and trainer.ckpt_path and not self._state_loaded and "train" in self.samplers:
             # Lightning skips load_state_dict when the checkpoint has no entry for this datamodule.
             self._state_loaded = True
             rank_zero_warn(NO_DATA_STATE)
-            sampler.resume_at(
-                epoch=sampler.epoch,
-                consumed_rows=0,
-                batches_done=trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-            )
+            self._resume_afresh()
+        self._align_lightning()
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader | list:
@@ -700,11 +839,6 @@ def batch_as_is(batch: Any) -> Any:
 def _absolute_if_local(uri: str) -> str:
     """Local paths as absolute paths (what the logs should say); other URIs as given."""
     return os.path.abspath(uri) if is_local_uri(uri) and not uri.startswith("file://") else uri
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _plain(value: Any) -> Any:

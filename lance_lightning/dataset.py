@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,9 @@ from .convert import NullPolicy, batch_to_tensors
 from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
 from .rowset import RowSet
 from .source import TableSource, is_memory_uri
+
+if TYPE_CHECKING:
+    from .timing import LoaderTiming
 
 __all__ = ["BatchGroup", "LanceBatchDataset", "TableChangedError", "gather", "resolve_transform", "unique_sorted"]
 
@@ -56,6 +59,28 @@ def unique_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if len(values) > 1 and not np.all(values[1:] > values[:-1]):
         return np.unique(values, return_inverse=True)
     return values, None
+
+
+def _is_missing_file(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "not found" in text or "no such file" in text or "does not exist" in text
+
+
+def files_removed_message(source: TableSource, err: BaseException) -> str:
+    """Why a read of the pinned version failed for a missing file: what happened, what to do."""
+    try:
+        versions = [v["version"] for v in source.pinned(None).open().list_versions()]
+        now = f"versions there now: {versions}"
+    except Exception as reopen:  # dropped: the table itself is gone
+        now = f"the table cannot be opened now ({str(reopen)[:200]})"
+    return (
+        f"table {source.name!r} at {source.uri!r}: a file of version {source.version}, which this run pinned, "
+        f"is gone ({now}). The table was compacted and its old versions cleaned up "
+        "(optimize(cleanup_older_than=...) / cleanup_old_versions), or it was dropped, while the run read it. "
+        "Keep old versions longer than a run lasts (cleanup_older_than > the run's length), or pass "
+        "table_updates='next_epoch' so each epoch reads the latest version. lance said: "
+        f"{str(err)[:300]}"
+    )
 
 
 class BatchGroup(list):
@@ -105,6 +130,10 @@ class LanceBatchDataset(Dataset):
     (:meth:`offsets_of`, a :class:`~.rowset.RowSet`) maps positions to table offsets; when it
     is None, positions *are* table offsets. ``len(dataset)`` is the split's row count.
     """
+
+    timing: LoaderTiming | None = None
+    """Set by :class:`~lance_lightning.monitor.LoaderMonitor`: sums the time of each item and of
+    the transform inside it (see :mod:`.timing`); None (default): nothing is timed."""
 
     def __init__(
         self,
@@ -178,15 +207,27 @@ class LanceBatchDataset(Dataset):
     def read_arrow(self, offsets: Sequence[int] | np.ndarray) -> pa.Table:
         """The rows at ``offsets``, in the requested order, in as few reads as possible."""
         unique, inverse = unique_sorted(np.asarray(offsets, dtype=np.int64))
-        result = read_offsets(self.table(), unique, self.columns)
+        try:
+            result = read_offsets(self.table(), unique, self.columns)
+        except TableChangedError:
+            raise
+        except Exception as err:
+            if not _is_missing_file(err):
+                raise
+            raise TableChangedError(files_removed_message(self.source, err)) from err
         if inverse is not None:
             result = result.take(pa.array(inverse))
         return result
 
     def _finish(self, batch: dict[str, Any]) -> Any:
-        return self.transform(batch) if self.transform is not None else batch
+        if self.transform is None:
+            return batch
+        return self.transform(batch) if self.timing is None else self.timing.transform(self.transform, batch)
 
     def __getitem__(self, index: Sequence[int] | np.ndarray) -> Any:
+        return self._getitem(index) if self.timing is None else self.timing.load(self._getitem, index)
+
+    def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
         if isinstance(index, BatchGroup):
             # One read for the whole group (range scans), one conversion, then a gather per batch.
             # The batches are views into one gathered tensor per column: a worker then moves one

@@ -32,6 +32,7 @@ from .sharding import (
     rank_batch_bounds,
     take_padded,
 )
+from .state import TrainPosition
 
 
 class LanceBatchSampler(DistributedSampler):
@@ -67,6 +68,7 @@ class LanceBatchSampler(DistributedSampler):
         block_size: int = DEFAULT_BLOCK_SIZE,
         window_blocks: int = DEFAULT_WINDOW_BLOCKS,
         group_batches: int = 1,
+        position: TrainPosition | None = None,
     ) -> None:
         if shuffle not in SHUFFLE_MODES:
             raise ValueError(f"unknown shuffle mode {shuffle!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
@@ -94,48 +96,71 @@ class LanceBatchSampler(DistributedSampler):
         self.block_size = block_size
         self.window_blocks = window_blocks
         self.group_batches = group_batches
-        self.epoch = 0
-        self.start_row = 0
-        self.batches_before_start = 0
-        # The world and batch size the current epoch's order was dealt for (block shuffle).
-        self.order_world_size = num_replicas
-        self.order_batch_size = batch_size
+        self.position = position if position is not None else TrainPosition()
         self._order: tuple[tuple[int, int, int], EpochOrder] | None = None
 
+    # The position lives in one TrainPosition (lance_lightning/state.py), shared with the datamodule.
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
+    @property
+    def start_row(self) -> int:
+        return self.position.start_row
+
+    @property
+    def order_world_size(self) -> int:
+        """The world size the current epoch's order was dealt for (the block shuffle depends on it)."""
+        return self.position.order_world_size or self.num_replicas
+
+    @property
+    def order_batch_size(self) -> int:
+        return self.position.order_batch_size or self.batch_size
+
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before each epoch; a new epoch starts from its first row."""
-        if epoch != self.epoch:
-            self.start_row = 0
-            self.batches_before_start = 0
-            self.order_world_size, self.order_batch_size = self.num_replicas, self.batch_size
-        self.epoch = epoch
+        """Called by Lightning before each epoch; a new epoch starts from its first row.
+
+        The first call after :meth:`resume_at` only anchors Lightning's epoch numbering to the
+        resumed epoch (see :class:`~.state.TrainPosition`).
+        """
+        self.position.enter_epoch(epoch)
 
     def resume_at(
         self,
         *,
         epoch: int,
         consumed_rows: int,
-        batches_done: int = 0,
         order_world_size: int | None = None,
         order_batch_size: int | None = None,
     ) -> None:
-        """Start ``epoch`` after the first ``consumed_rows`` rows of its order.
+        """Continue ``epoch`` after the first ``consumed_rows`` rows of its order.
 
-        ``batches_done`` is how many batches this rank's loop already counted in the epoch
-        (Lightning's restored batch index); ``len()`` includes them, so a loop that resumes at
-        batch ``batches_done`` runs exactly the rest, whatever the new world size.
         ``order_world_size`` / ``order_batch_size``: what the interrupted epoch's order was
         dealt for (the block shuffle depends on them); default: this sampler's.
         """
         if not 0 <= consumed_rows <= self.num_rows:
             raise ValueError(f"consumed_rows must be in [0, {self.num_rows}], got {consumed_rows}")
-        if batches_done < 0:
-            raise ValueError(f"batches_done must be >= 0, got {batches_done}")
-        self.epoch = epoch
-        self.start_row = consumed_rows
-        self.batches_before_start = batches_done
-        self.order_world_size = order_world_size or self.num_replicas
-        self.order_batch_size = order_batch_size or self.batch_size
+        self.position.resume(
+            epoch, consumed_rows, order_world_size=order_world_size, order_batch_size=order_batch_size
+        )
+
+    @property
+    def batches_before_start(self) -> int:
+        """Batches of the epoch counted as read before :attr:`start_row`: a whole epoch's count minus
+        what is left, so that Lightning's batch index ends where a whole epoch ends."""
+        if self.start_row == 0:
+            return 0
+        return self.whole_epoch_batches() - self.plan().batches_for_rank(self.rank)
+
+    def whole_epoch_batches(self) -> int:
+        """Batches this rank reads in a whole epoch (what ``len()`` reports)."""
+        return plan_epoch(
+            self.num_rows,
+            world_size=self.num_replicas,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            even=self.even,
+        ).batches_for_rank(self.rank)
 
     @property
     def num_rows(self) -> int:
@@ -215,29 +240,17 @@ class LanceBatchSampler(DistributedSampler):
         return positions if self.addresses is None else self.addresses[positions]
 
     def __len__(self) -> int:
-        """Batches in the epoch, counted from its start as Lightning counts them.
+        """Batches in a whole epoch: what Lightning counts an epoch in (it reads ``len()`` once).
 
-        After a resume at another world size the rest of the epoch can need more batches than a
-        whole epoch does; Lightning reads ``len()`` once and keeps it for later epochs, so this is
-        the larger of the two and an epoch with fewer batches simply ends early (on every rank
-        alike).
+        A resumed epoch yields only what is left; Lightning's restored batch index (aligned by
+        the datamodule to :attr:`batches_before_start`) makes up the rest.
         """
-        whole = plan_epoch(
-            self.num_rows,
-            world_size=self.num_replicas,
-            batch_size=self.batch_size,
-            drop_last=self.drop_last,
-            even=self.even,
-        ).batches_for_rank(self.rank)
-        if self.start_row == 0 and self.batches_before_start == 0:
-            return whole
-        return max(whole, self.batches_before_start + self.plan().batches_for_rank(self.rank))
+        return self.whole_epoch_batches()
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "start_row": self.start_row,
-            "batches_before_start": self.batches_before_start,
             "order_world_size": self.order_world_size,
             "order_batch_size": self.order_batch_size,
         }

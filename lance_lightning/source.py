@@ -7,6 +7,9 @@ itself, so nothing of lancedb's runtime is ever carried across a fork or a pickl
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -49,6 +52,9 @@ class TableSource:
     # Not hashed (a dict is not hashable; sources are dict keys in report.py), still compared.
     storage_options: Mapping[str, str] | None = field(default=None, repr=False, hash=False)
     connect_kwargs: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
+    version_time: str | None = None
+    """When :attr:`version` was committed (ISO time): with the version, what identifies the data.
+    A table dropped and recreated under the same name restarts at version 1; its commit times differ."""
 
     def open(self) -> lancedb.table.Table:
         """Open the table (at :attr:`version` when pinned), with errors naming what is missing."""
@@ -62,6 +68,10 @@ class TableSource:
 
     def pinned(self, version: int | None) -> TableSource:
         return TableSource(self.uri, self.name, version, self.storage_options, self.connect_kwargs)
+
+    def stamped(self, table: lancedb.table.Table) -> TableSource:
+        """This source with the commit time of its pinned version, read from ``table`` (opened at it)."""
+        return dataclasses.replace(self, version_time=version_time(table))
 
     def describe(self) -> dict[str, Any]:
         """A secret-free summary for logs and hyperparameters."""
@@ -90,16 +100,35 @@ def connect(uri: str, *, storage_options: Mapping[str, str] | None = None, **kwa
     uri = str(uri)
     if is_local_uri(uri):
         path = urlparse(uri).path if uri.startswith("file://") else uri
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise LanceSourceError(
+                f"{uri!r} is a file, not a LanceDB database directory: pass the directory that holds your "
+                "`<table>.lance` folders"
+            )
         if not os.path.isdir(path):
             raise LanceSourceError(
                 f"no LanceDB database at {uri!r}: the directory does not exist. "
                 "Pass the directory that holds your `<table>.lance` folders "
                 "(or run `lance-lightning-demo` to build the demo table)."
             )
-    interval = kwargs.get("read_consistency_interval")
-    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
-        kwargs["read_consistency_interval"] = timedelta(seconds=interval)  # seconds, as configs give it
+    if "read_consistency_interval" in kwargs:
+        kwargs["read_consistency_interval"] = _consistency_interval(kwargs["read_consistency_interval"])
     return lancedb.connect(uri, storage_options=dict(storage_options) if storage_options else None, **kwargs)
+
+
+def _consistency_interval(value: Any) -> timedelta | None:
+    """``read_consistency_interval`` as lancedb takes it: None or a timedelta >= 0; a number is
+    seconds (as configs give it). A negative one panics in lancedb's runtime; NaN and infinities
+    do not convert."""
+    if value is None or (isinstance(value, timedelta) and value >= timedelta(0)):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0:  # NaN is not >= 0
+        with contextlib.suppress(OverflowError, ValueError):  # inf, or beyond timedelta's 999,999,999 days
+            return timedelta(seconds=float(value))
+    raise LanceSourceError(
+        f"connect_kwargs read_consistency_interval must be seconds >= 0 (a finite number or a timedelta) or None, "
+        f"got {value!r}"
+    )
 
 
 def list_table_names(db: Any) -> list[str]:
@@ -148,6 +177,16 @@ def open_table(
                 f"table {name!r} at {uri!r} has no version {version}; versions there: {versions}"
             ) from err
     return table
+
+
+def version_time(table: lancedb.table.Table) -> str | None:
+    """When the version ``table`` is checked out at was committed (ISO time), or None if not listed."""
+    version = table.version
+    for entry in table.list_versions():
+        if entry["version"] == version:
+            stamp = entry["timestamp"]
+            return stamp.isoformat() if hasattr(stamp, "isoformat") else str(stamp)
+    return None
 
 
 def check_columns(table_name: str, schema: pa.Schema, columns: list[str] | None) -> list[str]:

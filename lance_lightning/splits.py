@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ WHOLE_TABLE = "all"
 # own default fails ("Not enough memory to continue external sort") near 4M rows.
 _BUILDER_MEMORY_ENV = "LANCEDB_PERM_BUILDER_MEMORY_LIMIT"
 _BUILDER_MEMORY_DEFAULT = str(4 * 1024**3)
+_INT64_MAX = 2**63 - 1
 
 
 class SplitSpecError(ValueError):
@@ -109,13 +112,31 @@ def _names_and_values(mapping: Any, what: str) -> tuple[tuple[str, ...], tuple[A
     return names, tuple(mapping.values())
 
 
+def _is_count(value: Any) -> bool:
+    """An integer (``int`` or a NumPy integer), not a ``bool``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _fraction(value: Any) -> float | None:
+    """``value`` as a finite float >= 0, or None when it is not one (NaN, inf, a bool, a str...)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):  # an int beyond float range
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 def _fractions(mapping: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
     names, values = _names_and_values(mapping, "fractions")
-    bad = [
-        f"{n}={v!r}" for n, v in zip(names, values) if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0
-    ]
+    fractions = tuple(_fraction(v) for v in values)
+    bad = [f"{n}={v!r}" for n, v, f in zip(names, values, fractions) if f is None]
     if bad:
-        raise SplitSpecError(f"split fractions must be numbers >= 0; got {', '.join(bad)}")
+        raise SplitSpecError(
+            f"split fractions must be numbers >= 0; got {', '.join(bad)} (NaN and infinities are not fractions)"
+        )
+    values = fractions
     total = float(sum(values))
     if total > 1.0 + 1e-9:
         listing = ", ".join(f"{n}={v}" for n, v in zip(names, values))
@@ -128,9 +149,9 @@ def _fractions(mapping: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
 
 def _counts(mapping: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
     names, values = _names_and_values(mapping, "counts")
-    bad = [f"{n}={v!r}" for n, v in zip(names, values) if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    bad = [f"{n}={v!r}" for n, v in zip(names, values) if not _is_count(v) or v < 0 or v > _INT64_MAX]
     if bad:
-        raise SplitSpecError(f"split counts must be integers >= 0; got {', '.join(bad)}")
+        raise SplitSpecError(f"split counts must be integers >= 0 (and < 2**63); got {', '.join(bad)}")
     return names, tuple(int(v) for v in values)
 
 
@@ -166,7 +187,7 @@ def parse_split_spec(spec: Any) -> SplitSpec | None:
     spec = dict(spec)
     if "kind" not in spec:
         values = list(spec.values())
-        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if values and all(_is_count(v) for v in values):
             return _sized("random", {"counts": spec}, None)
         return _sized("random", {"fractions": spec}, None)
     kind = spec["kind"]
@@ -179,8 +200,9 @@ def parse_split_spec(spec: Any) -> SplitSpec | None:
         )
     if kind in ("random", "sequential"):
         seed = spec.get("seed")
-        if seed is not None and not isinstance(seed, int):
-            raise SplitSpecError(f"split seed must be an integer, got {seed!r}")
+        if seed is not None and (not _is_count(seed) or not 0 <= seed < 2**64):
+            raise SplitSpecError(f"split seed must be an integer >= 0 and < 2**64 (or None), got {seed!r}")
+        seed = int(seed) if seed is not None else None
         return _sized(kind, spec, seed)
     if kind == "hash":
         columns = spec.get("columns")
@@ -192,10 +214,16 @@ def parse_split_spec(spec: Any) -> SplitSpec | None:
         discard = spec.get("discard_weight", 0)
         if discard is None:
             discard = 0  # lancedb raises TypeError on None
-        if not isinstance(discard, int) or discard < 0:
+        if not _is_count(discard) or discard < 0:
             raise SplitSpecError(f"discard_weight must be an integer >= 0, got {discard!r}")
+        discard = int(discard)
         if sum(weights) == 0:
             raise SplitSpecError(f"hash split weights {dict(zip(names, weights))} are all zero")
+        if sum(weights) + discard > _INT64_MAX:  # lancedb sums them in 64 bits: past that, splits come out wrong
+            raise SplitSpecError(
+                f"hash split weights {dict(zip(names, weights))} and discard_weight {discard} add up to "
+                f"{sum(weights) + discard}; they must add up to less than 2**63"
+            )
         return SplitSpec(kind, names, columns=tuple(columns), weights=weights, discard_weight=discard)
     if kind == "column":
         column = spec.get("column")
@@ -392,7 +420,9 @@ def _per_table_splits(source: TableSource, spec: SplitSpec, *, filter: str | Non
         table = open_table(
             source.uri, table_name, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs
         )
-        split_source = TableSource(source.uri, table_name, table.version, source.storage_options, source.connect_kwargs)
+        split_source = TableSource(
+            source.uri, table_name, table.version, source.storage_options, source.connect_kwargs
+        ).stamped(table)
         check_filter(table, filter)
         out[name] = SplitRows(name, split_source, whole_table_row_ids(table, filter))
     return out

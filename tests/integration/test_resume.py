@@ -12,11 +12,10 @@ from tests.helpers import Preempted, Recorder, SaveThenStop
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    kwargs = {"max_epochs": 2, "enable_checkpointing": False, **kwargs}
     return pl.Trainer(
-        max_epochs=2,
         accelerator="cpu",
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
@@ -158,3 +157,71 @@ def test_following_updates_needs_stable_splits_and_reloading(make_table, tmp_pat
     dm = LanceDataModule(uri, "toy", splits=HASH, table_updates="next_epoch")
     with pytest.raises(ValueError, match=r"reload_dataloaders_every_n_epochs=1"):
         trainer(tmp_path).fit(Recorder(), datamodule=dm)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("order", [{}, BLOCK], ids=["uniform", "block"])
+def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epochs_exactly(make_table, tmp_path, num_workers, order):
+    """Lightning's default ModelCheckpoint writes at epoch end; with workers, the resumed loader is
+    primed before Lightning's set_epoch, so the position must already say "next epoch, row 0"."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    uri, _ = make_table("toy", 100)  # 13 batches an epoch
+    kwargs = {"num_workers": num_workers, **order}
+    reference = Recorder()
+    trainer(tmp_path, max_epochs=4).fit(reference, datamodule=datamodule(uri, **kwargs))
+    first = Recorder()
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, enable_checkpointing=True, callbacks=[saving]).fit(first, datamodule=datamodule(uri, **kwargs))
+    resumed = Recorder()
+    trainer(tmp_path, max_epochs=4).fit(resumed, datamodule=datamodule(uri, **kwargs), ckpt_path=saving.last_model_path)
+    assert len(resumed.seen) == 2 * 13
+    assert first.seen + resumed.seen == reference.seen
+
+
+def as_format_1(state: dict) -> dict:
+    """The data state as lance-lightning wrote it up to commit faa4ade (format 1): the epoch being
+    read, even when finished, with its batches and rows consumed."""
+    train = state["train"]
+    return {
+        "format": 1,
+        **state["identity"],
+        "fingerprint": "0123456789abcdef",
+        "table_version": state["table_version"],
+        "world_size": state["world_size"],
+        "epoch": train["epoch"],
+        "train_batches_done": train["batches_done"],
+        "train_rows_consumed": train["start_row"],
+        "train_split_rows": train["split_rows"],
+        "train_order_world_size": train["order_world_size"] or state["world_size"],
+        "train_order_batch_size": train["order_batch_size"] or train["batch_size"],
+    }
+
+
+def test_checkpoints_of_format_1_still_resume_exactly(make_table, tmp_path):
+    uri, _ = make_table("toy", 100)
+    reference = Recorder()
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
+    ckpt = tmp_path / "mid.ckpt"
+    first = Recorder()
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(5, ckpt)]).fit(first, datamodule=datamodule(uri))
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["LanceDataModule"]["format"] == 2
+    checkpoint["LanceDataModule"] = as_format_1(checkpoint["LanceDataModule"])
+    torch.save(checkpoint, ckpt)
+    second = Recorder()
+    trainer(tmp_path).fit(second, datamodule=datamodule(uri), ckpt_path=ckpt)
+    assert first.seen + second.seen == reference.seen
+
+
+def test_an_unknown_state_format_is_refused(make_table, tmp_path):
+    uri, _ = make_table("toy", 100)
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(3, ckpt)]).fit(Recorder(), datamodule=datamodule(uri))
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["LanceDataModule"]["format"] = 99
+    torch.save(checkpoint, ckpt)
+    with pytest.raises(ValueError, match=r"format 99; this version reads formats \[1, 2\].*resume='fresh'"):
+        trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)

@@ -256,7 +256,7 @@ def resume_reads(ids, w, k, *, epoch, start, order_world_size=2, **kw):
     for s in samplers:
         s.resume_at(epoch=epoch, consumed_rows=start, order_world_size=order_world_size)
     batches = [[b.tolist() for b in s][:k] for s in samplers]
-    consumed = {s.rows_consumed_after(k) for s in samplers}
+    consumed = {s.rows_consumed_after(s.batches_before_start + k) for s in samplers}  # k counted from the resume
     assert len(consumed) == 1, "ranks disagree on the resume point"
     return [x for rank in batches for batch in rank for x in batch], consumed.pop()
 

@@ -1,0 +1,137 @@
+"""The table changes under a running or resumed job: compacted and cleaned up, dropped, recreated.
+
+Every case either reads exactly the pinned rows or fails fast with an error naming the table, the
+version and what to do; none reads other rows silently.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import lancedb
+import lightning.pytorch as pl
+import pyarrow as pa
+import pytest
+
+from lance_lightning import LanceDataModule, LanceSourceError
+from lance_lightning.reads import TableChangedError
+from tests.conftest import toy_table
+from tests.helpers import Preempted, Recorder, SaveThenStop
+
+
+def fragmented(make_table, rows: int = 400, pieces: int = 4):
+    """A table written in ``pieces`` appends (so compaction rewrites its files)."""
+    step = rows // pieces
+    uri, table = make_table("toy", toy_table(rows).slice(0, step))
+    for start in range(step, rows, step):
+        table.add(toy_table(rows).slice(start, step))
+    return uri, table
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+class ChangeTableAt(pl.Callback):
+    """At ``step``, does ``change()`` to the table (what another job or a cron does)."""
+
+    def __init__(self, step: int, change) -> None:
+        self.step, self.change, self.done = step, change, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not self.done:
+            self.done = True
+            self.change()
+
+
+def compact_and_clean(table) -> None:
+    table.add(toy_table(10).slice(0, 10))  # a newer version, so the pinned one is an old version
+    table.optimize(cleanup_older_than=timedelta(0))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_cleanup_of_the_pinned_version_mid_run_names_table_version_and_remedy(make_table, tmp_path, num_workers):
+    uri, table = fragmented(make_table)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1, num_workers=num_workers)
+    with pytest.raises(TableChangedError) as caught:
+        trainer(tmp_path, callbacks=[ChangeTableAt(3, lambda: compact_and_clean(table))]).fit(
+            Recorder(), datamodule=dm
+        )
+    text = str(caught.value)
+    assert "'toy'" in text and f"version {dm.table_version}" in text
+    assert "cleanup_older_than" in text and "table_updates='next_epoch'" in text
+
+
+def test_table_dropped_mid_run_is_a_clear_error(make_table, tmp_path):
+    uri, _ = fragmented(make_table)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1)
+    with pytest.raises(TableChangedError, match=r"table 'toy' .*version 4.*is gone.*dropped"):
+        trainer(tmp_path, callbacks=[ChangeTableAt(3, lambda: lancedb.connect(uri).drop_table("toy"))]).fit(
+            Recorder(), datamodule=dm
+        )
+
+
+def checkpoint_mid_epoch(uri, tmp_path, step: int = 4):
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        trainer(tmp_path, callbacks=[SaveThenStop(step, ckpt)]).fit(Recorder(), datamodule=datamodule(uri))
+    return ckpt
+
+
+def datamodule(uri, **kwargs) -> LanceDataModule:
+    return LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1, **kwargs)
+
+
+def test_resume_after_the_pinned_version_was_cleaned_up_names_checkpoint_and_fresh(make_table, tmp_path):
+    uri, table = fragmented(make_table)
+    ckpt = checkpoint_mid_epoch(uri, tmp_path)
+    compact_and_clean(table)
+    with pytest.raises(LanceSourceError) as caught:
+        trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)
+    text = str(caught.value)
+    assert "has no version 4" in text and "The checkpoint was written reading version 4" in text
+    assert "resume='fresh'" in text
+    fresh = Recorder()
+    with pytest.warns(UserWarning, match="resume='fresh'"):
+        trainer(tmp_path).fit(fresh, datamodule=datamodule(uri, resume="fresh"), ckpt_path=ckpt)
+    assert fresh.seen
+
+
+def test_resume_refuses_a_dropped_and_recreated_table(make_table, tmp_path):
+    uri, _ = fragmented(make_table)
+    ckpt = checkpoint_mid_epoch(uri, tmp_path)
+    db = lancedb.connect(uri)
+    db.drop_table("toy")
+    recreated = db.create_table("toy", toy_table(100))  # same name, other rows, versions restart at 1
+    for start in range(100, 400, 100):
+        recreated.add(toy_table(400).slice(start, 100))  # ... up to the checkpoint's version 4
+    assert recreated.version == 4
+    with pytest.raises(ValueError, match=r"table 'toy' .*is not the table the checkpoint was written from.*fresh"):
+        trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)
+
+
+def test_cache_never_serves_an_entry_of_a_dropped_table(make_table, tmp_path):
+    uri, _ = make_table("toy", 120)
+    cache = tmp_path / "cache"
+
+    def read_ids() -> list[int]:
+        dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=16, seed=1, shuffle="none", cache=str(cache))
+        dm.setup("fit")
+        return sorted(i for batch in dm.train_dataloader() for i in batch["id"].tolist())
+
+    assert read_ids() == list(range(120))
+    db = lancedb.connect(uri)
+    db.drop_table("toy")
+    other = toy_table(120)
+    db.create_table("toy", other.set_column(0, "id", pa.array(range(1000, 1120), pa.int64())))
+    assert read_ids() == list(range(1000, 1120))  # same name, same version 1, same row addresses
