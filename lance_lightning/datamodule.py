@@ -797,13 +797,13 @@ class LanceDataModule(pl.LightningDataModule):
 class LanceDataLoader(DataLoader):
     """A plain ``DataLoader`` that Lightning recognises as resumable.
 
-    Its position lives in its :class:`LanceBatchSampler` and is saved and restored by
-    :meth:`LanceDataModule.state_dict` / :meth:`LanceDataModule.load_state_dict`, which also
-    handle a change of world size; the loader's own ``load_state_dict`` therefore does nothing.
+    Its position is the datamodule's (:mod:`.state`), stored once per checkpoint by
+    :meth:`LanceDataModule.state_dict`; the loader's own ``state_dict`` is empty and its
+    ``load_state_dict`` does nothing (they exist so that Lightning treats the loader as resumable).
     """
 
     def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict() if isinstance(self.sampler, LanceBatchSampler) else {}
+        return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         return None
@@ -811,9 +811,24 @@ class LanceDataLoader(DataLoader):
     def __iter__(self) -> Any:
         """Batches one by one: a :class:`~.dataset.BatchGroup` read together is handed out whole."""
         items = super().__iter__()
+        if self.num_workers:
+            items = _naming_dead_workers(items)
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def _naming_dead_workers(items: Any) -> Any:
+    """``items``, where a worker killed while handing over a batch (its shared-memory connection
+    reset) is reported as such instead of as a bare ``ConnectionResetError`` / ``EOFError``."""
+    try:
+        yield from items
+    except (ConnectionError, EOFError) as err:
+        raise RuntimeError(
+            f"a DataLoader worker died while handing over a batch ({type(err).__name__}: {err}): it was "
+            "killed (the OOM killer, a SIGKILL) or crashed. Check the worker's memory use and the system log; "
+            "resume from the last checkpoint to continue exactly."
+        ) from err
 
 
 def release_freed_memory() -> None:

@@ -135,3 +135,24 @@ def test_cache_never_serves_an_entry_of_a_dropped_table(make_table, tmp_path):
     other = toy_table(120)
     db.create_table("toy", other.set_column(0, "id", pa.array(range(1000, 1120), pa.int64())))
     assert read_ids() == list(range(1000, 1120))  # same name, same version 1, same row addresses
+
+
+class KillAWorker(pl.Callback):
+    """At batch 2, SIGKILLs one of the train loader's worker processes (as the OOM killer would)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 2:
+            import os
+            import signal
+
+            workers = trainer.train_dataloader._iterator._workers  # torch's persistent iterator
+            os.kill(workers[0].pid, signal.SIGKILL)
+
+
+def test_a_killed_worker_stops_the_run_with_a_clear_error(make_table, tmp_path):
+    uri, _ = make_table("toy", 400)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1, num_workers=2)
+    # torch names the worker, or (killed mid-handover) we do instead of a bare ConnectionResetError
+    named = r"DataLoader worker (\(pid.*\) (is killed by signal|exited unexpectedly)|died while handing over a batch)"
+    with pytest.raises(RuntimeError, match=named):
+        trainer(tmp_path, callbacks=[KillAWorker()]).fit(Recorder(), datamodule=dm)
