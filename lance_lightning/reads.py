@@ -56,11 +56,28 @@ class TableChangedError(RuntimeError):
     """Rows the split refers to are not in the pinned table version."""
 
 
+def scan_with_row_ids(table: Any, columns: Sequence[str] = (), *, where: str | None = None) -> pa.Table:
+    """``_rowid`` and ``columns`` of every row (that ``where`` keeps), in scan order: the one scan of
+    row addresses (splits by column, label counts, offsets), read in 1M-row batches.
+
+    (``to_arrow()`` reads 1,024 rows a round trip: 2.7 s for 10M row addresses instead of 0.1 s.)
+    """
+    # the row id alone is a column of its own; beside other columns it is asked for with with_row_id
+    select = table.search().select
+    query = (select(list(columns)).with_row_id(True) if columns else select(["_rowid"])).limit(None)
+    if where is not None:
+        query = query.where(where)
+    batches = list(query.to_batches(_ROWID_BATCH))
+    if not batches:
+        fields = [pa.field("_rowid", pa.uint64())] + [table.schema.field(c) for c in columns]
+        return pa.Table.from_batches([], pa.schema(fields))
+    return pa.Table.from_batches(batches)
+
+
 def scan_row_ids(table: Any) -> np.ndarray:
     """Every row address of ``table`` in scan order (``uint64``): offset i holds row ``result[i]``."""
-    batches = [b.column(0).to_numpy() for b in table.search().select(["_rowid"]).to_batches(_ROWID_BATCH)]
-    # (to_arrow() reads 1,024 rows a round trip: 2.7 s for 10M rows instead of 0.1 s)
-    return np.concatenate(batches).astype(np.uint64, copy=False) if batches else np.empty(0, np.uint64)
+    ids = scan_with_row_ids(table).column("_rowid")
+    return ids.to_numpy().astype(np.uint64, copy=False) if len(ids) else np.empty(0, np.uint64)
 
 
 def offsets_of(row_ids: np.ndarray, scan_ids: np.ndarray, *, table_name: str, version: int | None) -> np.ndarray:

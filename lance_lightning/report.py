@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .reads import scan_with_row_ids
 from .sharding import plan_epoch, rank_batch_bounds
 
 MAX_LABELS_SHOWN = 20
@@ -80,7 +81,7 @@ def _scan_column(table: Any, column: str) -> tuple[np.ndarray, pa.Array]:
     """(row addresses sorted, values in the same order) of one column of the whole table."""
     if column not in table.schema.names:
         raise KeyError(f"label column {column!r} is not in table {table.name!r}; its columns: {table.schema.names}")
-    scanned = table.search().select([column]).with_row_id(True).limit(None).to_arrow()
+    scanned = scan_with_row_ids(table, [column])
     row_ids = scanned["_rowid"].to_numpy()
     order = np.argsort(row_ids, kind="stable")
     return row_ids[order], scanned[column].combine_chunks().take(pa.array(order))

@@ -42,6 +42,7 @@ import numpy as np
 from lancedb.permutation import permutation_builder
 
 from .filters import cut_short, early_end, refusal
+from .reads import scan_with_row_ids
 from .rowset import RowSet
 from .source import LanceSourceError, TableSource, check_filter
 
@@ -253,13 +254,6 @@ def _and(filter: str | None, predicate: str) -> str:
     return predicate if filter is None else f"(\n{filter}\n) AND (\n{predicate}\n)"
 
 
-def _scan_row_ids(table: Any, where: str | None, columns: list[str]) -> Any:
-    query = table.search().select(columns).with_row_id(True).limit(None)
-    if where is not None:
-        query = query.where(where)
-    return query.to_arrow()
-
-
 def _ensure_builder_memory() -> None:
     os.environ.setdefault(_BUILDER_MEMORY_ENV, _BUILDER_MEMORY_DEFAULT)
 
@@ -376,7 +370,7 @@ def _column_splits(source: TableSource, table: Any, spec: SplitSpec, *, filter: 
         raise LanceSourceError(
             f"split column {column!r} is not in table {table.name!r}; its columns: {table.schema.names}"
         )
-    scanned = _scan_row_ids(table, filter, [column])
+    scanned = scan_with_row_ids(table, [column], where=filter)
     values = scanned[column]
     if values.null_count:
         raise SplitSpecError(
