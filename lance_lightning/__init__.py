@@ -13,6 +13,7 @@ __all__ = [
     "LanceBatchDataset",
     "LanceBatchSampler",
     "LanceDataModule",
+    "LancePredictionWriter",
     "LanceSourceError",
     "RowSet",
     "SequentialLanceBatchSampler",
@@ -38,4 +39,8 @@ def __getattr__(name: str):
         from .datamodule import LanceDataModule
 
         return LanceDataModule
+    if name == "LancePredictionWriter":
+        from .writer import LancePredictionWriter
+
+        return LancePredictionWriter
     raise AttributeError(f"module 'lance_lightning' has no attribute {name!r}")

@@ -11,6 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CASES = {
     "plain_python.py": ["--epochs", "1"],
     "embeddings_classifier.py": [],
+    "embed_table.py": [],  # predictions written into the table, indexed, queried (k-NN vote accuracy)
     "image_bytes.py": [],  # the dotted-path transform in workers: tests/integration/test_workers_and_trainer.py
 }
 

@@ -1,0 +1,186 @@
+"""What ``LancePredictionWriter`` adds to a predict epoch, and what memory it takes.
+
+Run by hand::
+
+    python benchmarks/bench_writer.py --rows 1000000            # the issue's figure (several minutes)
+    python benchmarks/bench_writer.py --rows 200000 --repeats 2
+    python benchmarks/bench_writer.py --rows 20000 --repeats 1  # smoke check
+
+The table ``writer_<rows>`` (made under ``--dir``, reused when it has ``--rows`` rows) is the
+throughput benchmark's: ``id`` int64, ``emb`` fixed_size_list<float32>[128], ``label`` int64,
+``text`` string. The model is ``Linear(128, 128)``: ``predict_step`` returns ``[B, 128]`` float32.
+Each mode runs ``trainer.predict`` over the whole table (``columns=["emb"]``, no workers, table
+order) in a fresh process, ``--repeats`` times; the best wall time is kept:
+
+* ``predict only``: no writer (``return_predictions=False``), the baseline;
+* ``new columns``: ``LancePredictionWriter(column="pred")``: staging during the loop, then one
+  commit that rewrites the table with the new column (see lance_lightning/writer.py for why);
+* ``new table``: ``LancePredictionWriter(table="preds")``: staging, then one ``create_table``
+  of ``source_rowid``, ``id`` and the outputs.
+
+Columns: total (the ``trainer.predict`` call), loop (first to last batch, staging included),
+commit (``on_predict_end``: barrier, join, write), overhead (total over the baseline's), peak RSS of
+the process, and its RSS growth from the start of the loop to its end (flat when no prediction is
+kept: the staging file is on disk). After each ``new columns`` run the table is restored to its
+first version, so every run reads the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+DIM = 128
+MODES = ("predict only", "new columns", "new table")
+
+
+def ensure_table(uri: str, rows: int) -> str:
+    import lancedb
+    import numpy as np
+    import pyarrow as pa
+
+    from lance_lightning.source import list_table_names
+
+    name = f"writer_{rows}"
+    db = lancedb.connect(uri)
+    if name in list_table_names(db):
+        table = db.open_table(name)
+        if table.count_rows() == rows:
+            if table.version != 1 or table.schema.names != ["id", "emb", "label", "text"]:
+                table.restore(1)
+            return name
+        db.drop_table(name)
+    rng = np.random.default_rng(0)
+
+    def batches():
+        for start in range(0, rows, 65536):
+            n = min(65536, rows - start)
+            emb = rng.standard_normal(n * DIM, dtype=np.float32)
+            yield pa.record_batch(
+                {
+                    "id": np.arange(start, start + n, dtype=np.int64),
+                    "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb), DIM),
+                    "label": rng.integers(0, 10, n),
+                    "text": pa.array([f"item {i} of the writer benchmark" for i in range(start, start + n)]),
+                }
+            )
+
+    first = next(batches())
+    db.create_table(name, pa.RecordBatchReader.from_batches(first.schema, batches()))
+    return name
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_mode(uri: str, name: str, mode: str, batch_size: int) -> dict[str, Any]:
+    """One predict epoch in this process (called in a fresh subprocess)."""
+    import lancedb
+    import lightning.pytorch as pl
+    import torch
+
+    from lance_lightning import LanceDataModule, LancePredictionWriter
+
+    warnings.filterwarnings("ignore")
+    marks: dict[str, float] = {}
+
+    class Clock(pl.Callback):
+        def on_predict_start(self, trainer, pl_module):
+            marks["start"], marks["rss_start"] = time.perf_counter(), rss_bytes()
+
+        def on_predict_epoch_end(self, trainer, pl_module):  # runs before on_predict_end (the commit)
+            marks["loop_end"], marks["rss_loop_end"] = time.perf_counter(), rss_bytes()
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(DIM, DIM)
+
+        def predict_step(self, batch, batch_idx):
+            return self.layer(batch["emb"])
+
+    callbacks: list[Any] = [Clock()]
+    if mode == "new columns":
+        callbacks.append(LancePredictionWriter(column="pred"))
+    elif mode == "new table":
+        callbacks.append(LancePredictionWriter(column="pred", table="preds", overwrite=True))
+    dm = LanceDataModule(uri, name, columns=["emb"], splits=None, eval_batch_size=batch_size)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.callbacks.extend(callbacks)
+    began = time.perf_counter()
+    trainer.predict(Model(), datamodule=dm, return_predictions=False)
+    ended = time.perf_counter()
+    if mode == "new columns":
+        lancedb.connect(uri).open_table(name).restore(1)
+    return {
+        "mode": mode,
+        "total_s": ended - began,
+        "loop_s": marks["loop_end"] - marks["start"],
+        "commit_s": ended - marks["loop_end"],
+        "setup_s": marks["start"] - began,
+        "rss_loop_growth_mb": (marks["rss_loop_end"] - marks["rss_start"]) / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dir", default="/tmp/lance_lightning_bench")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", help="write the raw runs here")
+    parser.add_argument("--child", nargs=3, metavar=("NAME", "MODE", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name, mode, batch = args.child
+        print(json.dumps(run_mode(args.dir, name, mode, int(batch))))
+        return
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    made = time.perf_counter()
+    name = ensure_table(args.dir, args.rows)
+    print(f"table {name} in {args.dir} ({time.perf_counter() - made:.1f} s to make or check)", flush=True)
+    runs: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for mode in MODES:  # interleaved, so that a change of machine load hits every mode alike
+            cmd = [sys.executable, __file__, "--dir", args.dir, "--child", name, mode, str(args.batch_size)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode:
+                raise SystemExit(f"{mode} failed:\n{out.stderr[-3000:]}")
+            run = json.loads(out.stdout.strip().splitlines()[-1]) | {"repeat": repeat}
+            runs.append(run)
+            print(f"  run {repeat} {mode:<13} {run['total_s']:7.2f} s", flush=True)
+    best = {mode: min((r for r in runs if r["mode"] == mode), key=lambda r: r["total_s"]) for mode in MODES}
+    base = best["predict only"]["total_s"]
+    print(f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output, best of {args.repeats}")
+    header = ("mode", "total s", "loop s", "commit s", "overhead", "peak RSS MB", "loop RSS +MB")
+    print(f"{header[0]:<14}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], (9, 9, 10, 10, 13, 14))))
+    for mode, r in best.items():
+        overhead = "" if mode == "predict only" else f"{(r['total_s'] / base - 1) * 100:+.0f}%"
+        print(
+            f"{mode:<14}{r['total_s']:>9.2f}{r['loop_s']:>9.2f}{r['commit_s']:>10.2f}{overhead:>10}"
+            f"{r['peak_rss_mb']:>13.0f}{r['rss_loop_growth_mb']:>14.0f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""LancePredictionWriter under real 2-process DDP (CPU, gloo) over an odd row count.
+
+Every row's value must be the model's output for that row, exactly once, whatever rank read
+it; a run SIGKILLed mid-predict must leave the table as it was, and the next run must clean up
+its staging files and write everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME
+from tests.distributed._ddp import NUM_ROWS, ROOT, TABLE, clean_env, make_table, run_processes
+from tests.distributed.writer_ddp import outputs_for
+
+pytestmark = pytest.mark.distributed
+SCRIPT = Path(__file__).with_name("writer_ddp.py")
+DATA = {"eval_batch_size": 8}  # 203 rows: 12 steps of 2 x 8, then 6 + 5 rows
+
+
+def write_spec(root: Path, uri: str, runs: list[dict], name: str) -> Path:
+    out = root / f"out-{name}"
+    out.mkdir()
+    path = root / f"spec-{name}.json"
+    path.write_text(json.dumps({"uri": uri, "table": TABLE, "out": str(out), "data": DATA, "runs": runs}))
+    return path
+
+
+def command(spec: Path) -> tuple[list[str], dict[str, str]]:
+    return [sys.executable, str(SCRIPT), str(spec)], clean_env(PYTHONPATH=str(ROOT))
+
+
+def expected(table: pa.Table) -> dict[str, np.ndarray]:
+    ids = torch.from_numpy(table["id"].to_numpy().copy())
+    x = torch.from_numpy(np.stack(table["x"].to_numpy(zero_copy_only=False)).astype(np.float32))
+    return {name: value.numpy() for name, value in outputs_for(ids, x).items()}
+
+
+def values(table: pa.Table, name: str) -> np.ndarray:
+    column = table[name].combine_chunks()
+    if pa.types.is_fixed_size_list(column.type):
+        return column.flatten().to_numpy().reshape(len(column), -1)
+    return column.to_numpy()
+
+
+def test_every_row_written_once_by_two_ranks(tmp_path):
+    uri = make_table(tmp_path)
+    runs = [
+        {"tag": "scalar", "writer": {"column": "score"}, "output": "score"},
+        {"tag": "vector", "writer": {"column": "emb"}, "output": "emb"},
+        {"tag": "dict", "writer": {"column": "d"}},
+        {"tag": "table", "writer": {"column": "klass", "table": "preds"}, "output": "klass"},
+    ]
+    spec = write_spec(tmp_path, uri, runs, "all")
+    run_processes([command(spec)], tmp_path, "all")
+    out = Path(json.loads(spec.read_text())["out"])
+    records = {
+        run["tag"]: [json.loads((out / f"{run['tag']}-rank{r}.json").read_text()) for r in (0, 1)] for run in runs
+    }
+
+    for tag, (rank0, rank1) in records.items():
+        # each rank predicted its own rows, none twice, none padded: 102 + 101 = 203
+        seen = [[i for batch in record["seen"] for i in batch] for record in (rank0, rank1)]
+        assert sorted(seen[0] + seen[1]) == list(range(NUM_ROWS)), tag
+        assert sorted(len(s) for s in seen) == [101, 102], tag
+        assert rank0["result"] == rank1["result"] and rank0["result"]["rows"] == NUM_ROWS, tag
+
+    table = lancedb.connect(uri).open_table(TABLE)
+    assert table.version == 4  # one commit for each of the three column runs
+    got = table.to_arrow()
+    assert got.num_rows == NUM_ROWS and got.column_names == [
+        "id",
+        "x",
+        "y",
+        "score",
+        "emb",
+        *(f"d_{k}" for k in ("score", "emb", "klass")),
+    ]
+    want = expected(got)
+    for name in ("score", "emb"):
+        assert np.array_equal(values(got, name), want[name]), name
+        assert np.array_equal(values(got, f"d_{name}"), want[name]), name
+    assert np.array_equal(values(got, "d_klass"), want["klass"])
+
+    preds = lancedb.connect(uri).open_table("preds").to_arrow().sort_by("id")
+    assert preds.column_names == [KEY_ROWID, "id", "klass"]
+    assert np.array_equal(preds["id"].to_numpy(), np.arange(NUM_ROWS))
+    assert np.array_equal(preds["klass"].to_numpy(), want["klass"])
+    assert len(np.unique(preds[KEY_ROWID].to_numpy())) == NUM_ROWS
+    assert not (Path(uri) / STAGING_DIRNAME).exists()
+
+
+def test_sigkill_mid_predict_leaves_the_table_then_a_rerun_writes_it(tmp_path):
+    uri = make_table(tmp_path)
+    staging = Path(uri) / STAGING_DIRNAME / f"{TABLE}.columns-score"
+    slow = write_spec(
+        tmp_path, uri, [{"tag": "slow", "writer": {"column": "score"}, "output": "score", "slow": 0.3}], "slow"
+    )
+    cmd, env = command(slow)
+    with (tmp_path / "slow.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            partial = list(staging.glob("rank-*.arrow.partial")) if staging.exists() else []
+            if len(partial) == 2 and all(p.stat().st_size > 2000 for p in partial):
+                break  # both ranks have written some batches
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / "slow.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    table = lancedb.connect(uri).open_table(TABLE)
+    assert table.version == 1 and table.schema.names == ["id", "x", "y"] and table.count_rows() == NUM_ROWS
+    assert sorted(p.name for p in staging.iterdir()) == ["rank-00000.arrow.partial", "rank-00001.arrow.partial"]
+
+    rerun = write_spec(tmp_path, uri, [{"tag": "rerun", "writer": {"column": "score"}, "output": "score"}], "rerun")
+    run_processes([command(rerun)], tmp_path, "rerun")
+    table = lancedb.connect(uri).open_table(TABLE)
+    got = table.to_arrow()
+    assert table.version == 2 and np.array_equal(values(got, "score"), expected(got)["score"])
+    assert not staging.exists()

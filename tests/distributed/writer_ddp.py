@@ -1,0 +1,86 @@
+"""Predict with a LancePredictionWriter under real DDP: ``python writer_ddp.py spec.json``.
+
+Launched by tests/distributed/test_ddp_writer.py in a fresh process (Lightning's launcher
+re-runs this script for rank 1, CPU, gloo). The spec lists predict runs done one after another
+in the same processes; for each, every rank writes ``<out>/<tag>-rank<r>.json`` with the ids
+of every batch it predicted and the writer's result. ``slow`` makes each batch take
+``slow`` seconds, so that the test can SIGKILL the run mid-predict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def outputs_for(ids: Any, x: Any) -> dict[str, Any]:
+    """What the model returns for rows ``ids`` with features ``x``: a function of the row only."""
+    import torch
+
+    ids = ids.float()
+    return {
+        "score": x.sum(1) + ids,  # [B] float32
+        "emb": torch.stack([ids, -ids, x[:, 0], x[:, 1], x[:, 2]], 1),  # [B, 5] float32
+        "klass": ids.long() % 7,  # [B] int64
+    }
+
+
+def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    from lance_lightning import LanceDataModule, LancePredictionWriter
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen: list[list[int]] = []
+
+        def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
+            self.seen.append(batch["id"].tolist())
+            if run.get("slow"):
+                time.sleep(run["slow"])
+            out = outputs_for(batch["id"], batch["x"])
+            return out if run.get("output") is None else out[run["output"]]
+
+    dm = LanceDataModule(spec["uri"], spec["table"], columns=["id", "x"], splits=None, **spec["data"])
+    writer = LancePredictionWriter(**run["writer"])
+    model = Model()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+        default_root_dir=spec["out"],
+    )
+    trainer.predict(model, datamodule=dm, return_predictions=False)
+    record = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "seen": model.seen,
+        "result": writer.result,
+    }
+    (Path(spec["out"]) / f"{run['tag']}-rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(Path(argv[1]).read_text())
+    for run in spec["runs"]:
+        run_one(spec, run)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

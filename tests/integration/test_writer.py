@@ -1,0 +1,302 @@
+"""LancePredictionWriter in one process: real tables, real Trainers (DDP: tests/distributed/test_ddp_writer.py).
+
+Every model output here is a known function of the row it was computed from (its ``id`` and
+``x``), so each test checks every row's value against that function, not a sample.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import lancedb
+import lightning.pytorch as pl
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lance_lightning import LanceDataModule, LancePredictionWriter
+from lance_lightning import writer as writer_module
+from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME, PredictionWriteError, TableMovedError
+from tests.conftest import toy_table
+
+ROWS = 203  # odd: the last batch is short
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def outputs_for(ids: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every output kind, each a function of the row only."""
+    ids = ids.float()
+    return {
+        "score": x.sum(1) + ids,  # [B] float32
+        "emb": torch.stack([ids, -ids, x[:, 0], x[:, 1]], 1).half(),  # [B, 4] float16
+        "grid": torch.stack([ids, x[:, 0], x[:, 1], -ids], 1).reshape(-1, 2, 2).to(torch.bfloat16),  # [B, 2, 2]
+        "klass": ids.long() % 5,  # [B] int64
+    }
+
+
+class Model(pl.LightningModule):
+    def __init__(self, output: str | None = None, on_batch=None) -> None:
+        super().__init__()
+        self.output, self.on_batch = output, on_batch
+        self.layer = torch.nn.Linear(1, 1)
+
+    def predict_step(self, batch, batch_idx):
+        if self.on_batch is not None:
+            self.on_batch(batch_idx)
+        out = outputs_for(batch["id"], batch["x"])
+        return out if self.output is None else out[self.output]
+
+
+def expected(table: pa.Table, name: str) -> np.ndarray:
+    ids = torch.from_numpy(table["id"].to_numpy().copy())
+    x = torch.from_numpy(np.stack(table["x"].to_numpy(zero_copy_only=False)).astype(np.float32))
+    value = outputs_for(ids, x)[name]
+    return value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
+
+
+def column_values(table: pa.Table, name: str) -> np.ndarray:
+    column = table[name].combine_chunks()
+    if isinstance(column.type, pa.FixedShapeTensorType):
+        return column.to_numpy_ndarray()
+    if pa.types.is_fixed_size_list(column.type):
+        return column.flatten().to_numpy().reshape(len(column), -1)
+    return column.to_numpy()
+
+
+def predict(uri, writer, *, output=None, table="rows", on_batch=None, **data):
+    dm = LanceDataModule(uri, table, columns=["id", "x"], splits=None, eval_batch_size=16, **data)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+    )
+    trainer.predict(Model(output, on_batch), datamodule=dm, return_predictions=False)
+    return writer.result
+
+
+@pytest.fixture
+def rows(make_table):
+    uri, table = make_table("rows", ROWS)
+    return uri, table
+
+
+def test_scalar_vector_tensor_and_dict_outputs(rows):
+    uri, table = rows
+    before = table.to_arrow()
+    assert predict(uri, LancePredictionWriter(column="score"), output="score")["version"] == 2
+    predict(uri, LancePredictionWriter(column="emb"), output="emb")
+    predict(uri, LancePredictionWriter(column="grid"), output="grid")
+    result = predict(uri, LancePredictionWriter(column="d"))  # a dict: one column per key
+    assert result == {"table": "rows", "version": 5, "columns": ["d_score", "d_emb", "d_grid", "d_klass"],
+                      "rows": ROWS, "of": ROWS}  # fmt: skip
+    table.checkout_latest()
+    after = table.to_arrow()
+    assert table.version == 5  # one new version a predict call
+    assert after.num_rows == ROWS and after.select(before.column_names).equals(before)  # values and order kept
+    schema = table.schema
+    assert schema.field("score").type == pa.float32()
+    assert schema.field("emb").type == pa.list_(pa.float16(), 4)
+    assert schema.field("grid").type == pa.fixed_shape_tensor(pa.float32(), [2, 2])  # bf16 stored as f32
+    assert schema.field("grid").metadata == {b"lance_lightning.torch_dtype": b"bfloat16"}
+    assert schema.field("d_klass").type == pa.int64()
+    for name in ("score", "emb", "grid", "klass"):
+        want = expected(after, name)
+        for column in (name, f"d_{name}"):
+            if column in after.column_names:
+                got = column_values(after, column)
+                assert got.dtype == want.dtype and np.array_equal(got.reshape(want.shape), want), column
+    assert not table_dir(uri).exists()  # the staging files are gone
+
+
+def table_dir(uri) -> Path:
+    return Path(uri) / STAGING_DIRNAME
+
+
+def test_filter_leaves_nulls_and_other_columns_untouched(make_table):
+    # a null in a vector column of >= 10 floats: lancedb's public add() would refuse it ("variable
+    # length vectors") or, with on_bad_vectors="null", null out NaNs; the commit writes it back as is
+    vectors = np.arange(ROWS * 12, dtype=np.float32).reshape(ROWS, 12)
+    wide = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 12)
+    uri, table = make_table("rows", toy_table(ROWS).append_column("wide", wide))
+    table.update(where="id = 7", values_sql={"wide": "NULL"})
+    before = table.to_arrow()
+    result = predict(uri, LancePredictionWriter(column="score"), output="score", filter="id % 3 = 0")
+    assert result["rows"] == len(range(0, ROWS, 3)) and result["of"] == ROWS
+    table.checkout_latest()
+    after = table.to_arrow()
+    assert after.select(before.column_names).equals(before)
+    score = after["score"].to_numpy(zero_copy_only=False)
+    predicted = after["id"].to_numpy() % 3 == 0
+    assert np.array_equal(score[predicted], expected(after.filter(pa.array(predicted)), "score"))
+    assert after["score"].null_count == (~predicted).sum()
+
+
+def test_existing_column_refused_then_overwritten(rows):
+    uri, table = rows
+    predict(uri, LancePredictionWriter(column="score"), output="score")
+    version = lancedb.connect(uri).open_table("rows").version
+    with pytest.raises(PredictionWriteError, match=r"already has column\(s\) \['score'\].*overwrite=True"):
+        predict(uri, LancePredictionWriter(column="score"), output="klass")
+    assert lancedb.connect(uri).open_table("rows").version == version  # nothing written
+    predict(uri, LancePredictionWriter(column="score", overwrite=True), output="klass")
+    replaced = lancedb.connect(uri).open_table("rows")
+    assert replaced.version == version + 1 and replaced.schema.field("score").type == pa.int64()
+    after = replaced.to_arrow()
+    assert np.array_equal(after["score"].to_numpy(), expected(after, "klass"))
+
+
+def test_table_moved_on_before_predict_is_refused(rows):
+    uri, table = rows
+    dm_version = table.version
+    table.add(toy_table(1))  # another writer appends a row
+    writer = LancePredictionWriter(column="score")
+    with pytest.raises(TableMovedError, match="moved on since the version this run reads"):
+        predict(uri, writer, output="score", version=dm_version)
+    assert "score" not in lancedb.connect(uri).open_table("rows").schema.names
+
+
+def test_table_moved_during_predict_is_refused(rows):
+    uri, table = rows
+
+    def append(batch_idx):
+        if batch_idx == 3:  # another writer commits while this run predicts
+            lancedb.connect(uri).open_table("rows").delete("id = 0")
+
+    with pytest.raises(TableMovedError, match="changed while predicting.*nothing was written"):
+        predict(uri, LancePredictionWriter(column="score"), output="score", on_batch=append)
+    latest = lancedb.connect(uri).open_table("rows")
+    assert latest.version == 2 and "score" not in latest.schema.names and latest.count_rows() == ROWS - 1
+
+
+def test_commit_that_lands_after_another_is_undone(rows, monkeypatch):
+    """The race the check before the commit cannot close: another commit lands while ours is
+    written. The overwrite is undone by restoring the other commit's version."""
+    uri, table = rows
+    checks = []
+
+    def not_moved_until_commit(source, latest):
+        checks.append(latest.version)
+        if len(checks) == 2:  # the commit's own check passed: now another writer commits
+            lancedb.connect(uri).open_table("rows").delete("id = 0")
+        return None
+
+    monkeypatch.setattr(writer_module, "_table_moved", not_moved_until_commit)
+    with pytest.raises(TableMovedError, match="got another commit.*restored version 2 as version 4"):
+        predict(uri, LancePredictionWriter(column="score"), output="score")
+    latest = lancedb.connect(uri).open_table("rows")
+    assert latest.version == 4 and "score" not in latest.schema.names and latest.count_rows() == ROWS - 1
+
+
+def test_indexes_refused_unless_dropped(rows):
+    uri, table = rows
+    from lancedb.index import BTree
+
+    table.create_index("id", config=BTree())
+    with pytest.raises(PredictionWriteError, match=r"has indexes: id_idx \(BTree on id\).*drop_indexes=True"):
+        predict(uri, LancePredictionWriter(column="score"), output="score")
+    predict(uri, LancePredictionWriter(column="score", drop_indexes=True), output="score")
+    latest = lancedb.connect(uri).open_table("rows")
+    assert "score" in latest.schema.names and latest.list_indices() == []
+
+
+def test_separate_table_with_keys(rows):
+    uri, table = rows
+    row_ids = table.search().select(["_rowid", "id"]).to_arrow()
+    result = predict(uri, LancePredictionWriter(column="emb", table="preds"), output="emb", filter="id < 150")
+    assert result == {"table": "preds", "version": 1, "columns": ["emb"], "rows": 150}
+    preds = lancedb.connect(uri).open_table("preds")
+    got = preds.to_arrow()
+    assert got.column_names == [KEY_ROWID, "id", "emb"]
+    assert np.array_equal(got["id"].to_numpy(), np.arange(150))
+    assert np.array_equal(got[KEY_ROWID].to_numpy(), row_ids["_rowid"].to_numpy()[:150])
+    source = json.loads(preds.schema.metadata[b"lance_lightning.source"])
+    assert (source["table"], source["version"]) == ("rows", table.version)
+    x = table.to_arrow().slice(0, 150)
+    assert np.array_equal(column_values(got, "emb"), expected(x, "emb"))
+    assert "emb" not in lancedb.connect(uri).open_table("rows").schema.names  # the source is untouched
+
+    with pytest.raises(PredictionWriteError, match="'preds' already exists"):
+        predict(uri, LancePredictionWriter(column="emb", table="preds"), output="emb")
+    predict(uri, LancePredictionWriter(column="s", table="preds", key="id", overwrite=True), output="score")
+    replaced = lancedb.connect(uri).open_table("preds").to_arrow()
+    assert replaced.column_names == ["id", "s"] and replaced.num_rows == ROWS
+    with pytest.raises(PredictionWriteError, match="is the table read"):
+        predict(uri, LancePredictionWriter(column="s", table="rows"), output="score")
+    with pytest.raises(PredictionWriteError, match=r"key column\(s\) \['nope'\]"):
+        predict(uri, LancePredictionWriter(column="s", table="other", key=["nope"]), output="score")
+
+
+def test_leftover_staging_files_are_removed(rows):
+    uri, table = rows
+    leftover = table_dir(uri) / "rows.columns-score"
+    leftover.mkdir(parents=True)
+    (leftover / "rank-00000.arrow.partial").write_bytes(b"\0" * 1000)  # what a SIGKILL leaves
+    predict(uri, LancePredictionWriter(column="score"), output="score")
+    assert not leftover.exists()
+
+
+def test_wrong_outputs_are_refused(rows):
+    uri, table = rows
+    with pytest.raises(PredictionWriteError, match="name its column"):
+        predict(uri, LancePredictionWriter(), output="score")
+    with pytest.raises(PredictionWriteError, match=r"reserved"):
+        predict(uri, LancePredictionWriter(column="_distance"), output="score")
+
+    class Short(Model):
+        def predict_step(self, batch, batch_idx):
+            return batch["id"][:-1].float()
+
+    dm = LanceDataModule(uri, "rows", columns=["id", "x"], splits=None, eval_batch_size=16)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         callbacks=[LancePredictionWriter(column="s")])  # fmt: skip
+    with pytest.raises(PredictionWriteError, match="has 15 rows; the batch has 16"):
+        trainer.predict(Short(), datamodule=dm, return_predictions=False)
+    assert lancedb.connect(uri).open_table("rows").version == 1
+    assert not list(table_dir(uri).rglob("*.arrow*"))
+
+
+def test_predict_entry_point(digits_db, tmp_path):
+    """``lance-lightning-predict``'s ``predict(cfg)``: a checkpoint in, a column of labels out."""
+    from lance_lightning.models import MLPClassifier
+    from lance_lightning.predict import CONFIG_PATH
+    from lance_lightning.predict import predict as predict_job
+
+    uri, name = digits_db(120)
+    model = MLPClassifier(hidden_dims=[16])
+    ckpt = tmp_path / "model.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": "2.6"},
+        ckpt,
+    )
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={ckpt}",
+                f"data.uri={uri}",
+                f"data.table={name}",
+                "data/splits=all",
+                "trainer=cpu",
+                "trainer.enable_progress_bar=false",
+                "callbacks.writer.column=label_pred",
+                f"paths.output_dir={tmp_path / 'out'}",
+            ],
+            return_hydra_config=False,
+        )
+    [result] = predict_job(cfg)
+    assert result["columns"] == ["label_pred"] and result["rows"] == 120
+    table = lancedb.connect(uri).open_table(name)
+    got = table.to_arrow()
+    images = torch.from_numpy(got["image"].combine_chunks().to_numpy_ndarray())
+    model.eval()
+    with torch.no_grad():
+        want = model(images).argmax(1).numpy()
+    assert np.array_equal(got["label_pred"].to_numpy(), want)
