@@ -651,10 +651,10 @@ class LanceDataModule(pl.LightningDataModule):
         """Once, when the resumed run asks for its train loader: make Lightning's batch index agree
         with the data position, so that an epoch ends (and validates) where a whole epoch does.
 
-        Lightning resumes its batch index at the batches it had counted; the data position
-        leaves ``len() - batches_before_start`` batches to read. They differ when the batch size
-        or world size changed mid-epoch, or when the checkpoint holds no data state (the epoch is
-        read afresh); the data position wins and Lightning's count is moved to match it.
+        With the checkpoint's batch size and world size the two agree by construction. With
+        others, Lightning would count the rest of the epoch in the old batches: its index is moved
+        to where the new batch count ends the epoch (a finished epoch: its last batch). Without a
+        data state the epoch is read afresh and the index starts at 0. The data position wins.
         """
         trainer = getattr(self, "trainer", None)
         sampler = self.samplers.get("train")
@@ -664,26 +664,29 @@ class LanceDataModule(pl.LightningDataModule):
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         if self._afresh:
             self._afresh = False
-            epoch = trainer.fit_loop.epoch_progress.current.completed
-            sampler.resume_at(epoch=epoch, consumed_rows=0)
-            counted = progress.processed
+            sampler.resume_at(epoch=trainer.fit_loop.epoch_progress.current.completed, consumed_rows=0)
+            target = 0
         else:
             train = self._resume_state.train if self._resume_state is not None else None
-            if train is None:
+            then = self._resume_state.world_size if self._resume_state is not None else self.world_size
+            if train is None or (train["batch_size"] == sampler.batch_size and then == self.world_size):
                 return
-            counted = train["batches_done"]
-            then = self._resume_state.world_size
-            if train["batch_size"] != sampler.batch_size or then != self.world_size:
-                rest = len(sampler) - sampler.batches_before_start
-                rank_zero_warn(
-                    f"resuming epoch {train['epoch']} of split {self.split_for_stage('train')!r} with "
-                    f"batch_size={sampler.batch_size} on {self.world_size} rank(s) (the checkpoint: batch_size="
-                    f"{train['batch_size']} on {then}): its {sampler.num_rows - train['start_row']} unread rows make "
+            finished = train["start_row"] == 0
+            target = _lightning_epoch_batches(trainer, len(sampler)) if finished else sampler.batches_before_start
+            rest = len(sampler) - sampler.batches_before_start
+            rank_zero_warn(
+                f"resuming split {self.split_for_stage('train')!r} with batch_size={sampler.batch_size} on "
+                f"{self.world_size} rank(s) (the checkpoint: batch_size={train['batch_size']} on {then}): "
+                + (
+                    f"epoch {train['epoch']} starts afresh in the new batches."
+                    if finished
+                    else f"the {sampler.num_rows - train['start_row']} unread rows of epoch {train['epoch']} make "
                     f"{rest} batches, and the epoch's batch index continues at {sampler.batches_before_start} so "
                     "that it ends (and validates) where a whole epoch does. Rows are exact; batch boundaries "
                     "differ from an uninterrupted run's."
                 )
-        shift = sampler.batches_before_start - counted
+            )
+        shift = target - progress.processed
         if shift:
             # all four alike: Lightning's restart arithmetic (completed += 1 after a checkpoint
             # written in on_train_batch_end, then ready = processed = completed) is unchanged
@@ -829,6 +832,13 @@ def _naming_dead_workers(items: Any) -> Any:
             "killed (the OOM killer, a SIGKILL) or crashed. Check the worker's memory use and the system log; "
             "resume from the last checkpoint to continue exactly."
         ) from err
+
+
+def _lightning_epoch_batches(trainer: Any, length: int) -> int:
+    """Batches Lightning runs of a train epoch of ``length`` batches under ``limit_train_batches``
+    (its ``_parse_num_batches``: an int caps, a float is a share)."""
+    limit = trainer.limit_train_batches
+    return min(length, limit) if isinstance(limit, int) else int(length * limit)
 
 
 def release_freed_memory() -> None:
