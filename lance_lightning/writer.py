@@ -38,8 +38,10 @@ commit): key columns (``source_rowid``, the row address in the version read, plu
 the table has one) and the outputs, for the predicted rows only.
 
 A run killed before the commit leaves the table as it was; its staging files are removed by
-the next run writing the same target. A SIGKILL during the commit leaves unreferenced data
-files in the table directory (no version points at them; ``optimize`` removes them).
+the next run writing the same target. A SIGKILL during the commit leaves the table as it was
+too, but its half-written data files stay in the table directory: no version refers to them, and
+lance's cleanup (``optimize`` / ``cleanup_old_versions``) deletes them once they are 7 days old, or
+at once with ``delete_unverified=True``.
 """
 
 from __future__ import annotations
