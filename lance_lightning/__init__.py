@@ -15,6 +15,7 @@ __all__ = [
     "LanceDataModule",
     "LancePredictionWriter",
     "LanceSourceError",
+    "LoaderMonitor",
     "RowSet",
     "SequentialLanceBatchSampler",
     "SplitSpecError",
@@ -43,4 +44,8 @@ def __getattr__(name: str):
         from .writer import LancePredictionWriter
 
         return LancePredictionWriter
+    if name == "LoaderMonitor":
+        from .monitor import LoaderMonitor
+
+        return LoaderMonitor
     raise AttributeError(f"module 'lance_lightning' has no attribute {name!r}")

@@ -9,7 +9,7 @@ same pages instead of each holding a copy.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch.utils.data import Dataset
 
 from .convert import batch_to_tensors
 from .dataset import BatchGroup, LanceBatchDataset, gather_shared, split_group
+
+if TYPE_CHECKING:
+    from .timing import LoaderTiming
 
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3
 _CHUNK_ROWS = 65_536
@@ -32,6 +35,8 @@ class InMemoryBatchDataset(Dataset):
     Same contract as :class:`~.dataset.LanceBatchDataset`, except that the index is positions
     in the split, always: a batch is one ``index_select`` per column, then the transform.
     """
+
+    timing: LoaderTiming | None = None  # as LanceBatchDataset.timing
 
     def __init__(
         self,
@@ -52,9 +57,14 @@ class InMemoryBatchDataset(Dataset):
         return sum(t.numel() * t.element_size() for t in self.columns.values())
 
     def _finish(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.transform(batch) if self.transform is not None else batch
+        if self.transform is None:
+            return batch
+        return self.transform(batch) if self.timing is None else self.timing.transform(self.transform, batch)
 
     def __getitem__(self, positions: np.ndarray | BatchGroup) -> Any:
+        return self._getitem(positions) if self.timing is None else self.timing.load(self._getitem, positions)
+
+    def _getitem(self, positions: np.ndarray | BatchGroup) -> Any:
         if isinstance(positions, BatchGroup):
             # One gather for the group; the batches are views of it, so a worker hands the main
             # process one shared-memory block per column instead of one per batch.
