@@ -204,8 +204,8 @@ class InspectConfig:
 
 
 @dataclass
-class TrainConfig:
-    """The top level: one node per config group plus the run's own settings."""
+class JobConfig:
+    """What every job's top level holds: one node per config group (train and predict share them)."""
 
     data: Any = MISSING
     model: Any = MISSING
@@ -213,6 +213,12 @@ class TrainConfig:
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     logger: dict[str, Any] | None = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class TrainConfig(JobConfig):
+    """The train job's top level: the config groups plus the run's own settings."""
+
     inspect: InspectConfig = field(default_factory=InspectConfig)
     task_name: str = "train"
     seed: int | None = 42  # null: no global seeding

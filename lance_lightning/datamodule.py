@@ -520,7 +520,9 @@ class LanceDataModule(pl.LightningDataModule):
         if sampler is not None:
             done = self._batches_consumed(sampler)
             consumed = sampler.rows_consumed_after(done)
-            finished = consumed >= sampler.num_rows or done >= self._train_batches_per_epoch(sampler)
+            trainer = getattr(self, "trainer", None)
+            per_epoch = (_lightning_epoch_batches(trainer, len(sampler)) if trainer is not None else 0) or len(sampler)
+            finished = consumed >= sampler.num_rows or done >= per_epoch
             epoch, start = (sampler.epoch + 1, 0) if finished else (sampler.epoch, consumed)
             train = {
                 "epoch": epoch,
@@ -545,14 +547,6 @@ class LanceDataModule(pl.LightningDataModule):
         if trainer is None:
             return sampler.batches_before_start
         return min(trainer.fit_loop.epoch_loop.batch_progress.current.processed, len(sampler))
-
-    def _train_batches_per_epoch(self, sampler: LanceBatchSampler) -> int:
-        """Batches Lightning runs of a train epoch: ``len()``, or fewer under ``limit_train_batches``."""
-        trainer = getattr(self, "trainer", None)
-        limit = getattr(trainer, "num_training_batches", None) if trainer is not None else None
-        if isinstance(limit, int) and 0 < limit < len(sampler):
-            return limit
-        return len(sampler)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""

@@ -10,7 +10,7 @@ memory: the writer puts them into the table. ``main()`` only wraps it in ``@hydr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig
 
-from .config import PathsConfig, check_config
+from .config import JobConfig, check_config
 from .demo import ensure_demo
 from .train import CONFIG_PATH, _one_job_of_many, _pin_argv_to_this_job, instantiate_group
 from .writer import LancePredictionWriter
@@ -28,15 +28,9 @@ CONFIG_NAME = "predict"
 
 
 @dataclass
-class PredictConfig:
-    """The predict job's top level: one node per config group plus the run's own settings."""
+class PredictConfig(JobConfig):
+    """The predict job's top level: the config groups plus the run's own settings."""
 
-    data: Any = MISSING
-    model: Any = MISSING
-    trainer: Any = MISSING
-    callbacks: dict[str, Any] | None = field(default_factory=dict)
-    logger: dict[str, Any] | None = field(default_factory=dict)
-    paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "predict"
     seed: int | None = 42  # null: no global seeding
     ckpt_path: str = MISSING  # the checkpoint to predict with
