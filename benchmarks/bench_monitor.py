@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_throughput import DM_SPLITS, THROUGHPUT_COLUMNS, ensure_table  # noqa: E402
 
+from lance_lightning.app.models import MLPClassifier  # noqa: E402
 from lance_lightning.datamodule import LanceDataModule  # noqa: E402
-from lance_lightning.models import MLPClassifier  # noqa: E402
 from lance_lightning.monitor import LoaderMonitor, _StageClock, _wrap_fetch  # noqa: E402
 from lance_lightning.timing import LoaderTiming  # noqa: E402
 

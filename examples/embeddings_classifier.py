@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from lance_lightning import LanceDataModule
-from lance_lightning.models import MLPClassifier
+from lance_lightning.app.models import MLPClassifier
 
 DIM, CLASSES, ROWS = 32, 4, 2000
 

@@ -107,7 +107,7 @@ def main(workers: int = 0) -> dict[str, float]:
     import lightning.pytorch as pl
 
     from lance_lightning import LanceDataModule
-    from lance_lightning.models import MLPClassifier
+    from lance_lightning.app.models import MLPClassifier
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"{tmp}/db"

@@ -20,7 +20,7 @@ import pyarrow as pa
 from sklearn.datasets import load_digits
 
 from lance_lightning import LanceDataModule
-from lance_lightning.models import MLPClassifier
+from lance_lightning.app.models import MLPClassifier
 
 
 def write_digits(uri: str) -> None:

@@ -18,15 +18,15 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from lance_lightning import LanceDataModule
-from lance_lightning.config import (
+from lance_lightning.app.config import (
     ConfigKeyError,
     DataConfig,
     TrainerConfig,
     check_config,
     omegaconf_type,
 )
-from lance_lightning.models import MLPClassifier
-from lance_lightning.train import instantiate_group, train
+from lance_lightning.app.models import MLPClassifier
+from lance_lightning.app.train import instantiate_group, train
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -238,7 +238,7 @@ def test_train_builds_the_demo_table_when_missing(tmp_path, monkeypatch):
 def test_demo_command_builds_the_table(tmp_path, capsys):
     import lancedb
 
-    from lance_lightning.demo import main
+    from lance_lightning.app.demo import main
 
     main(["--uri", str(tmp_path / "db")])
     table = lancedb.connect(str(tmp_path / "db")).open_table("digits")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lance_lightning.inspect import inspect, render
-from lance_lightning.report import resolve_world_size
+from lance_lightning.app.inspect_splits import inspect, render
+from lance_lightning.app.report import resolve_world_size
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -103,7 +103,9 @@ def test_world_size_from_the_trainer_config(trainer, world):
 
 
 def test_console_entry_with_overrides(tiny, run_cli, tmp_path):
-    result = run_cli(["-m", "lance_lightning.inspect", *tiny, "trainer.accelerator=cpu", "trainer.devices=2"])
+    result = run_cli(
+        ["-m", "lance_lightning.app.inspect_splits", *tiny, "trainer.accelerator=cpu", "trainer.devices=2"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "per rank, world size 2:" in out and "ranks 0-1: 5 batches, 80 rows" in out

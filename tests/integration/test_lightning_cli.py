@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lance_lightning import LanceDataModule
-from lance_lightning.cli import cli_main
-from lance_lightning.models import MLPClassifier
+from lance_lightning.app.cli import cli_main
+from lance_lightning.app.models import MLPClassifier
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def test_fit_in_a_subprocess(tiny, run_cli, tmp_path):
     result = run_cli(
         [
             "-m",
-            "lance_lightning.cli",
+            "lance_lightning.app.cli",
             "fit",
             *tiny,
             "--data.batch_size",
@@ -56,7 +56,7 @@ def test_arguments_reach_the_datamodule(tiny, tmp_path, monkeypatch):
             "--data.transform",
             "tests.helpers.double_x",
             "--model",
-            "lance_lightning.models.MLPClassifier",
+            "lance_lightning.app.models.MLPClassifier",
             "--trainer.logger",
             "false",
             "--trainer.default_root_dir",

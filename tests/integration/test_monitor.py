@@ -188,7 +188,7 @@ def test_settings_are_checked():
 def test_the_main_job_logs_it_and_ends_with_the_summary(digits_db, tmp_path, caplog):
     from hydra import compose, initialize_config_dir
 
-    from lance_lightning.train import CONFIG_PATH, train
+    from lance_lightning.app.train import CONFIG_PATH, train
 
     uri, table = digits_db(200)
     overrides = [f"data.uri={uri}", f"data.table={table}", f"paths.output_dir={tmp_path / 'run'}", "trainer=cpu",

@@ -354,7 +354,7 @@ def test_hydra_sets_storage_options_key_by_key(s3, s3_table):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    import lance_lightning.config  # noqa: F401  (registers the schemas)
+    import lance_lightning.app.config  # noqa: F401  (registers the schemas)
 
     uri, _ = s3_table(20)
     conf = Path(__file__).resolve().parents[2] / "conf"

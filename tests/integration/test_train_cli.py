@@ -1,4 +1,4 @@
-"""``lance-lightning-train`` / ``python -m lance_lightning.train`` as users run them: real processes."""
+"""``lance-lightning-train`` / ``python -m lance_lightning.app.train`` as users run them: real processes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_module_entry_with_overrides(tiny, run_cli, tmp_path):
     result = run_cli(
         [
             "-m",
-            "lance_lightning.train",
+            "lance_lightning.app.train",
             *tiny,
             "data.columns=[image,label]",
             "data.batch_size=64",
@@ -105,7 +105,7 @@ def test_ddp_sim_inside_a_sweep(tiny, run_cli, tmp_path):
     result = run_cli(
         [
             "-m",
-            "lance_lightning.train",
+            "lance_lightning.app.train",
             "-m",
             *tiny,
             "trainer=ddp_sim",

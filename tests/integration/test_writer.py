@@ -265,9 +265,9 @@ def test_wrong_outputs_are_refused(rows):
 
 def test_predict_entry_point(digits_db, tmp_path):
     """``lance-lightning-predict``'s ``predict(cfg)``: a checkpoint in, a column of labels out."""
-    from lance_lightning.models import MLPClassifier
-    from lance_lightning.predict import CONFIG_PATH
-    from lance_lightning.predict import predict as predict_job
+    from lance_lightning.app.models import MLPClassifier
+    from lance_lightning.app.predict import CONFIG_PATH
+    from lance_lightning.app.predict import predict as predict_job
 
     uri, name = digits_db(120)
     model = MLPClassifier(hidden_dims=[16])

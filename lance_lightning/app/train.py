@@ -1,4 +1,4 @@
-"""The main job: ``lance-lightning-train`` / ``python -m lance_lightning.train``.
+"""The main job: ``lance-lightning-train`` / ``python -m lance_lightning.app.train``.
 
 ``train(cfg)`` instantiates the datamodule, model, callbacks, loggers and Trainer from a
 composed config, fits, tests, and returns the test metrics; ``main()`` only wraps it in
@@ -30,7 +30,7 @@ from .demo import ensure_demo
 
 # The repository's conf/, found from this file (``../conf``). An absolute path: Hydra would
 # read a relative one as a Python package ("lance_lightning/../conf") under a console script.
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_PATH = str(Path(__file__).parent / "conf")  # a link to the repository's conf/, copied into the wheel
 CONFIG_NAME = "config"
 
 

@@ -13,7 +13,7 @@ class ShardPlanLogger(pl.Callback):
     """Logs the shard plan of a :class:`~lance_lightning.LanceDataModule` as a hyperparameter.
 
     At the start of fit and test, every logger gets ``{"shard_plan": {stage: {...}}}`` (see
-    :func:`lance_lightning.report.shard_plan`: split, rows, batch size, batches and rows per
+    :func:`lance_lightning.app.report.shard_plan`: split, rows, batch size, batches and rows per
     rank, padded and dropped rows) for the stages set up so far, at the Trainer's real world
     size. With the datamodule's own ``table_version`` and ``split_rows`` hyperparameters this
     says exactly which rows each rank read. Other datamodules are ignored.

@@ -1,4 +1,4 @@
-"""The predict job: ``lance-lightning-predict`` / ``python -m lance_lightning.predict``.
+"""The predict job: ``lance-lightning-predict`` / ``python -m lance_lightning.app.predict``.
 
 ``predict(cfg)`` loads the model from ``ckpt_path`` (its class is the ``model`` group's
 ``_target_``; its arguments come from the checkpoint), instantiates the datamodule, the callbacks
@@ -19,10 +19,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig
 
+from ..writer import LancePredictionWriter
 from .config import JobConfig, check_config
 from .demo import ensure_demo
 from .train import CONFIG_PATH, _one_job_of_many, _pin_argv_to_this_job, instantiate_group
-from .writer import LancePredictionWriter
 
 CONFIG_NAME = "predict"
 

@@ -9,7 +9,7 @@ ConfigStore name               used by                 one field per argument of
 =============================  ======================  =====================================
 ``train_schema``               ``conf/config.yaml``    (the job's own top-level keys)
 ``data/lance_schema``          ``conf/data/*.yaml``    ``lance_lightning.LanceDataModule``
-``model/mlp_schema``           ``conf/model/*.yaml``   ``lance_lightning.models.MLPClassifier``
+``model/mlp_schema``           ``conf/model/*.yaml``   ``lance_lightning.app.models.MLPClassifier``
 ``trainer/trainer_schema``     ``conf/trainer/*.yaml`` ``lightning.pytorch.Trainer``
 =============================  ======================  =====================================
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import dataclasses
 import difflib
-import inspect as _inspect
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 DATA_TARGET = "lance_lightning.LanceDataModule"
-MODEL_TARGET = "lance_lightning.models.MLPClassifier"
+MODEL_TARGET = "lance_lightning.app.models.MLPClassifier"
 TRAINER_TARGET = "lightning.pytorch.Trainer"
 
 _SCALARS = (int, float, bool, str)
@@ -128,7 +128,7 @@ def schema_from_signature(
     if convert is not None:
         fields.append(("_convert_", str, field(default=convert)))
     choices: dict[str, tuple[Any, ...]] = {}
-    for pname, param in _inspect.signature(func).parameters.items():
+    for pname, param in inspect.signature(func).parameters.items():
         if pname in ("self", *exclude) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         ftype, allowed = omegaconf_type(hints.get(pname, Any))
@@ -147,7 +147,7 @@ def schema_from_signature(
 
 
 def _data_schema() -> Schema:
-    from .datamodule import LanceDataModule
+    from ..datamodule import LanceDataModule
 
     # _convert_=all: plain dicts and lists, not DictConfig, reach the datamodule (and its hparams).
     # splits defaults to null here, and each data config picks an option of the data/splits

@@ -1,7 +1,7 @@
 """What a run will read, as plain dicts: shard plan per rank, split sizes, label balance.
 
 Used by ``lance-lightning-inspect`` (printed before any training) and by
-:class:`~lance_lightning.callbacks.ShardPlanLogger` (logged as a hyperparameter). Everything
+:class:`~lance_lightning.app.callbacks.ShardPlanLogger` (logged as a hyperparameter). Everything
 works on a datamodule after ``setup()``; the world size is an explicit argument, so the plan
 for 8 GPUs can be computed on a laptop.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .reads import scan_with_row_ids
-from .sharding import plan_epoch, rank_batch_bounds
+from ..reads import scan_with_row_ids
+from ..sharding import plan_epoch, rank_batch_bounds
 
 MAX_LABELS_SHOWN = 20
 
