@@ -1,0 +1,54 @@
+"""A node-local, verified, memory-mapped copy of a split: what every exact shuffle gathers from.
+
+``ensure_stage(source, table, row_ids, columns, root=..., budget_bytes=..., split_name=...)`` copies
+the split's selected columns at the pinned version once per node (one pass over the table, under an
+exclusive ``flock`` on ``<root>/.lock``, into ``.tmp-<key>``, renamed into place) and returns its
+directory; :class:`StagedRows` reads it by split position in any process (it pickles as its path).
+
+* Key: table identity (URI, endpoint, name, version and its commit time), columns, filter, the
+  split's row addresses, layout: any change gives a new stage, nothing stale is read.
+* Verified: every file's size and CRC-32 against ``manifest.json`` at ``ensure_stage``; a stage that
+  fails (changed, truncated, missing or extra file, unfinished fill) is removed and rebuilt once
+  with a :class:`StageWarning`. A reader that finds a damaged stage later raises :class:`StageError`.
+* Budget: before a fill, least-recently-used stages are evicted until the new one fits
+  ``budget_bytes``; a stage some process holds a :class:`Lease` on is never evicted. When it
+  cannot fit, :class:`StageBudgetError` (read from the table instead).
+* Shared: the files are memory-mapped, so every rank and worker of a node reads one copy in the
+  page cache; ``prefault=True`` reads every page at open (``in_memory``).
+"""
+
+from .fill import LAYOUTS, column_plan, ensure_stage, estimate_stage_bytes, release_stage
+from .reader import StagedRows
+from .store import (
+    Lease,
+    StageBudgetError,
+    StageError,
+    StageWarning,
+    budget_problem,
+    default_budget_bytes,
+    default_stage_root,
+    fits,
+    lease,
+    stage_key,
+    verify_stage,
+)
+
+__all__ = [
+    "LAYOUTS",
+    "Lease",
+    "StageBudgetError",
+    "StageError",
+    "StageWarning",
+    "StagedRows",
+    "budget_problem",
+    "column_plan",
+    "default_budget_bytes",
+    "default_stage_root",
+    "ensure_stage",
+    "estimate_stage_bytes",
+    "fits",
+    "lease",
+    "release_stage",
+    "stage_key",
+    "verify_stage",
+]

@@ -1,0 +1,239 @@
+"""Reading a stage: every process memory-maps its files (one copy in the page cache for the whole
+node) and gathers rows by split position, with numpy for flat columns and Arrow for the others."""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..convert import NullPolicy, batch_to_tensors, column_to_tensor
+from . import store
+from .fill import ARROW_FILE, SCHEMA_FILE
+from .store import StageError
+
+_WIDEN = {
+    np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.uint32): np.dtype(np.int64),
+    np.dtype(np.uint64): np.dtype(np.int64),
+}
+"""As :mod:`..convert`: torch has no uint16/32/64, they widen (uint64 wraps)."""
+
+
+def _map(path: Path, prefault: bool) -> mmap.mmap:
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+    if prefault and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_WILLNEED)
+    return mm
+
+
+def _npy(mm: mmap.mmap) -> np.ndarray:
+    """The array of a ``.npy`` file mapped at ``mm`` (a read-only view, no copy)."""
+    fh = io.BytesIO(memoryview(mm)[:4096].tobytes())
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    if fortran:
+        raise ValueError("a Fortran-ordered array is not a stage file")
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(mm, dtype=dtype, count=count, offset=fh.tell()).reshape(shape)
+
+
+def _to_arrow(field: pa.Field, values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
+    """Flat column values (and validity) back into the field's Arrow type: zero-copy for numbers."""
+    t = field.type
+    ext = t if isinstance(t, pa.FixedShapeTensorType) else None
+    if ext is not None:
+        t = ext.storage_type
+    levels = []
+    while pa.types.is_fixed_size_list(t):
+        levels.append(t)
+        t = t.value_type
+    mask = None if valid is None or valid.all() else pa.array(~valid)
+    flat = values.reshape(-1)
+    if not levels:
+        arr = pa.array(flat, type=t, mask=None if mask is None else ~valid)
+    else:
+        arr = pa.array(flat, type=t)
+        for i, level in enumerate(reversed(levels)):
+            arr = pa.FixedSizeListArray.from_arrays(arr, type=level, mask=mask if i == len(levels) - 1 else None)
+    return pa.ExtensionArray.from_storage(ext, arr) if ext is not None else arr
+
+
+class StagedRows:
+    """The rows of one stage, addressed by split position (row ``i`` = the split's ``i``-th smallest
+    row address). Pickles as its path; each process maps the files and takes a lease on first use
+    (:class:`~.store.Lease`: eviction skips the stage while any process holds it)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, prefault: bool = False) -> None:
+        self.path = Path(path)
+        self.prefault = prefault
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "prefault": self.prefault}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], prefault=state["prefault"])
+
+    def _damaged(self, problem: str, meta: dict[str, Any] | None = None) -> StageError:
+        what = ""
+        if meta is not None:
+            what = f" (split {meta.get('split')!r} of table {meta.get('table')!r}, version {meta.get('version')})"
+        return StageError(
+            f"stage {str(self.path)!r}{what} is damaged: {problem}. "
+            "The next setup rebuilds it; or delete that directory."
+        )
+
+    def _open(self) -> None:
+        if self._pid == os.getpid():
+            return
+        meta, problem = store.read_manifest(self.path)
+        if meta is None:
+            raise self._damaged(problem or "no manifest")
+        try:
+            problem = store.check_sizes(self.path, meta)
+        except OSError as err:
+            problem = f"a file cannot be read: {err}"
+        if problem is not None:
+            raise self._damaged(problem, meta)
+        self._lease = store.Lease(self.path)
+        self.meta = meta
+        try:
+            self.schema = pa.ipc.read_schema(pa.py_buffer((self.path / SCHEMA_FILE).read_bytes()))
+            self._maps: list[mmap.mmap] = []
+            self._flat: dict[str, tuple[dict[str, Any], np.ndarray, np.ndarray | None]] = {}
+            for name, spec in meta["flat"].items():
+                values = self._npy(spec["file"])
+                valid_file = spec["file"].replace(".npy", ".valid.npy")
+                valid = self._npy(valid_file) if valid_file in meta["files"] else None
+                self._flat[name] = (spec, values, valid)
+            if ARROW_FILE in meta["files"]:
+                mm = _map(self.path / ARROW_FILE, self.prefault)
+                self._maps.append(mm)
+                self._arrow = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all()
+            else:
+                self._arrow = None
+        except (OSError, ValueError, KeyError, pa.ArrowInvalid) as err:
+            self._lease.release()
+            raise self._damaged(f"{type(err).__name__}: {err}", meta) from err
+        self.num_rows_ = int(meta["rows"])
+        self._pid = os.getpid()
+
+    def _npy(self, rel: str) -> np.ndarray:
+        mm = _map(self.path / rel, self.prefault)
+        self._maps.append(mm)
+        return _npy(mm)
+
+    def close(self) -> None:
+        """Drop the mappings and the lease (the object opens again on next use)."""
+        if self._pid == os.getpid():
+            self._lease.release()
+        self._flat, self._arrow, self._maps, self._pid = {}, None, [], None
+
+    @property
+    def num_rows(self) -> int:
+        self._open()
+        return self.num_rows_
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def nbytes(self) -> int:
+        self._open()
+        return int(self.meta["bytes"])
+
+    def _positions(self, positions: Any) -> np.ndarray:
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(pos) and (pos.min() < 0 or pos.max() >= self.num_rows_):
+            raise IndexError(f"positions must be in [0, {self.num_rows_}) for stage {str(self.path)!r}")
+        return pos
+
+    def take(self, positions: Any) -> pa.Table:
+        """The rows at ``positions`` (split positions; any order, repeats allowed), as Arrow."""
+        self._open()
+        pos = self._positions(positions)
+        taken = self._arrow.take(pa.array(pos)) if self._arrow is not None else None
+        columns = []
+        for field in self.schema:
+            if field.name in self._flat:
+                _, values, valid = self._flat[field.name]
+                columns.append(_to_arrow(field, np.take(values, pos, axis=0), None if valid is None else valid[pos]))
+            else:
+                columns.append(taken.column(field.name))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def slice(self, lo: int, hi: int) -> pa.Table:
+        """Rows ``lo:hi``, zero-copy (views of the mapped files)."""
+        self._open()
+        lo, hi = max(0, lo), min(hi, self.num_rows_)
+        hi = max(lo, hi)
+        columns = []
+        for field in self.schema:
+            if field.name in self._flat:
+                _, values, valid = self._flat[field.name]
+                columns.append(_to_arrow(field, values[lo:hi], None if valid is None else valid[lo:hi]))
+            else:
+                columns.append(self._arrow.column(field.name).slice(lo, hi - lo))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def take_into_tensors(
+        self, positions: Any, *, nulls: NullPolicy = "raise", out_shared: bool | None = None
+    ) -> dict[str, Any]:
+        """``convert.batch_to_tensors(self.take(positions), nulls=nulls)``, exactly, with flat columns
+        gathered by numpy straight into their tensors (no Arrow, no torch threads). ``out_shared``
+        (default: inside a DataLoader worker) writes them into shared memory, so handing the batch to
+        the main process copies nothing."""
+        import torch
+
+        self._open()
+        pos = self._positions(positions)
+        if out_shared is None:
+            from torch.utils.data import get_worker_info
+
+            out_shared = get_worker_info() is not None
+        others = [f.name for f in self.schema if f.name not in self._flat]
+        converted = batch_to_tensors(self._arrow.select(others).take(pa.array(pos)), nulls=nulls) if others else {}
+        out: dict[str, Any] = {}
+        for field in self.schema:
+            name = field.name
+            if name not in self._flat:
+                if f"{name}_valid" in converted:
+                    out[f"{name}_valid"] = converted[f"{name}_valid"]
+                out[name] = converted[name]
+                continue
+            spec, values, valid = self._flat[name]
+            v = None if valid is None else valid[pos]
+            if v is not None and not v.all():
+                if spec["levels"] or nulls != "mask":  # convert's own rules (and errors) for these
+                    out[name] = column_to_tensor(
+                        field, _to_arrow(field, np.take(values, pos, axis=0), v), nulls=nulls, out=out
+                    )
+                    continue
+                out[f"{name}_valid"] = torch.from_numpy(v)
+            out[name] = _gather(values, pos, out_shared)
+        return out
+
+
+def _gather(values: np.ndarray, pos: np.ndarray, shared: bool) -> Any:
+    import torch
+
+    target = _WIDEN.get(values.dtype, values.dtype)
+    shape = (len(pos), *values.shape[1:])
+    if shared and len(pos):
+        tensor = torch.from_numpy(np.empty(0, dtype=target)).new_empty(shape).share_memory_()
+        if target == values.dtype:
+            np.take(values, pos, axis=0, out=tensor.numpy())
+        else:
+            tensor.numpy()[...] = np.take(values, pos, axis=0)
+        return tensor
+    gathered = np.take(values, pos, axis=0)
+    return torch.from_numpy(gathered if target == values.dtype else gathered.astype(target))

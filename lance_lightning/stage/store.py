@@ -1,0 +1,365 @@
+"""The stage root on disk: keys, manifests, verification, locks, leases, budget and eviction.
+
+Pure bookkeeping of the files; what goes into a stage is :mod:`.fill`, how it is read :mod:`.reader`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..source import storage_endpoint
+
+log = logging.getLogger("lance_lightning.stage")
+
+STAGE_FORMAT = 1
+MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
+LEASE_FILE = ".lease"
+TMP_PREFIX = ".tmp-"
+CHECKSUM = "crc32"
+"""zlib's CRC-32 in 1 MiB chunks (~0.9 GB/s here): detects accidental damage, not forgery."""
+CHUNK = 1 << 20
+
+
+class StageError(RuntimeError):
+    """A stage does not hold what was written into it (found after setup, e.g. by a worker)."""
+
+
+class StageBudgetError(ValueError):
+    """The stage would not fit the staging budget, even after evicting every stage not in use."""
+
+
+class StageWarning(UserWarning):
+    """A stage failed verification and is rebuilt from the table."""
+
+
+def default_stage_root() -> Path:
+    """``$XDG_CACHE_HOME/lance-lightning/stages``, or ``~/.cache/lance-lightning/stages``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lance-lightning" / "stages"
+
+
+def stage_key(
+    source: Any, columns: Sequence[str], row_ids: np.ndarray, *, filter: str | None, layout: str = "flat"
+) -> str:
+    """The stage's directory name: readable prefix, then a hash of everything that decides its content
+    (table identity and version, commit time of the version, columns, filter, the split's rows)."""
+    if source.version is None:
+        raise ValueError("a stage needs a pinned table version")
+    rows = np.sort(np.asarray(row_ids, dtype=np.uint64))
+    payload = {
+        "format": STAGE_FORMAT,
+        "layout": layout,
+        "uri": source.uri,
+        "endpoint": storage_endpoint(source.storage_options),
+        "table": source.name,
+        "version": source.version,
+        "version_time": source.version_time,  # a recreated table restarts at version 1
+        "columns": list(columns),
+        "filter": filter,
+        "num_rows": len(rows),
+        "rows": hashlib.sha256(rows.tobytes()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", source.name)[:64]
+    return f"{name}-v{source.version}-{digest}"
+
+
+def describe(source: Any, split_name: str, num_rows: int, columns: Sequence[str]) -> str:
+    """What a stage holds, for messages."""
+    return (
+        f"split {split_name!r} of table {source.name!r}, version {source.version}, "
+        f"{num_rows:,} rows, columns {list(columns)}"
+    )
+
+
+# -- manifest and verification -------------------------------------------------------------------
+
+
+def crc32_file(path: str | os.PathLike[str]) -> str:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    crc = 0
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return f"{crc:08x}"
+
+
+def stage_files(path: Path) -> list[str]:
+    """The files of a stage but the manifest and the dot files (lease), sorted relative paths."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            rel = Path(root, f).relative_to(path).as_posix()
+            if rel != MANIFEST and not f.startswith("."):
+                found.append(rel)
+    return sorted(found)
+
+
+def read_manifest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The stage's manifest, or None and what is wrong with it."""
+    try:
+        meta = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, f"{MANIFEST} is missing (a fill that did not finish, or a deleted file)"
+    except (OSError, ValueError) as err:
+        return None, f"{MANIFEST} cannot be read ({err})"
+    if not isinstance(meta, dict) or meta.get("format") != STAGE_FORMAT or not isinstance(meta.get("files"), dict):
+        return None, f"{MANIFEST} is not a format-{STAGE_FORMAT} lance-lightning stage manifest"
+    return meta, None
+
+
+def check_sizes(path: Path, meta: dict[str, Any]) -> str | None:
+    """Cheap check (names and sizes): what is wrong, or None."""
+    files: dict[str, dict[str, Any]] = meta["files"]
+    present = set(stage_files(path))
+    missing = sorted(set(files) - present)
+    if missing:
+        return f"file {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    extra = sorted(present - set(files))
+    if extra:
+        return f"file {extra[0]} was not written by the fill"
+    for rel, want in files.items():
+        size = (path / rel).stat().st_size
+        if size != want["bytes"]:
+            return f"file {rel} has {size:,} bytes, {want['bytes']:,} were written"
+    return None
+
+
+def verify_stage(path: Path, meta: dict[str, Any] | None = None) -> str | None:
+    """What is wrong with the stage at ``path``; None when its files are exactly its manifest's,
+    with the sizes and CRC-32 recorded at the fill (reads every byte once)."""
+    if not path.is_dir():
+        return "the stage directory is missing"
+    if meta is None:
+        meta, problem = read_manifest(path)
+        if meta is None:
+            return problem
+    try:
+        problem = check_sizes(path, meta)
+        if problem is not None:
+            return problem
+        for rel, want in meta["files"].items():
+            got = crc32_file(path / rel)
+            if got != want[CHECKSUM]:
+                return f"file {rel} does not hold what was written ({CHECKSUM} {got}, recorded {want[CHECKSUM]})"
+    except OSError as err:
+        return f"a file cannot be read: {err}"
+    except (KeyError, TypeError) as err:
+        return f"{MANIFEST} has a malformed file list ({err!r})"
+    return None
+
+
+def directory_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+# -- locks and leases -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def root_lock(root: Path) -> Iterator[None]:
+    """The node's exclusive lock on a stage root: fills, removals and evictions happen under it."""
+    with open(root / LOCK_FILE, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            start = time.monotonic()
+            log.info("waiting for another process to fill a stage (lock %s)", root / LOCK_FILE)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            log.info("stage lock acquired after %.1fs", time.monotonic() - start)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Lease:
+    """A shared ``flock`` on ``<stage>/.lease``, held while a process may read the stage: eviction
+    never removes a stage whose lease it cannot take exclusively. Taking it marks the stage used
+    (the lease file's mtime is the stage's last use). Release with :meth:`release` or ``with``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        lease = self.path / LEASE_FILE
+        try:
+            fd = os.open(lease, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StageError(f"stage {str(self.path)!r} is gone (evicted or removed)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(lease)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                raise StageError(f"stage {str(self.path)!r} was evicted or replaced while it was being opened")
+            with contextlib.suppress(OSError):
+                os.utime(lease)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def lease(path: str | os.PathLike[str]) -> Lease:
+    """Hold the stage at ``path`` (a shared lock) until the lease is released or the process ends."""
+    return Lease(path)
+
+
+def last_used(path: Path) -> float:
+    try:
+        return (path / LEASE_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def remove_stage(path: Path, root: Path) -> None:
+    """Take ``path`` out of the root at once (a rename), then delete it. Processes that still map its
+    files keep reading them (unlinked files live until unmapped)."""
+    aside = root / f"{TMP_PREFIX}{path.name}.removed-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    except OSError:
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def stages(root: Path) -> list[Path]:
+    """The finished stages under ``root`` (directories not starting with a dot)."""
+    try:
+        return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _free_if_unused(path: Path) -> int | None:
+    """Remove ``path`` if no process holds its lease; the bytes freed, or None when in use."""
+    try:
+        fd = os.open(path / LEASE_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = None  # no lease file: nobody can hold it
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+        size = directory_bytes(path)
+        remove_stage(path, path.parent)
+        return size
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def in_use(path: Path) -> bool:
+    """True when some process holds a lease on the stage."""
+    try:
+        fd = os.open(path / LEASE_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def budget_problem(
+    root: str | os.PathLike[str], needed_bytes: int, budget_bytes: int | None, *, keep: Path | None = None
+) -> str | None:
+    """Why a stage of ``needed_bytes`` cannot be placed under ``root`` (None: it fits, evicting
+    stages not in use if needed). Counts the budget and the disk's free space. Changes nothing."""
+    root = Path(root)
+    if budget_bytes is not None and needed_bytes > budget_bytes:
+        return f"it needs about {needed_bytes:,} bytes, more than the whole budget of {budget_bytes:,} bytes"
+    held = sum(directory_bytes(p) for p in stages(root) if p != keep and in_use(p))
+    if budget_bytes is not None and held + needed_bytes > budget_bytes:
+        return (
+            f"it needs about {needed_bytes:,} bytes and stages in use by running jobs hold {held:,} of the "
+            f"{budget_bytes:,}-byte budget"
+        )
+    existing = [p for p in stages(root) if p != keep]
+    evictable = sum(directory_bytes(p) for p in existing if not in_use(p))
+    probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if needed_bytes > free + evictable:
+        return f"it needs about {needed_bytes:,} bytes and the disk holding {str(root)!r} has {free:,} bytes free"
+    return None
+
+
+def fits(root: str | os.PathLike[str], needed_bytes: int, budget_bytes: int | None) -> bool:
+    """Whether a stage of ``needed_bytes`` can be placed under ``root`` (see :func:`budget_problem`)."""
+    return budget_problem(root, needed_bytes, budget_bytes) is None
+
+
+def default_budget_bytes(root: str | os.PathLike[str] | None = None, share: float = 0.5) -> int:
+    """``share`` of what stages may occupy where they live: the free space plus the stages already there."""
+    root = Path(root) if root is not None else default_stage_root()
+    probe = root if root.exists() else next((p for p in root.parents if p.exists()), Path("/"))
+    return int(share * (shutil.disk_usage(probe).free + directory_bytes(root)))
+
+
+def evict_for(root: Path, needed_bytes: int, budget_bytes: int | None, *, keep: Path) -> list[Path]:
+    """Under the root lock: remove least-recently-used stages not in use (never ``keep``) until
+    ``needed_bytes`` fits beside the rest. Returns what was removed."""
+    removed: list[Path] = []
+    if budget_bytes is None:
+        return removed
+    others = sorted((p for p in stages(root) if p != keep), key=last_used)
+    used = sum(directory_bytes(p) for p in others)
+    for path in others:
+        if used + needed_bytes <= budget_bytes:
+            break
+        freed = _free_if_unused(path)
+        if freed is not None:
+            log.info("evicted stage %s (%s bytes, least recently used)", path, f"{freed:,}")
+            used -= freed
+            removed.append(path)
+    return removed
