@@ -318,26 +318,6 @@ def test_resume_is_forgotten_at_the_next_epoch():
     assert [b.tolist() for b in s] == [b.tolist() for b in fresh]
 
 
-# -- plan_reads (lance_lightning.reads) ------------------------------------------------------
-
-
-def test_plan_reads_scans_dense_runs_and_takes_the_rest_in_one_call():
-    from lance_lightning.reads import MAX_RUN_GAP, MIN_SCAN_ROWS, plan_reads
-
-    dense = np.arange(100, 100 + MIN_SCAN_ROWS)
-    holes = np.arange(50_000, 50_000 + 2 * MIN_SCAN_ROWS, 2)  # half of the range: still scanned
-    thin = np.arange(90_000, 90_000 + 4 * MIN_SCAN_ROWS, 4)  # a quarter: taken
-    offsets = np.concatenate([[0, 5], dense, [20_000], holes, thin, [200_000]])
-    reads = plan_reads(offsets)
-    assert [k for k, _, _ in reads] == ["take", "scan", "take", "scan", "take"]
-    # Every offset is in exactly one read, in order, and neighbouring takes are merged.
-    assert [lo for _, lo, _ in reads] == [0, *(hi for _, _, hi in reads)][: len(reads)]
-    assert reads[-1][2] == len(offsets)
-    assert offsets[reads[1][1] : reads[1][2]].tolist() == dense.tolist()
-    assert plan_reads(np.array([], dtype=np.int64)) == []
-    assert plan_reads(np.arange(0, MIN_SCAN_ROWS * (MAX_RUN_GAP + 1), MAX_RUN_GAP + 1)) == [("take", 0, MIN_SCAN_ROWS)]
-
-
 # -- the uniform order is a fair shuffle ---------------------------------------------------
 
 
