@@ -154,6 +154,10 @@ def _take(table: Any, row_ids: np.ndarray, columns: list[str]) -> Iterator[pa.Re
 # -- writing -------------------------------------------------------------------------------------
 
 
+class _OverBudget(Exception):
+    """The rows copied so far already pass the room the budget leaves (the estimate was low)."""
+
+
 class _Demote(Exception):
     """A fixed-width column holds nulls inside its values: it goes to the Arrow file instead."""
 
@@ -233,6 +237,7 @@ def _write(
     plan: dict[str, dict[str, Any]],
     n: int,
     progress: _Progress,
+    limit: int | None,
 ) -> dict[str, dict[str, Any]]:
     """Write the stage's data files into ``target``; returns their manifest (size, CRC-32)."""
     flat = {name: _NpyWriter(target / s["file"], np.dtype(s["dtype"]), (n, *s["shape"])) for name, s in plan.items()}
@@ -269,6 +274,8 @@ def _write(
                     flush()
             done += rows
             progress.update(rows, batch.nbytes)
+            if limit is not None and progress.bytes > limit:
+                raise _OverBudget
         flush()
     finally:
         crcs = {plan[name]["file"]: w.close() for name, w in flat.items()}
@@ -295,6 +302,7 @@ def _fill(
     tmp: Path,
     meta: dict[str, Any],
     progress: _Progress,
+    limit: int | None,
 ) -> dict[str, Any]:
     schema = pa.schema([table.schema.field(c) for c in columns])
     demoted: set[str] = set()
@@ -304,9 +312,10 @@ def _fill(
         tmp.mkdir(parents=True)
         (tmp / store.LEASE_FILE).touch()
         plan = column_plan(schema, meta["layout"], demoted)
+        progress.rows = progress.bytes = 0
         batches = _scan(table, row_ids, columns) if scan else _take(table, row_ids, columns)
         try:
-            files = _write(batches, tmp, schema, plan, len(row_ids), progress)
+            files = _write(batches, tmp, schema, plan, len(row_ids), progress, limit)
         except _Demote as err:
             demoted.add(err.column)
             log.info("column %r has nulls inside its values: staged in the Arrow file", err.column)
@@ -473,14 +482,20 @@ def _fill_locked(
     bar = _Progress(len(row_ids), f"split {split_name!r}", progress)
     started = time.monotonic()
     try:
-        meta = _fill(source, table, row_ids, columns, tmp, meta, bar)
+        others = sum(store.directory_bytes(p) for p in store.stages(root) if p != final)
+        limit = None if budget is None else budget - others
+        try:
+            meta = _fill(source, table, row_ids, columns, tmp, meta, bar, limit)
+        except _OverBudget:
+            problem = (
+                f"the estimate was low: after {bar.rows:,} of {len(row_ids):,} rows it had copied {bar.bytes:,} bytes, "
+                f"over the {limit:,} bytes the budget leaves beside stages in use"
+            )
+            raise _budget_error(what, needed, budget, setting, problem, root) from None
         bar.close()
-        store.evict_for(root, meta["bytes"], budget, keep=final)
-        if budget is not None:
-            others = sum(store.directory_bytes(p) for p in store.stages(root) if p != final)
-            if others + meta["bytes"] > budget:
-                problem = f"it takes {meta['bytes']:,} bytes and stages in use hold {others:,}"
-                raise _budget_error(what, meta["bytes"], budget, setting, problem, root)
+        if limit is not None and meta["bytes"] > limit:
+            problem = f"it takes {meta['bytes']:,} bytes and the budget leaves {limit:,} beside stages in use"
+            raise _budget_error(what, meta["bytes"], budget, setting, problem, root)
         os.rename(tmp, final)
     except BaseException:
         bar.close()

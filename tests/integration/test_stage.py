@@ -1,0 +1,363 @@
+"""The staging layer on real on-disk tables: staged rows are the table's rows, one fill per node,
+eviction never removes a stage in use, one copy in memory for all processes (PSS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from lance_lightning.convert import batch_to_tensors
+from lance_lightning.reads import scan_with_row_ids
+from lance_lightning.source import TableSource
+from lance_lightning.stage import (
+    StageBudgetError,
+    StagedRows,
+    ensure_stage,
+    estimate_stage_bytes,
+    fits,
+    lease,
+    release_stage,
+    stage_key,
+)
+from tests.conftest import toy_table
+
+N = 600
+
+
+def every_type(n: int, seed: int = 0) -> pa.Table:
+    """One column of each kind the staging layer stores differently; some with nulls."""
+    rng = np.random.default_rng(seed)
+    some_null = [i % 7 == 3 for i in range(n)]
+
+    def nullable(values, type_):
+        return pa.array(values, type_, mask=np.array(some_null))
+
+    nested = pa.FixedSizeListArray.from_arrays(
+        pa.FixedSizeListArray.from_arrays(pa.array(rng.integers(-9, 9, n * 6, dtype=np.int32)), 2), 3
+    )
+    return pa.table(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "i8": rng.integers(-100, 100, n, dtype=np.int8),
+            "u16": rng.integers(0, 60000, n, dtype=np.uint16),
+            "u64": rng.integers(0, 2**63, n, dtype=np.uint64),
+            "f16": rng.standard_normal(n).astype(np.float16),
+            "f64": nullable(rng.standard_normal(n), pa.float64()),
+            "flag": nullable(rng.integers(0, 2, n).astype(bool), pa.bool_()),
+            "label": nullable(np.arange(n) % 10, pa.int64()),
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(n * 4).astype(np.float32)), 4),
+            "nested": nested,
+            "img": pa.FixedShapeTensorArray.from_numpy_ndarray(rng.random((n, 2, 3)).astype(np.float32)),
+            "name": nullable([f"row-{i}" * (i % 4) for i in range(n)], pa.string()),
+            "blob": pa.array([rng.bytes(i % 9) for i in range(n)], pa.binary()),
+            "seq": pa.array([list(range(i % 5)) for i in range(n)], pa.list_(pa.int32())),
+            "pair": pa.array(
+                [{"a": i, "b": f"b{i}"} for i in range(n)], pa.struct([("a", pa.int32()), ("b", pa.string())])
+            ),
+            "ts": pa.array(np.arange(n) * 1_000_000, pa.timestamp("us")),
+        }
+    )
+
+
+def open_source(uri: str, name: str) -> tuple[TableSource, lancedb.table.Table]:
+    table = lancedb.connect(uri).open_table(name)
+    return TableSource(uri, name, table.version).stamped(table), table
+
+
+def table_rows(table, columns: list[str]) -> tuple[np.ndarray, pa.Table]:
+    """Row addresses and rows of the table as Lance reads them, in address order."""
+    scanned = scan_with_row_ids(table, columns)
+    ids = scanned.column("_rowid").to_numpy()
+    order = np.argsort(ids)
+    return ids[order], scanned.select(columns).take(pa.array(order))
+
+
+def assert_same_tensors(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value), key
+        elif isinstance(value, dict):
+            assert_same_tensors(got[key], value)
+        elif value and isinstance(value[0], torch.Tensor):
+            assert len(got[key]) == len(value) and all(torch.equal(a, b) for a, b in zip(got[key], value)), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.fixture
+def every_type_table(tmp_path):
+    uri = str(tmp_path / "db")
+    lancedb.connect(uri).create_table("types", every_type(N))
+    return open_source(uri, "types")
+
+
+@pytest.mark.parametrize("layout", ["flat", "arrow"])
+def test_staged_rows_equal_table_rows_for_every_column_type(every_type_table, tmp_path, layout):
+    source, table = every_type_table
+    columns = table.schema.names
+    ids, rows = table_rows(table, columns)
+    keep = np.random.default_rng(1).random(len(ids)) < 0.6  # a split: 60% of the rows, scattered
+    split = ids[keep]
+    path = ensure_stage(
+        source, table, split[::-1], columns, root=tmp_path / "stages", split_name="train", layout=layout
+    )
+    staged = StagedRows(path)
+    want = rows.filter(pa.array(keep))  # row i of the stage = i-th smallest address of the split
+    assert staged.num_rows == len(split) and staged.schema == want.schema
+    assert staged.slice(0, len(split)).equals(want)
+    positions = np.random.default_rng(2).integers(0, len(split), 257)  # any order, repeats
+    positions[:3] = [5, 5, 0]
+    taken = want.take(pa.array(positions))
+    assert staged.take(positions).equals(taken)
+    assert_same_tensors(staged.take_into_tensors(positions, nulls="mask"), batch_to_tensors(taken, nulls="mask"))
+    no_nulls = [c for c in columns if want.column(c).null_count == 0]
+    sub = StagedRows(ensure_stage(source, table, split, no_nulls, root=tmp_path / "stages", layout=layout))
+    assert_same_tensors(sub.take_into_tensors(positions), batch_to_tensors(sub.take(positions)))
+    assert sub.take(positions).equals(taken.select(no_nulls))
+    flat = json.loads((path / "manifest.json").read_text())["flat"]
+    if layout == "flat":  # fixed-width columns are flat arrays, the others in the Arrow file
+        assert set(flat) == {"id", "i8", "u16", "u64", "f16", "f64", "flag", "label", "x", "nested", "img"}
+    else:
+        assert flat == {}
+
+
+def test_fixed_size_lists_with_null_rows_or_null_values_are_staged_exactly(tmp_path):
+    n = 50
+    values = pa.array(np.arange(n * 3, dtype=np.float32))
+    null_rows = pa.FixedSizeListArray.from_arrays(values, 3, mask=pa.array(np.arange(n) % 5 == 0))
+    inner = pa.FixedSizeListArray.from_arrays(pa.array([None if i % 11 == 0 else float(i) for i in range(n * 3)]), 3)
+    uri = str(tmp_path / "db")
+    lancedb.connect(uri).create_table("t", pa.table({"v": null_rows, "w": inner, "id": np.arange(n)}))
+    source, table = open_source(uri, "t")
+    ids, rows = table_rows(table, ["v", "w", "id"])
+    path = ensure_stage(source, table, ids, ["v", "w", "id"], root=tmp_path / "stages")
+    staged = StagedRows(path)
+    positions = np.arange(n)[::-1]
+    assert staged.take(positions).equals(rows.take(pa.array(positions)))
+    assert set(json.loads((path / "manifest.json").read_text())["flat"]) == {"v", "id"}  # w: Arrow file
+
+
+def test_slice_is_zero_copy_and_shared_output_is_shared_memory(tmp_path, make_table):
+    uri, _ = make_table("toy", 300, dim=8)
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    staged = StagedRows(ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages"))
+    x = staged.slice(10, 20).column("x").chunk(0).values
+    flat = staged._flat["x"][1]
+    assert x.buffers()[1].address == flat[10:].ctypes.data  # a view of the mapped file
+    batch = staged.take_into_tensors(np.array([3, 1, 2]), out_shared=True)
+    assert batch["x"].is_shared() and batch["id"].tolist() == [3, 1, 2]
+    assert not staged.take_into_tensors(np.array([3]), out_shared=False)["x"].is_shared()
+
+
+def test_any_change_of_table_version_columns_filter_or_split_is_a_new_stage(tmp_path, make_table):
+    uri, created = make_table("toy", 100)
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    key = stage_key(source, ["id", "x"], ids, filter=None)
+    assert stage_key(source, ["id", "x"], ids[::-1].copy(), filter=None) == key  # order does not matter
+    different = {
+        stage_key(source, ["id"], ids, filter=None),
+        stage_key(source, ["x", "id"], ids, filter=None),
+        stage_key(source, ["id", "x"], ids, filter="y = 1"),
+        stage_key(source, ["id", "x"], ids[:-1], filter=None),
+    }
+    assert key not in different and len(different) == 4
+    created.add(toy_table(5))  # a new version
+    source2, table2 = open_source(uri, "toy")
+    assert source2.version == 2 and stage_key(source2, ["id", "x"], ids, filter=None) != key
+    # dropped and recreated under the same name: version 1 again, other data
+    db = lancedb.connect(uri)
+    db.drop_table("toy")
+    time.sleep(0.01)
+    db.create_table("toy", toy_table(100, seed=5))
+    source3, table3 = open_source(uri, "toy")
+    assert source3.version == 1 and source3.version_time != source.version_time
+    assert stage_key(source3, ["id", "x"], ids, filter=None) != key
+    root = tmp_path / "stages"
+    first = ensure_stage(source, None, ids, ["id", "x"], root=root)  # opened here: now the recreated table...
+    assert first.exists()  # (the old data's key: a new stage of the new data, never the old one)
+    again = ensure_stage(source3, table3, ids, ["id", "x"], root=root)
+    assert again != first
+    assert StagedRows(again).slice(0, 100).column("x").equals(toy_table(100, seed=5).column("x"))
+
+
+def test_a_pickled_reader_is_its_path_and_reads_the_same_rows_in_another_process(tmp_path, make_table):
+    uri, _ = make_table("toy", 200)
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    staged = StagedRows(ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages"))
+    staged.take([1])  # opened here: nothing of it travels
+    blob = pickle.dumps(staged)
+    assert len(blob) < 400
+    code = "import pickle,sys; r=pickle.loads(sys.stdin.buffer.read()); print(r.take([7,3]).column('id').to_pylist())"
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True, timeout=120)
+    assert out.stdout.decode().strip() == "[7, 3]"
+
+
+FILL = """
+import logging, sys, json
+import lancedb
+from lance_lightning.source import TableSource
+from lance_lightning.stage import ensure_stage, StagedRows
+fills = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("staged "):
+            fills.append(1)
+log = logging.getLogger("lance_lightning.stage"); log.setLevel(logging.INFO); log.addHandler(Count())
+uri, root = sys.argv[1], sys.argv[2]
+t = lancedb.connect(uri).open_table("toy")
+s = TableSource(uri, "toy", t.version).stamped(t)
+ids = t.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy()
+sys.stdin.readline()  # start together
+path = ensure_stage(s, t, ids, ["id", "x"], root=root, split_name="train")
+ids = StagedRows(path).take([0, 5]).column("id").to_pylist()
+print(json.dumps({"path": str(path), "fills": len(fills), "ids": ids}))
+"""
+
+
+def test_processes_racing_for_one_stage_fill_it_once(tmp_path, make_table):
+    uri, _ = make_table("toy", 20_000, dim=32)
+    root = tmp_path / "stages"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FILL, uri, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    time.sleep(5)  # all have imported and opened the table
+    outs = [p.communicate("go\n", timeout=180)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    assert sum(r["fills"] for r in results) == 1
+    assert len({r["path"] for r in results}) == 1 and all(r["ids"] == [0, 5] for r in results)
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
+
+
+HOLD = """
+import sys, time
+from lance_lightning.stage import StagedRows
+r = StagedRows(sys.argv[1], prefault=sys.argv[2] == "1")
+r.take([0])
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def hold(path: Path, prefault: bool = False) -> subprocess.Popen:
+    """A real process reading the stage (holding its lease) until its stdin is closed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), "1" if prefault else "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    proc.communicate("\n", timeout=60)
+
+
+def test_eviction_removes_the_least_recently_used_stage_but_never_one_in_use(tmp_path, make_table):
+    uri, _ = make_table("toy", 3000, dim=64)  # ~0.8 MB a stage of id + x
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    root = tmp_path / "stages"
+    splits = [ids[:1000], ids[1000:2000], ids[2000:]]
+    size = estimate_stage_bytes(table, ["id", "x"], 1000)
+    budget = int(2.5 * size)
+    a, b = (ensure_stage(source, table, s, ["id", "x"], root=root, budget_bytes=budget) for s in splits[:2])
+    release_stage(a), release_stage(b)
+    with lease(b):  # b used after a: a is the least recently used
+        pass
+    holder = hold(a)  # ... but a running job holds a
+    try:
+        c = ensure_stage(source, table, splits[2], ["id", "x"], root=root, budget_bytes=budget)
+        assert a.exists() and not b.exists() and c.exists()
+    finally:
+        release(holder)
+    b = ensure_stage(
+        source, table, splits[1], ["id", "x"], root=root, budget_bytes=budget
+    )  # now a goes (LRU); c is this process's
+    assert not a.exists() and b.exists() and c.exists()
+    # everything in use and no room: StageBudgetError naming split, sizes, budget and the setting
+    with pytest.raises(StageBudgetError) as err:
+        ensure_stage(source, table, splits[0], ["id", "x"], root=root, budget_bytes=budget, split_name="val")
+    message = str(err.value)
+    for part in ("split 'val'", "table 'toy'", "stage_budget_bytes", f"{budget:,}", "in use"):
+        assert part in message, (part, message)
+    assert b.exists() and c.exists()
+
+
+def test_a_split_larger_than_the_budget_is_refused_before_reading(tmp_path, make_table):
+    uri, _ = make_table("toy", 2000, dim=64)
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    needed = estimate_stage_bytes(table, ["id", "x"], len(ids))
+    assert needed >= 2000 * (64 * 4 + 8)
+    assert fits(tmp_path / "stages", needed, needed) and not fits(tmp_path / "stages", needed, needed // 2)
+    with pytest.raises(StageBudgetError, match=r"split 'train'.*stage_budget_bytes=1,000"):
+        ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", budget_bytes=1000, split_name="train")
+    assert [p for p in (tmp_path / "stages").iterdir() if not p.name.startswith(".lock")] == []
+
+
+def mapping_totals(pid: int, under: Path) -> dict[str, int]:
+    """Rss, Pss, Private_Dirty (bytes) of the mappings of files under ``under`` in process ``pid``."""
+    totals = {"Rss": 0, "Pss": 0, "Private_Dirty": 0}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+            inside = len(parts) >= 6 and parts[5].startswith(str(under))
+        elif inside and parts[0].rstrip(":") in totals:
+            totals[parts[0].rstrip(":")] += int(parts[1]) * 1024
+    return totals
+
+
+def test_two_processes_mapping_one_stage_share_its_pages(tmp_path, make_table):
+    uri, _ = make_table("toy", 20_000, dim=128)  # ~10 MB stage
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    path = ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages")
+    stage_bytes = json.loads((path / "manifest.json").read_text())["bytes"]
+    holders = [hold(path, prefault=True), hold(path, prefault=True)]
+    try:
+        seen = [mapping_totals(p.pid, path) for p in holders]
+    finally:
+        for p in holders:
+            release(p)
+    for totals in seen:
+        assert totals["Rss"] >= 0.9 * stage_bytes, totals  # pre-faulted: every page mapped
+        assert totals["Pss"] <= 0.6 * totals["Rss"], totals  # ... and shared with the other process
+        assert totals["Private_Dirty"] < 0.1 * stage_bytes, totals  # no private copy
+
+
+def test_fill_is_quiet_off_a_tty_and_logs_once(tmp_path, make_table, capfd, caplog):
+    uri, _ = make_table("toy", 500)
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    with caplog.at_level(logging.INFO, logger="lance_lightning.stage"):
+        path = ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", split_name="train")
+        ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", split_name="train")
+    assert capfd.readouterr().err == ""
+    staged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("staged ")]
+    assert len(staged) == 1 and "500 rows" in staged[0] and str(path) in staged[0]
+    meta = json.loads((path / "manifest.json").read_text())
+    assert meta["rows"] == 500 and meta["split"] == "train" and meta["table"] == "toy" and meta["version"] == 1
+    assert meta["version_time"] == source.version_time and meta["columns"] == ["id", "x"]
