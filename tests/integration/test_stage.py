@@ -195,6 +195,7 @@ def test_any_change_of_table_version_columns_filter_or_split_is_a_new_stage(tmp_
     assert StagedRows(again).slice(0, 100).column("x").equals(toy_table(100, seed=5).column("x"))
 
 
+@pytest.mark.slow
 def test_a_pickled_reader_is_its_path_and_reads_the_same_rows_in_another_process(tmp_path, make_table):
     uri, _ = make_table("toy", 200)
     source, table = open_source(uri, "toy")
@@ -230,6 +231,7 @@ print(json.dumps({"path": str(path), "fills": len(fills), "ids": ids}))
 """
 
 
+@pytest.mark.slow
 def test_processes_racing_for_one_stage_fill_it_once(tmp_path, make_table):
     uri, _ = make_table("toy", 20_000, dim=32)
     root = tmp_path / "stages"
@@ -237,7 +239,7 @@ def test_processes_racing_for_one_stage_fill_it_once(tmp_path, make_table):
         subprocess.Popen(
             [sys.executable, "-c", FILL, uri, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        for _ in range(3)
+        for _ in range(2)
     ]
     time.sleep(5)  # all have imported and opened the table
     outs = [p.communicate("go\n", timeout=180)[0] for p in procs]
@@ -274,6 +276,7 @@ def release(proc: subprocess.Popen) -> None:
     proc.communicate("\n", timeout=60)
 
 
+@pytest.mark.slow
 def test_eviction_removes_the_least_recently_used_stage_but_never_one_in_use(tmp_path, make_table):
     uri, _ = make_table("toy", 3000, dim=64)  # ~0.8 MB a stage of id + x
     source, table = open_source(uri, "toy")
@@ -330,6 +333,7 @@ def mapping_totals(pid: int, under: Path) -> dict[str, int]:
     return totals
 
 
+@pytest.mark.slow
 def test_two_processes_mapping_one_stage_share_its_pages(tmp_path, make_table):
     uri, _ = make_table("toy", 20_000, dim=128)  # ~10 MB stage
     source, table = open_source(uri, "toy")

@@ -1,0 +1,149 @@
+"""A stage is served only if what is read is what was written.
+
+A real on-disk table and a real fill; then the stage is damaged on disk the way disks and people
+damage it, and the next ``ensure_stage`` must serve exactly the table's rows, rebuilding the stage
+once with a :class:`StageWarning` naming it; a reader that meets the damage later raises
+:class:`StageError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pytest
+
+from lance_lightning.source import TableSource
+from lance_lightning.stage import StagedRows, StageError, StageWarning, ensure_stage, release_stage, verify_stage
+from tests.conftest import toy_table
+
+NUM_ROWS, DIM = 2000, 64  # x: 512 KB, so 64 KiB overwritten lie inside the data
+
+
+@pytest.fixture
+def staged(make_table, tmp_path):
+    """``stage() -> (path, warnings)``: ensure the train split's stage; and the first path."""
+    uri, _ = make_table("toy", NUM_ROWS, dim=DIM)
+    table = lancedb.connect(uri).open_table("toy")
+    source = TableSource(uri, "toy", table.version).stamped(table)
+    ids = np.sort(table.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy())
+
+    def stage() -> tuple[Path, list[str]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", split_name="train")
+        release_stage(path)
+        return path, [str(w.message) for w in caught if issubclass(w.category, StageWarning)]
+
+    path, messages = stage()
+    assert messages == []
+    assert_rows_are_the_tables(path)
+    return stage, path
+
+
+def assert_rows_are_the_tables(path: Path) -> None:
+    rows = StagedRows(path)
+    want = toy_table(NUM_ROWS, dim=DIM)
+    got = rows.take_into_tensors(np.arange(NUM_ROWS))
+    np.testing.assert_array_equal(got["id"].numpy(), want.column("id").to_numpy())
+    x = want.column("x").combine_chunks().flatten().to_numpy().reshape(NUM_ROWS, DIM)
+    np.testing.assert_array_equal(got["x"].numpy(), x)  # exact: not one value differs
+    rows.close()
+
+
+def fill_id(path: Path) -> str:
+    return json.loads((path / "manifest.json").read_text())["fill_id"]
+
+
+def assert_one_warning_naming(messages: list[str], where: Path, problem: str) -> None:
+    assert len(messages) == 1, messages
+    for part in (str(where), "split 'train'", "table 'toy'", "version 1", "rebuilt"):
+        assert part in messages[0], (part, messages[0])
+    assert re.search(problem, messages[0]), (problem, messages[0])
+
+
+def test_a_sound_stage_is_verified_and_reused_without_a_copy(staged):
+    stage, path = staged
+    before = fill_id(path)
+    assert verify_stage(path) is None
+    again, messages = stage()
+    assert again == path and messages == [] and fill_id(path) == before
+
+
+def overwrite_middle(target: Path) -> None:
+    size = target.stat().st_size
+    with open(target, "r+b") as fh:  # 64 KiB of other bytes, same size, in the middle of the data
+        fh.seek(size // 4)
+        fh.write(np.random.default_rng(1).integers(0, 256, 65536, dtype=np.uint8).tobytes())
+    assert target.stat().st_size == size
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("overwrite", r"file col-1\.npy does not hold what was written \(crc32 \w+, recorded \w+\)"),
+        ("truncate", r"file col-1\.npy has [\d,]+ bytes, [\d,]+ were written"),
+        ("delete", r"file col-1\.npy is missing"),
+        ("extra", r"file stray\.npy was not written by the fill"),
+        ("manifest", r"manifest\.json is missing"),
+        ("schema", r"file schema\.arrow does not hold what was written"),
+        ("lease", r"\.lease file is missing"),
+    ],
+)
+def test_a_damaged_stage_is_never_served_but_rebuilt_once_with_a_warning(staged, damage, problem):
+    stage, path = staged
+    before = fill_id(path)
+    target = path / "col-1.npy"
+    if damage == "overwrite":
+        overwrite_middle(target)
+    elif damage == "truncate":
+        with open(target, "r+b") as fh:
+            fh.truncate(target.stat().st_size // 2)
+    elif damage == "delete":
+        target.unlink()
+    elif damage == "extra":
+        (path / "stray.npy").write_bytes(b"stray")
+    elif damage == "manifest":
+        (path / "manifest.json").unlink()
+    elif damage == "schema":
+        data = bytearray((path / "schema.arrow").read_bytes())
+        data[-9] ^= 0xFF
+        (path / "schema.arrow").write_bytes(bytes(data))
+    else:
+        (path / ".lease").unlink()
+    again, messages = stage()
+    assert again == path
+    assert_one_warning_naming(messages, path, problem)
+    assert fill_id(path) != before and verify_stage(path) is None  # rebuilt in place, under the same name
+    assert_rows_are_the_tables(path)
+    assert stage()[1] == []  # and used from then on
+
+
+def test_a_half_made_fill_is_removed_and_the_stage_made_once(staged, tmp_path):
+    stage, path = staged
+    tmp = path.parent / f".tmp-{path.name}"
+    shutil.copytree(path, tmp)  # a filler that died before the rename
+    (tmp / "manifest.json").unlink()
+    shutil.rmtree(path)
+    again, messages = stage()
+    assert again == path
+    assert_one_warning_naming(messages, tmp, "a fill that did not finish left it half-made")
+    assert not tmp.exists()
+    assert_rows_are_the_tables(path)
+
+
+def test_a_reader_that_meets_damage_after_setup_names_the_stage(staged):
+    stage, path = staged
+    with open(path / "col-1.npy", "r+b") as fh:  # damaged mid-run, after setup verified it
+        fh.truncate(1000)
+    with pytest.raises(StageError) as err:
+        StagedRows(path).take([0])  # a DataLoader worker opening it
+    for part in (str(path), "split 'train'", "table 'toy'", "has 1,000 bytes", "next setup rebuilds it"):
+        assert part in str(err.value), (part, str(err.value))
+    assert len(stage()[1]) == 1  # and the next setup does rebuild it
+    assert_rows_are_the_tables(path)
