@@ -8,502 +8,77 @@ Three steps, one owner each:
    positions in the split to row addresses (``_rowid`` of the pinned version). Lightning's
    own ``batch_indices`` are not used: our loader hands out whole batches, which Lightning
    cannot see into, and it keeps every index of the epoch in memory.
-2. **Staging.** As it goes, each rank appends ``(_rowid, outputs)`` of every batch to its own
-   Arrow IPC file in a staging directory every rank can reach (``<database>/.lance-lightning-staging``
-   for a local table): nothing is held in memory beyond one batch. A finished rank renames its
-   file into place and writes a marker with its row count.
-3. **Commit.** After a barrier in ``on_predict_end``, rank 0 streams the pinned version of the
-   table in scan order, joins each chunk with the staged rows (read a batch at a time, found by address)
-   and writes it back **in one call**, which makes the new columns appear at exactly one new
-   table version. Rows the run did not predict (a ``filter``, a ``predict`` split,
+2. **Writing as it goes** (nothing is held in memory beyond a few batches). With pylance
+   installed and new columns (:mod:`.writer_fragments`): one rank writes each fragment's new
+   data file itself, in a background thread, during the loop; under DDP each rank stages its
+   batches in an Arrow IPC file (:mod:`.writer_stage`) and rank 0 writes the data files after
+   the barrier. Without pylance every rank stages.
+3. **One commit.** After a barrier in ``on_predict_end``, rank 0 commits: a lance ``Merge``
+   of the new data files on the pinned version (row addresses and indexes kept, conflicts
+   refused), or, as a fallback, a rewrite of the table (:mod:`.writer_rewrite`: addresses
+   change, indexes refused unless ``drop_indexes=True``). Either way the columns appear at one
+   new version. Rows the run did not predict (a ``filter``, a ``predict`` split,
    ``limit_predict_batches``) get nulls. The outcome is broadcast, so every rank returns or
    raises alike, and the staging directory is removed.
-
-Why the commit rewrites the table: lancedb 0.40 has no call that adds a column *with values*
-and keeps the other columns' files: ``Table.merge`` needs pylance, branch cherry-picks are an
-Enterprise feature, ``add_columns`` takes SQL expressions or all-null columns only, and
-``merge_insert`` on a key needs a second commit for the new column, builds its hash join of the
-whole source in memory (a 1M x 128 float32 source exceeded lance's 300 MB pool) and rewrites
-every row anyway unless the key has a scalar index. So the table is rewritten with one
-``overwrite`` of the pinned version plus the new columns (row values, order and count kept),
-fed as a stream. Its consequences, all checked: indexes are dropped by an overwrite (refused
-unless ``drop_indexes=True``); row addresses change (like after a compaction); and an
-overwrite does not conflict with a concurrent commit, so the commit is refused when the table
-moved on since the pinned version, and undone (``restore``) when a commit slipped in while it
-ran. lancedb's public ``add`` would also null out or refuse vectors holding NaN or null in
-*other* columns (its "bad vectors" check), so the stream goes to the table's native ``add``.
 
 ``LancePredictionWriter(table="preds")`` writes a new table instead (``create_table``, one
 commit): key columns (``source_rowid``, the row address in the version read, plus ``id`` when
 the table has one) and the outputs, for the predicted rows only.
 
-A run killed before the commit leaves the table as it was; its staging files are removed by
-the next run writing the same target. A SIGKILL during the commit leaves the table as it was
-too, but its half-written data files stay in the table directory: no version refers to them, and
-lance's cleanup (``optimize`` / ``cleanup_old_versions``) deletes them once they are 7 days old, or
-at once with ``delete_unverified=True``.
+A run killed before the commit leaves the table as it was. The next run writing the same target
+removes its staging files and the data files it had written into the table (listed in the
+staging directory before they were opened), keeping any that a version refers to.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
 import shutil
 import tempfile
 import warnings
-from array import array as int_array
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .sharding import rank_batch_bounds, take_padded
-from .source import TableSource, connect, is_local_uri, list_table_names, version_time
-
-__all__ = ["LancePredictionWriter", "PredictionWriteError", "TableMovedError", "prediction_arrays"]
-
-ROWID = "_rowid"
-KEY_ROWID = "source_rowid"
-"""The key column of a separate predictions table: the row's address in the version read
-(lance reserves the name ``_rowid``)."""
-COMMIT_CHUNK_ROWS = 16_384
-"""Rows of the table read, joined and written at a time by the commit."""
-STAGING_DIRNAME = ".lance-lightning-staging"
-BF16_METADATA = {b"lance_lightning.torch_dtype": b"bfloat16"}
-_RESERVED = {ROWID, "_rowaddr", "_rowoffset", "_distance", "_score", "_relevance_score"}
-
-
-class PredictionWriteError(RuntimeError):
-    """The predictions cannot be written as asked; the table is left as it was."""
-
-
-class TableMovedError(PredictionWriteError):
-    """The table has a newer version than the one read: writing would lose its changes."""
-
-
-# -- outputs -> Arrow ------------------------------------------------------------------------
-
-
-def prediction_arrays(prediction: Any, column: str | None) -> dict[str, tuple[pa.Array, dict[bytes, bytes] | None]]:
-    """``predict_step``'s output as ``{column name: (Arrow array, field metadata)}``.
-
-    A tensor ``[B]`` is a scalar column, ``[B, D]`` a ``fixed_size_list<T>[D]``, ``[B, d1, d2,
-    ...]`` a ``fixed_shape_tensor``; dtypes are kept (float16 included), except bfloat16, which
-    Arrow lacks: it is stored as float32 (every bfloat16 value exactly) and the field says
-    ``lance_lightning.torch_dtype=bfloat16``. A dict ``{name: tensor}`` gives one column per
-    key, named ``name`` (or ``<column>_<name>`` when ``column`` is given).
-    """
-    if isinstance(prediction, Mapping):
-        if not prediction:
-            raise PredictionWriteError("predict_step returned an empty dict: nothing to write")
-        items = {(f"{column}_{key}" if column else str(key)): value for key, value in prediction.items()}
-    elif column is None:
-        raise PredictionWriteError(
-            f"predict_step returned a {type(prediction).__name__}, not a dict: name its column, "
-            "LancePredictionWriter(column='...')"
-        )
-    else:
-        items = {column: prediction}
-    return {name: _to_arrow(name, value) for name, value in items.items()}
-
-
-def _to_arrow(name: str, value: Any) -> tuple[pa.Array, dict[bytes, bytes] | None]:
-    metadata = None
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-        if tensor.dtype == torch.bfloat16:
-            tensor, metadata = tensor.float(), BF16_METADATA
-        if tensor.is_complex():
-            raise PredictionWriteError(f"output {name!r} is complex ({tensor.dtype}): Arrow has no complex type")
-        array = tensor.cpu().contiguous().numpy()
-    elif isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
-    else:
-        raise PredictionWriteError(
-            f"output {name!r} is a {type(value).__name__}; the writer takes tensors (or NumPy arrays), one row a row"
-        )
-    if array.ndim == 0:
-        raise PredictionWriteError(f"output {name!r} is a scalar; it needs one value per row of the batch ([B, ...])")
-    if array.ndim == 1:
-        return pa.array(array), metadata
-    if array.ndim == 2:
-        return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1]), metadata
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(array), metadata
-
-
-# -- staging: one Arrow IPC file per rank ------------------------------------------------------
-
-
-def _marker(directory: Path, rank: int) -> Path:
-    return directory / f"rank-{rank:05d}.json"
-
-
-def _rank_file(directory: Path, rank: int) -> Path:
-    return directory / f"rank-{rank:05d}.arrow"
-
-
-def _ranges(directory: Path, rank: int) -> Path:
-    return directory / f"rank-{rank:05d}.ranges.npy"
-
-
-class _RankStage:
-    """This rank's staging file: one record batch (``_rowid`` + outputs) per predict batch."""
-
-    def __init__(self, directory: Path, rank: int) -> None:
-        self.directory, self.rank = directory, rank
-        self.path = _rank_file(directory, rank)
-        self.partial = self.path.with_suffix(".arrow.partial")
-        self.schema: pa.Schema | None = None
-        self._sink: Any = None
-        self._writer: Any = None
-        self.rows = 0
-        self.ranges = int_array("Q")  # first and last address of each staged batch: 16 bytes a batch
-
-    def write(self, addresses: np.ndarray, columns: dict[str, tuple[pa.Array, dict[bytes, bytes] | None]]) -> None:
-        if self.schema is None:
-            fields = [pa.field(ROWID, pa.uint64(), nullable=False)]
-            fields += [pa.field(name, values.type, metadata=meta) for name, (values, meta) in columns.items()]
-            self.schema = pa.schema(fields)
-            self._sink = pa.OSFile(str(self.partial), "wb")
-            self._writer = pa.ipc.new_file(self._sink, self.schema)
-        else:
-            names = self.schema.names[1:]
-            if list(columns) != names:
-                raise PredictionWriteError(f"predict_step returned outputs {list(columns)}, earlier batches {names}")
-            for name, (values, _) in columns.items():
-                want = self.schema.field(name).type
-                if values.type != want:
-                    raise PredictionWriteError(
-                        f"output {name!r} is {values.type} in this batch, {want} in earlier ones: a column has one type"
-                    )
-        arrays = [pa.array(addresses, pa.uint64()), *(array for array, _ in columns.values())]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-        self.rows += len(addresses)
-        self.ranges.extend((int(addresses[0]), int(addresses[-1])))
-
-    def finish(self, batches: int) -> None:
-        """Close the file, move it into place, and say how many rows it holds."""
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._writer = self._sink = None
-            os.replace(self.partial, self.path)
-        np.save(_ranges(self.directory, self.rank), np.frombuffer(self.ranges, dtype=np.uint64).reshape(-1, 2))
-        _marker(self.directory, self.rank).write_text(json.dumps({"rows": self.rows, "batches": batches}))
-
-    def abort(self) -> None:
-        """Remove this rank's files (and the directory, once no rank has files left there)."""
-        try:
-            if self._writer is not None:
-                self._writer.close()
-                self._sink.close()
-        except Exception:  # noqa: BLE001 - best effort: the file is removed below
-            pass
-        self._writer = self._sink = None
-        for path in (self.partial, self.path, _ranges(self.directory, self.rank), _marker(self.directory, self.rank)):
-            path.unlink(missing_ok=True)
-        _remove_staging(self.directory, only_if_empty=True)
-
-
-def _remove_staging(directory: Path, *, only_if_empty: bool = False) -> None:
-    """Remove a run's staging directory, then its parent if no other run has one there."""
-    if only_if_empty:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        directory.parent.rmdir()
-
-
-class _Staged:
-    """Every rank's staged rows, found by row address.
-
-    Each record batch holds sorted addresses; batches of all ranks are disjoint ranges (every row
-    was predicted once), indexed by their first and last address: one entry a batch.
-    """
-
-    def __init__(self, directory: Path, world_size: int) -> None:
-        self.readers: list[Any] = []
-        ranges: list[np.ndarray] = []  # per rank: (first address, last address, reader, batch) a batch
-        self.num_rows = 0
-        self._cached: tuple[int, pa.RecordBatch] | None = None
-        self.schema: pa.Schema | None = None
-        for rank in range(world_size):
-            marker = _marker(directory, rank)
-            if not marker.exists():
-                raise PredictionWriteError(f"rank {rank} left no staging marker in {directory}: it did not finish")
-            rows = json.loads(marker.read_text())["rows"]
-            if rows == 0:
-                continue
-            # read a batch at a time (not memory-mapped: mapped pages would count in the resident
-            # set, 512 MB for 1M rows of [128] float32)
-            reader = pa.ipc.open_file(pa.OSFile(str(_rank_file(directory, rank))))
-            if self.schema is None:
-                self.schema = reader.schema
-            elif not reader.schema.equals(self.schema, check_metadata=True):
-                raise PredictionWriteError(
-                    f"rank {rank} staged outputs {reader.schema} but rank 0 {self.schema}: every rank must return "
-                    "the same outputs"
-                )
-            index = len(self.readers)
-            self.readers.append(reader)
-            bounds = np.load(_ranges(directory, rank))
-            if len(bounds) != reader.num_record_batches:
-                raise PredictionWriteError(f"rank {rank}'s staging file and index disagree: {directory}")
-            batch = np.arange(len(bounds), dtype=np.uint64)
-            ranges.append(np.column_stack([bounds, np.full_like(batch, index), batch]))
-            self.num_rows += rows
-        table = np.concatenate(ranges) if ranges else np.empty((0, 4), dtype=np.uint64)
-        table = table[np.argsort(table[:, 0], kind="stable")]
-        self.first, self.last = table[:, 0], table[:, 1]
-        self.where = table[:, 2:].astype(np.int64)
-        overlap = np.flatnonzero(self.first[1:] <= self.last[:-1])
-        if len(overlap):
-            raise PredictionWriteError(
-                f"row address {int(self.first[overlap[0] + 1])} was predicted twice (staged batches overlap): "
-                "the rows of a predict epoch must be read once each"
-            )
-
-    @property
-    def output_fields(self) -> list[pa.Field]:
-        return list(self.schema)[1:] if self.schema is not None else []
-
-    def _batch(self, entry: int) -> pa.RecordBatch:
-        """Staged batch ``entry`` (the last one read is kept: a chunk of the table often ends mid-batch)."""
-        if self._cached is not None and self._cached[0] == entry:
-            return self._cached[1]
-        reader, i = self.where[entry]
-        batch = self.readers[reader].get_batch(int(i))
-        self._cached = (entry, batch)
-        return batch
-
-    def in_order(self) -> Iterator[pa.RecordBatch]:
-        """The staged batches in address order."""
-        for entry in range(len(self.first)):
-            yield self._batch(entry)
-
-    def gather(self, addresses: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
-        """``(rows, index)``: the staged rows at ``addresses`` (any order) and, for each address,
-        its row in ``rows`` or -1 when it was not predicted."""
-        addresses = np.asarray(addresses, dtype=np.uint64)
-        index = np.full(len(addresses), -1, dtype=np.int64)
-        if not len(self.first) or not len(addresses):
-            return None, index
-        entry = np.searchsorted(self.first, addresses, side="right") - 1
-        valid = entry >= 0
-        valid &= addresses <= self.last[np.where(valid, entry, 0)]
-        wanted = np.flatnonzero(valid)
-        if not len(wanted):
-            return None, index
-        order = np.argsort(entry[wanted], kind="stable")
-        wanted, entries = wanted[order], entry[wanted][order]
-        cuts = np.flatnonzero(np.diff(entries)) + 1
-        pieces, found = [], 0
-        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(wanted)].tolist()):
-            batch = self._batch(int(entries[lo]))
-            ids = batch.column(0).to_numpy()
-            rows = wanted[lo:hi]
-            pos = np.minimum(np.searchsorted(ids, addresses[rows]), len(ids) - 1)
-            hit = ids[pos] == addresses[rows]
-            count = int(hit.sum())
-            if count:
-                taken = pos[hit]
-                contiguous = bool(np.all(np.diff(taken) == 1))  # a run of the batch: sliced, not copied
-                pieces.append(batch.slice(int(taken[0]), count) if contiguous else batch.take(pa.array(taken)))
-                index[rows[hit]] = np.arange(found, found + count)
-                found += count
-        if not pieces:
-            return None, index
-        return pa.Table.from_batches(pieces), index
-
-
-# -- commits ----------------------------------------------------------------------------------
-
-
-def _take(rows: pa.Table | None, index: np.ndarray, fields: list[pa.Field]) -> list[pa.Array]:
-    """The output columns for one chunk: row ``index[i]`` of ``rows``, null where it is -1."""
-    if rows is None:
-        return [pa.nulls(len(index), f.type) for f in fields]
-    if rows.num_rows == len(index) and index[0] == 0 and np.all(np.diff(index) == 1):
-        return [rows.column(f.name).combine_chunks() for f in fields]  # every row, in order: no take
-    indices = pa.array(index, mask=index < 0)
-    taken = rows.take(indices)
-    return [taken.column(f.name).combine_chunks() for f in fields]
-
-
-def _native_overwrite(table: Any, reader: pa.RecordBatchReader) -> int:
-    """Overwrite ``table`` with ``reader`` as given; returns the new version.
-
-    ``Table.add(mode="overwrite")`` would first run lancedb's "bad vectors" check on every
-    fixed_size_list of >= 10 floats: it refuses (or with ``on_bad_vectors="null"`` nulls out) a
-    vector holding NaN or null in *any* column, the table's own included, which would refuse
-    this write or change other columns. The native ``add`` behind it writes the stream as is.
-    """
-    from lancedb.background_loop import LOOP
-    from lancedb.scannable import to_scannable
-
-    inner = getattr(getattr(table, "_table", None), "_inner", None)
-    if inner is None or not hasattr(inner, "add"):
-        raise PredictionWriteError(
-            f"this lancedb ({type(table).__name__}) has no native add to overwrite table {table.name!r} with"
-        )
-
-    async def add() -> Any:
-        return await inner.add(to_scannable(reader), "overwrite")
-
-    return int(LOOP.run(add()).version)
-
-
-@dataclass
-class _Target:
-    """Where and how the run writes; resolved once per run from the datamodule and the options."""
-
-    source: TableSource  # the table read, pinned
-    table: str | None  # a separate table to write, or None: new columns of the source
-    keys: list[str] = field(default_factory=list)  # separate table: source columns kept as keys
-
-
-def _table_moved(source: TableSource, latest: Any) -> str | None:
-    """Why ``latest`` (the table now) is not the version the run read, or None."""
-    if latest.version != source.version:
-        return f"it is at version {latest.version} now, the run read version {source.version}"
-    stamp = version_time(latest)
-    if source.version_time is not None and stamp is not None and stamp != source.version_time:
-        return (
-            f"its version {latest.version} was committed at {stamp}, the one read at {source.version_time} "
-            "(dropped and recreated)"
-        )
-    return None
-
-
-def commit_columns(
-    source: TableSource, staged: _Staged, *, overwrite: bool = False, drop_indexes: bool = False
-) -> dict[str, Any]:
-    """Write the staged outputs as columns of ``source``'s table: one overwrite, one new version."""
-    latest = source.pinned(None).open()
-    moved = _table_moved(source, latest)
-    if moved:
-        raise TableMovedError(
-            f"table {source.name!r} changed while predicting ({moved}). Writing the predictions would undo those "
-            "changes, so nothing was written: run predict again on the table as it is now."
-        )
-    fields = staged.output_fields
-    names = [f.name for f in fields]
-    _check_new_columns(source.name, latest.schema, names, overwrite=overwrite)
-    _check_indexes(latest, drop_indexes=drop_indexes)
-    pinned = source.open()
-    schema = pinned.schema
-    new = {f.name: f for f in fields}
-    out_fields = [new.pop(f.name) if f.name in new else f for f in schema]
-    out_schema = pa.schema([*out_fields, *new.values()], metadata=schema.metadata)
-    table_columns = schema.names
-    placed = 0
-
-    def chunks() -> Iterator[pa.RecordBatch]:
-        nonlocal placed
-        scan = pinned.search().select([*table_columns, ROWID]).to_batches(COMMIT_CHUNK_ROWS)
-        for chunk in scan:
-            rows, index = staged.gather(chunk.column(ROWID).to_numpy())
-            placed += int((index >= 0).sum())
-            outputs = dict(zip(names, _take(rows, index, fields)))
-            arrays = [outputs[name] if name in outputs else chunk.column(name) for name in out_schema.names]
-            yield pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-        if placed != staged.num_rows:  # raising here aborts the write: no version is committed
-            raise PredictionWriteError(
-                f"{staged.num_rows - placed} of {staged.num_rows} predicted rows are not in version {source.version} "
-                f"of table {source.name!r}"
-            )
-
-    rows_before = pinned.count_rows()
-    version = _native_overwrite(latest, pa.RecordBatchReader.from_batches(out_schema, chunks()))
-    if version != source.version + 1:
-        # Another commit landed between the check above and ours, and an overwrite does not
-        # conflict with it: put the table back as that commit left it, and say so.
-        latest.restore(version - 1)
-        raise TableMovedError(
-            f"table {source.name!r} got another commit (version {version - 1}) while the predictions were written "
-            f"(version {version}); restored version {version - 1} as version {latest.version}, so neither is lost. "
-            "Run predict again."
-        )
-    rows_after = latest.count_rows()
-    if rows_after != rows_before:  # cannot happen: every row of the pinned version was streamed once
-        latest.restore(source.version)
-        raise PredictionWriteError(f"wrote {rows_after} rows for {rows_before}; restored version {source.version}")
-    return {"table": source.name, "version": version, "columns": names, "rows": staged.num_rows, "of": rows_before}
-
-
-def commit_table(source: TableSource, staged: _Staged, name: str, keys: Sequence[str], *, overwrite: bool) -> dict:
-    """Write the staged outputs with their key columns as a new table ``name`` (one commit)."""
-    pinned = source.open()
-    fields = staged.output_fields
-    extra = [k for k in keys if k != KEY_ROWID]
-    key_fields = [pa.field(KEY_ROWID, pa.uint64(), nullable=False)] if KEY_ROWID in keys else []
-    key_fields += [pinned.schema.field(k) for k in extra]
-    metadata = {
-        b"lance_lightning.source": json.dumps(
-            {"uri": source.uri, "table": source.name, "version": source.version, "version_time": source.version_time}
-        ).encode()
-    }
-    schema = pa.schema([*key_fields, *fields], metadata=metadata)
-
-    def rows_in_order() -> Iterator[pa.RecordBatch]:
-        if not extra:  # the staged addresses are the whole key: no read of the table
-            for batch in staged.in_order():
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
-            return
-        placed = 0
-        for chunk in pinned.search().select([*extra, ROWID]).to_batches(COMMIT_CHUNK_ROWS):
-            rows, index = staged.gather(chunk.column(ROWID).to_numpy())
-            hit = np.flatnonzero(index >= 0)
-            if not len(hit):
-                continue
-            placed += len(hit)
-            picked = pa.array(hit)
-            keys_part = {KEY_ROWID: chunk.column(ROWID).take(picked)} | {k: chunk.column(k).take(picked) for k in extra}
-            outputs = dict(zip([f.name for f in fields], _take(rows, index[hit], fields)))
-            yield pa.RecordBatch.from_arrays([(keys_part | outputs)[f.name] for f in schema], schema=schema)
-        if placed != staged.num_rows:
-            raise PredictionWriteError(f"{staged.num_rows - placed} predicted rows are not in table {source.name!r}")
-
-    db = connect(source.uri, storage_options=source.storage_options, **dict(source.connect_kwargs or {}))
-    reader = pa.RecordBatchReader.from_batches(schema, rows_in_order())
-    written = db.create_table(name, reader, mode="overwrite" if overwrite else "create")
-    return {"table": name, "version": written.version, "columns": [f.name for f in fields], "rows": staged.num_rows}
-
-
-def _check_new_columns(table_name: str, schema: pa.Schema, names: Sequence[str], *, overwrite: bool) -> None:
-    reserved = sorted(set(names) & _RESERVED)
-    if reserved:
-        raise PredictionWriteError(f"output column name(s) {reserved} are reserved by lance/lancedb; pick another")
-    existing = [n for n in names if n in schema.names]
-    if existing and not overwrite:
-        raise PredictionWriteError(
-            f"table {table_name!r} already has column(s) {existing}: nothing was written. Pick another column name, "
-            "or pass overwrite=True to replace them"
-        )
-
-
-def _check_indexes(table: Any, *, drop_indexes: bool) -> None:
-    indexes = table.list_indices()
-    if indexes and not drop_indexes:
-        shown = ", ".join(f"{i.name} ({i.index_type} on {', '.join(i.columns)})" for i in indexes)
-        raise PredictionWriteError(
-            f"table {table.name!r} has indexes: {shown}. Writing columns rewrites the table in one commit, which drops "
-            "them (lancedb 0.40 cannot add a column with values otherwise). Pass drop_indexes=True and rebuild them "
-            "afterwards, or write the predictions to a table of their own: LancePredictionWriter(table=...)"
-        )
+from .source import TableSource, connect, is_local_uri, list_table_names
+from .writer_fragments import (
+    FILES_LIST,
+    BackgroundColumnWriter,
+    FragmentColumnWriter,
+    FragmentPlan,
+    commit_merge,
+    lance_module,
+    remove_unreferenced,
+)
+from .writer_rewrite import _check_indexes, _check_new_columns, _table_moved, _Target, commit_columns, commit_table
+from .writer_stage import (
+    KEY_ROWID,
+    ROWID,
+    STAGING_DIRNAME,
+    PredictionWriteError,
+    TableMovedError,
+    _RankStage,
+    _remove_staging,
+    _Staged,
+    prediction_arrays,
+)
+
+__all__ = [
+    "KEY_ROWID",
+    "STAGING_DIRNAME",
+    "LancePredictionWriter",
+    "PredictionWriteError",
+    "TableMovedError",
+    "prediction_arrays",
+]
 
 
 # -- the callback -------------------------------------------------------------------------------
@@ -521,7 +96,9 @@ class _Run:
     directory: Path
     stage: _RankStage
     written: np.ndarray  # one flag a batch: written once
+    world_size: int = 1
     checked: bool = False
+    streamer: BackgroundColumnWriter | None = None  # one rank, pylance: data files written during the loop
 
 
 class LancePredictionWriter(BasePredictionWriter):
@@ -612,6 +189,10 @@ class LancePredictionWriter(BasePredictionWriter):
             if directory.exists():
                 size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
                 rank_zero_info(f"removing staging files of an interrupted run ({size:,} bytes): {directory}")
+                if target.table is None:
+                    removed = remove_unreferenced(directory, target.source.open())
+                    if removed:
+                        rank_zero_info(f"removed {removed} data file(s) an interrupted run wrote into the table")
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
         trainer.strategy.barrier("lance_prediction_writer_start")
@@ -627,6 +208,7 @@ class LancePredictionWriter(BasePredictionWriter):
             directory=directory,
             stage=_RankStage(directory, trainer.global_rank),
             written=np.zeros(len(bounds), dtype=bool),
+            world_size=trainer.world_size,
         )
 
     def _target(self, source: TableSource) -> _Target:
@@ -641,7 +223,8 @@ class LancePredictionWriter(BasePredictionWriter):
                     "would be written onto an old version and undo the changes since. Read the latest version "
                     "(LanceDataModule(version=None)) or write to a table of its own (table=...)"
                 )
-            _check_indexes(latest, drop_indexes=self.drop_indexes)
+            if lance_module() is None:  # the commit rewrites the table (with pylance: checked at the first batch)
+                _check_indexes(latest, drop_indexes=self.drop_indexes)
             return _Target(source, None)  # the column names are checked at the first batch (a dict names them)
         if self.table == source.name:
             raise PredictionWriteError(f"table={self.table!r} is the table read; use column= to add columns to it")
@@ -707,14 +290,25 @@ class LancePredictionWriter(BasePredictionWriter):
         if not run.checked:
             run.checked = True
             if run.target.table is None:
-                schema = run.target.source.open().schema
-                _check_new_columns(run.target.source.name, schema, list(columns), overwrite=self.overwrite)
+                table = run.target.source.open()
+                _check_new_columns(run.target.source.name, table.schema, list(columns), overwrite=self.overwrite)
+                fields = [pa.field(name, values.type, metadata=meta) for name, (values, meta) in columns.items()]
+                plan, why = FragmentPlan.make(table, run.target.source, fields)
+                if plan is None:
+                    rank_zero_info(f"LancePredictionWriter: the commit rewrites the table: {why}")
+                    _check_indexes(table, drop_indexes=self.drop_indexes)
+                elif run.world_size == 1:
+                    run.streamer = BackgroundColumnWriter(FragmentColumnWriter(plan, run.directory / FILES_LIST))
             else:
                 clash = sorted(set(columns) & set(run.target.keys))
                 if clash:
                     raise PredictionWriteError(f"output column(s) {clash} are also key columns of table {self.table!r}")
         addresses = run.rows.select(take_padded(run.order, start, stop, run.num_rows))
-        run.stage.write(addresses, columns)
+        if run.streamer is not None:
+            arrays = [values for values, _ in columns.values()]
+            run.streamer.write(addresses, pa.RecordBatch.from_arrays(arrays, schema=run.streamer.writer.schema))
+        else:
+            run.stage.write(addresses, columns)
         run.written[batch_idx] = True
 
     # -- end: one commit ------------------------------------------------------------------------
@@ -724,16 +318,25 @@ class LancePredictionWriter(BasePredictionWriter):
         if run is None:
             return
         self._run = None
-        run.stage.finish(int(run.written.sum()))
+        streamed = None
+        try:
+            if run.streamer is not None:
+                streamed = run.streamer.finish()
+            run.stage.finish(int(run.written.sum()))
+        except BaseException:
+            self._abort(run)
+            raise
         trainer.strategy.barrier("lance_prediction_writer_staged")
         outcome: dict[str, Any]
         failure: BaseException | None = None
         if trainer.is_global_zero:
             try:
-                outcome = {"ok": self._commit(run, trainer.world_size)}
+                outcome = {"ok": self._commit(run, trainer.world_size, streamed)}
             except Exception as err:  # every rank raises it, below
                 failure = err
                 outcome = {"error": f"{type(err).__name__}: {err}"}
+                if run.streamer is not None:
+                    run.streamer.writer.abort()  # no version refers to its files
             finally:
                 _remove_staging(run.directory)
         else:
@@ -750,23 +353,65 @@ class LancePredictionWriter(BasePredictionWriter):
             f"{written['table']!r}, version {written['version']}"
         )
 
-    def _commit(self, run: _Run, world_size: int) -> dict[str, Any]:
+    def _commit(self, run: _Run, world_size: int, streamed: dict[int, Any] | None) -> dict[str, Any]:
+        target = run.target
+        if streamed is not None:  # the data files are written: one Merge commit
+            writer = run.streamer.writer
+            if not writer.rows:
+                raise PredictionWriteError("no rows were predicted: nothing to write")
+            _refuse_moved(target.source, "while predicting")
+            result = commit_merge(writer.plan, streamed, writer.rows)
+            return self._report(result)
         staged = _Staged(run.directory, world_size)
         if staged.schema is None:
             raise PredictionWriteError("no rows were predicted: nothing to write")
-        target = run.target
         if target.table is None:
+            table = target.source.open()
+            plan, _ = FragmentPlan.make(table, target.source, staged.output_fields)
+            if plan is not None:  # the ranks' staged batches, merged in address order, into data files
+                _refuse_moved(target.source, "while predicting")
+                writer = FragmentColumnWriter(plan, run.directory / FILES_LIST)
+                try:
+                    for batch in staged.in_order():
+                        writer.write(
+                            batch.column(0).to_numpy(),
+                            pa.RecordBatch.from_arrays(batch.columns[1:], schema=writer.schema),
+                        )
+                    if writer.rows != staged.num_rows:
+                        raise PredictionWriteError(f"{staged.num_rows - writer.rows} predicted rows were not written")
+                    return self._report(commit_merge(plan, writer.finish(), writer.rows))
+                except BaseException:
+                    writer.abort()
+                    raise
             result = commit_columns(target.source, staged, overwrite=self.overwrite, drop_indexes=self.drop_indexes)
-            unpredicted = result["of"] - result["rows"]
-            if unpredicted:
-                rank_zero_info(f"{unpredicted:,} rows of table {target.source.name!r} were not predicted: nulls")
-            return result
+            return self._report(result)
         return commit_table(target.source, staged, target.table, target.keys, overwrite=self.overwrite)
+
+    @staticmethod
+    def _report(result: dict[str, Any]) -> dict[str, Any]:
+        unpredicted = result["of"] - result["rows"]
+        if unpredicted:
+            rank_zero_info(f"{unpredicted:,} rows of table {result['table']!r} were not predicted: nulls")
+        return result
+
+    def _abort(self, run: _Run) -> None:
+        if run.streamer is not None:
+            run.streamer.abort()
+        run.stage.abort()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._run is not None:
-            self._run.stage.abort()
+            self._abort(self._run)
             self._run = None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def _refuse_moved(source: TableSource, when: str) -> None:
+    moved = _table_moved(source, source.pinned(None).open())
+    if moved:
+        raise TableMovedError(
+            f"table {source.name!r} changed {when} ({moved}). Writing the predictions would undo those "
+            "changes, so nothing was written: run predict again on the table as it is now."
+        )

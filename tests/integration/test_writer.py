@@ -18,12 +18,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lance_lightning import LanceDataModule, LancePredictionWriter
+from lance_lightning import LanceDataModule, LancePredictionWriter, writer_rewrite
 from lance_lightning import writer as writer_module
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME, PredictionWriteError, TableMovedError
+from lance_lightning.writer_fragments import FILES_LIST, lance_module
 from tests.conftest import toy_table
 
 ROWS = 203  # odd: the last batch is short
+HAS_LANCE = lance_module() is not None
+needs_lance = pytest.mark.skipif(not HAS_LANCE, reason="pylance is not installed: the commit rewrites the table")
+rewrites = pytest.mark.skipif(HAS_LANCE, reason="pylance is installed: new columns are merged, not rewritten")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
@@ -176,6 +180,7 @@ def test_table_moved_during_predict_is_refused(rows):
     assert latest.version == 2 and "score" not in latest.schema.names and latest.count_rows() == ROWS - 1
 
 
+@rewrites
 def test_commit_that_lands_after_another_is_undone(rows, monkeypatch):
     """The race the check before the commit cannot close: another commit lands while ours is
     written. The overwrite is undone by restoring the other commit's version."""
@@ -189,12 +194,14 @@ def test_commit_that_lands_after_another_is_undone(rows, monkeypatch):
         return None
 
     monkeypatch.setattr(writer_module, "_table_moved", not_moved_until_commit)
+    monkeypatch.setattr(writer_rewrite, "_table_moved", not_moved_until_commit)
     with pytest.raises(TableMovedError, match="got another commit.*restored version 2 as version 4"):
         predict(uri, LancePredictionWriter(column="score"), output="score")
     latest = lancedb.connect(uri).open_table("rows")
     assert latest.version == 4 and "score" not in latest.schema.names and latest.count_rows() == ROWS - 1
 
 
+@rewrites
 def test_indexes_refused_unless_dropped(rows):
     uri, table = rows
     from lancedb.index import BTree
@@ -300,3 +307,78 @@ def test_predict_entry_point(digits_db, tmp_path):
     with torch.no_grad():
         want = model(images).argmax(1).numpy()
     assert np.array_equal(got["label_pred"].to_numpy(), want)
+
+
+@needs_lance
+def test_commit_that_lands_after_another_is_refused_by_lance(rows, monkeypatch):
+    """A commit landing between our last check and our Merge: lance's conflict check refuses
+    ours, the other commit stays, and our data files are removed."""
+    uri, table = rows
+    checks = []
+
+    def not_moved_until_commit(source, latest):
+        checks.append(latest.version)
+        if len(checks) == 2:  # the check before the commit passed: now another writer commits
+            lancedb.connect(uri).open_table("rows").delete("id = 0")
+        return None
+
+    monkeypatch.setattr(writer_module, "_table_moved", not_moved_until_commit)
+    data = Path(uri) / "rows.lance" / "data"
+    files_before = set(data.iterdir())
+    with pytest.raises(TableMovedError, match="got another commit.*nothing was written"):
+        predict(uri, LancePredictionWriter(column="score"), output="score")
+    latest = lancedb.connect(uri).open_table("rows")
+    assert latest.version == 2 and "score" not in latest.schema.names and latest.count_rows() == ROWS - 1
+    assert set(data.iterdir()) == files_before  # our data files are gone
+
+
+@needs_lance
+def test_row_addresses_and_indexes_survive(tmp_path):
+    """Several fragments, deleted rows, a filter that skips a whole fragment, a scalar and a
+    vector index: the columns are added beside the rows, nothing else moves."""
+    from lancedb.index import BTree, IvfFlat
+
+    uri = str(tmp_path / "db")
+    db = lancedb.connect(uri)
+    table = db.create_table("rows", toy_table(300))
+    for start in (300, 600):
+        part = toy_table(300)
+        part = part.set_column(part.schema.get_field_index("id"), "id", pa.array(np.arange(start, start + 300)))
+        table.add(part)
+    table.delete("id % 11 = 4")
+    table.create_index("id", config=BTree())
+    table.create_index("x", config=IvfFlat(num_partitions=2))
+    indexes = sorted(i.name for i in table.list_indices())
+    before = table.search().select(["id"]).with_row_id(True).to_arrow()
+    result = predict(uri, LancePredictionWriter(column="score"), output="score", filter="id < 250 OR id >= 600")
+    latest = lancedb.connect(uri).open_table("rows")
+    assert result["version"] == latest.version == table.version + 1
+    assert sorted(i.name for i in latest.list_indices()) == indexes
+    after = latest.search().select(["id", "x", "score"]).with_row_id(True).to_arrow()
+    assert after["_rowid"].equals(before["_rowid"]) and after["id"].equals(before["id"])
+    ids = after["id"].to_numpy()
+    wanted = (ids < 250) | (ids >= 600)
+    assert np.array_equal(after["score"].is_null().to_numpy(zero_copy_only=False), ~wanted)
+    got = after.filter(pa.array(wanted))
+    assert np.array_equal(got["score"].to_numpy(), expected(got, "score"))
+    assert latest.search().where("id = 700").select(["score"]).to_arrow().num_rows == 1  # the scalar index works
+    hits = latest.search(np.zeros(4, dtype=np.float32), vector_column_name="x").limit(3).select(["id"]).to_arrow()
+    assert hits.num_rows == 3  # the vector index works
+
+
+@needs_lance
+def test_data_files_of_a_killed_run_are_removed(rows):
+    """What a run killed mid-predict leaves in the table's data directory (listed in its staging
+    directory) is removed by the next run; files a version refers to are kept."""
+    uri, table = rows
+    data = Path(uri) / "rows.lance" / "data"
+    files_before = set(data.iterdir())
+    leftover = table_dir(uri) / "rows.columns-score"
+    leftover.mkdir(parents=True)
+    orphan = data / "0123456789abcdef.lance"
+    orphan.write_bytes(b"\0" * 100)  # half-written, never committed
+    kept = sorted(files_before)[0]
+    (leftover / FILES_LIST).write_text(f"{orphan}\n{kept}\n")
+    predict(uri, LancePredictionWriter(column="score"), output="score")
+    assert not orphan.exists() and kept.exists() and not leftover.exists()
+    assert len(set(data.iterdir()) - files_before) == 1  # the new column's one data file

@@ -1,0 +1,318 @@
+"""New columns added fragment by fragment with pylance: only the new data is written.
+
+Each fragment of the pinned version gets one new data file holding the new columns for all its
+physical rows, in row-offset order (rows not predicted, deleted ones included, are null). The
+files are written with ``lance.file.LanceFileWriter`` at paths chosen (and recorded in the
+staging directory) *before* they are opened, then one ``LanceOperation.Merge`` commit, based on
+the pinned version, adds them to the fragments. So:
+
+* row addresses and the fragments do not change, and every index of the table is kept;
+* the commit is metadata only (a few ms); the data files cost what writing the outputs costs
+  once. With one rank they are written during the predict loop, by a background thread fed
+  batch by batch (:class:`BackgroundColumnWriter`), so the second core hides most of it;
+  with more ranks the batches of a fragment come from every rank (they are dealt out
+  round-robin), so the ranks stage them and rank 0 writes the files at the end;
+* the commit conflicts with any commit since the pinned version (lance's conflict check):
+  the writer then refuses, and the table is left as it is;
+* a run killed before the commit leaves the table unchanged; the data files it wrote are
+  listed in its staging directory, and the next run deletes those that no version refers to.
+
+Used when ``import lance`` works (``pip install pylance``, or ``lancedb[pylance]``), the
+columns are new, the table has no stable row ids (its ``_rowid`` is the row address) and its
+field ids are the ones a schema conversion gives; otherwise the writer falls back to the
+rewrite of :mod:`.writer_rewrite` and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .source import TableSource
+from .writer_stage import PredictionWriteError, TableMovedError
+
+FILES_LIST = "data-files.txt"
+"""In a run's staging directory: the data files the run opened in the table, one a line."""
+NULL_CHUNK_ROWS = 65_536
+QUEUE_BATCHES = 8
+"""Batches a background writer holds at most: memory stays a few batches, whatever the table size."""
+_LOW = np.uint64(0xFFFFFFFF)
+_SHIFT = np.uint64(32)
+
+
+def lance_module() -> Any:
+    """pylance's ``lance`` module, or None when it is not installed."""
+    try:
+        import lance
+        import lance.file  # noqa: F401
+    except ImportError:
+        return None
+    return lance
+
+
+class FragmentPlan:
+    """The pinned version's fragments and the schema with the new columns (field ids assigned)."""
+
+    def __init__(self, lance: Any, table: Any, source: TableSource, fields: list[pa.Field]) -> None:
+        from lance.schema import LanceSchema
+
+        self.lance, self.source, self.fields = lance, source, fields
+        self.uri = table.uri
+        self.storage_options = dict(source.storage_options) if source.storage_options else None
+        self.dataset = lance.dataset(self.uri, version=source.version, storage_options=self.storage_options)
+        arrow = self.dataset.schema
+        self.schema = LanceSchema.from_pyarrow(pa.schema([*arrow, *fields], metadata=arrow.metadata))
+        self.field_ids = [self.schema.field(f.name).id() for f in fields]
+        self.file_version = self.dataset.data_storage_version
+        self.major, self.minor = (int(v) for v in self.file_version.split("."))
+        self.physical_rows = {f.fragment_id: f.metadata.physical_rows for f in self.dataset.get_fragments()}
+
+    @classmethod
+    def make(cls, table: Any, source: TableSource, fields: list[pa.Field]) -> tuple[FragmentPlan | None, str]:
+        """``(plan, "")``, or ``(None, why not)`` when the columns cannot be added fragment by fragment."""
+        lance = lance_module()
+        if lance is None:
+            return None, "pylance is not installed (pip install pylance)"
+        existing = [f.name for f in fields if f.name in table.schema.names]
+        if existing:
+            return None, f"column(s) {existing} are replaced (overwrite=True), not added"
+        uri = getattr(table, "uri", None)
+        if not isinstance(uri, str):
+            return None, f"this lancedb table ({type(table).__name__}) has no dataset uri"
+        from lance.schema import LanceSchema
+
+        plan = cls(lance, table, source, fields)
+        if plan.dataset.has_stable_row_ids:
+            return None, "the table has stable row ids (its _rowid is not the row address)"
+        if str(LanceSchema.from_pyarrow(plan.dataset.schema)) != str(plan.dataset.lance_schema):
+            return None, "the table's field ids are not the sequential ones (columns were dropped or altered)"
+        return plan, ""
+
+    def data_path(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/data/{name}"
+
+
+class FragmentColumnWriter:
+    """Writes the new columns of each fragment to its own data file, from batches in address order.
+
+    ``write(addresses, batch)`` takes sorted row addresses and their outputs; batches come in
+    increasing address order (one rank, or the ranks' staged batches merged). Gaps are nulls.
+    """
+
+    def __init__(self, plan: FragmentPlan, files_list: Path) -> None:
+        self.plan, self.files_list = plan, files_list
+        self.schema = pa.schema(plan.fields)
+        self.files: dict[int, Any] = {}  # fragment id -> DataFile
+        self.paths: list[str] = []
+        self.rows = 0
+        self._fragment: int | None = None
+        self._writer: Any = None
+        self._name = ""
+        self._cursor = 0
+
+    def write(self, addresses: np.ndarray, batch: pa.RecordBatch) -> None:
+        addresses = np.asarray(addresses, dtype=np.uint64)
+        fragments = (addresses >> _SHIFT).astype(np.int64)
+        offsets = (addresses & _LOW).astype(np.int64)
+        cuts = np.flatnonzero(np.diff(fragments)) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(addresses)]):
+            self._open(int(fragments[lo]))
+            self._put(offsets[lo:hi], batch.slice(lo, hi - lo))
+
+    def _open(self, fragment: int) -> None:
+        if fragment == self._fragment:
+            return
+        if fragment not in self.plan.physical_rows:
+            raise PredictionWriteError(
+                f"row addresses of fragment {fragment}, which version {self.plan.source.version} lacks"
+            )
+        if self._fragment is not None:
+            if fragment < self._fragment:
+                raise PredictionWriteError("predicted rows came out of table order: the writer needs them in order")
+            self._close()
+        if fragment in self.files:
+            raise PredictionWriteError(f"fragment {fragment} was written twice")
+        self._name = f"{uuid.uuid4().hex}.lance"
+        path = self.plan.data_path(self._name)
+        with open(self.files_list, "a") as fh:  # listed before it exists: a killed run's files are found
+            fh.write(path + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.paths.append(path)
+        from lance.file import LanceFileWriter
+
+        self._writer = LanceFileWriter(
+            path, self.schema, version=self.plan.file_version, storage_options=self.plan.storage_options
+        )
+        self._fragment, self._cursor = fragment, 0
+
+    def _nulls(self, count: int) -> None:
+        for start in range(0, count, NULL_CHUNK_ROWS):
+            n = min(NULL_CHUNK_ROWS, count - start)
+            self._writer.write_batch(
+                pa.RecordBatch.from_arrays([pa.nulls(n, f.type) for f in self.schema], schema=self.schema)
+            )
+
+    def _put(self, offsets: np.ndarray, batch: pa.RecordBatch) -> None:
+        first, last = int(offsets[0]), int(offsets[-1])
+        if first < self._cursor or last >= self.plan.physical_rows[self._fragment]:
+            raise PredictionWriteError(
+                f"row offset {first} of fragment {self._fragment} was predicted twice or out of order"
+            )
+        if last - first + 1 == len(offsets):  # a run of rows (the usual case): written as it is
+            self._nulls(first - self._cursor)
+            self._writer.write_batch(batch)
+        else:  # a filter left gaps: nulls in between
+            index = np.full(last + 1 - self._cursor, -1, dtype=np.int64)
+            index[offsets - self._cursor] = np.arange(len(offsets))
+            if np.count_nonzero(index >= 0) != len(offsets):
+                raise PredictionWriteError(f"a row of fragment {self._fragment} was predicted twice in one batch")
+            self._writer.write_batch(batch.take(pa.array(index, mask=index < 0)))
+        self._cursor = last + 1
+        self.rows += len(offsets)
+
+    def _close(self) -> None:
+        from lance.fragment import DataFile
+
+        self._nulls(self.plan.physical_rows[self._fragment] - self._cursor)
+        self._writer.close()
+        self._writer = None
+        path = self.plan.data_path(self._name)
+        size = os.path.getsize(path) if os.path.exists(path) else None
+        columns = list(range(len(self.plan.field_ids)))
+        self.files[self._fragment] = DataFile(
+            self._name, self.plan.field_ids, columns, self.plan.major, self.plan.minor, size
+        )
+        self._fragment = None
+
+    def finish(self) -> dict[int, Any]:
+        if self._fragment is not None:
+            self._close()
+        return self.files
+
+    def abort(self) -> None:
+        """Close and delete this writer's files (nothing refers to them: no commit was made)."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001 - best effort: the file is removed below
+            pass
+        self._writer = None
+        remove_files(self.paths, self.plan.storage_options)
+
+
+class BackgroundColumnWriter:
+    """A :class:`FragmentColumnWriter` in a thread: the predict loop hands it batches and goes on."""
+
+    def __init__(self, writer: FragmentColumnWriter) -> None:
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="lance-prediction-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self.writer.write(*item)
+                except BaseException as err:  # noqa: BLE001 - raised in the predict loop
+                    self._error = err
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise PredictionWriteError(f"writing the predictions failed: {self._error}") from self._error
+
+    def write(self, addresses: np.ndarray, batch: pa.RecordBatch) -> None:
+        self._raise()
+        self._queue.put((addresses, batch))
+
+    def finish(self) -> dict[int, Any]:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+        return self.writer.finish()
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self.writer.abort()
+
+
+def commit_merge(plan: FragmentPlan, files: dict[int, Any], rows: int) -> dict[str, Any]:
+    """One ``Merge`` commit on the pinned version: the new data files join their fragments."""
+    lance = plan.lance
+    from lance.fragment import FragmentMetadata
+
+    fragments = []
+    for fragment in plan.dataset.get_fragments():
+        meta = fragment.metadata
+        extra = [files[meta.id]] if meta.id in files else []  # no file: the fragment reads as nulls
+        fragments.append(
+            FragmentMetadata(meta.id, [*meta.files, *extra], meta.physical_rows, meta.deletion_file, meta.row_id_meta)
+        )
+    name = plan.source.name
+    try:
+        new = lance.LanceDataset.commit(
+            plan.uri,
+            lance.LanceOperation.Merge(fragments, plan.schema),
+            read_version=plan.source.version,
+            storage_options=plan.storage_options,
+        )
+    except Exception as err:
+        if "conflict" in type(err).__name__.lower() or "conflict" in str(err).lower():
+            raise TableMovedError(
+                f"table {name!r} got another commit while the predictions were written, so nothing was written "
+                f"(lance: {str(err).splitlines()[0][:200]}). Run predict again."
+            ) from err
+        raise
+    return {
+        "table": name,
+        "version": int(new.version),
+        "columns": [f.name for f in plan.fields],
+        "rows": rows,
+        "of": int(plan.dataset.count_rows()),
+    }
+
+
+def remove_files(paths: Iterable[str], storage_options: dict | None = None) -> None:
+    for path in paths:
+        if "://" in path and not path.startswith("file://"):
+            try:
+                import pyarrow.fs as pafs
+
+                fs, inner = pafs.FileSystem.from_uri(path)
+                fs.delete_file(inner)
+            except Exception:  # noqa: BLE001 - best effort: lance's cleanup removes unreferenced files
+                pass
+        else:
+            Path(path.removeprefix("file://")).unlink(missing_ok=True)
+
+
+def remove_unreferenced(directory: Path, table: Any) -> int:
+    """Delete the data files an interrupted run listed in ``directory`` that no version of
+    ``table`` refers to; returns how many."""
+    listed = directory / FILES_LIST
+    if not listed.exists():
+        return 0
+    paths = [p for p in listed.read_text().splitlines() if p]
+    lance = lance_module()
+    if not paths or lance is None:
+        return 0
+    dataset = lance.dataset(table.uri)
+    used = {f.path for fragment in dataset.get_fragments() for f in fragment.metadata.files}
+    stale = [p for p in paths if p.rsplit("/", 1)[-1] not in used]
+    remove_files(stale)
+    return len(stale)
