@@ -289,22 +289,6 @@ def test_unknown_column_lists_the_schema(make_table):
         LanceDataModule(uri, "toy", columns=["id", "label"]).setup()
 
 
-@pytest.mark.parametrize(
-    ("splits", "message"),
-    [
-        ({"train": -0.1, "val": 0.5}, r"fractions must be numbers >= 0; got train=-0.1"),
-        ({"train": 0.8, "val": 0.3}, r"sum to 1.1 \(train=0.8, val=0.3\).*at most 1"),
-        ({"kind": "shuffle"}, r"unknown split kind 'shuffle'; valid kinds are random, hash"),
-        ({"kind": "hash", "weights": {"a": 1}}, r"needs 'columns'"),
-        ({"kind": "random", "fractions": {"a": 0.5}, "seeed": 1}, r"does not take \['seeed'\]"),
-        ("train", r"`splits` must be a mapping"),
-    ],
-)
-def test_bad_split_specs(splits, message):
-    with pytest.raises(SplitSpecError, match=message):
-        LanceDataModule("/unused", "toy", splits=splits)
-
-
 def test_unknown_split_for_a_stage_lists_the_splits(make_table):
     uri, _ = make_table("toy", 30)
     dm = LanceDataModule(uri, "toy", stage_splits={"val": "holdout"})
