@@ -3,11 +3,12 @@
 :class:`LanceBatchSampler` subclasses ``DistributedSampler`` so that Lightning recognises it
 as already distributed: it neither wraps it in a second ``DistributedSampler`` (whatever
 ``use_distributed_sampler`` says) nor forgets to call :meth:`set_epoch` on it. Each item it
-yields is a whole batch (a sorted array of positions in the split, which the dataset maps to
-table offsets; or of the ``addresses`` given), or a :class:`~.dataset.BatchGroup` of
-consecutive batches that the dataset reads together.
+yields is a whole batch (an array of positions in the split, in the epoch's order, which the
+dataset maps to table offsets; or of the ``addresses`` given), or a
+:class:`~.dataset.BatchGroup` of consecutive batches that the dataset reads together.
 
-All arithmetic is in :mod:`.sharding`; this class only holds the values it needs.
+All arithmetic is in :mod:`.sharding`, the orders in :mod:`.orders` (looked up by name in its
+registry); this class only holds the values it needs.
 """
 
 from __future__ import annotations
@@ -20,23 +21,13 @@ from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .dataset import BatchGroup
-from .orders import EpochOrder
-from .sharding import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_WINDOW_BLOCKS,
-    SHUFFLE_MODES,
-    ShardPlan,
-    ShuffleMode,
-    order_for,
-    plan_epoch,
-    rank_batch_bounds,
-    take_padded,
-)
+from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, get_order
+from .sharding import ShardPlan, plan_epoch, rank_batch_bounds, take_padded
 from .state import TrainPosition
 
 
 class LanceBatchSampler(DistributedSampler):
-    """Yields this rank's batches of one split, each batch sorted in table order.
+    """Yields this rank's batches of one split, the rows of each in the epoch's order.
 
     Args:
         addresses: what the dataset reads row ``i`` of the split by (table offsets, row
@@ -44,7 +35,7 @@ class LanceBatchSampler(DistributedSampler):
             positions in the split.
         batch_size: rows per batch on this rank.
         num_replicas, rank: the world size and this process's global rank.
-        shuffle: ``"none"``, ``"uniform"`` or ``"block"`` (see :func:`.sharding.epoch_order`).
+        shuffle: a registered order: ``"none"``, ``"uniform"``, ``"block"`` (see :mod:`.orders`).
         seed: with the epoch, the only input of the shuffle.
         drop_last: training only: drop the last partial global step instead of padding it.
         even: every rank yields the same number of batches (training); when False every
@@ -61,7 +52,7 @@ class LanceBatchSampler(DistributedSampler):
         batch_size: int,
         num_replicas: int = 1,
         rank: int = 0,
-        shuffle: ShuffleMode = "none",
+        shuffle: str = "none",
         seed: int = 0,
         drop_last: bool = False,
         even: bool = True,
@@ -70,15 +61,17 @@ class LanceBatchSampler(DistributedSampler):
         group_batches: int = 1,
         position: TrainPosition | None = None,
     ) -> None:
-        if shuffle not in SHUFFLE_MODES:
-            raise ValueError(f"unknown shuffle mode {shuffle!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        # The public entry point: what a caller can get wrong fails here, clearly; the orders
+        # and lance_lightning.sharding below only assert (the datamodule's options are valid already).
+        self.order_class = get_order(shuffle)  # unknown mode: a ValueError listing the valid ones
+        for name, value in [("batch_size", batch_size), ("block_size", block_size), ("window_blocks", window_blocks)]:
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got rank={rank}")
-        # DistributedSampler.__init__ would query torch.distributed; set its fields directly.
         if group_batches < 1:
             raise ValueError(f"group_batches must be >= 1, got {group_batches}")
+        # DistributedSampler.__init__ would query torch.distributed; set its fields directly.
         self.dataset = None
         if isinstance(addresses, (int, np.integer)):
             self.addresses, self._num_rows = None, int(addresses)
@@ -89,7 +82,7 @@ class LanceBatchSampler(DistributedSampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle_mode = shuffle
-        self.shuffle = shuffle != "none"
+        self.shuffle = self.order_class.shuffles
         self.seed = seed
         self.drop_last = drop_last
         self.even = even
@@ -140,9 +133,7 @@ class LanceBatchSampler(DistributedSampler):
         """
         if not 0 <= consumed_rows <= self.num_rows:
             raise ValueError(f"consumed_rows must be in [0, {self.num_rows}], got {consumed_rows}")
-        self.position.resume(
-            epoch, consumed_rows, order_world_size=order_world_size, order_batch_size=order_batch_size
-        )
+        self.position.resume(epoch, consumed_rows, order_world_size=order_world_size, order_batch_size=order_batch_size)
 
     @property
     def batches_before_start(self) -> int:
@@ -180,9 +171,8 @@ class LanceBatchSampler(DistributedSampler):
         """This epoch's order (all ranks alike), evaluated slice by slice: never held whole."""
         key = (self.epoch, self.order_world_size, self.order_batch_size)
         if self._order is None or self._order[0] != key:
-            order = order_for(
+            order = self.order_class.create(
                 self.num_rows,
-                mode=self.shuffle_mode,
                 seed=self.seed,
                 epoch=self.epoch,
                 block_size=self.block_size,
@@ -212,12 +202,12 @@ class LanceBatchSampler(DistributedSampler):
             return
         # Bounds are relative to the resume point; padding wraps to the start of the whole
         # epoch order, so a resumed epoch pads with exactly the rows an uninterrupted one would.
-        # Each batch comes sorted: the batch is the same set of rows, and the read then needs no
-        # reordering (the order inside a batch carries no randomness a loss uses).
+        # A batch's rows come in the epoch's order, not sorted: neighbours in a batch are as far
+        # apart in the table as the order makes them (the dataset reads sorted offsets and puts
+        # the rows back in this order).
         offset = self.start_row
-        arrange = (lambda p: p) if self.shuffle_mode == "none" else np.sort  # table order is sorted already
         batches = (
-            self._addressed(arrange(take_padded(order, offset + start, offset + stop, self.num_rows)))
+            self._addressed(take_padded(order, offset + start, offset + stop, self.num_rows))
             for start, stop in rank_batch_bounds(self.plan(), rank=self.rank)
         )
         if self.group_batches == 1:

@@ -6,7 +6,8 @@ seed, epoch): no torch.distributed, no I/O, so every rule can be tested exhausti
 Model
 -----
 A split has ``num_rows`` rows, numbered 0..num_rows-1 in table order. For each epoch,
-:func:`epoch_order` gives a sequence of those positions (a permutation, or the identity).
+:func:`epoch_order` gives a sequence of those positions: the order of the ``shuffle`` mode,
+from the registry in :mod:`.orders` (a permutation, or the identity).
 The sequence is cut into *global steps* of ``world_size * batch_size`` rows; at step k,
 rank r reads rows ``[(k * world_size + r) * batch_size, ... + batch_size)``. So after every
 rank has read k batches, exactly the first ``k * world_size * batch_size`` rows of the
@@ -14,6 +15,10 @@ epoch order have been consumed, whatever the world size: that prefix length is t
 point. The ``none`` and ``uniform`` orders do not depend on the world size at all; the
 ``block`` order is dealt out per rank (see :class:`~.orders.BlockOrder`), so a resume re-creates the
 interrupted epoch's order with the world size and batch size it started with.
+
+The functions assume valid arguments (``world_size``, ``batch_size >= 1``, ``0 <= rank <
+world_size``): :class:`~.sampler.LanceBatchSampler` and :mod:`.options` check what users pass;
+here only ``assert`` catches internal misuse.
 
 Training (``even=True``) makes every rank read the same number of batches:
 
@@ -30,11 +35,19 @@ step is split into per-rank batches, so rank batch counts differ by at most one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from .orders import BlockOrder, EpochOrder, SequentialOrder, UniformOrder, window_rows
+from .orders import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_WINDOW_BLOCKS,
+    SHUFFLE_MODES,
+    EpochOrder,
+    ShuffleMode,
+    order_for,
+    window_rows,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -49,51 +62,8 @@ __all__ = [
     "take_padded",
     "window_rows",
 ]
-
-ShuffleMode = Literal["none", "uniform", "block"]
-SHUFFLE_MODES: tuple[str, ...] = ("none", "uniform", "block")
-DEFAULT_BLOCK_SIZE = 4096
-"""Rows of one block in the ``block`` shuffle: large enough that a range scan of it runs near
-the speed of a sequential scan (4,096 rows: ~1M rows/s, 16,384: ~1.5M here)."""
-DEFAULT_WINDOW_BLOCKS = 8
-"""Blocks whose rows are mixed together in the ``block`` shuffle."""
-
-
-def order_for(
-    num_rows: int,
-    *,
-    mode: ShuffleMode,
-    seed: int,
-    epoch: int,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    window_blocks: int = DEFAULT_WINDOW_BLOCKS,
-    streams: int = 1,
-    batch_size: int = 1,
-) -> EpochOrder:
-    """Epoch ``epoch``'s order as an object that computes any slice of it (see :mod:`.orders`).
-
-    * ``none``: table order.
-    * ``uniform``: a uniformly random permutation (keyed Feistel, evaluated per batch).
-    * ``block``: see :class:`~.orders.BlockOrder`; ``streams`` (the world size) and
-      ``batch_size`` shape it so that each rank reads its own blocks.
-    """
-    if num_rows < 0:
-        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
-    if mode == "none":
-        return SequentialOrder(num_rows)
-    if mode == "uniform":
-        return UniformOrder(num_rows, seed=seed, epoch=epoch)
-    if mode == "block":
-        return BlockOrder(
-            num_rows,
-            seed=seed,
-            epoch=epoch,
-            block_size=block_size,
-            window_blocks=window_blocks,
-            streams=streams,
-            batch_size=batch_size,
-        )
-    raise ValueError(f"unknown shuffle mode {mode!r}; valid modes are {', '.join(SHUFFLE_MODES)}")
+# The orders themselves (and the registry that SHUFFLE_MODES and ShuffleMode come from) live
+# in lance_lightning.orders; they are re-exported here, where the epoch arithmetic uses them.
 
 
 def epoch_order(num_rows: int, **kwargs: Any) -> np.ndarray:
@@ -132,12 +102,9 @@ class ShardPlan:
 
 def plan_epoch(num_rows: int, *, world_size: int, batch_size: int, drop_last: bool, even: bool) -> ShardPlan:
     """Cut an epoch of ``num_rows`` rows into global steps; see the module docstring."""
-    if num_rows < 0:
-        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    assert num_rows >= 0, f"num_rows must be >= 0, got {num_rows}"
+    assert world_size >= 1, f"world_size must be >= 1, got {world_size}"
+    assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
     step = world_size * batch_size
     full_steps, rest = divmod(num_rows, step)
     padded = dropped = 0
@@ -164,8 +131,7 @@ def rank_batch_bounds(plan: ShardPlan, *, rank: int) -> list[tuple[int, int]]:
 
     Slices may run past ``plan.num_rows`` only into padding; see :func:`take_padded`.
     """
-    if not 0 <= rank < plan.world_size:
-        raise ValueError(f"rank must be in [0, {plan.world_size}), got {rank}")
+    assert 0 <= rank < plan.world_size, f"rank must be in [0, {plan.world_size}), got {rank}"
     b, w = plan.batch_size, plan.world_size
     bounds = [((k * w + rank) * b, (k * w + rank + 1) * b) for k in range(plan.full_steps)]
     if plan.tail_rows:

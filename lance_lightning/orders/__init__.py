@@ -1,0 +1,103 @@
+"""Epoch orders, one class a file, and the registry that the ``shuffle`` setting names them in.
+
+* ``none`` (:class:`SequentialOrder`): table order.
+* ``uniform`` (:class:`UniformOrder`): a keyed Feistel permutation, any position computed alone.
+* ``block`` (:class:`BlockOrder`): shuffled blocks dealt per rank, rows mixed within windows.
+
+Each order says how it is built (:meth:`~.base.EpochOrder.create`), how many batches a worker
+reads together (:meth:`~.base.EpochOrder.group_batches`) and whether those reads are contiguous
+runs of the table. Adding one: a file with an :class:`~.base.EpochOrder` subclass, and a
+``register`` line below (or :func:`register` from your own code).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .base import SEQUENTIAL_READ_ROWS, EpochOrder, rng, seed_sequence
+from .block import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, BlockOrder, window_rows
+from .none import SequentialOrder
+from .uniform import FEISTEL_ROUNDS, UniformOrder
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_WINDOW_BLOCKS",
+    "FEISTEL_ROUNDS",
+    "SEQUENTIAL_READ_ROWS",
+    "SHUFFLE_MODES",
+    "BlockOrder",
+    "EpochOrder",
+    "SequentialOrder",
+    "ShuffleMode",
+    "UniformOrder",
+    "get_order",
+    "order_for",
+    "order_names",
+    "register",
+    "rng",
+    "seed_sequence",
+    "window_rows",
+]
+
+ORDERS: dict[str, type[EpochOrder]] = {}
+"""Every order by its ``shuffle`` name, in registration order."""
+
+
+def register(order: type[EpochOrder]) -> type[EpochOrder]:
+    """Make ``order`` selectable as ``shuffle=order.name`` (usable as a class decorator)."""
+    if not (isinstance(order, type) and issubclass(order, EpochOrder) and isinstance(order.__dict__.get("name"), str)):
+        raise TypeError(f"{order!r} must be an EpochOrder subclass with its own `name`")
+    if ORDERS.get(order.name, order) is not order:
+        raise ValueError(f"shuffle mode {order.name!r} is already registered by {ORDERS[order.name].__qualname__}")
+    ORDERS[order.name] = order
+    return order
+
+
+register(SequentialOrder)
+register(UniformOrder)
+register(BlockOrder)
+
+SHUFFLE_MODES: tuple[str, ...] = tuple(ORDERS)
+"""The built-in shuffle modes (orders registered later are in :func:`order_names`)."""
+ShuffleMode = Literal[SHUFFLE_MODES]  # type: ignore[valid-type]  # Literal["none", "uniform", "block"]
+
+
+def order_names() -> tuple[str, ...]:
+    """Every registered shuffle mode, those registered after import included."""
+    return tuple(ORDERS)
+
+
+def get_order(name: str) -> type[EpochOrder]:
+    """The order class of shuffle mode ``name``; a ValueError naming the valid modes if unknown."""
+    order = ORDERS.get(name) if isinstance(name, str) else None
+    if order is None:
+        raise ValueError(f"unknown shuffle mode {name!r}; valid modes are {', '.join(ORDERS)}")
+    return order
+
+
+def order_for(
+    num_rows: int,
+    *,
+    mode: str,
+    seed: int,
+    epoch: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    window_blocks: int = DEFAULT_WINDOW_BLOCKS,
+    streams: int = 1,
+    batch_size: int = 1,
+) -> EpochOrder:
+    """Epoch ``epoch``'s order of shuffle mode ``mode``: an object that computes any slice of it.
+
+    ``streams`` (the world size) and ``batch_size`` are what the epoch is dealt for (the
+    ``block`` order gives each rank its own blocks); orders that do not deal ignore them.
+    """
+    assert num_rows >= 0, f"num_rows must be >= 0, got {num_rows}"
+    return get_order(mode).create(
+        num_rows,
+        seed=seed,
+        epoch=epoch,
+        block_size=block_size,
+        window_blocks=window_blocks,
+        streams=streams,
+        batch_size=batch_size,
+    )

@@ -1,0 +1,78 @@
+"""What every epoch order is, and the seeding they share.
+
+An epoch order is a permutation of a split's positions ``0..n-1``. Holding it as an array costs
+8 bytes a row in every rank (800 MB for a 100M-row split); an order answers
+``order.positions(indices)`` for just the slice a rank is about to read. Orders are pure
+functions of their arguments, the same in every process; the only randomness is
+:func:`seed_sequence` of ``(seed, epoch, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+SEQUENTIAL_READ_ROWS = 16_384
+"""Rows an unshuffled read covers in one range scan (several batches at once): a scan of 16,384
+rows runs near the speed of a sequential scan."""
+
+
+def seed_sequence(seed: int, epoch: int, *stream: int) -> np.random.SeedSequence:
+    """Entropy from (seed, epoch, stream...) only: never global state."""
+    return np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, *stream])
+
+
+def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng(seed_sequence(seed, epoch, *stream))
+
+
+class EpochOrder:
+    """One epoch's order of ``num_rows`` positions; subclasses say how it is made and read.
+
+    A subclass sets :attr:`name` (the ``shuffle=`` value that selects it), :attr:`shuffles` and
+    :attr:`contiguous`, implements :meth:`create` and :meth:`positions`, and overrides
+    :meth:`group_batches` when its batches are worth reading several at a time. It is then
+    registered in :mod:`lance_lightning.orders`.
+    """
+
+    name: ClassVar[str]
+    """The ``shuffle`` setting that selects this order."""
+    shuffles: ClassVar[bool] = True
+    """False only for table order (Lightning is told the loader is not shuffled)."""
+    contiguous: ClassVar[bool] = False
+    """True: the rows a worker reads together are a few contiguous runs of the table (range
+    scans); False: scattered rows (one take a batch)."""
+
+    num_rows: int
+    nbytes: int = 0
+    """Bytes the order holds (reported by the datamodule's memory report)."""
+
+    @classmethod
+    def create(
+        cls,
+        num_rows: int,
+        *,
+        seed: int,
+        epoch: int,
+        block_size: int,
+        window_blocks: int,
+        streams: int,
+        batch_size: int,
+    ) -> EpochOrder:
+        """Epoch ``epoch``'s order; every order gets every setting and uses the ones it needs.
+
+        ``streams`` and ``batch_size`` are the world size and per-rank batch size the epoch is
+        dealt for (an order may deal rows per rank, as :class:`~.block.BlockOrder` does).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def group_batches(cls, batch_size: int, *, block_size: int, window_blocks: int) -> int:
+        """Consecutive batches a worker reads together (one read, range scans where rows are
+        contiguous); 1: a batch at a time."""
+        return 1
+
+    def positions(self, indices: np.ndarray) -> np.ndarray:
+        """Positions in the split (``int64``) of the epoch's rows ``indices`` (each in ``[0, num_rows)``)."""
+        raise NotImplementedError
