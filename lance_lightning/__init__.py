@@ -1,34 +1,33 @@
-"""Train PyTorch Lightning models straight from a LanceDB table."""
+"""Train PyTorch Lightning models straight from a LanceDB table.
 
-from .convert import UnsupportedColumnError, batch_to_tensors, describe_column
-from .dataset import BatchGroup, LanceBatchDataset
-from .rowset import RowSet
+The public API: :class:`LanceDataModule` (splits, DDP shards, exact shuffle and resume),
+:class:`LancePredictionWriter` (``trainer.predict`` outputs back into the table),
+:class:`LoaderMonitor` (is the loader the bottleneck?), and for use without a datamodule
+:class:`LanceBatchDataset` with :class:`LanceBatchSampler` / :class:`SequentialLanceBatchSampler`.
+Everything else lives in its module (``lance_lightning.sharding``, ``.splits``, ``.orders``...).
+"""
+
+from .convert import UnsupportedColumnError
+from .dataset import LanceBatchDataset, TableChangedError
+from .options import DataOptions, SettingError
 from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
-from .sharding import epoch_order, order_for, plan_epoch, rank_batch_bounds
 from .source import LanceSourceError, TableSource
-from .splits import SplitSpecError, build_splits, parse_split_spec
+from .splits import SplitSpecError
 
 __all__ = [
-    "BatchGroup",
+    "DataOptions",
     "LanceBatchDataset",
     "LanceBatchSampler",
     "LanceDataModule",
     "LancePredictionWriter",
     "LanceSourceError",
     "LoaderMonitor",
-    "RowSet",
     "SequentialLanceBatchSampler",
+    "SettingError",
     "SplitSpecError",
+    "TableChangedError",
     "TableSource",
     "UnsupportedColumnError",
-    "batch_to_tensors",
-    "build_splits",
-    "describe_column",
-    "epoch_order",
-    "order_for",
-    "parse_split_spec",
-    "plan_epoch",
-    "rank_batch_bounds",
 ]
 __version__ = "0.1.0"
 

@@ -61,7 +61,7 @@ import numpy as np
 import pyarrow as pa
 
 from .dataset import LanceBatchDataset, TableChangedError
-from .source import storage_endpoint
+from .source import TableSource, storage_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -470,35 +470,30 @@ def _fill(
 
 
 class CachedBatchDataset(LanceBatchDataset):
-    """A :class:`LanceBatchDataset` that reads its rows from a local cache entry.
+    """A :class:`LanceBatchDataset` whose source is a local cache entry (a :class:`TableSource`
+    pointing at the entry's table).
 
     The entry holds the split's rows in split order, so a row's offset in the cached table is
-    its position in the split: ``rows`` stays None (positions are offsets) and batches are
-    read from the local table like any other (range scans, takes). A read that fails verifies
-    the entry again (see :meth:`read_arrow`).
+    its position in the split: ``rows`` is None (positions are offsets) and batches are read from
+    the local table like any other (range scans, takes). A read that fails verifies the entry
+    again (see :meth:`read_arrow`).
     """
 
     def __init__(
-        self, base: LanceBatchDataset, entry_path: str | os.PathLike[str], description: str = "a cached split"
+        self,
+        entry_path: str | os.PathLike[str],
+        columns: Sequence[str],
+        *,
+        num_rows: int,
+        description: str = "a cached split",
+        transform: Any = None,
+        nulls: Any = "raise",
     ) -> None:
-        self.__dict__.update(base.__dict__)
+        super().__init__(
+            TableSource(str(entry_path), TABLE_NAME), columns, num_rows=num_rows, transform=transform, nulls=nulls
+        )
         self.cache_path = str(entry_path)
         self.cache_description = description
-        self._table = None
-        self._pid = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(_table=None, _pid=None)
-        return state  # workers read the local copy: even an in-memory source table is fine
-
-    def table(self) -> Any:
-        if self._table is None or self._pid != os.getpid():
-            import lancedb
-
-            self._table = lancedb.connect(self.cache_path).open_table(TABLE_NAME)
-            self._pid = os.getpid()
-        return self._table
 
     def read_arrow(self, offsets: Sequence[int] | np.ndarray) -> pa.Table:
         """The rows at ``offsets``; when the read fails, the entry is verified: a damaged entry is
@@ -523,7 +518,8 @@ class CachedBatchDataset(LanceBatchDataset):
 
 
 def cached_dataset(
-    dataset: LanceBatchDataset,
+    source: TableSource,
+    columns: Sequence[str],
     row_ids: np.ndarray,
     *,
     directory: str | os.PathLike[str],
@@ -531,17 +527,18 @@ def cached_dataset(
     filter: str | None = None,
     split_name: str = "",
     table: Any = None,
+    transform: Any = None,
+    nulls: Any = "raise",
 ) -> CachedBatchDataset:
-    """``dataset`` reading from the cache entry of ``row_ids`` (filled first if needed, verified)."""
+    """A reader of the cache entry of ``row_ids`` of ``source`` (filled first if needed, verified)."""
     entry = ensure_cached(
-        dataset.source,
-        table,
-        row_ids,
-        dataset.columns,
-        directory=directory,
-        max_bytes=max_bytes,
-        filter=filter,
-        split_name=split_name,
+        source, table, row_ids, columns, directory=directory, max_bytes=max_bytes, filter=filter, split_name=split_name
     )
-    description = describe(dataset.source, split_name, len(row_ids), dataset.columns)
-    return CachedBatchDataset(dataset, entry.path, description)
+    return CachedBatchDataset(
+        entry.path,
+        columns,
+        num_rows=len(row_ids),
+        description=describe(source, split_name, len(row_ids), columns),
+        transform=transform,
+        nulls=nulls,
+    )

@@ -5,7 +5,7 @@ sampler hands it the table offsets of one batch and it reads them in one call (s
 :mod:`.reads`). Use it with ``DataLoader(dataset, sampler=LanceBatchSampler(...),
 batch_size=None)``. An index may also be a :class:`BatchGroup` of consecutive batches (the
 block and sequential modes): their rows are read together, in range scans, and the result is
-a :class:`BatchGroup` of batches that :class:`~.datamodule.LanceDataLoader` hands out one by one.
+a :class:`BatchGroup` of batches that :class:`~.loader.LanceDataLoader` hands out one by one.
 
 It pickles as a few strings (table URI, name, version, columns, transform), so a worker
 process opens its own handle to the table: no permutation table is copied into workers and
@@ -25,14 +25,22 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .convert import NullPolicy, batch_to_tensors
-from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
+from .reads import TableChangedError, offsets_of, read_offsets
 from .rowset import RowSet
 from .source import TableSource, is_memory_uri
 
 if TYPE_CHECKING:
     from .timing import LoaderTiming
 
-__all__ = ["BatchGroup", "LanceBatchDataset", "TableChangedError", "gather", "resolve_transform", "unique_sorted"]
+__all__ = [
+    "BatchGroup",
+    "LanceBatchDataset",
+    "TableChangedError",
+    "gather",
+    "offset_map",
+    "resolve_transform",
+    "unique_sorted",
+]
 
 Transform = Callable[[dict[str, Any]], Any]
 
@@ -55,7 +63,7 @@ def resolve_transform(transform: Transform | str | None) -> Transform | None:
 
 def unique_sorted(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """``(unique, inverse)`` for a take that needs sorted, distinct keys; ``inverse`` is None when
-    ``values`` already are (the sampler hands batches over sorted), so no reorder is needed."""
+    ``values`` already are sorted and distinct (table-order batches), so no reorder is needed."""
     if len(values) > 1 and not np.all(values[1:] > values[:-1]):
         return np.unique(values, return_inverse=True)
     return values, None
@@ -81,6 +89,24 @@ def files_removed_message(source: TableSource, err: BaseException) -> str:
         "table_updates='next_epoch' so each epoch reads the latest version. lance said: "
         f"{str(err)[:300]}"
     )
+
+
+def offset_map(
+    row_ids: np.ndarray, scan_ids: np.ndarray, *, table_name: str, version: int | None
+) -> RowSet | np.ndarray | int:
+    """The table offsets of the split ``row_ids`` as a reader holds them: an ``int`` when they are
+    one run of the table (offset = first + position), else a compact :class:`~.rowset.RowSet`
+    (about 2 bits a table row), or an array if the table's scan order is not address order.
+
+    ``scan_ids``: the table's row addresses in scan order (:func:`.reads.scan_row_ids`, scanned
+    once per table and setup however many splits are mapped).
+    """
+    offsets = offsets_of(row_ids, scan_ids, table_name=table_name, version=version)
+    if not np.all(offsets[1:] > offsets[:-1]):
+        return offsets
+    if len(offsets) and offsets[-1] - offsets[0] == len(offsets) - 1:
+        return int(offsets[0])  # a contiguous run: nothing to look up
+    return RowSet.from_sorted(offsets)
 
 
 class BatchGroup(list):
@@ -127,8 +153,9 @@ class LanceBatchDataset(Dataset):
     ``dataset[positions]`` (positions in the split) returns
     ``transform(batch_to_tensors(rows))`` with rows in the order of ``positions`` (repeats
     allowed); ``dataset[BatchGroup([...])]`` a :class:`BatchGroup` of such batches. ``rows``
-    (:meth:`offsets_of`, a :class:`~.rowset.RowSet`) maps positions to table offsets; when it
-    is None, positions *are* table offsets. ``len(dataset)`` is the split's row count.
+    (given at construction: :func:`offset_map`) maps positions to table offsets; when it is
+    None, positions *are* table offsets. What a reader reads never changes after construction.
+    ``len(dataset)`` is the split's row count.
     """
 
     timing: LoaderTiming | None = None
@@ -141,6 +168,7 @@ class LanceBatchDataset(Dataset):
         columns: Sequence[str],
         *,
         num_rows: int,
+        rows: RowSet | np.ndarray | int | None = None,
         transform: Transform | str | None = None,
         nulls: NullPolicy = "raise",
         table: Any = None,
@@ -148,11 +176,11 @@ class LanceBatchDataset(Dataset):
         self.source = source
         self.columns = list(columns)
         self.num_rows = num_rows
+        self.rows = rows
         self.transform = resolve_transform(transform)
         self.nulls = nulls
         self._table = table
         self._pid = os.getpid() if table is not None else None
-        self.rows: RowSet | np.ndarray | int | None = None
 
     def __len__(self) -> int:
         return self.num_rows
@@ -175,23 +203,6 @@ class LanceBatchDataset(Dataset):
             self._table = self.source.open()
             self._pid = os.getpid()
         return self._table
-
-    def offsets_of(self, row_ids: np.ndarray, scan_ids: np.ndarray | None = None) -> RowSet | np.ndarray | int:
-        """The table offsets of the split ``row_ids``: an ``int`` when they are one run of the
-        table (offset = first + position), else a compact :class:`~.rowset.RowSet` (about 2 bits
-        a table row), or an array if the table's scan order is not address order.
-
-        ``scan_ids`` (the table's row addresses in scan order) can be passed when several
-        splits of one table are mapped, to scan the ``_rowid`` column once.
-        """
-        if scan_ids is None:
-            scan_ids = scan_row_ids(self.table())
-        offsets = offsets_of(row_ids, scan_ids, table_name=self.source.name, version=self.source.version)
-        if not np.all(offsets[1:] > offsets[:-1]):
-            return offsets
-        if len(offsets) and offsets[-1] - offsets[0] == len(offsets) - 1:
-            return int(offsets[0])  # a contiguous run: nothing to look up
-        return RowSet.from_sorted(offsets)
 
     def offsets(self, positions: np.ndarray) -> np.ndarray:
         """Table offsets of ``positions`` in the split."""

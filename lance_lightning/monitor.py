@@ -220,7 +220,7 @@ def batch_rows(batch: Any) -> int:
 
 
 def _is_lance(dm: Any) -> bool:
-    return dm is not None and hasattr(dm, "samplers") and hasattr(dm, "datasets") and hasattr(dm, "num_workers")
+    return dm is not None and hasattr(dm, "samplers") and hasattr(dm, "datasets") and hasattr(dm, "options")
 
 
 def _transform_name(fn: Any) -> str:
@@ -237,22 +237,22 @@ def read_path(dm: Any, stage: str = "train") -> str:
     if sampler is None:
         return f"no {stage} loader set up"
     order, batch = sampler.shuffle_mode, sampler.batch_size
-    where = f"the local cache at {dm.cache!r}" if getattr(dm, "cache", None) else "the table"
-    if getattr(dm, "in_memory", False):
+    where = f"the local cache at {dm.options.cache!r}" if dm.options.cache else "the table"
+    if getattr(getattr(dm, "options", None), "in_memory", False):
         how = "in memory (in_memory=True): each batch is a gather from shared memory"
     elif order == "uniform":
         how = f"shuffle='uniform' from {where}: each batch is one take of scattered rows (take-bound)"
     elif order == "block":
         how = (
-            f"shuffle='block' from {where}: range scans of block_size={dm.block_size} rows, "
-            f"{dm.window_blocks} blocks mixed a window"
+            f"shuffle='block' from {where}: range scans of block_size={dm.options.block_size} rows, "
+            f"{dm.options.window_blocks} blocks mixed a window"
         )
     else:
         how = (
             f"table order ({'shuffle=' + repr(order) if stage == 'train' else 'evaluation'}) from {where}: "
             f"range scans of up to {sampler.group_batches * batch:,} rows"
         )
-    parts = [how, f"num_workers={dm.num_workers}", f"batch_size={batch}"]
+    parts = [how, f"num_workers={dm.options.num_workers}", f"batch_size={batch}"]
     if getattr(dm, "transform", None) is not None:
         parts.append(f"transform={_transform_name(dm.transform)}")
     return ", ".join(parts)
@@ -278,9 +278,9 @@ def advice(dm: Any, stage: str = "train", transform_share: float | None = None, 
         ]
     out: list[str] = []
     sampler = dm.samplers.get(stage)
-    order = getattr(sampler, "shuffle_mode", dm.shuffle)
-    batch = getattr(sampler, "batch_size", dm.batch_size)
-    workers = dm.num_workers
+    order = getattr(sampler, "shuffle_mode", dm.options.shuffle)
+    batch = getattr(sampler, "batch_size", dm.options.batch_size)
+    workers = dm.options.num_workers
     totals = _timing(dm, stage)
     transform = getattr(dm, "transform", None)
     measured_here = bool(totals and totals["load_s"] > 0 and totals["items"])
@@ -314,7 +314,9 @@ def advice(dm: Any, stage: str = "train", transform_share: float | None = None, 
             f"num_workers={workers}: more workers read more batches ahead (this machine has {cpus} CPUs; each worker "
             "holds prefetch_factor batches)"
         )
-    if getattr(dm, "in_memory", False):
+    options = getattr(dm, "options", None)
+    cached = getattr(options, "cache", None)
+    if getattr(options, "in_memory", False):
         out.append(
             "in_memory=True: batches are gathers from memory (millions of rows/s a process), so the read itself is "
             "rarely the limit; look at the transform, pin_memory and the batch size"
@@ -322,14 +324,14 @@ def advice(dm: Any, stage: str = "train", transform_share: float | None = None, 
     elif order == "uniform":
         out.append(
             "shuffle='uniform' reads each batch as one take of scattered rows from "
-            f"{'the cache' if getattr(dm, 'cache', None) else 'the table'} (take-bound, ~50-130k rows/s a process): "
+            f"{'the cache' if cached else 'the table'} (take-bound, ~50-130k rows/s a process): "
             "shuffle='block' reads ranges of block_size rows (several times faster; rows mixed within a window "
             "of window_blocks blocks), and in_memory=True makes each batch a gather from memory (millions of "
             "rows/s) if the split fits memory_budget_bytes"
-            + ("" if getattr(dm, "cache", None) else "; for a table in object storage, cache=<local directory>")
+            + ("" if dm.options.cache else "; for a table in object storage, cache=<local directory>")
         )
     else:
-        what = f"block_size={dm.block_size} rows" if order == "block" else "table order"
+        what = f"block_size={dm.options.block_size} rows" if order == "block" else "table order"
         out.append(
             f"shuffle={order!r} reads ranges ({what}): in_memory=True makes each batch a gather from memory "
             "(millions of rows/s) if the split fits memory_budget_bytes"

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from .sharding import SHUFFLE_MODES
+from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode, order_names
 
 INT64_MAX = 2**63 - 1
 ROW_LIMIT = 2**48
@@ -39,6 +39,32 @@ holds, and far enough below 2**63 that rows × world size, or rounded up to whol
 inside NumPy's int64 (2**51-row windows overflowed there)."""
 SEED_LIMIT = 2**64  # lancedb's split seed is a u64
 STAGES = ("train", "val", "test", "predict")
+
+
+class FrozenMapping(Mapping):
+    """A read-only, hashable mapping: a default argument that no call can change."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._items = dict(*args, **kwargs)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+DEFAULT_SPLITS = FrozenMapping({"train": 0.8, "val": 0.1, "test": 0.1})
+DEFAULT_MEMORY_BUDGET = 4 * 1024**3
 NULL_POLICIES = ("raise", "mask")
 RESUMES = ("exact", "fresh")
 TABLE_UPDATES = ("pin", "next_epoch")
@@ -200,36 +226,47 @@ def as_mapping(
 
 @dataclass(frozen=True)
 class DataOptions:
-    """The settings of :class:`~lance_lightning.LanceDataModule` that need no table, validated.
+    """Every setting of :class:`~lance_lightning.LanceDataModule`, validated once.
 
-    Built from the constructor's arguments (where the defaults live); ``__post_init__`` checks
-    and normalizes every field, so an instance always holds valid, plain values (``int``,
-    ``bool``, ``str``, tuples). Fields mean what the datamodule's arguments of the same name mean.
+    The one record the datamodule's hooks, the stage assembly (:mod:`.assembly`), the sampler and
+    the Hydra schema (``lance_lightning.app.config``, generated from these fields) share: the
+    defaults live here, the datamodule's signature repeats them (a test holds the two equal).
+    ``__post_init__`` checks and normalizes every field, so an instance always holds valid, plain
+    values (``int``, ``bool``, ``str``, tuples). What each field means: the datamodule's docstring.
+    ``table`` and ``uri`` are checked where the table is opened (:func:`.source.table_source`);
+    ``splits`` where it is parsed (:func:`.splits.parse_split_spec`); ``transform`` where it is
+    resolved (:func:`.dataset.resolve_transform`).
     """
 
-    batch_size: int
-    eval_batch_size: int | None
-    seed: int
-    num_workers: int
-    shuffle: str
-    drop_last: bool
-    nulls: str
-    version: int | None
-    multiprocessing_context: str | None
-    persistent_workers: bool
-    pin_memory: bool
-    prefetch_factor: int | None
-    block_size: int
-    window_blocks: int
-    resume: str
-    table_updates: str
-    in_memory: bool
-    memory_budget_bytes: int
-    cache: str | None
-    cache_max_bytes: int | None
-    columns: tuple[str, ...] | None
-    filter: str | None
-    stage_splits: dict[str, str] = field(default_factory=dict, hash=False)
+    uri: str | None = None
+    table: Any = field(default=None, compare=False)
+    columns: tuple[str, ...] | None = None
+    splits: Any = field(default=DEFAULT_SPLITS, compare=False)
+    filter: str | None = None
+    batch_size: int = 32
+    seed: int = 0
+    num_workers: int = 0
+    shuffle: ShuffleMode = "uniform"
+    drop_last: bool = False
+    eval_batch_size: int | None = None
+    stage_splits: dict[str, str] | None = field(default=None, compare=False)
+    transform: Any = field(default=None, compare=False)
+    nulls: Literal["raise", "mask"] = "raise"
+    version: int | None = None
+    storage_options: dict[str, str] | None = field(default=None, compare=False, repr=False)
+    connect_kwargs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    multiprocessing_context: Literal["forkserver", "spawn"] | None = None
+    persistent_workers: bool = True
+    pin_memory: bool = False
+    prefetch_factor: int | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    window_blocks: int = DEFAULT_WINDOW_BLOCKS
+    resume: Literal["exact", "fresh"] = "exact"
+    table_updates: Literal["pin", "next_epoch"] = "pin"
+    in_memory: bool = False
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    cache: str | None = None
+    cache_max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.multiprocessing_context == "fork":
@@ -239,7 +276,7 @@ class DataOptions:
             "eval_batch_size": as_rows("eval_batch_size", self.eval_batch_size, optional=True),
             "seed": as_seed("seed", self.seed),
             "num_workers": as_int("num_workers", self.num_workers, minimum=0),
-            "shuffle": as_choice("shuffle", self.shuffle, SHUFFLE_MODES),
+            "shuffle": as_choice("shuffle", self.shuffle, order_names()),
             "drop_last": as_bool("drop_last", self.drop_last),
             "nulls": as_choice("nulls", self.nulls, NULL_POLICIES),
             "version": as_optional_int("version", self.version, minimum=1, limit=2**64, limit_text="2**64"),
@@ -263,6 +300,12 @@ class DataOptions:
                 "stage_splits", self.stage_splits, what="stage name to split name (str)", values=str
             )
             or {},
+            "storage_options": as_mapping(
+                "storage_options", self.storage_options, what="option name to value (str)", values=str, secret=True
+            ),
+            "connect_kwargs": as_mapping(
+                "connect_kwargs", self.connect_kwargs, what="lancedb.connect argument name (str) to value", secret=True
+            ),
         }
         window = checked["block_size"] * checked["window_blocks"]
         if window >= ROW_LIMIT:
@@ -275,3 +318,16 @@ class DataOptions:
             raise SettingError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
         for key, value in checked.items():
             object.__setattr__(self, key, value)
+
+    @property
+    def eval_rows(self) -> int:
+        """Rows a batch of the val, test and predict stages."""
+        return self.eval_batch_size or self.batch_size
+
+    def batch_rows(self, stage: str) -> int:
+        """Rows a batch of ``stage`` on each rank."""
+        return self.batch_size if stage == "train" else self.eval_rows
+
+    def identity(self, table_name: str, split_identity: dict[str, Any] | None) -> dict[str, Any]:
+        """What decides which row is in which split: a checkpoint must match it to resume."""
+        return {"table": table_name, "splits": split_identity, "filter": self.filter, "seed": self.seed}

@@ -95,6 +95,29 @@ class TableSource:
         )
 
 
+def table_source(options: Any) -> tuple[TableSource, Any]:
+    """The :class:`TableSource` that ``options`` (a :class:`~.options.DataOptions`) name, and the
+    open table when ``options.table`` is one (else None: the table is opened at setup)."""
+    from .options import SettingError, SettingTypeError, as_path, as_str, shown
+
+    table = options.table
+    if table is None:
+        raise SettingError("`table` is required: a table name in the database at `uri`, or an open lancedb Table")
+    if isinstance(table, str):
+        name = as_str("`table`", table, what="a table name", optional=False)
+        if options.uri is None:
+            raise SettingError(f"`uri` is required to open table {name!r}: the database directory or URI")
+        uri = as_path("`uri`", options.uri, what="the database: a directory or a URI", optional=False)
+        source = TableSource(uri, name, options.version, options.storage_options, options.connect_kwargs)
+        return source, None
+    if isinstance(table, lancedb.table.Table):
+        source = TableSource.from_table(table)
+        return (source if options.version is None else source.pinned(options.version)), table
+    raise SettingTypeError(
+        f"`table` must be a table name (a non-empty str) or an open lancedb Table, got {shown(table)}"
+    )
+
+
 def connect(uri: str, *, storage_options: Mapping[str, str] | None = None, **kwargs: Any):
     """``lancedb.connect`` that refuses a local path that does not exist instead of creating it."""
     uri = str(uri)

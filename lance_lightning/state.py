@@ -126,3 +126,186 @@ class DataState:
             world_size=state.get("world_size", 1),
             train=train,
         )
+
+
+def rank_zero_warn(message: str) -> None:
+    """Lightning's warning on rank 0, imported on use: this module reaches DataLoader workers
+    (through the package's imports), which must not pay for importing Lightning."""
+    from lightning.pytorch.utilities import rank_zero_warn as warn
+
+    warn(message)
+
+
+NO_DATA_STATE = (
+    "the checkpoint holds no lance-lightning data state (written before it existed, or by another "
+    "datamodule): the interrupted epoch starts afresh from its first row"
+)
+
+
+def lightning_epoch_batches(trainer: Any, length: int) -> int:
+    """Batches Lightning runs of a train epoch of ``length`` batches under ``limit_train_batches``
+    (its ``_parse_num_batches``: an int caps, a float is a share)."""
+    limit = trainer.limit_train_batches
+    return min(length, limit) if isinstance(limit, int) else int(length * limit)
+
+
+class TrainState:
+    """The one owner of the train data position and of what a checkpoint says about it.
+
+    Holds the :class:`TrainPosition` the train sampler follows, writes the checkpoint's
+    :class:`DataState` (:meth:`state_dict`), checks and keeps the one it resumes from
+    (:meth:`load_state_dict`), positions a new train sampler there (:meth:`apply`), and once the
+    resumed run asks for its loader makes Lightning's batch index agree (:meth:`align_lightning`).
+    """
+
+    def __init__(self, epoch_label: Callable[[], int | None] | None = None) -> None:
+        self.position = TrainPosition(epoch_label=epoch_label)
+        self.resumed_from: DataState | None = None
+        self.loaded = False
+        self._align_pending = self._afresh = False
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def state_dict(
+        self, *, identity: dict[str, Any], source: Any, world_size: int, sampler: Any, trainer: Any
+    ) -> dict[str, Any]:
+        """The checkpoint's data entry. A finished epoch (every batch Lightning will run of it
+        consumed, ``limit_train_batches`` included) is saved as the next epoch at row 0, since
+        the loader of the resumed run is made before Lightning says which epoch it runs."""
+        train = None
+        if sampler is not None:
+            done = sampler.batches_before_start if trainer is None else self.batches_consumed(trainer, sampler)
+            consumed = sampler.rows_consumed_after(done)
+            per_epoch = (lightning_epoch_batches(trainer, len(sampler)) if trainer is not None else 0) or len(sampler)
+            finished = consumed >= sampler.num_rows or done >= per_epoch
+            epoch, start = (sampler.epoch + 1, 0) if finished else (sampler.epoch, consumed)
+            train = {
+                "epoch": epoch,
+                "start_row": start,
+                "split_rows": sampler.num_rows,
+                "order_world_size": sampler.order_world_size if start else None,
+                "order_batch_size": sampler.order_batch_size if start else None,
+                "batch_size": sampler.batch_size,
+                "batches_done": done if start else 0,
+            }
+        return DataState(
+            identity=identity,
+            table_version=source.version,
+            table_version_time=source.version_time,
+            world_size=world_size,
+            train=train,
+        ).to_dict()
+
+    @staticmethod
+    def batches_consumed(trainer: Any, sampler: Any) -> int:
+        """Batches of the current epoch the model has consumed (prefetched ones do not count)."""
+        return min(trainer.fit_loop.epoch_loop.batch_progress.current.processed, len(sampler))
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict[str, Any], *, identity: dict[str, Any], fresh: bool) -> DataState | None:
+        """The checkpoint's data state, checked against this run's ``identity``; None (and the
+        epoch read afresh) when it holds none or ``fresh`` (``resume='fresh'``)."""
+        self.loaded = True
+        if not state_dict or "format" not in state_dict:
+            rank_zero_warn(NO_DATA_STATE)
+            self.start_afresh()
+            return None
+        if fresh:
+            rank_zero_warn("resume='fresh': ignoring the checkpoint's data state; its epoch starts afresh")
+            self.start_afresh()
+            return None
+        state = DataState.from_dict(state_dict)
+        differs = [
+            f"{key}: checkpoint {state.identity.get(key)!r} != now {identity[key]!r}"
+            for key in identity
+            if state.identity.get(key) != identity[key]
+        ]
+        if differs:
+            raise ValueError(
+                "the checkpoint's data state does not match this LanceDataModule (" + "; ".join(differs) + "). "
+                "Resuming would read different rows. Restore the original settings, or pass resume='fresh' "
+                "to start the data afresh."
+            )
+        return state
+
+    def resume_from(self, state: DataState, sampler: Any, *, table_name: str) -> None:
+        """Keep ``state`` (checked, its table version pinned) and position ``sampler`` there."""
+        self.resumed_from = state
+        self.apply(sampler, table_name=table_name)
+
+    def apply(self, sampler: Any, *, table_name: str) -> None:
+        """Position a (new) train sampler where the checkpoint being resumed says reading stands."""
+        state = self.resumed_from
+        if state is None or sampler is None or state.train is None:
+            return
+        train = state.train
+        if train["split_rows"] != sampler.num_rows:
+            raise ValueError(
+                f"the checkpoint's train split of table {table_name!r} has {train['split_rows']} rows, this "
+                f"one {sampler.num_rows} (same table version, splits, filter and seed): the split was built "
+                "differently. Pass resume='fresh' to start the data afresh."
+            )
+        sampler.resume_at(
+            epoch=train["epoch"],
+            consumed_rows=train["start_row"],
+            order_world_size=train["order_world_size"],
+            order_batch_size=train["order_batch_size"],
+        )
+        self._align_pending = True
+
+    def start_afresh(self) -> None:
+        """No usable data state: the epoch Lightning resumes is read again from its first row."""
+        self.resumed_from = None
+        self._align_pending = self._afresh = True
+
+    def epoch_over(self) -> None:
+        """The resumed epoch is over: later samplers start new epochs from their first row."""
+        self.resumed_from = None
+
+    # -- Lightning's batch index -------------------------------------------------------------
+
+    def align_lightning(self, trainer: Any, sampler: Any, *, split_name: str | None, world_size: int) -> None:
+        """Once, when the resumed run asks for its train loader: make Lightning's batch index agree
+        with the data position, so that an epoch ends (and validates) where a whole epoch does.
+
+        With the checkpoint's batch size and world size the two agree by construction. With
+        others, Lightning would count the rest of the epoch in the old batches: its index is moved
+        to where the new batch count ends the epoch (a finished epoch: its last batch). Without a
+        data state the epoch is read afresh and the index starts at 0. The data position wins.
+        """
+        if not self._align_pending or trainer is None or sampler is None:
+            return
+        self._align_pending = False
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if self._afresh:
+            self._afresh = False
+            sampler.resume_at(epoch=trainer.fit_loop.epoch_progress.current.completed, consumed_rows=0)
+            target = 0
+        else:
+            state = self.resumed_from
+            train = state.train if state is not None else None
+            then = state.world_size if state is not None else world_size
+            if train is None or (train["batch_size"] == sampler.batch_size and then == world_size):
+                return
+            finished = train["start_row"] == 0
+            target = lightning_epoch_batches(trainer, len(sampler)) if finished else sampler.batches_before_start
+            rest = len(sampler) - sampler.batches_before_start
+            rank_zero_warn(
+                f"resuming split {split_name!r} with batch_size={sampler.batch_size} on {world_size} rank(s) "
+                f"(the checkpoint: batch_size={train['batch_size']} on {then}): "
+                + (
+                    f"epoch {train['epoch']} starts afresh in the new batches."
+                    if finished
+                    else f"the {sampler.num_rows - train['start_row']} unread rows of epoch {train['epoch']} make "
+                    f"{rest} batches, and the epoch's batch index continues at {sampler.batches_before_start} so "
+                    "that it ends (and validates) where a whole epoch does. Rows are exact; batch boundaries "
+                    "differ from an uninterrupted run's."
+                )
+            )
+        shift = target - progress.processed
+        if shift:
+            # all four alike: Lightning's restart arithmetic (completed += 1 after a checkpoint
+            # written in on_train_batch_end, then ready = processed = completed) is unchanged
+            for attr in ("ready", "started", "processed", "completed"):
+                setattr(progress, attr, getattr(progress, attr) + shift)

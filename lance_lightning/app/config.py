@@ -123,7 +123,7 @@ def schema_from_signature(
 
     ``defaults`` replaces the signature's default of the named parameters.
     """
-    hints = typing.get_type_hints(func)
+    hints = typing.get_type_hints(func)  # a function's parameters, or a dataclass's fields
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
     if convert is not None:
         fields.append(("_convert_", str, field(default=convert)))
@@ -147,8 +147,9 @@ def schema_from_signature(
 
 
 def _data_schema() -> Schema:
-    from ..datamodule import LanceDataModule
+    from ..options import DataOptions
 
+    # From DataOptions: the one record of the datamodule's settings, their types and defaults.
     # _convert_=all: plain dicts and lists, not DictConfig, reach the datamodule (and its hparams).
     # splits defaults to null here, and each data config picks an option of the data/splits
     # group: Hydra merges a dict into a dict, so starting from {train, val, test} a hash spec
@@ -158,7 +159,7 @@ def _data_schema() -> Schema:
     return schema_from_signature(
         "DataConfig",
         DATA_TARGET,
-        LanceDataModule.__init__,
+        DataOptions,
         convert="all",
         defaults={"splits": None, "storage_options": {}, "connect_kwargs": {}},
     )

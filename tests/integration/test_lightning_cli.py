@@ -66,7 +66,7 @@ def test_arguments_reach_the_datamodule(tiny, tmp_path, monkeypatch):
     )
     dm = cli.datamodule
     assert isinstance(dm, LanceDataModule) and isinstance(cli.model, MLPClassifier)
-    assert (dm.batch_size, dm.shuffle, dm.columns) == (16, "block", ["image", "label"])
+    assert (dm.options.batch_size, dm.options.shuffle, dm.columns) == (16, "block", ["image", "label"])
     assert dm.split_spec.kind == "hash" and dm.split_spec.names == ("train", "val")
     assert callable(dm.transform) and dm.transform.__name__ == "double_x"
     dm.setup("fit")

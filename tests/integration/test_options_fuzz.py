@@ -205,7 +205,7 @@ def _on_alarm(signum, frame):
 def exercise(kwargs: dict, stage: str | None) -> None:
     dm = LanceDataModule(**kwargs)
     dm.setup(stage)
-    if dm.num_workers == 0:  # workers would start processes: seconds an example
+    if dm.options.num_workers == 0:  # workers would start processes: seconds an example
         for _ in first_batches(dm):
             pass
 

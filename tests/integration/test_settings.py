@@ -111,7 +111,7 @@ def test_cache_takes_a_pathlike(make_table, tmp_path):
     uri, _ = make_table("toy", 20)
     dm = LanceDataModule(uri, "toy", cache=pathlib.Path(tmp_path / "cache"), splits={"train": 1.0}, batch_size=4)
     dm.setup("fit")
-    assert dm.cache == str(tmp_path / "cache") and os.listdir(tmp_path / "cache")
+    assert dm.options.cache == str(tmp_path / "cache") and os.listdir(tmp_path / "cache")
 
 
 # -- integers through operator.index ------------------------------------------------------------
@@ -134,7 +134,7 @@ INTEGER_SETTINGS = {
 def test_numpy_integers_are_integers(setting):
     value = np.int64(INTEGER_SETTINGS[setting])
     dm = LanceDataModule("/unused", "toy", **{setting: value})
-    stored = dm.table_version if setting == "version" else getattr(dm, setting)
+    stored = dm.table_version if setting == "version" else getattr(dm.options, setting)
     assert stored == value and type(stored) is int
 
 

@@ -214,3 +214,30 @@ def test_secret_mappings_name_types_not_values():
     assert "98765" not in str(info.value)
     with pytest.raises(SettingTypeError, match=r"or None, got a value of type list$"):
         as_mapping("storage_options", ["secret-value"], what="x", secret=True)
+
+
+def test_the_datamodule_signature_is_the_options_record():
+    """LanceDataModule's arguments are DataOptions' fields: same names, order and defaults, so the
+    Hydra schema (generated from DataOptions) and the constructor cannot drift apart."""
+    import dataclasses
+    import inspect
+
+    from lance_lightning.datamodule import LanceDataModule
+
+    params = [p for name, p in inspect.signature(LanceDataModule.__init__).parameters.items() if name != "self"]
+    fields = dataclasses.fields(DataOptions)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, field in zip(params, fields):
+        assert param.default == field.default, param.name
+
+
+def test_the_hydra_data_schema_has_every_setting_with_its_default():
+    from lance_lightning.app.config import _data_schema
+
+    schema = _data_schema()
+    node = schema.node()
+    for field in dataclasses.fields(DataOptions):
+        assert field.name in schema.keys
+    assert node.batch_size == 32 and node.shuffle == "uniform" and node.block_size == DataOptions().block_size
+    assert set(schema.choices["shuffle"]) == {"uniform", "block", "none"}
+    assert schema.choices["resume"] == ("exact", "fresh")

@@ -1,0 +1,96 @@
+"""The train/val/test/predict ``DataLoader``: one batch an item, workers that end with the trainer.
+
+:func:`make_loader` builds it from the settings; :class:`LanceDataLoader` hands out batches that
+were read together (a :class:`~.dataset.BatchGroup`) one by one and names a worker that died.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from .dataset import BatchGroup
+from .options import DataOptions
+from .source import LanceSourceError, is_memory_uri
+from .workers import init_worker
+
+
+def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: Any) -> LanceDataLoader:
+    """The loader of one stage: ``sampler`` yields whole batches, ``dataset`` reads them."""
+    workers = options.num_workers
+    source = getattr(dataset, "source", None)  # in-memory datasets reopen nothing
+    if workers and source is not None and is_memory_uri(source.uri):
+        raise LanceSourceError(
+            f"table {source.name!r} is in an in-memory database ({source.uri}): "
+            f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, in_memory=True, "
+            "or store the table in a directory (lancedb.connect('/path')) or object store."
+        )
+    kwargs: dict[str, Any] = {}
+    if workers:
+        method = options.multiprocessing_context or "forkserver"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # The fork server imports these once; each worker forks from it instead of
+            # importing torch and Lightning again (the user's script re-imports them).
+            # lancedb is left out: it must not be imported before a fork.
+            context.set_forkserver_preload(["torch", "lightning.pytorch"])
+        kwargs["multiprocessing_context"] = context
+        # each worker ends when this process does (lance_lightning/workers.py): a SIGKILLed
+        # trainer otherwise leaves the fork server and its workers alive
+        kwargs["worker_init_fn"] = functools.partial(init_worker, os.getpid())
+        kwargs["persistent_workers"] = options.persistent_workers
+        if options.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = options.prefetch_factor
+    if transform is None:
+        # Batches are already tensors: skip DataLoader's default_convert walk over every item
+        # (a transform may return NumPy arrays, which default_convert still turns into tensors).
+        kwargs["collate_fn"] = batch_as_is
+    return LanceDataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=options.pin_memory, **kwargs
+    )
+
+
+class LanceDataLoader(DataLoader):
+    """A plain ``DataLoader`` that Lightning recognises as resumable.
+
+    Its position is the datamodule's (:mod:`.state`), stored once per checkpoint by
+    :meth:`LanceDataModule.state_dict`; the loader's own ``state_dict`` is empty and its
+    ``load_state_dict`` does nothing (they exist so that Lightning treats the loader as resumable).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
+
+    def __iter__(self) -> Any:
+        """Batches one by one: a :class:`~.dataset.BatchGroup` read together is handed out whole."""
+        items = super().__iter__()
+        if self.num_workers:
+            items = _naming_dead_workers(items)
+        if getattr(self.sampler, "group_batches", 1) == 1:
+            return items
+        return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def _naming_dead_workers(items: Any) -> Any:
+    """``items``, where a worker killed while handing over a batch (its shared-memory connection
+    reset) is reported as such instead of as a bare ``ConnectionResetError`` / ``EOFError``."""
+    try:
+        yield from items
+    except (ConnectionError, EOFError) as err:
+        raise RuntimeError(
+            f"a DataLoader worker died while handing over a batch ({type(err).__name__}: {err}): it was "
+            "killed (the OOM killer, a SIGKILL) or crashed. Check the worker's memory use and the system log; "
+            "resume from the last checkpoint to continue exactly."
+        ) from err
+
+
+def batch_as_is(batch: Any) -> Any:
+    """The DataLoader's collate_fn when batches are already tensors: hand them on unchanged."""
+    return batch
