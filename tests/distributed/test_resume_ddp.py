@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).with_name("resume_ddp.py")
+SCRIPT = Path(__file__).parent / "scripts" / "resume_ddp.py"
 ROWS, BATCH = 101, 8
 pytestmark = pytest.mark.distributed
 

@@ -1,6 +1,6 @@
 """Standalone DDP run for the resume tests: fit, record each rank's batches, maybe checkpoint.
 
-usage: resume_ddp.py URI OUT_DIR TAG DEVICES STOP_STEP CKPT_IN CKPT_OUT
+usage: python tests/distributed/scripts/resume_ddp.py URI OUT_DIR TAG DEVICES STOP_STEP CKPT_IN CKPT_OUT
 STOP_STEP > 0 saves CKPT_OUT after that many steps, mid-epoch, then dies like a preempted job
 (exit code 3); -1 runs both epochs. CKPT_IN "-" starts from scratch.
 """
