@@ -10,19 +10,22 @@ The table ``writer_<rows>`` (made under ``--dir``, reused when it has ``--rows``
 throughput benchmark's: ``id`` int64, ``emb`` fixed_size_list<float32>[128], ``label`` int64,
 ``text`` string. The model is ``Linear(128, 128)``: ``predict_step`` returns ``[B, 128]`` float32.
 Each mode runs ``trainer.predict`` over the whole table (``columns=["emb"]``, no workers, table
-order; torch limited to one thread) in a fresh process, ``--repeats`` times; the best is kept:
+order; torch limited to one thread) in a fresh process, ``--repeats`` rounds, the modes interleaved
+in each round; the medians are reported, with the spread (min..max) of the totals:
 
 * ``predict only``: no writer (``return_predictions=False``), the baseline;
-* ``new columns``: ``LancePredictionWriter(column="pred")``: staging during the loop, then one
-  commit that rewrites the table with the new column (see lance_lightning/writer.py for why);
+* ``new columns``: ``LancePredictionWriter(column="pred")``: with pylance, the new column's data
+  files written during the loop by a background thread, then one metadata-only ``Merge`` commit;
+  without it, staging during the loop and a commit that rewrites the table (see
+  lance_lightning/writer_fragments.py and writer_rewrite.py);
 * ``new table``: ``LancePredictionWriter(table="preds")``: staging, then one ``create_table``
   of ``source_rowid``, ``id`` and the outputs.
 
 Columns: total (the ``trainer.predict`` call), loop (first to last batch, staging included),
 commit (``on_predict_end``: barrier, join, write), overhead (total over the baseline's), peak RSS of
 the process, and its RSS growth from the start of the loop to its end (flat when no prediction is
-kept: the staging file is on disk). Each is given in wall time (best run) and in CPU time of the
-process, all threads (least run): on a shared machine the second moves less with other jobs' load.
+kept: the staging file is on disk). Each is given in wall time and in CPU time of the process, all
+threads (medians): on a shared machine the second moves less with other jobs' load.
 After each ``new columns`` run the table is restored to its first version, so every run reads the
 same table.
 """
@@ -33,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -154,12 +158,17 @@ def run_mode(uri: str, name: str, mode: str, batch_size: int) -> dict[str, Any]:
     }
 
 
+def spread(runs: list[dict[str, Any]], mode: str, prefix: str) -> str:
+    totals = [r[f"{prefix}total_s"] for r in runs if r["mode"] == mode]
+    return f"{min(totals):.2f}..{max(totals):.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dir", default="/tmp/lance_lightning_bench")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the raw runs here")
     parser.add_argument("--child", nargs=3, metavar=("NAME", "MODE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -181,12 +190,12 @@ def main() -> None:
             run = json.loads(out.stdout.strip().splitlines()[-1]) | {"repeat": repeat}
             runs.append(run)
             print(f"  run {repeat} {mode:<13} {run['total_s']:7.2f} s", flush=True)
-    best = {mode: min((r for r in runs if r["mode"] == mode), key=lambda r: r["total_s"]) for mode in MODES}
-    least = {mode: min((r for r in runs if r["mode"] == mode), key=lambda r: r["cpu_total_s"]) for mode in MODES}
-    print(f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output, best of {args.repeats}")
-    header = ("", "total s", "loop s", "commit s", "overhead", "peak RSS MB", "loop RSS +MB")
-    widths = (9, 9, 10, 10, 13, 14)
-    for title, pick, prefix in (("wall time", best, ""), ("CPU time (all threads)", least, "cpu_")):
+    keys = [k for k in runs[0] if k not in ("mode", "repeat")]
+    median = {mode: {k: statistics.median(r[k] for r in runs if r["mode"] == mode) for k in keys} for mode in MODES}
+    print(f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output, median of {args.repeats} rounds")
+    header = ("", "total s", "loop s", "commit s", "overhead", "peak RSS MB", "loop RSS +MB", "spread s")
+    widths = (9, 9, 10, 10, 13, 14, 14)
+    for title, pick, prefix in (("wall time", median, ""), ("CPU time (all threads)", median, "cpu_")):
         base = pick["predict only"][f"{prefix}total_s"]
         print(f"{title:<24}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], widths)))
         for mode, r in pick.items():
@@ -194,7 +203,7 @@ def main() -> None:
             overhead = "" if mode == "predict only" else f"{(total / base - 1) * 100:+.0f}%"
             print(
                 f"  {mode:<22}{total:>9.2f}{r[f'{prefix}loop_s']:>9.2f}{r[f'{prefix}commit_s']:>10.2f}{overhead:>10}"
-                f"{r['peak_rss_mb']:>13.0f}{r['rss_loop_growth_mb']:>14.0f}"
+                f"{r['peak_rss_mb']:>13.0f}{r['rss_loop_growth_mb']:>14.0f}{spread(runs, mode, prefix):>16}"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
