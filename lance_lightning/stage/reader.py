@@ -118,7 +118,10 @@ class StagedRows:
             if ARROW_FILE in meta["files"]:
                 mm = _map(self.path / ARROW_FILE, self.prefault)
                 self._maps.append(mm)
-                self._arrow = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all()
+                reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm)))
+                self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+                self._arrow = pa.Table.from_batches(self._batches, schema=reader.schema)
+                self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])[:-1]
             else:
                 self._arrow = None
         except (OSError, ValueError, KeyError, pa.ArrowInvalid) as err:
@@ -161,7 +164,7 @@ class StagedRows:
         """The rows at ``positions`` (split positions; any order, repeats allowed), as Arrow."""
         self._open()
         pos = self._positions(positions)
-        taken = self._arrow.take(pa.array(pos)) if self._arrow is not None else None
+        taken = self._take_arrow(pos) if self._arrow is not None else None
         columns = []
         for field in self.schema:
             if field.name in self._flat:
@@ -170,6 +173,27 @@ class StagedRows:
             else:
                 columns.append(taken.column(field.name))
         return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _take_arrow(self, pos: np.ndarray) -> pa.Table:
+        """Rows ``pos`` of the Arrow file, taken batch by batch: a take on the whole chunked table
+        concatenates every chunk first (a copy of the file a call: 3.4k rows/s at 1M rows)."""
+        if len(self._batches) <= 1:
+            return self._arrow.take(pa.array(pos))
+        which = np.searchsorted(self._starts, pos, side="right") - 1
+        order = np.argsort(which, kind="stable")
+        sorted_which, sorted_pos = which[order], pos[order]
+        bounds = np.flatnonzero(np.diff(sorted_which)) + 1
+        pieces = [
+            self._batches[int(sorted_which[lo])].take(pa.array(sorted_pos[lo:hi] - self._starts[sorted_which[lo]]))
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(pos)])
+            if hi > lo
+        ]
+        if not pieces:
+            return self._arrow.slice(0, 0)
+        gathered = pa.Table.from_batches(pieces, schema=self._arrow.schema).combine_chunks()
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return gathered.take(pa.array(inverse))
 
     def slice(self, lo: int, hi: int) -> pa.Table:
         """Rows ``lo:hi``, zero-copy (views of the mapped files)."""
@@ -201,7 +225,7 @@ class StagedRows:
 
             out_shared = get_worker_info() is not None
         others = [f.name for f in self.schema if f.name not in self._flat]
-        converted = batch_to_tensors(self._arrow.select(others).take(pa.array(pos)), nulls=nulls) if others else {}
+        converted = batch_to_tensors(self._take_arrow(pos), nulls=nulls) if others else {}
         out: dict[str, Any] = {}
         for field in self.schema:
             name = field.name

@@ -239,8 +239,10 @@ class Lease:
         self.release()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 - contextlib may be gone at interpreter exit
             self.release()
+        except Exception:
+            pass
 
 
 def lease(path: str | os.PathLike[str]) -> Lease:
