@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from .dataset import LanceBatchDataset, offset_map
-from .memory import load_in_memory
+from .dataset import LanceBatchDataset, StagedBatchDataset, offset_map
 from .options import STAGES, DataOptions
 from .orders import SEQUENTIAL_READ_ROWS, get_order
 from .reads import scan_row_ids
@@ -103,6 +102,10 @@ def check_eval_split(stage: str, name: str, num_rows: int, world_size: int) -> N
         )
 
 
+class MemoryBudgetError(ValueError):
+    """``in_memory=True`` and a split's stage is larger than ``memory_budget_bytes``."""
+
+
 class ScanIds:
     """Each table's row addresses in scan order, scanned once per setup however many splits map to it."""
 
@@ -116,7 +119,23 @@ class ScanIds:
         return self._ids[key]
 
 
-def build_reader(
+def wants_stage(options: DataOptions, stage: str) -> bool:
+    """Whether ``stage``'s split is read from a node-local stage (see ``staging``): always when
+    asked (``staging="always"``, ``cache``, ``in_memory``); by default, a train split read in a
+    scattered order (``uniform``), which is take-bound from the table."""
+    if options.staging == "off":
+        return False
+    if options.staging == "always" or options.cache is not None or options.in_memory:
+        return True
+    return stage == "train" and not get_order(options.shuffle).contiguous
+
+
+def staging_required(options: DataOptions) -> bool:
+    """Whether a split that cannot be staged is an error (asked for) rather than read from the table."""
+    return options.staging == "always" or options.cache is not None or options.in_memory
+
+
+def stage_reader(
     options: DataOptions,
     split: SplitRows,
     *,
@@ -124,49 +143,107 @@ def build_reader(
     split_name: str,
     transform: Any,
     table: Any,
-    scan_ids: ScanIds,
-) -> Any:
-    """The dataset that reads ``split``: from the table, from a local cache entry (``cache``), or
-    from memory (``in_memory``). ``table`` is the open table when the split is of the datamodule's
-    own table (else None: it is opened here)."""
-    source = split.source
-    if options.cache is not None:
-        from .cache import cached_dataset
+    progress: bool,
+) -> StagedBatchDataset:
+    """The split's stage (filled now unless this node has it), as a reader. Raises
+    :class:`~.stage.StageBudgetError` when it does not fit the staging budget, and
+    :class:`MemoryBudgetError` when ``in_memory`` is set and it is over ``memory_budget_bytes``."""
+    from .stage import StagedRows, default_budget_bytes, default_stage_root, ensure_stage, estimate_stage_bytes
 
-        reader: Any = cached_dataset(
-            source,
-            columns,
-            split.row_ids,
-            directory=options.cache,
-            max_bytes=options.cache_max_bytes,
-            filter=options.filter,
-            split_name=split_name,
-            table=table,
-            transform=transform,
-            nulls=options.nulls,
-        )
-    else:
-        opened = table if table is not None else source.open()
-        offsets = offset_map(split.row_ids, scan_ids.of(source, opened), table_name=source.name, version=source.version)
-        reader = LanceBatchDataset(
-            source,
-            columns,
-            num_rows=len(split),
-            rows=offsets,
-            transform=transform,
-            nulls=options.nulls,
-            table=table,
-        )
-    if options.in_memory:  # one read of the split, then gathers
-        reader = load_in_memory(reader, num_rows=len(split), split=split_name, budget_bytes=options.memory_budget_bytes)
-    return reader
-
-
-def group_batches(options: DataOptions, order: str, batch_size: int) -> int:
-    """Consecutive batches a worker reads together: what the order says (a block window, ~16k
-    sequential rows, one scattered batch); in memory, with workers, ~16k rows a hand-over (one
-    shared-memory block, not one a batch)."""
+    opened = table if table is not None else split.source.open()
     if options.in_memory:
+        needed = estimate_stage_bytes(opened, columns, len(split))
+        if needed > options.memory_budget_bytes:
+            raise MemoryBudgetError(
+                f"split {split_name!r} needs about {needed / 2**20:,.0f} MiB in memory ({len(split):,} rows of "
+                f"columns {columns}), over memory_budget_bytes={options.memory_budget_bytes:,} "
+                f"({options.memory_budget_bytes / 2**20:,.0f} MiB). Raise memory_budget_bytes, select fewer columns, "
+                "or turn in_memory off (the stage is then read from the page cache as it is used)."
+            )
+    root = options.cache if options.cache is not None else default_stage_root()
+    budget = options.cache_max_bytes if options.cache_max_bytes is not None else default_budget_bytes(root)
+    path = ensure_stage(
+        split.source,
+        opened,
+        split.row_ids,
+        columns,
+        root=root,
+        budget_bytes=budget,
+        split_name=split_name,
+        filter=options.filter,
+        progress=progress,
+        budget_setting="cache_max_bytes",
+    )
+    rows = StagedRows(path, prefault=options.in_memory)
+    return StagedBatchDataset(
+        rows, source=split.source, split_name=split_name, transform=transform, nulls=options.nulls
+    )
+
+
+def table_reader(
+    options: DataOptions,
+    split: SplitRows,
+    *,
+    columns: list[str],
+    transform: Any,
+    table: Any,
+    scan_ids: ScanIds,
+) -> LanceBatchDataset:
+    """A reader of the split straight from the table: range scans and takes by table offset."""
+    source = split.source
+    opened = table if table is not None else source.open()
+    offsets = offset_map(split.row_ids, scan_ids.of(source, opened), table_name=source.name, version=source.version)
+    return LanceBatchDataset(
+        source, columns, num_rows=len(split), rows=offsets, transform=transform, nulls=options.nulls, table=table
+    )
+
+
+def build_reader(
+    options: DataOptions,
+    split: SplitRows,
+    *,
+    stage: str,
+    columns: list[str],
+    split_name: str,
+    transform: Any,
+    table: Any,
+    scan_ids: ScanIds,
+    warn: Callable[[str], None],
+    progress: bool = True,
+) -> Any:
+    """The dataset that reads ``split`` for ``stage``: its stage where staging applies and it fits,
+    else the table (``warn`` says why, once). ``table`` is the open table when the split is of the
+    datamodule's own table (else None: it is opened here)."""
+    if wants_stage(options, stage):
+        from .stage import StageBudgetError
+
+        try:
+            return stage_reader(
+                options,
+                split,
+                columns=columns,
+                split_name=split_name,
+                transform=transform,
+                table=table,
+                progress=progress,
+            )
+        except StageBudgetError as err:
+            if staging_required(options):
+                raise
+            warn(
+                f"split {split_name!r} of table {split.source.name!r} is read from the table, not staged: {err} "
+                f"Read from the table, shuffle={options.shuffle!r} costs one take a row (~50-130k rows/s a process, "
+                "against millions from a stage). To stage it, raise cache_max_bytes or point cache= at a directory "
+                "with room; or use shuffle='block' (range scans). staging='off' silences this."
+            )
+    return table_reader(options, split, columns=columns, transform=transform, table=table, scan_ids=scan_ids)
+
+
+def group_batches(options: DataOptions, order: str, batch_size: int, *, staged: bool = False) -> int:
+    """Consecutive batches a worker reads together: what the order says (a block window, ~16k
+    sequential rows, one scattered batch); from a stage, with workers, ~16k rows a hand-over (one
+    shared-memory block, not one a batch)."""
+    if staged:
         return 1 if not options.num_workers else max(1, SEQUENTIAL_READ_ROWS // batch_size)
     return get_order(order).group_batches(
         batch_size, block_size=options.block_size, window_blocks=options.window_blocks
@@ -182,6 +259,7 @@ def build_sampler(
     world_size: int,
     position: TrainPosition | None,
     overfitting: bool = False,
+    staged: bool = False,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order."""
@@ -201,7 +279,7 @@ def build_sampler(
         even=training,
         block_size=options.block_size,
         window_blocks=options.window_blocks,
-        group_batches=group_batches(options, order, batch_size),
+        group_batches=group_batches(options, order, batch_size, staged=staged),
         position=position if training else None,
     )
 

@@ -20,16 +20,22 @@ from torch.utils.data import DataLoader
 
 from . import assembly
 from .convert import describe_column
-from .dataset import resolve_transform
+from .dataset import StagedBatchDataset, resolve_transform
 from .loader import make_loader
 from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
 from .source import LanceSourceError, check_columns, is_local_uri, table_source
-from .splits import WHOLE_TABLE, SplitRows, SplitSpecError, build_splits, parse_split_spec, whole_table_row_ids
+from .splits import (
+    WHOLE_TABLE,
+    SplitRows,
+    SplitSpecError,
+    build_splits,
+    kinds_stable_under_appends,
+    parse_split_spec,
+    whole_table_row_ids,
+)
 from .state import NO_DATA_STATE, DataState, TrainState
-
-STABLE_ONLY = ("random", "sequential")  # split kinds that reassign rows when the table grows
 
 
 class LanceDataModule(pl.LightningDataModule):
@@ -76,14 +82,20 @@ class LanceDataModule(pl.LightningDataModule):
             boundary, move to the table's latest version, so appended rows join from the next
             epoch on (never mid-epoch). Needs ``Trainer(reload_dataloaders_every_n_epochs=1)`` and
             a split whose assignment survives appends (hash, column, sql, tables, or None).
-        in_memory: read each stage's selected columns once into shared memory (all workers of a
-            rank map the same pages) and make every batch a gather: faster than any read from the
-            table, for splits that fit ``memory_budget_bytes`` (tensor columns only). Too large
-            or non-tensor columns get an error naming the split, the size and the setting.
-        cache: a local directory: each stage's split (selected columns, pinned version) is copied
-            there once per node at ``setup`` and read from there (see :mod:`lance_lightning.cache`).
-            For tables in object storage. None (default): read the table directly.
-        cache_max_bytes: refuse to grow the ``cache`` directory beyond this many bytes.
+        staging: where batches are read from (:mod:`lance_lightning.stage`). ``"auto"`` (default):
+            a split read in the ``uniform`` order (and every split when ``cache`` or ``in_memory``
+            is set) is copied once per node into a verified, memory-mapped local stage and every
+            batch is a gather from it (memory speed instead of one table take a row); a split that
+            does not fit the staging budget is read from the table, with a warning saying why.
+            ``"always"``: stage every split, and refuse one that does not fit. ``"off"``: read the
+            table. ``block`` and ``none`` read the table in range scans unless asked otherwise.
+        in_memory: read every page of each stage once at setup (pre-fault), so the first epoch runs
+            at memory speed too; refused, naming the split and the setting, when a stage is over
+            ``memory_budget_bytes``. Implies staging.
+        cache: where stages live (default: ``$XDG_CACHE_HOME/lance-lightning/stages``): a
+            node-local directory; setting it stages every split (remote tables read once).
+        cache_max_bytes: the staging budget: stages beyond it are evicted least-recently-used
+            (never one a running job reads). Default: half the free space where stages live.
     """
 
     def __init__(
@@ -118,6 +130,7 @@ class LanceDataModule(pl.LightningDataModule):
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
         cache: str | None = None,
         cache_max_bytes: int | None = None,
+        staging: Literal["auto", "always", "off"] = "auto",
     ) -> None:
         super().__init__()
         settings = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
@@ -126,15 +139,12 @@ class LanceDataModule(pl.LightningDataModule):
         options = self.options = DataOptions(**settings)
         self.source, self._open_table = table_source(options)
         self.split_spec = parse_split_spec(splits)
-        if (
-            options.table_updates == "next_epoch"
-            and self.split_spec is not None
-            and self.split_spec.kind in STABLE_ONLY
-        ):
+        spec = self.split_spec
+        if options.table_updates == "next_epoch" and spec is not None and not spec.survives_appends:
             raise ValueError(
-                f"table_updates='next_epoch' with {self.split_spec.kind} splits would reassign existing rows to "
-                "other splits whenever rows are added (leaking validation rows into training). Use a split whose "
-                "assignment survives appends: kind 'hash', 'column', 'sql' or 'tables'."
+                f"table_updates='next_epoch' with {spec.kind} splits would reassign existing rows to other splits "
+                "whenever rows are added (leaking validation rows into training). Use a split whose assignment "
+                f"survives appends: kind {' or '.join(map(repr, kinds_stable_under_appends()))}."
             )
         self.transform = resolve_transform(transform)
         self.columns = list(options.columns) if options.columns is not None else None  # all columns: at setup
@@ -228,6 +238,8 @@ class LanceDataModule(pl.LightningDataModule):
         self.datasets[stage] = assembly.build_reader(
             self.options,
             split,
+            stage=stage,
+            warn=rank_zero_warn,
             columns=self.columns,
             split_name=name,
             transform=self.transform,
@@ -243,6 +255,7 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             position=self.position,
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
+            staged=isinstance(self.datasets[stage], StagedBatchDataset),
         )
         if stage == "train":
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
@@ -267,8 +280,6 @@ class LanceDataModule(pl.LightningDataModule):
                 )
             self._whole_table = SplitRows(WHOLE_TABLE, self.source, rows)
         return self._whole_table
-
-    _split_rows = split_rows  # the name lance_lightning.writer used
 
     # -- the table -----------------------------------------------------------------------
 
@@ -329,8 +340,7 @@ class LanceDataModule(pl.LightningDataModule):
 
     def _identity(self) -> dict[str, Any]:
         """What decides which row is in which split: a checkpoint must match it to resume."""
-        spec = _plain(self.split_spec.__dict__) if self.split_spec else None
-        return self.options.identity(self.source.name, spec)
+        return self.options.identity(self.source.name, self.split_spec.identity() if self.split_spec else None)
 
     def state_dict(self) -> dict[str, Any]:
         """Saved by Lightning in every checkpoint: the data's identity and the next unread row."""

@@ -147,7 +147,33 @@ def _rows(value: Any, lo: int, hi: int) -> Any:
     return value[lo:hi]
 
 
-class LanceBatchDataset(Dataset):
+class BatchReader(Dataset):
+    """What every reader shares: ``reader[positions]`` is one batch (positions in the split, any
+    order), ``reader[BatchGroup]`` several read together; the transform runs on each batch, and
+    :class:`~lance_lightning.monitor.LoaderMonitor` may time both (``timing``)."""
+
+    timing: LoaderTiming | None = None
+    """Set by :class:`~lance_lightning.monitor.LoaderMonitor`: sums the time of each item and of
+    the transform inside it (see :mod:`.timing`); None (default): nothing is timed."""
+    transform: Transform | None = None
+    num_rows: int = 0
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def _finish(self, batch: dict[str, Any]) -> Any:
+        if self.transform is None:
+            return batch
+        return self.transform(batch) if self.timing is None else self.timing.transform(self.transform, batch)
+
+    def __getitem__(self, index: Sequence[int] | np.ndarray) -> Any:
+        return self._getitem(index) if self.timing is None else self.timing.load(self._getitem, index)
+
+    def _getitem(self, index: Any) -> Any:
+        raise NotImplementedError
+
+
+class LanceBatchDataset(BatchReader):
     """Reads batches of rows of one split from one pinned table version.
 
     ``dataset[positions]`` (positions in the split) returns
@@ -157,10 +183,6 @@ class LanceBatchDataset(Dataset):
     None, positions *are* table offsets. What a reader reads never changes after construction.
     ``len(dataset)`` is the split's row count.
     """
-
-    timing: LoaderTiming | None = None
-    """Set by :class:`~lance_lightning.monitor.LoaderMonitor`: sums the time of each item and of
-    the transform inside it (see :mod:`.timing`); None (default): nothing is timed."""
 
     def __init__(
         self,
@@ -181,9 +203,6 @@ class LanceBatchDataset(Dataset):
         self.nulls = nulls
         self._table = table
         self._pid = os.getpid() if table is not None else None
-
-    def __len__(self) -> int:
-        return self.num_rows
 
     def __getstate__(self) -> dict[str, Any]:
         if is_memory_uri(self.source.uri):
@@ -230,14 +249,6 @@ class LanceBatchDataset(Dataset):
             result = result.take(pa.array(inverse))
         return result
 
-    def _finish(self, batch: dict[str, Any]) -> Any:
-        if self.transform is None:
-            return batch
-        return self.transform(batch) if self.timing is None else self.timing.transform(self.transform, batch)
-
-    def __getitem__(self, index: Sequence[int] | np.ndarray) -> Any:
-        return self._getitem(index) if self.timing is None else self.timing.load(self._getitem, index)
-
     def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
         if isinstance(index, BatchGroup):
             # One read for the whole group (range scans), one conversion, then a gather per batch.
@@ -251,3 +262,42 @@ class LanceBatchDataset(Dataset):
             gathered = rows if where is None else {name: gather(v, where) for name, v in rows.items()}
             return split_group(gathered, [len(b) for b in index], self._finish)
         return self._finish(batch_to_tensors(self.read_arrow(self.offsets(index)), nulls=self.nulls))
+
+
+class StagedBatchDataset(BatchReader):
+    """Reads batches of one split from its node-local stage (:mod:`.stage`): every batch is a
+    gather by position from memory-mapped files, written straight into shared memory inside a
+    DataLoader worker. Same contract as :class:`LanceBatchDataset` (positions in the split, in
+    any order; a :class:`BatchGroup` gathered at once and handed over as one block per column).
+
+    It pickles as the stage's path and a few settings: each worker maps the same files (one copy
+    in the page cache for every rank and worker of a node) and holds a lease on the stage, so
+    nothing evicts it while it is read.
+    """
+
+    def __init__(
+        self,
+        rows: Any,
+        *,
+        source: TableSource,
+        split_name: str,
+        transform: Transform | str | None = None,
+        nulls: NullPolicy = "raise",
+    ) -> None:
+        self.staged = rows  # a lance_lightning.stage.StagedRows
+        self.source = source  # the table the stage was copied from (for messages; never reopened)
+        self.split_name = split_name
+        self.num_rows = len(rows)
+        self.transform = resolve_transform(transform)
+        self.nulls = nulls
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # the stage pickles as its path: even a memory:// source is fine
+
+    def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
+        if isinstance(index, BatchGroup):
+            if not len(index):
+                return BatchGroup()
+            rows = self.staged.take_into_tensors(np.concatenate(index), nulls=self.nulls)
+            return split_group(rows, [len(b) for b in index], self._finish)
+        return self._finish(self.staged.take_into_tensors(np.asarray(index, dtype=np.int64), nulls=self.nulls))

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .dataset import BatchGroup
+from .dataset import BatchGroup, LanceBatchDataset
 from .options import DataOptions
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
@@ -22,11 +22,12 @@ from .workers import init_worker
 def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: Any) -> LanceDataLoader:
     """The loader of one stage: ``sampler`` yields whole batches, ``dataset`` reads them."""
     workers = options.num_workers
-    source = getattr(dataset, "source", None)  # in-memory datasets reopen nothing
+    source = dataset.source if isinstance(dataset, LanceBatchDataset) else None  # staged ones reopen nothing
     if workers and source is not None and is_memory_uri(source.uri):
         raise LanceSourceError(
             f"table {source.name!r} is in an in-memory database ({source.uri}): "
-            f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, in_memory=True, "
+            f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, "
+            "staging='always' (workers then read the stage), "
             "or store the table in a directory (lancedb.connect('/path')) or object store."
         )
     kwargs: dict[str, Any] = {}

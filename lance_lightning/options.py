@@ -68,6 +68,7 @@ DEFAULT_MEMORY_BUDGET = 4 * 1024**3
 NULL_POLICIES = ("raise", "mask")
 RESUMES = ("exact", "fresh")
 TABLE_UPDATES = ("pin", "next_epoch")
+STAGING_MODES = ("auto", "always", "off")
 WORKER_START_METHODS = ("forkserver", "spawn")
 FORK_REFUSED = (
     "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
@@ -267,6 +268,7 @@ class DataOptions:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     cache: str | None = None
     cache_max_bytes: int | None = None
+    staging: Literal["auto", "always", "off"] = "auto"
 
     def __post_init__(self) -> None:
         if self.multiprocessing_context == "fork":
@@ -294,6 +296,7 @@ class DataOptions:
             "memory_budget_bytes": as_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1),
             "cache": as_path("cache", self.cache),
             "cache_max_bytes": as_optional_int("cache_max_bytes", self.cache_max_bytes, minimum=1),
+            "staging": as_choice("staging", self.staging, STAGING_MODES),
             "columns": as_names("columns", self.columns),
             "filter": as_str("filter", self.filter, what="an SQL predicate"),
             "stage_splits": as_mapping(

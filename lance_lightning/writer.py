@@ -177,7 +177,7 @@ class LancePredictionWriter(BasePredictionWriter):
                 f"the predict sampler is sharded for rank {sampler.rank} of {sampler.num_replicas}, the Trainer runs "
                 f"rank {trainer.global_rank} of {trainer.world_size}"
             )
-        split = dm._split_rows(dm.split_for_stage("predict"))  # the rows the predict loader reads
+        split = dm.split_rows(dm.split_for_stage("predict"))  # the rows the predict loader reads
         target = self._target(split.source)
         if trainer.predict_loop.return_predictions:
             rank_zero_warn(

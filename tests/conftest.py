@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pyarrow as pa
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stages (lance_lightning/stage) go to a directory of this test session, never the user's
+    cache: set before any test (and inherited by the DDP and CLI subprocesses the tests start)."""
+    config.stage_home = tempfile.mkdtemp(prefix="lance-lightning-tests-")
+    os.environ["XDG_CACHE_HOME"] = config.stage_home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stage_home, ignore_errors=True)
 
 
 def toy_table(num_rows: int, *, dim: int = 4, seed: int = 0) -> pa.Table:

@@ -191,7 +191,7 @@ def count_reads(monkeypatch, table) -> dict[str, list[int]]:
 
 def test_uniform_reads_are_one_take_per_batch(make_table, monkeypatch):
     uri, _ = make_table("toy", 100)
-    dm = LanceDataModule(uri, "toy", batch_size=25, splits={"train": 1.0})
+    dm = LanceDataModule(uri, "toy", batch_size=25, splits={"train": 1.0}, staging="off")
     dm.setup("fit")
     calls = count_reads(monkeypatch, dm.datasets["train"].table())
     assert len(ids_of(dm.train_dataloader())) == 100
@@ -221,7 +221,12 @@ def test_open_table_object_from_memory_database():
     dm = LanceDataModule(table=table, batch_size=8, splits={"train": 1.0})
     dm.setup("fit")
     assert sorted(ids_of(dm.train_dataloader())) == list(range(30))
-    workers = LanceDataModule(table=table, batch_size=8, splits={"train": 1.0}, num_workers=2)
+    # staged (the default for the uniform order): workers read the node-local stage, not the table
+    staged = LanceDataModule(table=table, batch_size=8, splits={"train": 1.0}, num_workers=2)
+    staged.setup("fit")
+    assert sorted(ids_of(staged.train_dataloader())) == list(range(30))
+    # read from the table: workers cannot reopen an in-memory database, and are told so
+    workers = LanceDataModule(table=table, batch_size=8, splits={"train": 1.0}, num_workers=2, staging="off")
     workers.setup("fit")
     with pytest.raises(LanceSourceError, match=r"in-memory database.*num_workers=0"):
         workers.train_dataloader()
