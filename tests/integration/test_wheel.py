@@ -147,7 +147,7 @@ def test_wheel_installs_with_demo_and_runs_the_main_job_from_an_empty_directory(
     accuracy = re.search(r"test metrics: test/acc=(\d\.\d+)", result.stdout)
     assert accuracy, result.stdout[-2000:]
     # Seeded (seed 42): one epoch printed 0.8889 (160 of 180 test rows) on this project's 2-core
-    # CPU machine; the bound only says it learned (chance is 0.1).
+    # CPU machine (commit 9e0343d); the bound only says it learned (chance is 0.1).
     assert float(accuracy.group(1)) >= 0.75, result.stdout[-2000:]
     assert (work / "data" / "demo" / "digits.lance").is_dir()
 
