@@ -1,12 +1,15 @@
 """The table changes under a running or resumed job: compacted and cleaned up, dropped, recreated.
 
 Every case either reads exactly the pinned rows or fails fast with an error naming the table, the
-version and what to do; none reads other rows silently.
+version and what to do; none reads other rows silently. A split read from the table
+(``staging='off'``) fails fast; a staged one (the default for the train split) goes on reading its
+node-local copy of the pinned rows.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import lancedb
 import lightning.pytorch as pl
@@ -62,11 +65,11 @@ def compact_and_clean(table) -> None:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_cleanup_of_the_pinned_version_mid_run_names_table_version_and_remedy(make_table, tmp_path, num_workers):
     uri, table = fragmented(make_table)
-    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1, num_workers=num_workers)
+    dm = LanceDataModule(
+        uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1, num_workers=num_workers, staging="off"
+    )
     with pytest.raises(TableChangedError) as caught:
-        trainer(tmp_path, callbacks=[ChangeTableAt(3, lambda: compact_and_clean(table))]).fit(
-            Recorder(), datamodule=dm
-        )
+        trainer(tmp_path, callbacks=[ChangeTableAt(3, lambda: compact_and_clean(table))]).fit(Recorder(), datamodule=dm)
     text = str(caught.value)
     assert "'toy'" in text and f"version {dm.table_version}" in text
     assert "cleanup_older_than" in text and "table_updates='next_epoch'" in text
@@ -74,11 +77,23 @@ def test_cleanup_of_the_pinned_version_mid_run_names_table_version_and_remedy(ma
 
 def test_table_dropped_mid_run_is_a_clear_error(make_table, tmp_path):
     uri, _ = fragmented(make_table)
-    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=1, staging="off")
     with pytest.raises(TableChangedError, match=r"table 'toy' .*version 4.*is gone.*dropped"):
         trainer(tmp_path, callbacks=[ChangeTableAt(3, lambda: lancedb.connect(uri).drop_table("toy"))]).fit(
             Recorder(), datamodule=dm
         )
+
+
+@pytest.mark.parametrize("change", ["cleanup", "drop"])
+def test_a_staged_split_reads_its_pinned_rows_after_the_table_is_cleaned_up_or_dropped(make_table, tmp_path, change):
+    uri, table = fragmented(make_table)
+    reference = Recorder()
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
+    changes = {"cleanup": lambda: compact_and_clean(table), "drop": lambda: lancedb.connect(uri).drop_table("toy")}
+    staged = Recorder()
+    dm = datamodule(uri, cache=str(tmp_path / "stages"))
+    trainer(tmp_path, callbacks=[ChangeTableAt(3, changes[change])]).fit(staged, datamodule=dm)
+    assert staged.seen == reference.seen  # both epochs, from the stage of version 4
 
 
 def checkpoint_mid_epoch(uri, tmp_path, step: int = 4):
@@ -120,21 +135,25 @@ def test_resume_refuses_a_dropped_and_recreated_table(make_table, tmp_path):
         trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)
 
 
-def test_cache_never_serves_an_entry_of_a_dropped_table(make_table, tmp_path):
+def test_a_stage_of_a_dropped_table_is_never_served_for_its_recreation(make_table, tmp_path):
     uri, _ = make_table("toy", 120)
-    cache = tmp_path / "cache"
+    root = tmp_path / "stages"
 
-    def read_ids() -> list[int]:
-        dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=16, seed=1, shuffle="none", cache=str(cache))
+    def read() -> tuple[list[int], Path]:
+        dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=16, seed=1, cache=str(root))
         dm.setup("fit")
-        return sorted(i for batch in dm.train_dataloader() for i in batch["id"].tolist())
+        ids = sorted(i for batch in dm.train_dataloader() for i in batch["id"].tolist())
+        return ids, dm.datasets["train"].staged.path
 
-    assert read_ids() == list(range(120))
+    ids, first = read()
+    assert ids == list(range(120))
     db = lancedb.connect(uri)
     db.drop_table("toy")
     other = toy_table(120)
     db.create_table("toy", other.set_column(0, "id", pa.array(range(1000, 1120), pa.int64())))
-    assert read_ids() == list(range(1000, 1120))  # same name, same version 1, same row addresses
+    ids, second = read()  # same name, same version 1, same row addresses: another commit time
+    assert ids == list(range(1000, 1120))
+    assert second != first and first.name.startswith("toy-v1-") and second.name.startswith("toy-v1-")
 
 
 class KillAWorker(pl.Callback):

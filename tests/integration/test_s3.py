@@ -1,13 +1,15 @@
 """Tables in object storage, against a real S3-compatible server (moto) on 127.0.0.1.
 
-Training, validation, mid-epoch resume and DataLoader workers read an ``s3://`` table; the
-local cache is filled once and then read instead of the server; a new table version gets a new
-cache entry; each failure names the URI and what was tried; no secret leaks anywhere.
+Training, validation, mid-epoch resume and DataLoader workers read an ``s3://`` table; a split's
+node-local stage is filled once from the server and then read instead of it; a new table version
+gets a new stage; a split over the staging budget is read from the server (default) or refused
+(``cache=``); each failure names the URI and what was tried; no secret leaks anywhere.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import multiprocessing
 import re
@@ -19,8 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from lance_lightning import LanceDataModule, LanceSourceError, TableSource
-from lance_lightning.cache import CacheLimitError, ensure_cached
+from lance_lightning import LanceBatchDataset, LanceDataModule, LanceSourceError, TableSource
+from lance_lightning.dataset import StagedBatchDataset
+from lance_lightning.stage import StageBudgetError, ensure_stage
 from tests.conftest import toy_table
 from tests.helpers import Preempted, SaveThenStop
 
@@ -159,7 +162,7 @@ def flat(batches) -> list[int]:
 
 def test_fit_and_validate_with_workers_that_reopen_the_s3_table(s3, s3_table, tmp_path):
     uri, _ = s3_table(120)
-    dm = datamodule(uri, s3, num_workers=2)
+    dm = datamodule(uri, s3, num_workers=2, staging="off")  # no stage: the workers read the server
     model = Recorder()
     before = len(s3.log.lines)
     trainer(tmp_path, num_sanity_val_steps=0).fit(model, datamodule=dm)
@@ -171,10 +174,10 @@ def test_fit_and_validate_with_workers_that_reopen_the_s3_table(s3, s3_table, tm
     assert np.isfinite(metrics[0]["val_loss"])
 
 
-@pytest.mark.parametrize("cached", [False, True])
-def test_resume_mid_epoch_from_s3_reads_what_an_uninterrupted_run_reads(s3, s3_table, tmp_path, cached):
+@pytest.mark.parametrize("staging", ["off", "auto"])
+def test_resume_mid_epoch_from_s3_reads_what_an_uninterrupted_run_reads(s3, s3_table, tmp_path, staging):
     uri, _ = s3_table(100)
-    extra = {"splits": {"train": 1.0}, "batch_size": 8, "cache": str(tmp_path / "cache") if cached else None}
+    extra = {"splits": {"train": 1.0}, "batch_size": 8, "staging": staging}
     run = dict(max_epochs=2, limit_val_batches=0)
     reference = Recorder()
     trainer(tmp_path, **run).fit(reference, datamodule=datamodule(uri, s3, **extra))
@@ -188,7 +191,7 @@ def test_resume_mid_epoch_from_s3_reads_what_an_uninterrupted_run_reads(s3, s3_t
     assert SECRET.encode() not in ckpt.read_bytes() and ACCESS_KEY.encode() not in ckpt.read_bytes()
 
 
-# -- the cache -----------------------------------------------------------------------------
+# -- stages ----------------------------------------------------------------------------------
 
 
 class CountDataReads(pl.Callback):
@@ -202,75 +205,113 @@ class CountDataReads(pl.Callback):
         self.marks.append(len(self.s3.log.lines))
 
 
-def test_cache_is_filled_once_then_epochs_read_only_the_local_copy(s3, s3_table, tmp_path):
+def stages(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+
+
+def test_a_stage_is_filled_once_then_epochs_read_only_the_local_copy(s3, s3_table, tmp_path):
     uri, _ = s3_table(120)
     bucket = uri.split("/")[2]
-    cache = tmp_path / "cache"
-    dm = datamodule(uri, s3, cache=str(cache))
+    root = tmp_path / "stages"
+    dm = datamodule(uri, s3, cache=str(root))
     before = len(s3.log.lines)
     dm.setup("fit")
-    assert s3.log.data_reads(bucket, before) > 0  # the copy read the server
-    entries = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    assert s3.log.data_reads(bucket, before) > 0  # the fill read the server
+    entries = stages(root)
     assert len(entries) == 2 and all(e.startswith("toy-v1-") for e in entries)  # train and val
+    assert all(isinstance(dm.datasets[s], StagedBatchDataset) for s in ("train", "val"))
     counter = CountDataReads(s3, bucket)
     model = Recorder()
     trainer(tmp_path, max_epochs=2, callbacks=[counter]).fit(model, datamodule=dm)
-    assert s3.log.data_reads(bucket, counter.marks[0]) == 0  # epochs 1 and 2 read only the cache
+    assert s3.log.data_reads(bucket, counter.marks[0]) == 0  # epochs 1 and 2 read only the stages
     assert flat(model.seen[: len(model.seen) // 2]) == sorted(dm.splits["train"].row_ids.tolist())
-    # a second run (another rank, a restart) finds the entry and copies nothing
-    again = datamodule(uri, s3, cache=str(cache))
+    val_ids = dm.splits["val"].row_ids.tolist()
+    assert sorted(model.val_seen) == sorted(val_ids * (len(model.val_seen) // len(val_ids)))  # sanity + 2 epochs
+    # a second run (another rank, a restart) finds the stages and copies nothing
+    path = dm.datasets["train"].staged.path
+    filled = json.loads((path / "manifest.json").read_text())["fill_id"]
+    again = datamodule(uri, s3, cache=str(root))
+    before = len(s3.log.lines)
     again.setup("fit")
     split = again.splits["train"]
-    entry = ensure_cached(split.source, None, split.row_ids, ["id", "x", "y"], directory=cache)
-    assert not entry.filled and entry.num_rows == len(split)
-    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == entries
+    assert ensure_stage(split.source, None, split.row_ids, ["id", "x", "y"], root=root, split_name="train") == path
+    assert s3.log.data_reads(bucket, before) == 0
+    assert json.loads((path / "manifest.json").read_text())["fill_id"] == filled
+    assert again.datasets["train"].staged.path == path and stages(root) == entries
 
 
-def _fill(args) -> bool:
-    uri, options, row_ids, cache = args
-    source = TableSource(uri, "toy", 1, options)
-    return ensure_cached(source, None, np.asarray(row_ids, np.uint64), ["id", "x"], directory=cache).filled
+def _fill(args) -> tuple[str, int]:
+    """Stage rows of the S3 table in this (spawned) process: its path and how many fills it did."""
+    uri, options, row_ids, root = args
+    fills: list[str] = []
+
+    class Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("staged "):
+                fills.append(record.getMessage())
+
+    log = logging.getLogger("lance_lightning.stage")
+    log.setLevel(logging.INFO)
+    log.addHandler(Count())
+    unstamped = TableSource(uri, "toy", 1, options)
+    source = unstamped.stamped(unstamped.open())
+    path = ensure_stage(source, None, np.asarray(row_ids, np.uint64), ["id", "x"], root=root, split_name="train")
+    return str(path), len(fills)
 
 
-def test_concurrent_ranks_on_a_node_fill_the_cache_once(s3, s3_table, tmp_path):
+def test_concurrent_ranks_on_a_node_fill_the_stage_once(s3, s3_table, tmp_path):
     uri, _ = s3_table(3000)
     rows = np.arange(0, 3000, 2, dtype=np.uint64)
-    args = (uri, s3.options(), rows.tolist(), str(tmp_path / "cache"))
+    args = (uri, s3.options(), rows.tolist(), str(tmp_path / "stages"))
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(3, mp_context=context) as pool:
-        filled = list(pool.map(_fill, [args] * 3))
-    assert sorted(filled) == [False, False, True]
-    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+        results = list(pool.map(_fill, [args] * 3))
+    assert sorted(fills for _, fills in results) == [0, 0, 1]
+    assert len({path for path, _ in results}) == 1
+    assert len(stages(tmp_path / "stages")) == 1
 
 
-def test_a_new_table_version_gets_a_new_cache_entry(s3, s3_table, tmp_path):
+def test_a_new_table_version_gets_a_new_stage(s3, s3_table, tmp_path):
     uri, table = s3_table(60)
-    cache = tmp_path / "cache"
-    old = datamodule(uri, s3, splits=None, cache=str(cache))
+    root = tmp_path / "stages"
+    old = datamodule(uri, s3, splits=None, cache=str(root))
     old.setup("fit")
     table.add(toy_table(90).slice(60))  # version 2
-    new = datamodule(uri, s3, splits=None, cache=str(cache))
+    new = datamodule(uri, s3, splits=None, cache=str(root))
     new.setup("fit")
     assert (old.table_version, new.table_version) == (1, 2)
-    assert old.datasets["train"].cache_path != new.datasets["train"].cache_path
+    assert old.datasets["train"].staged.path != new.datasets["train"].staged.path
     rows = new.splits["all"].row_ids
     assert len(rows) == 90 and rows.max() >= 2**32  # the appended rows are a second fragment
-    # a cache entry holds the split in split order: it is read by position
+    # a stage holds the split in split order: it is read by position
     assert new.datasets["train"][np.arange(90)]["id"].tolist() == list(range(90))
-    # pinning the old version reads the old entry again
-    pinned = datamodule(uri, s3, splits=None, cache=str(cache), version=1)
+    # pinning the old version reads the old stage again
+    pinned = datamodule(uri, s3, splits=None, cache=str(root), version=1)
     pinned.setup("fit")
-    assert pinned.datasets["train"].cache_path == old.datasets["train"].cache_path
-    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2
+    assert pinned.datasets["train"].staged.path == old.datasets["train"].staged.path
+    assert pinned.datasets["train"][np.arange(60)]["id"].tolist() == list(range(60))
+    assert len(stages(root)) == 2
 
 
-def test_cache_size_limit_is_refused_with_the_numbers_and_the_setting(s3, s3_table, tmp_path):
+def test_a_split_over_the_staging_budget_is_read_from_the_server_or_refused(s3, s3_table, tmp_path):
     uri, _ = s3_table(120)
-    dm = datamodule(uri, s3, cache=str(tmp_path / "cache"), cache_max_bytes=1000)
-    with pytest.raises(CacheLimitError, match=r"split 'train'.* wrote [\d,]+ bytes.*cache_max_bytes=1,000") as err:
-        dm.setup("fit")
-    assert "toy" in str(err.value) and SECRET not in str(err.value)
-    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    bucket = uri.split("/")[2]
+    root = tmp_path / "stages"
+    refused = datamodule(uri, s3, cache=str(root), cache_max_bytes=1000)  # cache= asks for stages
+    with pytest.raises(StageBudgetError, match=r"split 'train'.*cache_max_bytes=1,000") as err:
+        refused.setup("fit")
+    assert "toy" in str(err.value) and SECRET not in str(err.value) and ACCESS_KEY not in str(err.value)
+    assert stages(root) == []
+    fallback = datamodule(uri, s3, cache_max_bytes=1000)  # the default: read from the server instead
+    with pytest.warns(UserWarning, match=r"split 'train' .*read from the table.*cache_max_bytes=1,000") as caught:
+        fallback.setup("fit")
+    assert not [w for w in caught if SECRET in str(w.message) or ACCESS_KEY in str(w.message)]
+    assert isinstance(fallback.datasets["train"], LanceBatchDataset)
+    counter = CountDataReads(s3, bucket)
+    model = Recorder()
+    trainer(tmp_path, callbacks=[counter]).fit(model, datamodule=fallback)
+    assert s3.log.data_reads(bucket, counter.marks[0]) > 0
+    assert flat(model.seen) == sorted(fallback.splits["train"].row_ids.tolist())
 
 
 # -- failures ------------------------------------------------------------------------------
@@ -347,7 +388,7 @@ def test_secrets_never_reach_logs_hparams_checkpoints_or_reprs(s3, s3_table, tmp
         texts[str(path)] = path.read_bytes().decode("latin-1")
     leaks = [where for where, text in texts.items() if SECRET in text or ACCESS_KEY in text]
     assert not leaks
-    assert any(Path(tmp_path).rglob("*.ckpt")) and any(Path(tmp_path / "cache").rglob("meta.json"))
+    assert any(Path(tmp_path).rglob("*.ckpt")) and any(Path(tmp_path / "cache").rglob("manifest.json"))
 
 
 def test_hydra_sets_storage_options_key_by_key(s3, s3_table):
@@ -385,8 +426,8 @@ def test_hydra_sets_storage_options_key_by_key(s3, s3_table):
 
 
 @pytest.mark.distributed
-def test_ddp_ranks_reopen_the_s3_table_and_share_one_cache(s3, tmp_path):
-    """2-process DDP (tests/distributed's launcher) reading the S3 table through one node cache."""
+def test_ddp_ranks_reopen_the_s3_table_and_share_one_stage_per_split(s3, tmp_path):
+    """2-process DDP (tests/distributed's launcher) reading the S3 table through one stage a split on the node."""
     import lancedb
 
     from tests.distributed._ddp import DATA, TABLE, Expected, check_stage, launch_lightning, load_records, write_spec
