@@ -67,7 +67,7 @@ def main() -> dict[str, float]:
         trainer.fit(model, datamodule=data)
         metrics = trainer.test(model, datamodule=data, verbose=False)[0]
         print(f"columns become {data.column_tensors()}")
-        print(f"splits {data.hparams['split_rows']} (of {ROWS} rows, filter {data.filter!r})")
+        print(f"splits {data.hparams['split_rows']} (of {ROWS} rows, filter {data.options.filter!r})")
         print(f"test accuracy {metrics['test/acc']:.3f}")
         return metrics
 

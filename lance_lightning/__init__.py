@@ -7,44 +7,30 @@ The public API: :class:`LanceDataModule` (splits, DDP shards, exact shuffle and 
 Everything else lives in its module (``lance_lightning.sharding``, ``.splits``, ``.orders``...).
 """
 
-from .convert import UnsupportedColumnError
-from .dataset import LanceBatchDataset, TableChangedError
-from .options import DataOptions, SettingError
-from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
-from .source import LanceSourceError, TableSource
-from .splits import SplitSpecError
+import importlib
 
-__all__ = [
-    "DataOptions",
-    "LanceBatchDataset",
-    "LanceBatchSampler",
-    "LanceDataModule",
-    "LancePredictionWriter",
-    "LanceSourceError",
-    "LoaderMonitor",
-    "SequentialLanceBatchSampler",
-    "SettingError",
-    "SplitSpecError",
-    "TableChangedError",
-    "TableSource",
-    "UnsupportedColumnError",
-]
+_WHERE = {
+    "DataOptions": "options",
+    "LanceBatchDataset": "dataset",
+    "LanceBatchSampler": "sampler",
+    "LanceDataModule": "datamodule",
+    "LancePredictionWriter": "writer",
+    "LanceSourceError": "source",
+    "LoaderMonitor": "monitor",
+    "SequentialLanceBatchSampler": "sampler",
+    "SettingError": "options",
+    "SplitSpecError": "splits",
+    "TableChangedError": "dataset",
+    "TableSource": "source",
+    "UnsupportedColumnError": "convert",
+}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Imported on first use: DataLoader workers unpickle the dataset through this package
-    # and must not pay for importing Lightning.
-    if name == "LanceDataModule":
-        from .datamodule import LanceDataModule
-
-        return LanceDataModule
-    if name == "LancePredictionWriter":
-        from .writer import LancePredictionWriter
-
-        return LancePredictionWriter
-    if name == "LoaderMonitor":
-        from .monitor import LoaderMonitor
-
-        return LoaderMonitor
+    # Each name is imported on first use: a DataLoader worker unpickles its reader through this
+    # package and must import neither Lightning nor (reading a stage) lancedb.
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'lance_lightning' has no attribute {name!r}")

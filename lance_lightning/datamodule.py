@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from . import assembly
 from .convert import describe_column
 from .dataset import StagedBatchDataset, resolve_transform
-from .loader import make_loader
+from .loader import make_loader, start_forkserver
 from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
@@ -197,6 +197,8 @@ class LanceDataModule(pl.LightningDataModule):
                 "table_updates='next_epoch' needs Trainer(reload_dataloaders_every_n_epochs=1), so that Lightning "
                 f"asks for new dataloaders at each epoch (it is {reload_every})"
             )
+        if self.options.num_workers and (self.options.multiprocessing_context or "forkserver") == "forkserver":
+            start_forkserver()  # its imports run while this process builds splits and stages
         table = self._pin_version()
         self.columns = check_columns(self.source.name, table.schema, self.columns)
         for name in self.columns:
@@ -259,6 +261,13 @@ class LanceDataModule(pl.LightningDataModule):
         )
         if stage == "train":
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Let go of the stages this process reads (their leases): once no running job holds a
+        stage, a later job may evict it to make room. The readers reopen them if used again."""
+        for reader in self.datasets.values():
+            if isinstance(reader, StagedBatchDataset):
+                reader.close()
 
     def split_for_stage(self, stage: str) -> str | None:
         """The split name that ``stage`` reads, or None if it has none (no dataloader)."""

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .convert import NullPolicy, batch_to_tensors
-from .reads import TableChangedError, offsets_of, read_offsets
+from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
 from .rowset import RowSet
 from .source import TableSource, is_memory_uri
 
@@ -204,6 +204,22 @@ class LanceBatchDataset(BatchReader):
         self._table = table
         self._pid = os.getpid() if table is not None else None
 
+    @classmethod
+    def of_rows(
+        cls,
+        source: TableSource,
+        columns: Sequence[str],
+        row_ids: np.ndarray,
+        *,
+        transform: Transform | str | None = None,
+        nulls: NullPolicy = "raise",
+    ) -> LanceBatchDataset:
+        """A reader of the rows with addresses ``row_ids`` (sorted, e.g. a split's ``row_ids``):
+        position ``i`` is the ``i``-th of them. Opens the table once to map addresses to offsets."""
+        table = source.open()
+        offsets = offset_map(row_ids, scan_row_ids(table), table_name=source.name, version=source.version)
+        return cls(source, columns, num_rows=len(row_ids), rows=offsets, transform=transform, nulls=nulls, table=table)
+
     def __getstate__(self) -> dict[str, Any]:
         if is_memory_uri(self.source.uri):
             raise RuntimeError(
@@ -290,6 +306,13 @@ class StagedBatchDataset(BatchReader):
         self.num_rows = len(rows)
         self.transform = resolve_transform(transform)
         self.nulls = nulls
+
+    def close(self) -> None:
+        """Drop this process's mappings of the stage and its leases (reopened on next use)."""
+        from .stage import release_stage
+
+        release_stage(self.staged.path)
+        self.staged.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)  # the stage pickles as its path: even a memory:// source is fine

@@ -18,6 +18,22 @@ from .options import DataOptions
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
 
+FORKSERVER_PRELOAD = ("__main__", "lance_lightning.dataset", "lance_lightning.stage", "lance_lightning.workers")
+"""What the fork server imports once, so that each worker forks from a process that has it instead of
+importing it afresh: the readers (torch, numpy, pyarrow) and the user's script (``__main__``: a
+worker then does not import it again, nor the Lightning and Hydra it imports). lancedb is left out:
+a worker reading a stage never needs it, and one reading the table imports it after the fork."""
+
+
+def start_forkserver() -> None:
+    """Start the fork server (with :data:`FORKSERVER_PRELOAD`) now, in the background: its imports
+    then overlap the rest of setup instead of delaying the first batch. Idempotent; a server that
+    is already running (started by this or other code) is kept as it is."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # used only if the server starts now
+    forkserver.ensure_running()
+
 
 def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: Any) -> LanceDataLoader:
     """The loader of one stage: ``sampler`` yields whole batches, ``dataset`` reads them."""
@@ -35,10 +51,7 @@ def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: 
         method = options.multiprocessing_context or "forkserver"
         context = multiprocessing.get_context(method)
         if method == "forkserver":
-            # The fork server imports these once; each worker forks from it instead of
-            # importing torch and Lightning again (the user's script re-imports them).
-            # lancedb is left out: it must not be imported before a fork.
-            context.set_forkserver_preload(["torch", "lightning.pytorch"])
+            start_forkserver()
         kwargs["multiprocessing_context"] = context
         # each worker ends when this process does (lance_lightning/workers.py): a SIGKILLed
         # trainer otherwise leaves the fork server and its workers alive

@@ -15,13 +15,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import lancedb
 import pyarrow as pa
 
 from .filters import early_end, enclose, refusal
+
+if TYPE_CHECKING:  # imported where used: a DataLoader worker reading a stage never loads lancedb
+    import lancedb
 
 
 class LanceSourceError(ValueError):
@@ -110,6 +112,8 @@ def table_source(options: Any) -> tuple[TableSource, Any]:
         uri = as_path("`uri`", options.uri, what="the database: a directory or a URI", optional=False)
         source = TableSource(uri, name, options.version, options.storage_options, options.connect_kwargs)
         return source, None
+    import lancedb
+
     if isinstance(table, lancedb.table.Table):
         source = TableSource.from_table(table)
         return (source if options.version is None else source.pinned(options.version)), table
@@ -136,6 +140,8 @@ def connect(uri: str, *, storage_options: Mapping[str, str] | None = None, **kwa
             )
     if "read_consistency_interval" in kwargs:
         kwargs["read_consistency_interval"] = _consistency_interval(kwargs["read_consistency_interval"])
+    import lancedb
+
     return lancedb.connect(uri, storage_options=dict(storage_options) if storage_options else None, **kwargs)
 
 

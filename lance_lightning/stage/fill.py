@@ -461,10 +461,12 @@ def _fill_locked(
     if table is None:
         table = source.open()
     needed = estimate_stage_bytes(table, columns, len(row_ids))
-    store.evict_for(root, needed, budget, keep=final)
+    # first whether it can fit at all (counting what eviction could free), then evict: a split that
+    # never fits must not remove the stages of other jobs on its way to being refused
     problem = store.budget_problem(root, needed, budget, keep=final)
     if problem is not None:
         raise _budget_error(what, needed, budget, setting, problem, root)
+    store.evict_for(root, needed, budget, keep=final)
     tmp = root / f"{store.TMP_PREFIX}{final.name}"
     meta = {
         "format": store.STAGE_FORMAT,

@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from lance_lightning import LanceBatchDataset, LanceDataModule, LanceSourceError, SplitSpecError, UnsupportedColumnError
-from lance_lightning.dataset import offset_map
-from lance_lightning.reads import scan_row_ids
 from tests.conftest import toy_table
 
 
@@ -22,9 +20,7 @@ def split_ids(dm: LanceDataModule) -> dict[str, set[int]]:
     """Each split's ``id`` values, read through the split's own dataset."""
     out = {}
     for name, rows in dm.splits.items():
-        scan_ids = scan_row_ids(rows.source.open())
-        offsets = offset_map(rows.row_ids, scan_ids, table_name=rows.source.name, version=rows.source.version)
-        dataset = LanceBatchDataset(rows.source, ["id"], num_rows=len(rows), rows=offsets)
+        dataset = LanceBatchDataset.of_rows(rows.source, ["id"], rows.row_ids)
         out[name] = set(dataset[np.arange(len(rows))]["id"].tolist())
     return out
 

@@ -37,8 +37,7 @@ def filter_table() -> pa.Table:
 
 def ids_of(rows) -> np.ndarray:
     """The ``id`` values of a split, read through the split's own dataset."""
-    dataset = LanceBatchDataset(rows.source, ["id"], num_rows=len(rows))
-    dataset.rows = dataset.offsets_of(rows.row_ids)
+    dataset = LanceBatchDataset.of_rows(rows.source, ["id"], rows.row_ids)
     return np.sort(dataset[np.arange(len(rows))]["id"].numpy())
 
 

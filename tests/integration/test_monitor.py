@@ -83,7 +83,10 @@ def fit(tmp_path, dm, model, monitor, **kwargs) -> list[LoaderBottleneckWarning]
 
 def test_a_slow_transform_is_logged_and_warned_once_with_what_to_change(make_table, tmp_path, caplog):
     uri, _ = make_table("toy", 400)  # train: 320 rows = 10 batches of 32
-    dm = LanceDataModule(uri, "toy", columns=["id", "x", "y"], batch_size=32, transform=sleepy_transform)
+    # read from the table (staging='off'): the read path this test describes; a staged read is near free
+    dm = LanceDataModule(
+        uri, "toy", columns=["id", "x", "y"], batch_size=32, transform=sleepy_transform, staging="off"
+    )
     monitor = LoaderMonitor(threshold=0.5, warn_after_steps=4)
     with caplog.at_level(logging.INFO):
         caught = fit(tmp_path, dm, Sleeper(), monitor)
@@ -157,7 +160,7 @@ def test_transform_time_is_measured_inside_workers(make_table, tmp_path):
     """With a worker, the transform runs in another process: its time still reaches the warning."""
     uri, _ = make_table("toy", 400)
     dm = LanceDataModule(
-        uri, "toy", columns=["id", "x", "y"], batch_size=32, num_workers=1,
+        uri, "toy", columns=["id", "x", "y"], batch_size=32, num_workers=1, staging="off",
         transform="tests.integration.test_monitor.sleepy_transform",
     )  # fmt: skip
     monitor = LoaderMonitor(threshold=0.5, warn_after_steps=4)

@@ -220,12 +220,6 @@ def test_a_low_estimate_stops_the_copy_once_it_passes_the_budget(make_table, tmp
     assert ids == list(range(SKEWED_ROWS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: stage/fill.py _fill_locked evicts least-recently-used stages before it checks "
-    "whether the new stage can fit at all (budget_problem), so a split larger than the whole budget "
-    "wipes every stage not in use and is then read from the table anyway",
-)
 def test_a_split_that_can_never_fit_evicts_no_other_stage(make_table, tmp_path):
     uri, _ = make_table("toy", 301)
     root = tmp_path / "stages"

@@ -37,8 +37,9 @@ def every_type_table() -> pa.Table:
         "big_text": pa.array([f"t{i}" for i in range(N)], pa.large_string()),
         "blob": pa.array([bytes([i, 0, 255]) for i in range(N)]),
         "ragged": pa.array([list(range(i % 4)) for i in range(N)], pa.list_(pa.int64())),
-        "ts": pa.array([datetime.datetime(2024, 1, 1) + datetime.timedelta(seconds=i) for i in range(N)],
-                       pa.timestamp("ms")),
+        "ts": pa.array(
+            [datetime.datetime(2024, 1, 1) + datetime.timedelta(seconds=i) for i in range(N)], pa.timestamp("ms")
+        ),
     }
     table = pa.table(columns)
     bf_field = pa.field("bf16", pa.binary(2), metadata={"ARROW:extension:name": "lance.bfloat16"})
@@ -52,9 +53,20 @@ def test_every_type_round_trips_through_a_real_table(make_table):
     dm = LanceDataModule(uri, "types", splits={"train": 1.0}, batch_size=5, shuffle="uniform", seed=2)
     dm.setup("fit")
     expected = {
-        "i8": torch.int8, "i16": torch.int16, "i32": torch.int32, "u8": torch.uint8, "u32": torch.int64,
-        "f16": torch.float16, "f32": torch.float32, "f64": torch.float64, "flag": torch.bool,
-        "emb": torch.float32, "grid": torch.int32, "img": torch.float32, "ts": torch.int64, "bf16": torch.bfloat16,
+        "i8": torch.int8,
+        "i16": torch.int16,
+        "i32": torch.int32,
+        "u8": torch.uint8,
+        "u32": torch.int64,
+        "f16": torch.float16,
+        "f32": torch.float32,
+        "f64": torch.float64,
+        "flag": torch.bool,
+        "emb": torch.float32,
+        "grid": torch.int32,
+        "img": torch.float32,
+        "ts": torch.int64,
+        "bf16": torch.bfloat16,
     }
     seen = 0
     for batch in dm.train_dataloader():
@@ -84,8 +96,7 @@ def test_plain_pytorch_dataloader_without_lightning(make_table):
     dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=4)
     dm.setup("fit")
     split = dm.splits["train"]
-    dataset = LanceBatchDataset(split.source, ["id", "x"], num_rows=len(split))
-    dataset.rows = dataset.offsets_of(split.row_ids)  # positions in the split -> table offsets
+    dataset = LanceBatchDataset.of_rows(split.source, ["id", "x"], split.row_ids)  # position i: i-th row of the split
     sampler = LanceBatchSampler(len(split), batch_size=8, shuffle="uniform", seed=4)
     sampler.set_epoch(1)
     dm.samplers["train"].set_epoch(1)
