@@ -223,6 +223,12 @@ def _is_lance(dm: Any) -> bool:
     return dm is not None and hasattr(dm, "samplers") and hasattr(dm, "datasets") and hasattr(dm, "options")
 
 
+def _is_staged(dm: Any, stage: str) -> bool:
+    from .dataset import StagedBatchDataset
+
+    return isinstance((getattr(dm, "datasets", None) or {}).get(stage), StagedBatchDataset)
+
+
 def _transform_name(fn: Any) -> str:
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     module = getattr(fn, "__module__", None)
@@ -237,9 +243,11 @@ def read_path(dm: Any, stage: str = "train") -> str:
     if sampler is None:
         return f"no {stage} loader set up"
     order, batch = sampler.shuffle_mode, sampler.batch_size
-    where = f"the local cache at {dm.options.cache!r}" if dm.options.cache else "the table"
-    if getattr(getattr(dm, "options", None), "in_memory", False):
-        how = "in memory (in_memory=True): each batch is a gather from shared memory"
+    where = "the table"
+    staged = _is_staged(dm, stage)
+    if staged:
+        prefault = " (pre-faulted: in_memory=True)" if dm.options.in_memory else ""
+        how = f"shuffle={order!r} from the split's node-local stage{prefault}: each batch is a gather by position"
     elif order == "uniform":
         how = f"shuffle='uniform' from {where}: each batch is one take of scattered rows (take-bound)"
     elif order == "block":
@@ -314,27 +322,23 @@ def advice(dm: Any, stage: str = "train", transform_share: float | None = None, 
             f"num_workers={workers}: more workers read more batches ahead (this machine has {cpus} CPUs; each worker "
             "holds prefetch_factor batches)"
         )
-    options = getattr(dm, "options", None)
-    cached = getattr(options, "cache", None)
-    if getattr(options, "in_memory", False):
+    if _is_staged(dm, "train"):
         out.append(
-            "in_memory=True: batches are gathers from memory (millions of rows/s a process), so the read itself is "
-            "rarely the limit; look at the transform, pin_memory and the batch size"
+            "the train split is staged: batches are gathers from a memory-mapped local copy (millions of rows/s a "
+            "process), so the read itself is rarely the limit; look at the transform, pin_memory and the batch size"
         )
     elif order == "uniform":
         out.append(
-            "shuffle='uniform' reads each batch as one take of scattered rows from "
-            f"{'the cache' if cached else 'the table'} (take-bound, ~50-130k rows/s a process): "
-            "shuffle='block' reads ranges of block_size rows (several times faster; rows mixed within a window "
-            "of window_blocks blocks), and in_memory=True makes each batch a gather from memory (millions of "
-            "rows/s) if the split fits memory_budget_bytes"
-            + ("" if dm.options.cache else "; for a table in object storage, cache=<local directory>")
+            "shuffle='uniform' reads each batch as one take of scattered rows from the table (take-bound, ~50-130k "
+            "rows/s a process): it is not staged (see the setup warning: the split is over cache_max_bytes, or "
+            "staging='off'); stage it (raise cache_max_bytes, or point cache= at a directory with room) to gather "
+            "batches from memory (millions of rows/s), or use shuffle='block' (ranges of block_size rows)"
         )
     else:
         what = f"block_size={dm.options.block_size} rows" if order == "block" else "table order"
         out.append(
-            f"shuffle={order!r} reads ranges ({what}): in_memory=True makes each batch a gather from memory "
-            "(millions of rows/s) if the split fits memory_budget_bytes"
+            f"shuffle={order!r} reads ranges ({what}): staging='always' stages the split and makes each batch a "
+            "gather from memory (millions of rows/s)"
         )
     out.append(f"batch_size={batch}: each read has a fixed cost; a larger batch_size spreads it over more rows")
     return out

@@ -102,7 +102,7 @@ def test_a_slow_transform_is_logged_and_warned_once_with_what_to_change(make_tab
     assert len(caught) == 1, [str(w.message) for w in caught]  # at step 6, not again at 8 or 10
     message = str(caught[0].message)
     assert message == monitor.warning
-    for setting in ("shuffle='uniform'", "shuffle='block'", "in_memory=True", "num_workers=0", "batch_size=32"):
+    for setting in ("shuffle='uniform'", "shuffle='block'", "cache_max_bytes", "num_workers=0", "batch_size=32"):
         assert setting in message, setting
     # the transform is measured and named as what dominates
     assert "transform=" in message and "sleepy_transform takes" in message
@@ -127,7 +127,9 @@ def test_in_memory_with_a_slow_model_step_waits_little_and_does_not_warn(make_ta
     waits = logged(tmp_path, "data/wait_fraction")
     assert len(waits) == 5 and max(waits) <= 0.2, waits
     assert caught == [] and monitor.warning is None
-    assert "in memory (in_memory=True): each batch is a gather" in monitor.summary(["train"])
+    assert "from the split's node-local stage (pre-faulted: in_memory=True): each batch is a gather" in (
+        monitor.summary(["train"])
+    )
 
 
 def test_the_progress_bar_shows_the_wait_share(make_table, tmp_path):
