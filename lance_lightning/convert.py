@@ -196,9 +196,14 @@ def _convert(name: str, t: pa.DataType, array: pa.Array, nulls: NullPolicy, out:
         shape, _ = _fixed_shape(t)
         leaf = array
         for _ in shape:
-            leaf = leaf.flatten()
-        values = _numeric(name, leaf, nulls, None)
-        return values.reshape(len(array), *shape)
+            # every slot's values, a null list's included (flatten() drops those and the rows shift)
+            size = leaf.type.list_size
+            leaf = leaf.values.slice(leaf.offset * size, len(leaf) * size)
+        values = _numeric(name, leaf, nulls, None).reshape(len(array), *shape)
+        if array.null_count:  # nulls="mask": a null list is zeros (its slot holds whatever was written);
+            values = values.clone()  # a copy: the values may share Arrow's read-only buffer
+            values[torch.from_numpy(array.is_null().to_numpy(zero_copy_only=False))] = 0
+        return values
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         array = _check_nulls(name, array, nulls, out)
         if not _is_numeric(t.value_type):

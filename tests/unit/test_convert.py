@@ -202,3 +202,22 @@ def test_unsupported_types_name_column_and_type(array):
 def test_empty_batch_converts():
     out = batch_to_tensors(pa.table({"i": pa.array([], pa.int64())}))
     assert out["i"].shape == (0,)
+
+
+def test_fixed_size_lists_with_null_rows_keep_their_rows_under_mask():
+    """A null list row is zeros with valid=False; the rows after it keep their own values (flatten()
+    drops null slots, which shifted them before). Sliced and nested lists too."""
+    flat = pa.FixedSizeListArray.from_arrays(
+        pa.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], pa.float32()), 2, mask=pa.array([False, True, False])
+    )
+    out = batch_to_tensors(pa.table({"v": flat}), nulls="mask")
+    assert out["v"].tolist() == [[1.0, 2.0], [0.0, 0.0], [5.0, 6.0]]
+    assert out["v_valid"].tolist() == [True, False, True]
+    sliced = batch_to_tensors(pa.table({"v": flat}).slice(1), nulls="mask")
+    assert sliced["v"].tolist() == [[0.0, 0.0], [5.0, 6.0]]
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(range(12), pa.int32()), 2)
+    nested = pa.FixedSizeListArray.from_arrays(inner, 2, mask=pa.array([True, False, False]))
+    got = batch_to_tensors(pa.table({"n": nested}), nulls="mask")
+    assert got["n"].tolist() == [[[0, 0], [0, 0]], [[4, 5], [6, 7]], [[8, 9], [10, 11]]]
+    with pytest.raises(UnsupportedColumnError, match="column 'v' has 1 null"):
+        batch_to_tensors(pa.table({"v": flat}), nulls="raise")
