@@ -23,10 +23,10 @@ import torch
 
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME
 from tests.distributed._ddp import NUM_ROWS, ROOT, TABLE, clean_env, make_table, run_processes
-from tests.distributed.writer_ddp import outputs_for
+from tests.distributed.scripts.writer_ddp import outputs_for
 
 pytestmark = pytest.mark.distributed
-SCRIPT = Path(__file__).with_name("writer_ddp.py")
+SCRIPT = Path(__file__).with_name("scripts") / "writer_ddp.py"
 DATA = {"eval_batch_size": 8}  # 203 rows: 12 steps of 2 x 8, then 6 + 5 rows
 
 
