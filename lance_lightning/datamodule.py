@@ -35,7 +35,7 @@ from .splits import (
     parse_split_spec,
     whole_table_row_ids,
 )
-from .state import NO_DATA_STATE, DataState, TrainState
+from .state import NO_DATA_STATE, TrainState
 
 
 class LanceDataModule(pl.LightningDataModule):
@@ -378,22 +378,9 @@ class LanceDataModule(pl.LightningDataModule):
                 "splits and the interrupted epoch stay exactly the same"
             )
             self._repin(state.table_version, reason="the checkpoint")
-        self._check_same_table(state)
+        state.check_same_table(self.source)
         self._pinned_epoch = state.train["epoch"] if state.train else 0
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
-
-    def _check_same_table(self, state: DataState) -> None:
-        """Refuse a checkpoint of a table that was dropped and recreated under the same name."""
-        then, now = state.table_version_time, self.source.version_time
-        if then is None or now is None or then == now:
-            return
-        raise ValueError(
-            f"table {self.source.name!r} at {self.source.uri!r} is not the table the checkpoint was written from: "
-            f"its version {self.source.version} was committed at {now}, the checkpoint's at {then} (the table was "
-            "dropped and recreated, or replaced by a copy: version numbers restart at 1). Resuming would read "
-            "other rows as the rest of the interrupted epoch. Pass resume='fresh' to train on this table from the "
-            "start of the checkpoint's epoch."
-        )
 
     # -- dataloaders ---------------------------------------------------------------------
 

@@ -88,6 +88,20 @@ class DataState:
     def to_dict(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, **asdict(self)}
 
+    def check_same_table(self, source: Any) -> None:
+        """Refuse to resume on a table that was dropped and recreated under the same name (or
+        replaced by a copy): its version numbers restart at 1, its commit times do not."""
+        then, now = self.table_version_time, source.version_time
+        if then is None or now is None or then == now:
+            return
+        raise ValueError(
+            f"table {source.name!r} at {source.uri!r} is not the table the checkpoint was written from: "
+            f"its version {source.version} was committed at {now}, the checkpoint's at {then} (the table was "
+            "dropped and recreated, or replaced by a copy: version numbers restart at 1). Resuming would read "
+            "other rows as the rest of the interrupted epoch. Pass resume='fresh' to train on this table from the "
+            "start of the checkpoint's epoch."
+        )
+
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> DataState:
         """Read a checkpoint's entry (format 1 or 2); raises ValueError for an unknown format."""
