@@ -536,7 +536,14 @@ def _launcher() -> Any:
     global _LAUNCHER
     if _LAUNCHER is None:
         os.environ["PYTHONWARNINGS"] = ",".join(
-            filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:lancedb fork support:RuntimeWarning"])
+            filter(
+                None,
+                [
+                    os.environ.get("PYTHONWARNINGS"),
+                    "ignore:lancedb fork support:RuntimeWarning",
+                    "ignore:lance is not fork-safe:UserWarning",
+                ],
+            )
         )
         _LAUNCHER = multiprocessing.get_context("forkserver")
         _LAUNCHER.set_forkserver_preload(_PRELOAD)
