@@ -18,7 +18,7 @@ scan of the ``_rowid`` column.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -62,16 +62,24 @@ def scan_with_row_ids(table: Any, columns: Sequence[str] = (), *, where: str | N
 
     (``to_arrow()`` reads 1,024 rows a round trip: 2.7 s for 10M row addresses instead of 0.1 s.)
     """
+    batches = list(iter_with_row_ids(table, columns, where=where))
+    if not batches:
+        fields = [pa.field("_rowid", pa.uint64())] + [table.schema.field(c) for c in columns]
+        return pa.Table.from_batches([], pa.schema(fields))
+    return pa.Table.from_batches(batches)
+
+
+def iter_with_row_ids(
+    table: Any, columns: Sequence[str] = (), *, where: str | None = None, batch_rows: int = _ROWID_BATCH
+) -> Iterator[pa.RecordBatch]:
+    """The batches of :func:`scan_with_row_ids`, streamed (``columns`` and ``_rowid``, by name):
+    for a pass over a table too large to hold, e.g. filling a stage."""
     # the row id alone is a column of its own; beside other columns it is asked for with with_row_id
     select = table.search().select
     query = (select(list(columns)).with_row_id(True) if columns else select(["_rowid"])).limit(None)
     if where is not None:
         query = query.where(where)
-    batches = list(query.to_batches(_ROWID_BATCH))
-    if not batches:
-        fields = [pa.field("_rowid", pa.uint64())] + [table.schema.field(c) for c in columns]
-        return pa.Table.from_batches([], pa.schema(fields))
-    return pa.Table.from_batches(batches)
+    return iter(query.to_batches(batch_rows))
 
 
 def scan_row_ids(table: Any) -> np.ndarray:
