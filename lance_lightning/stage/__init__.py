@@ -17,7 +17,8 @@ directory; :class:`StagedRows` reads it by split position in any process (it pic
   page cache; ``prefault=True`` reads every page at open (``in_memory``).
 """
 
-from .fill import LAYOUTS, column_plan, ensure_stage, estimate_stage_bytes, release_stage
+from .fill import ensure_stage, release_stage
+from .plan import LAYOUTS, column_plan, estimate_stage_bytes
 from .reader import StagedRows
 from .store import (
     Lease,

@@ -1,32 +1,20 @@
 """Filling a stage: one pass over the pinned table, written into ``.tmp-<key>``, renamed into place.
 
-Layout of a stage directory (``layout="flat"``, the default; ``"arrow"`` puts every column in the
-Arrow file):
-
-``col-<i>.npy``        column ``i`` when its values have a fixed width (numbers, bools, fixed-size
-                       lists and fixed-shape tensors of them): ``(rows, *shape)``, the shape
-                       :func:`~lance_lightning.convert.batch_to_tensors` gives; nulls stored as 0
-``col-<i>.valid.npy``  its validity (bool), written only when the column has nulls
-``rows.arrow``         the other columns: an uncompressed Arrow IPC file, memory-mapped to read
-``schema.arrow``       the split's Arrow schema (every column, with its metadata)
-``manifest.json``      what was copied (no secrets) and every file's size and CRC-32
-``.lease``             the lock file of readers (see :class:`~.store.Lease`); not in the manifest
-
-Row ``i`` of every file is the split's ``i``-th smallest row address.
+What the stage directory holds is in :mod:`.plan`; how its files are written, in :mod:`.write`. This
+module reads the split from the table, keeps to the budget, and guards the fill with the node lock
+and the leases of :mod:`.store`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 import warnings
-import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,84 +24,19 @@ import pyarrow as pa
 from ..reads import TableChangedError
 from ..source import scrub
 from . import store
+from .plan import column_plan, estimate_stage_bytes
 from .store import StageBudgetError, StageError, StageWarning
+from .write import Demote, OverBudget, Progress, write_files
 
 log = logging.getLogger("lance_lightning.stage")
 
-ARROW_FILE = "rows.arrow"
-SCHEMA_FILE = "schema.arrow"
-LAYOUTS = ("flat", "arrow")
 SCAN_FRACTION = 0.05
 """Read the split with one sequential scan of the table when it holds at least this share of the
 table's rows (a scanned row costs ~1/20 of a taken one); else take its rows by address."""
 _SCAN_BATCH = 65_536
 _TAKE_BATCH = 8_192
-_ARROW_BATCH_BYTES = 64 << 20  # Arrow-file record batches: few, large (a take resolves chunks)
-_LEAF_TYPES = {
-    pa.bool_(),
-    pa.int8(),
-    pa.int16(),
-    pa.int32(),
-    pa.int64(),
-    pa.uint8(),
-    pa.uint16(),
-    pa.uint32(),
-    pa.uint64(),
-    pa.float16(),
-    pa.float32(),
-    pa.float64(),
-}
 
 _held: dict[str, store.Lease] = {}
-
-
-def flat_spec(field: pa.Field) -> dict[str, Any] | None:
-    """How a fixed-width column is stored as one flat array (None: it goes to the Arrow file)."""
-    t = field.type
-    shape: list[int] | None = None
-    if isinstance(t, pa.FixedShapeTensorType):
-        shape, t = list(t.shape), t.storage_type
-    elif isinstance(t, pa.ExtensionType) or field.metadata and b"ARROW:extension:name" in field.metadata:
-        return None  # bfloat16 and other extensions: their own conversion
-    levels = []
-    while pa.types.is_fixed_size_list(t):
-        levels.append(t.list_size)
-        t = t.value_type
-    if t not in _LEAF_TYPES:
-        return None
-    dtype = pa.array([], t).to_numpy(zero_copy_only=False).dtype
-    return {"dtype": dtype.str, "shape": shape if shape is not None else levels, "levels": levels}
-
-
-def column_plan(schema: pa.Schema, layout: str, demoted: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """``{column: {"file": ..., **flat_spec}}`` for the columns stored flat; the rest go to the Arrow file."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"stage layout must be one of {LAYOUTS}, got {layout!r}")
-    plan = {}
-    for i, field in enumerate(schema):
-        spec = flat_spec(field) if layout == "flat" and field.name not in demoted else None
-        if spec is not None:
-            plan[field.name] = {"file": f"col-{i}.npy", **spec}
-    return plan
-
-
-def estimate_stage_bytes(table: Any, columns: Sequence[str], num_rows: int, *, sample_rows: int = 1024) -> int:
-    """Bytes a stage of ``num_rows`` rows of ``columns`` will take: fixed widths from the schema,
-    the others from the first ``sample_rows`` rows of the table (plus 5% and 64 KiB of slack)."""
-    schema = pa.schema([table.schema.field(c) for c in columns])
-    per_row = 0.0
-    variable = []
-    for field in schema:
-        spec = flat_spec(field)
-        if spec is None:
-            variable.append(field.name)
-        else:
-            per_row += np.dtype(spec["dtype"]).itemsize * int(np.prod(spec["shape"], dtype=np.int64))
-    if variable and num_rows:
-        sample = table.search().select(variable).limit(sample_rows).to_arrow()
-        if sample.num_rows:
-            per_row += sample.nbytes / sample.num_rows
-    return int(per_row * num_rows * 1.05) + (64 << 10)
 
 
 # -- reading the split ------------------------------------------------------------------------------
@@ -151,149 +74,6 @@ def _take(table: Any, row_ids: np.ndarray, columns: list[str]) -> Iterator[pa.Re
         yield from got.select(columns).to_batches()
 
 
-# -- writing -------------------------------------------------------------------------------------
-
-
-class _OverBudget(Exception):
-    """The rows copied so far already pass the room the budget leaves (the estimate was low)."""
-
-
-class _Demote(Exception):
-    """A fixed-width column holds nulls inside its values: it goes to the Arrow file instead."""
-
-    def __init__(self, column: str) -> None:
-        super().__init__(column)
-        self.column = column
-
-
-def _flat_values(array: pa.Array, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(values (rows, *shape), validity or None)`` of one chunk of a flat column; nulls as 0."""
-    n = len(array)
-    valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
-    if isinstance(array, pa.ExtensionArray):
-        array = array.storage
-    for size in spec["levels"]:  # the values behind null slots too: row i is values[i*size:(i+1)*size]
-        array = array.values.slice(array.offset * size, len(array) * size)
-    if array.null_count:
-        if valid is None or spec["levels"]:
-            raise _Demote("")
-        array = array.fill_null(False if pa.types.is_boolean(array.type) else 0)
-    values = array.to_numpy(zero_copy_only=False)
-    return values.reshape(n, *spec["shape"]), valid
-
-
-class _NpyWriter:
-    """One ``.npy`` file written front to back, its CRC-32 computed on the way."""
-
-    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-        )
-        self.fh = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.crc = 0
-        self.write(header.getvalue())
-
-    def write(self, data: Any) -> None:
-        view = memoryview(data).cast("B")
-        self.crc = zlib.crc32(view, self.crc)
-        self.fh.write(view)
-
-    def close(self) -> str:
-        self.fh.close()
-        return f"{self.crc:08x}"
-
-
-class _Progress:
-    """``rows, MB/s`` on one line of stderr (a TTY only); nothing otherwise."""
-
-    def __init__(self, total: int, what: str, enabled: bool) -> None:
-        self.total, self.what = total, what
-        self.enabled = enabled and sys.stderr.isatty()
-        self.rows = self.bytes = 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, rows: int, nbytes: int) -> None:
-        self.rows += rows
-        self.bytes += nbytes
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.2 or self.rows == self.total):
-            self.last = now
-            rate = self.bytes / max(now - self.start, 1e-9) / 1e6
-            pct = 100 * self.rows / max(self.total, 1)
-            sys.stderr.write(f"\rstaging {self.what}: {self.rows:,}/{self.total:,} rows ({pct:.0f}%), {rate:,.0f} MB/s")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _write(
-    batches: Iterator[pa.RecordBatch],
-    target: Path,
-    schema: pa.Schema,
-    plan: dict[str, dict[str, Any]],
-    n: int,
-    progress: _Progress,
-    limit: int | None,
-) -> dict[str, dict[str, Any]]:
-    """Write the stage's data files into ``target``; returns their manifest (size, CRC-32)."""
-    flat = {name: _NpyWriter(target / s["file"], np.dtype(s["dtype"]), (n, *s["shape"])) for name, s in plan.items()}
-    validity: dict[str, np.ndarray] = {}
-    others = pa.schema([f for f in schema if f.name not in plan])
-    arrow = pa.ipc.new_file(str(target / ARROW_FILE), others) if len(others) else None
-    pending: list[pa.RecordBatch] = []
-    pending_bytes = done = 0
-
-    def flush() -> None:
-        nonlocal pending, pending_bytes
-        if pending and arrow is not None:
-            arrow.write_batch(pa.concat_batches(pending) if len(pending) > 1 else pending[0])
-        pending, pending_bytes = [], 0
-
-    try:
-        for batch in batches:
-            if batch.schema != schema:
-                batch = batch.cast(schema)
-            rows = batch.num_rows
-            for name, writer in flat.items():
-                try:
-                    values, valid = _flat_values(batch.column(name), plan[name])
-                except _Demote:
-                    raise _Demote(name) from None
-                writer.write(np.ascontiguousarray(values))
-                if valid is not None:
-                    validity.setdefault(name, np.ones(n, dtype=bool))[done : done + rows] = valid
-            if arrow is not None:
-                part = pa.RecordBatch.from_arrays([batch.column(f.name) for f in others], schema=others)
-                pending.append(part)
-                pending_bytes += part.nbytes
-                if pending_bytes >= _ARROW_BATCH_BYTES:
-                    flush()
-            done += rows
-            progress.update(rows, batch.nbytes)
-            if limit is not None and progress.bytes > limit:
-                raise _OverBudget
-        flush()
-    finally:
-        crcs = {plan[name]["file"]: w.close() for name, w in flat.items()}
-        if arrow is not None:
-            arrow.close()
-    if done != n:
-        raise TableChangedError(f"staged {done:,} rows of a {n:,}-row split")
-    for name, valid in validity.items():
-        path = target / plan[name]["file"].replace(".npy", ".valid.npy")
-        np.save(path, valid)
-        crcs[path.name] = store.crc32_file(path)
-    (target / SCHEMA_FILE).write_bytes(schema.serialize().to_pybytes())
-    for name in (ARROW_FILE, SCHEMA_FILE):
-        if (target / name).exists():
-            crcs[name] = store.crc32_file(target / name)
-    return {rel: {"bytes": (target / rel).stat().st_size, store.CHECKSUM: crc} for rel, crc in sorted(crcs.items())}
-
-
 def _fill(
     source: Any,
     table: Any,
@@ -301,7 +81,7 @@ def _fill(
     columns: list[str],
     tmp: Path,
     meta: dict[str, Any],
-    progress: _Progress,
+    progress: Progress,
     limit: int | None,
 ) -> dict[str, Any]:
     schema = pa.schema([table.schema.field(c) for c in columns])
@@ -315,8 +95,8 @@ def _fill(
         progress.rows = progress.bytes = 0
         batches = _scan(table, row_ids, columns) if scan else _take(table, row_ids, columns)
         try:
-            files = _write(batches, tmp, schema, plan, len(row_ids), progress, limit)
-        except _Demote as err:
+            files = write_files(batches, tmp, schema, plan, len(row_ids), progress, limit)
+        except Demote as err:
             demoted.add(err.column)
             log.info("column %r has nulls inside its values: staged in the Arrow file", err.column)
             continue
@@ -327,6 +107,29 @@ def _fill(
         meta = {**meta, "flat": plan, "files": files, "bytes": sum(f["bytes"] for f in files.values())}
         (tmp / store.MANIFEST).write_text(json.dumps(meta, indent=1))
         return meta
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One stage to make: the split, where it goes, and the budget it must keep to."""
+
+    source: Any
+    table: Any  # the source opened at its pinned version; None: opened when a fill needs it
+    row_ids: np.ndarray  # sorted, distinct
+    columns: list[str]
+    root: Path
+    final: Path
+    budget: int | None
+    filter: str | None
+    split_name: str
+    what: str  # the stage in words, for messages
+    progress: bool
+    layout: str
+    setting: str  # the name of the budget setting, for messages
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / f"{store.TMP_PREFIX}{self.final.name}"
 
 
 def ensure_stage(
@@ -356,57 +159,71 @@ def ensure_stage(
         raise ValueError(f"split {split_name!r}: row ids must be distinct")
     columns = list(columns)
     final = root / store.stage_key(source, columns, row_ids, filter=filter, layout=layout)
-    what = store.describe(source, split_name, len(row_ids), columns)
+    job = _Job(
+        source=source,
+        table=table,
+        row_ids=row_ids,
+        columns=columns,
+        root=root,
+        final=final,
+        budget=budget_bytes,
+        filter=filter,
+        split_name=split_name,
+        what=store.describe(source, split_name, len(row_ids), columns),
+        progress=progress,
+        layout=layout,
+        setting=budget_setting,
+    )
     for attempt in range(2):
-        seen, problem = None, None
-        held = _try_lease(final)
-        if held is not None:
-            meta, problem = store.read_manifest(final)
-            if meta is not None:
-                seen = meta.get("fill_id")
-                problem = store.verify_stage(final, meta)
-                if problem is None:
-                    _keep(final, held)
-                    return final
-            held.release()
-        elif final.exists():
-            problem = f"its {store.LEASE_FILE} file is missing"
+        ready, seen, problem = _use_existing(final)
+        if ready:
+            return final
         with store.root_lock(root):
             now, _ = store.read_manifest(final)
             if attempt == 0 and now is not None and now.get("fill_id") != seen:
                 continue  # filled or rebuilt by another process while this one waited: verify that
-            tmp = root / f"{store.TMP_PREFIX}{final.name}"
-            if final.exists() or tmp.exists():
-                if final.exists():
-                    problem = problem or store.verify_stage(final) or "it was replaced while being checked"
-                    where = final
-                else:
-                    problem, where = "a fill that did not finish left it half-made", tmp
-                warnings.warn(
-                    f"lance-lightning stage {str(where)!r} ({what}) is not used: {problem}. It is rebuilt from the "
-                    "table now.",
-                    StageWarning,
-                    stacklevel=2,
-                )
-                store.remove_stage(final, root)
-            _fill_locked(
-                source,
-                table,
-                row_ids,
-                columns,
-                root,
-                final,
-                budget_bytes,
-                filter,
-                split_name,
-                what,
-                progress,
-                layout,
-                budget_setting,
-            )
+            _discard_broken(job, problem)
+            _fill_locked(job)
             _keep(final, store.Lease(final))
             return final
     raise AssertionError("unreachable")  # the second attempt always returns
+
+
+def _use_existing(final: Path) -> tuple[bool, str | None, str | None]:
+    """``(ready, fill_id seen, problem)``: ready when the stage at ``final`` verified and this
+    process now keeps a lease on it; else what was wrong with it (None: there is none)."""
+    held = _try_lease(final)
+    if held is None:
+        return False, None, (f"its {store.LEASE_FILE} file is missing" if final.exists() else None)
+    seen = None
+    meta, problem = store.read_manifest(final)
+    if meta is not None:
+        seen = meta.get("fill_id")
+        problem = store.verify_stage(final, meta)
+        if problem is None:
+            _keep(final, held)
+            return True, seen, None
+    held.release()
+    return False, seen, problem
+
+
+def _discard_broken(job: _Job, problem: str | None) -> None:
+    """Remove a stage (or a half-made fill) that cannot be used, with a :class:`StageWarning`.
+    Called under the root lock."""
+    final, tmp = job.final, job.tmp
+    if not final.exists() and not tmp.exists():
+        return
+    if final.exists():
+        problem = problem or store.verify_stage(final) or "it was replaced while being checked"
+        where = final
+    else:
+        problem, where = "a fill that did not finish left it half-made", tmp
+    warnings.warn(
+        f"lance-lightning stage {str(where)!r} ({job.what}) is not used: {problem}. It is rebuilt from the table now.",
+        StageWarning,
+        stacklevel=3,  # the caller of ensure_stage
+    )
+    store.remove_stage(final, job.root)
 
 
 def _try_lease(path: Path) -> store.Lease | None:
@@ -440,76 +257,72 @@ def _budget_error(
     )
 
 
-def _fill_locked(
-    source: Any,
-    table: Any,
-    row_ids: np.ndarray,
-    columns: list[str],
-    root: Path,
-    final: Path,
-    budget: int | None,
-    filter: str | None,
-    split_name: str,
-    what: str,
-    progress: bool,
-    layout: str,
-    setting: str,
-) -> None:
+def _fill_locked(job: _Job) -> None:
     """Copy the split into ``.tmp-<key>`` and rename it into place. Called under the root lock."""
-    for leftover in root.glob(f"{store.TMP_PREFIX}*"):  # left by fillers that died: none runs now
+    for leftover in job.root.glob(f"{store.TMP_PREFIX}*"):  # left by fillers that died: none runs now
         shutil.rmtree(leftover, ignore_errors=True)
-    if table is None:
-        table = source.open()
-    needed = estimate_stage_bytes(table, columns, len(row_ids))
+    table = job.table if job.table is not None else job.source.open()
+    needed = estimate_stage_bytes(table, job.columns, len(job.row_ids))
     # first whether it can fit at all (counting what eviction could free), then evict: a split that
     # never fits must not remove the stages of other jobs on its way to being refused
-    problem = store.budget_problem(root, needed, budget, keep=final)
+    problem = store.budget_problem(job.root, needed, job.budget, keep=job.final)
     if problem is not None:
-        raise _budget_error(what, needed, budget, setting, problem, root)
-    store.evict_for(root, needed, budget, keep=final)
-    tmp = root / f"{store.TMP_PREFIX}{final.name}"
-    meta = {
-        "format": store.STAGE_FORMAT,
-        "layout": layout,
-        "uri": scrub(source.uri, source.storage_options),
-        "table": source.name,
-        "version": source.version,
-        "version_time": source.version_time,
-        "columns": columns,
-        "filter": filter,
-        "split": split_name,
-        "rows": len(row_ids),
-        "fill_id": os.urandom(8).hex(),
-    }
-    bar = _Progress(len(row_ids), f"split {split_name!r}", progress)
+        raise _budget_error(job.what, needed, job.budget, job.setting, problem, job.root)
+    store.evict_for(job.root, needed, job.budget, keep=job.final)
+    bar = Progress(len(job.row_ids), f"split {job.split_name!r}", job.progress)
     started = time.monotonic()
     try:
-        others = sum(store.directory_bytes(p) for p in store.stages(root) if p != final)
-        limit = None if budget is None else budget - others
-        try:
-            meta = _fill(source, table, row_ids, columns, tmp, meta, bar, limit)
-        except _OverBudget:
-            problem = (
-                f"the estimate was low: after {bar.rows:,} of {len(row_ids):,} rows it had copied {bar.bytes:,} bytes, "
-                f"over the {limit:,} bytes the budget leaves beside stages in use"
-            )
-            raise _budget_error(what, needed, budget, setting, problem, root) from None
-        bar.close()
-        if limit is not None and meta["bytes"] > limit:
-            problem = f"it takes {meta['bytes']:,} bytes and the budget leaves {limit:,} beside stages in use"
-            raise _budget_error(what, meta["bytes"], budget, setting, problem, root)
-        os.rename(tmp, final)
+        meta = _fill_in_budget(job, table, needed, bar)
+        os.rename(job.tmp, job.final)
     except BaseException:
         bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(job.tmp, ignore_errors=True)
         raise
     seconds = time.monotonic() - started
     log.info(
         "staged %s: %s rows, %s bytes in %.1fs (%.0f MB/s) at %s",
-        what,
-        f"{len(row_ids):,}",
+        job.what,
+        f"{len(job.row_ids):,}",
         f"{meta['bytes']:,}",
         seconds,
         meta["bytes"] / max(seconds, 1e-9) / 1e6,
-        final,
+        job.final,
     )
+
+
+def _manifest(job: _Job) -> dict[str, Any]:
+    """What ``manifest.json`` says about the copy (before its files are known); no secrets."""
+    source = job.source
+    return {
+        "format": store.STAGE_FORMAT,
+        "layout": job.layout,
+        "uri": scrub(source.uri, source.storage_options),
+        "table": source.name,
+        "version": source.version,
+        "version_time": source.version_time,
+        "columns": job.columns,
+        "filter": job.filter,
+        "split": job.split_name,
+        "rows": len(job.row_ids),
+        "fill_id": os.urandom(8).hex(),
+    }
+
+
+def _fill_in_budget(job: _Job, table: Any, needed: int, bar: Progress) -> dict[str, Any]:
+    """Fill ``job.tmp``, stopping with :class:`StageBudgetError` once the copy passes the room the
+    budget leaves beside the other stages; returns the manifest."""
+    others = sum(store.directory_bytes(p) for p in store.stages(job.root) if p != job.final)
+    limit = None if job.budget is None else job.budget - others
+    try:
+        meta = _fill(job.source, table, job.row_ids, job.columns, job.tmp, _manifest(job), bar, limit)
+    except OverBudget:
+        problem = (
+            f"the estimate was low: after {bar.rows:,} of {len(job.row_ids):,} rows it had copied {bar.bytes:,} "
+            f"bytes, over the {limit:,} bytes the budget leaves beside stages in use"
+        )
+        raise _budget_error(job.what, needed, job.budget, job.setting, problem, job.root) from None
+    bar.close()
+    if limit is not None and meta["bytes"] > limit:
+        problem = f"it takes {meta['bytes']:,} bytes and the budget leaves {limit:,} beside stages in use"
+        raise _budget_error(job.what, meta["bytes"], job.budget, job.setting, problem, job.root)
+    return meta

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ..convert import NullPolicy, batch_to_tensors, column_to_tensor
 from . import store
-from .fill import ARROW_FILE, SCHEMA_FILE
+from .plan import ARROW_FILE, SCHEMA_FILE
 from .store import StageError
 
 _WIDEN = {
