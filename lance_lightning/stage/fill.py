@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..reads import TableChangedError
+from ..reads import TableChangedError, iter_with_row_ids
 from ..source import scrub
 from . import store
 from .plan import column_plan, estimate_stage_bytes
@@ -47,7 +47,7 @@ class _NotInOrder(Exception):
 
 
 def _scan(table: Any, row_ids: np.ndarray, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    reader = table.search().select(columns).with_row_id(True).limit(None).to_batches(_SCAN_BATCH)
+    reader = iter_with_row_ids(table, columns, batch_rows=_SCAN_BATCH)  # the package's one _rowid scan
     done = 0
     for batch in reader:
         ids = batch.column("_rowid").to_numpy().astype(np.uint64, copy=False)
