@@ -116,7 +116,8 @@ def write_files(
     def flush() -> None:
         nonlocal pending, pending_bytes
         if pending and arrow is not None:
-            arrow.write_batch(pa.concat_batches(pending) if len(pending) > 1 else pending[0])
+            # one record batch (pa.concat_batches would need pyarrow >= 19; the floor is 16)
+            arrow.write_table(pa.Table.from_batches(pending).combine_chunks())
         pending, pending_bytes = [], 0
 
     try:
