@@ -119,20 +119,18 @@ class ScanIds:
         return self._ids[key]
 
 
-def wants_stage(options: DataOptions, stage: str) -> bool:
-    """Whether ``stage``'s split is read from a node-local stage (see ``staging``): always when
-    asked (``staging="always"``, ``cache``, ``in_memory``); by default, a train split read in a
-    scattered order (``uniform``), which is take-bound from the table."""
-    if options.staging == "off":
-        return False
-    if options.staging == "always" or options.cache is not None or options.in_memory:
-        return True
-    return stage == "train" and not get_order(options.shuffle).contiguous
-
-
 def staging_required(options: DataOptions) -> bool:
     """Whether a split that cannot be staged is an error (asked for) rather than read from the table."""
     return options.staging == "always" or options.cache is not None or options.in_memory
+
+
+def wants_stage(options: DataOptions, stage: str) -> bool:
+    """Whether ``stage``'s split is read from a node-local stage (see ``staging``): always when
+    asked (:func:`staging_required`); by default, a train split read in a scattered order
+    (``uniform``), which is take-bound from the table."""
+    if options.staging == "off":
+        return False
+    return staging_required(options) or (stage == "train" and not get_order(options.shuffle).contiguous)
 
 
 def stage_reader(

@@ -108,7 +108,14 @@ def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-_WIDEN = {pa.uint16(): torch.int32, pa.uint32(): torch.int64, pa.uint64(): torch.int64}
+WIDENED = {pa.uint16(): torch.int32, pa.uint32(): torch.int64, pa.uint64(): torch.int64}
+"""Arrow types torch has no dtype for, and what they become (uint64 wraps). The stage reader
+(:mod:`.stage.reader`) widens by this table too."""
+
+
+def torch_dtype_to_numpy(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype of a torch dtype (``torch.int64`` -> ``int64``)."""
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 # Arrow primitive → torch dtype, spelled out: ``DataType.to_pandas_dtype()`` imports pandas
 # on pyarrow < 26, and pandas is not a dependency.
@@ -119,7 +126,7 @@ _TORCH_DTYPES = {
     pa.int32(): torch.int32,
     pa.int64(): torch.int64,
     pa.uint8(): torch.uint8,
-    **_WIDEN,
+    **WIDENED,
     pa.float16(): torch.float16,
     pa.float32(): torch.float32,
     pa.float64(): torch.float64,
@@ -251,8 +258,8 @@ def _numeric(name: str, array: pa.Array, nulls: NullPolicy, out: dict[str, Any] 
     if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
         raise _unsupported(name, t)
     arr = array.to_numpy(zero_copy_only=False)
-    if t in _WIDEN:
-        arr = arr.astype(torch.empty(0, dtype=_WIDEN[t]).numpy().dtype)
+    if t in WIDENED:
+        arr = arr.astype(torch_dtype_to_numpy(WIDENED[t]))
     if arr.flags.writeable:
         return torch.from_numpy(arr)
     # Arrow buffers are read-only. The tensor shares the buffer (zero-copy); torch's one-time

@@ -316,6 +316,12 @@ class DataOptions:
                 f"block_size × window_blocks (the rows of one shuffle window) must be < 2**48, got "
                 f"{checked['block_size']} × {checked['window_blocks']} = {window}"
             )
+        if checked["staging"] == "off" and (checked["in_memory"] or checked["cache"] is not None):
+            asked = "in_memory=True" if checked["in_memory"] else f"cache={checked['cache']!r}"
+            raise SettingError(
+                f"staging='off' reads the table, but {asked} is a setting of the stages (lance_lightning/stage): "
+                "pass staging='auto' or 'always' with it, or leave it out"
+            )
         unknown = sorted(set(checked["stage_splits"]) - set(STAGES))
         if unknown:
             raise SettingError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")

@@ -12,17 +12,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..convert import NullPolicy, batch_to_tensors, column_to_tensor
+from ..convert import WIDENED, NullPolicy, batch_to_tensors, column_to_tensor, torch_dtype_to_numpy
 from . import store
 from .plan import ARROW_FILE, SCHEMA_FILE
 from .store import StageError
 
-_WIDEN = {
-    np.dtype(np.uint16): np.dtype(np.int32),
-    np.dtype(np.uint32): np.dtype(np.int64),
-    np.dtype(np.uint64): np.dtype(np.int64),
-}
-"""As :mod:`..convert`: torch has no uint16/32/64, they widen (uint64 wraps)."""
+_WIDEN = {np.dtype(str(arrow)): torch_dtype_to_numpy(dt) for arrow, dt in WIDENED.items()}
+""":data:`..convert.WIDENED` by NumPy dtype: torch has no uint16/32/64, they widen (uint64 wraps),
+the same way whether a batch is read from the table or from a stage."""
 
 
 def _map(path: Path, prefault: bool) -> mmap.mmap:

@@ -241,3 +241,10 @@ def test_the_hydra_data_schema_has_every_setting_with_its_default():
     assert node.batch_size == 32 and node.shuffle == "uniform" and node.block_size == DataOptions().block_size
     assert set(schema.choices["shuffle"]) == {"uniform", "block", "none"}
     assert schema.choices["resume"] == ("exact", "fresh")
+
+
+@pytest.mark.parametrize("setting", [{"in_memory": True}, {"cache": "/tmp/stages"}])
+def test_stage_settings_with_staging_off_are_refused_not_ignored(setting):
+    with pytest.raises(SettingError, match=r"staging='off' reads the table, but (in_memory=True|cache='/tmp/stages')"):
+        DataOptions(staging="off", **setting)
+    assert DataOptions(staging="always", **setting).staging == "always"
