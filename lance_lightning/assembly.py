@@ -173,9 +173,7 @@ def stage_reader(
         budget_setting="cache_max_bytes",
     )
     rows = StagedRows(path, prefault=options.in_memory)
-    return StagedBatchDataset(
-        rows, source=split.source, split_name=split_name, transform=transform, nulls=options.nulls
-    )
+    return StagedBatchDataset(rows, transform=transform, nulls=options.nulls)
 
 
 def table_reader(

@@ -291,18 +291,8 @@ class StagedBatchDataset(BatchReader):
     nothing evicts it while it is read.
     """
 
-    def __init__(
-        self,
-        rows: Any,
-        *,
-        source: TableSource,
-        split_name: str,
-        transform: Transform | str | None = None,
-        nulls: NullPolicy = "raise",
-    ) -> None:
-        self.staged = rows  # a lance_lightning.stage.StagedRows
-        self.source = source  # the table the stage was copied from (for messages; never reopened)
-        self.split_name = split_name
+    def __init__(self, rows: Any, *, transform: Transform | str | None = None, nulls: NullPolicy = "raise") -> None:
+        self.staged = rows  # a lance_lightning.stage.StagedRows: pickles as its path (a memory:// table is fine)
         self.num_rows = len(rows)
         self.transform = resolve_transform(transform)
         self.nulls = nulls
@@ -313,9 +303,6 @@ class StagedBatchDataset(BatchReader):
 
         release_stage(self.staged.path)
         self.staged.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)  # the stage pickles as its path: even a memory:// source is fine
 
     def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
         if isinstance(index, BatchGroup):
