@@ -35,7 +35,7 @@ from .splits import (
     parse_split_spec,
     whole_table_row_ids,
 )
-from .state import NO_DATA_STATE, TrainState
+from .state import TrainState
 
 
 class LanceDataModule(pl.LightningDataModule):
@@ -408,10 +408,9 @@ class LanceDataModule(pl.LightningDataModule):
         self._follow_table_updates()
         trainer = self._trainer()
         if trainer is not None and trainer.ckpt_path and not self.train_state.loaded and "train" in self.samplers:
-            # Lightning skips load_state_dict when the checkpoint has no entry for this datamodule.
-            self.train_state.loaded = True
-            rank_zero_warn(NO_DATA_STATE)
-            self.train_state.start_afresh()
+            # Lightning skips load_state_dict when the checkpoint has no entry for this datamodule:
+            # the same as an entry without a data state
+            self.load_state_dict({})
         self.train_state.align_lightning(
             trainer, self.samplers.get("train"), split_name=self._train_split_name(), world_size=self.world_size
         )
