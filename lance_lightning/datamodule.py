@@ -197,7 +197,7 @@ class LanceDataModule(pl.LightningDataModule):
                 "table_updates='next_epoch' needs Trainer(reload_dataloaders_every_n_epochs=1), so that Lightning "
                 f"asks for new dataloaders at each epoch (it is {reload_every})"
             )
-        if self.options.num_workers and (self.options.multiprocessing_context or "forkserver") == "forkserver":
+        if self.options.num_workers and self.options.worker_start_method == "forkserver":
             start_forkserver()  # its imports run while this process builds splits and stages
         table = self._pin_version()
         self.columns = check_columns(self.source.name, table.schema, self.columns)

@@ -48,7 +48,7 @@ def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: 
         )
     kwargs: dict[str, Any] = {}
     if workers:
-        method = options.multiprocessing_context or "forkserver"
+        method = options.worker_start_method
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             start_forkserver()

@@ -329,6 +329,11 @@ class DataOptions:
             object.__setattr__(self, key, value)
 
     @property
+    def worker_start_method(self) -> str:
+        """How DataLoader workers start: ``multiprocessing_context``, ``"forkserver"`` by default."""
+        return self.multiprocessing_context or "forkserver"
+
+    @property
     def eval_rows(self) -> int:
         """Rows a batch of the val, test and predict stages."""
         return self.eval_batch_size or self.batch_size
