@@ -382,7 +382,7 @@ def test_secrets_never_reach_logs_hparams_checkpoints_or_reprs(s3, s3_table, tmp
         "stderr": captured.err,
         "hparams": repr(dict(dm.hparams)),
         "state_dict": repr(dm.state_dict()),
-        "repr": repr(dm) + repr(dm.source) + repr(dm.datasets["train"].source) + repr(dm.source.describe()),
+        "repr": repr(dm) + repr(dm.source) + repr(dm.datasets["train"]) + repr(dm.source.describe()),
     }
     for path in [*Path(tmp_path).rglob("*.ckpt"), *Path(tmp_path).rglob("*.yaml"), *Path(tmp_path).rglob("*.json")]:
         texts[str(path)] = path.read_bytes().decode("latin-1")
