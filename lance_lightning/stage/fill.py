@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..reads import TableChangedError, iter_with_row_ids
+from ..readahead import read_ahead
 from ..source import scrub
 from . import store
 from .plan import column_plan, estimate_stage_bytes
@@ -93,7 +94,8 @@ def _fill(
         (tmp / store.LEASE_FILE).touch()
         plan = column_plan(schema, meta["layout"], demoted)
         progress.rows = progress.bytes = 0
-        batches = _scan(table, row_ids, columns) if scan else _take(table, row_ids, columns)
+        # the table is read on a thread while this one writes the files: ~1.1x a scan, not the sum
+        batches = read_ahead(_scan(table, row_ids, columns) if scan else _take(table, row_ids, columns))
         try:
             files = write_files(batches, tmp, schema, plan, len(row_ids), progress, limit)
         except Demote as err:
@@ -104,6 +106,8 @@ def _fill(
             log.info("table %r does not scan in row-address order: staging by takes", source.name)
             scan = False
             continue
+        finally:
+            batches.close()  # stops the reading thread when the write stopped early
         meta = {**meta, "flat": plan, "files": files, "bytes": sum(f["bytes"] for f in files.values())}
         (tmp / store.MANIFEST).write_text(json.dumps(meta, indent=1))
         return meta
