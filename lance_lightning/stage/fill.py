@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..reads import TableChangedError, iter_with_row_ids
 from ..readahead import read_ahead
+from ..reads import TableChangedError, iter_with_row_ids
 from ..source import scrub
 from . import store
 from .plan import column_plan, estimate_stage_bytes
