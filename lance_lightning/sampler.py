@@ -22,8 +22,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .dataset import BatchGroup
 from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, get_order
-from .sharding import ShardPlan, plan_epoch, rank_batch_bounds, take_padded
+from .sharding import ShardPlan, plan_epoch, rank_batch_bounds, take_padded_many
 from .state import TrainPosition
+
+POSITIONS_A_CALL = 16_384
+"""Rows of the epoch order computed at a time: per-call costs dominate below this."""
 
 
 class LanceBatchSampler(DistributedSampler):
@@ -206,9 +209,11 @@ class LanceBatchSampler(DistributedSampler):
         # apart in the table as the order makes them (the dataset reads sorted offsets and puts
         # the rows back in this order).
         offset = self.start_row
+        bounds = [(offset + start, offset + stop) for start, stop in rank_batch_bounds(self.plan(), rank=self.rank)]
         batches = (
-            self._addressed(take_padded(order, offset + start, offset + stop, self.num_rows))
-            for start, stop in rank_batch_bounds(self.plan(), rank=self.rank)
+            self._addressed(positions)
+            for chunk in range(0, len(bounds), self._batches_a_call)
+            for positions in take_padded_many(order, bounds[chunk : chunk + self._batches_a_call], self.num_rows)
         )
         if self.group_batches == 1:
             yield from batches
@@ -225,6 +230,11 @@ class LanceBatchSampler(DistributedSampler):
                 group, size = BatchGroup(), self.group_batches
         if group:
             yield group
+
+    @property
+    def _batches_a_call(self) -> int:
+        """Batches whose positions are computed in one call to the order (~16k rows)."""
+        return max(1, POSITIONS_A_CALL // self.batch_size)
 
     def _addressed(self, positions: np.ndarray) -> np.ndarray:
         return positions if self.addresses is None else self.addresses[positions]

@@ -34,6 +34,7 @@ step is split into per-rank batches, so rank batch counts differ by at most one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "plan_epoch",
     "rank_batch_bounds",
     "take_padded",
+    "take_padded_many",
     "window_rows",
 ]
 # The orders themselves (and the registry that SHUFFLE_MODES and ShuffleMode come from) live
@@ -170,3 +172,23 @@ def take_padded(order: np.ndarray | EpochOrder, start: int, stop: int, num_rows:
     if stop <= n:
         return order.positions(np.arange(start, stop, dtype=np.int64))
     return order.positions(np.arange(start, stop, dtype=np.int64) % max(n, 1))
+
+
+def take_padded_many(
+    order: np.ndarray | EpochOrder, bounds: Sequence[tuple[int, int]], num_rows: int | None = None
+) -> list[np.ndarray]:
+    """``[take_padded(order, start, stop, num_rows) for start, stop in bounds]``, with one
+    ``positions`` call for all of them: an order's cost is mostly per call (about 0.27 us a row one
+    1,024-row batch at a time, against 0.05 us sixteen batches at a time)."""
+    if not bounds:
+        return []
+    n = len(order) if isinstance(order, np.ndarray) else (num_rows if num_rows is not None else order.num_rows)
+    lengths = np.array([stop - start for start, stop in bounds], dtype=np.int64)
+    starts = np.array([start for start, _ in bounds], dtype=np.int64)
+    # every index of every slice, in slice order: start of its slice + its place within the slice
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    indices = np.repeat(starts, lengths) + within
+    if len(indices) and indices.max() >= n:
+        indices %= max(n, 1)
+    taken = order[indices] if isinstance(order, np.ndarray) else order.positions(indices)
+    return np.split(taken, np.cumsum(lengths)[:-1])

@@ -15,6 +15,7 @@ from lance_lightning.sharding import (
     plan_epoch,
     rank_batch_bounds,
     take_padded,
+    take_padded_many,
     window_rows,
 )
 from tests.sharding_invariants import assert_epoch_invariants
@@ -185,6 +186,42 @@ def test_take_padded_wraps_to_the_start(n, start, length):
     order = np.arange(100, 100 + n)
     got = take_padded(order, start, start + length)
     assert got.tolist() == [100 + (i % n) for i in range(start, start + length)]
+
+
+@FAST
+@given(
+    n=st.integers(1, 3000),
+    world=worlds,
+    batch=batch_sizes,
+    mode=modes,
+    seed=seeds,
+    offset=st.integers(0, 50),
+    drop_last=st.booleans(),
+)
+def test_take_padded_many_equals_one_take_a_batch(n, world, batch, mode, seed, offset, drop_last):
+    """The sampler computes ~16k positions a call: the same rows, batch for batch, as one call a batch."""
+    from lance_lightning.orders import get_order
+
+    order = get_order(mode).create(
+        n, seed=seed, epoch=1, block_size=16, window_blocks=3, streams=world, batch_size=batch
+    )
+    plan = plan_epoch(max(n - offset, 0), world_size=world, batch_size=batch, drop_last=drop_last, even=True)
+    for rank in range(world):
+        bounds = [(offset + lo, offset + hi) for lo, hi in rank_batch_bounds(plan, rank=rank)]
+        one_a_batch = [take_padded(order, lo, hi, n).tolist() for lo, hi in bounds]
+        for chunk in (1, 3, len(bounds) or 1):
+            together = [
+                part.tolist()
+                for i in range(0, len(bounds), chunk)
+                for part in take_padded_many(order, bounds[i : i + chunk], n)
+            ]
+            assert together == one_a_batch
+    array = np.arange(7, 7 + n)
+    assert [p.tolist() for p in take_padded_many(array, [(0, 2), (n, n + 3)])] == [
+        take_padded(array, 0, 2).tolist(),
+        take_padded(array, n, n + 3).tolist(),
+    ]
+    assert take_padded_many(order, [], n) == []
 
 
 def test_plan_small_cases():
