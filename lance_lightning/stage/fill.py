@@ -34,7 +34,7 @@ log = logging.getLogger("lance_lightning.stage")
 SCAN_FRACTION = 0.05
 """Read the split with one sequential scan of the table when it holds at least this share of the
 table's rows (a scanned row costs ~1/20 of a taken one); else take its rows by address."""
-_SCAN_BATCH = 65_536
+_SCAN_BATCH = 16_384
 _TAKE_BATCH = 8_192
 
 _held: dict[str, store.Lease] = {}
