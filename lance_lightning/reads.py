@@ -82,6 +82,36 @@ def iter_with_row_ids(
     return iter(query.to_batches(batch_rows))
 
 
+COPY_READAHEAD_BATCHES = 4
+COPY_IO_BUFFER_BYTES = 64 << 20
+
+
+def copy_scan(
+    table: Any, columns: Sequence[str], *, batch_rows: int, use_pylance: bool = True
+) -> Iterator[pa.RecordBatch]:
+    """The batches of :func:`iter_with_row_ids` (``columns`` and ``_rowid``) for copying a whole
+    table's columns out (the stage fill): through pylance's scanner where it is installed, with its
+    read-ahead bounded (a slower writer otherwise lets lance buffer hundreds of MB: +604 MB against
+    +292 MB over 4M rows here, and it read them in 2.9 s against 4.7 s); else lancedb's query."""
+    if use_pylance:
+        try:
+            import lance  # noqa: F401  (pylance: optional)
+
+            dataset = table.to_lance()  # at the table's (pinned) version, with its storage options
+        except (ImportError, NotImplementedError, AttributeError):
+            dataset = None
+        if dataset is not None:
+            scanner = dataset.scanner(
+                columns=list(columns),
+                with_row_id=True,
+                batch_size=batch_rows,
+                batch_readahead=COPY_READAHEAD_BATCHES,
+                io_buffer_size=COPY_IO_BUFFER_BYTES,
+            )
+            return iter(scanner.to_batches())
+    return iter_with_row_ids(table, columns, batch_rows=batch_rows)
+
+
 def scan_row_ids(table: Any) -> np.ndarray:
     """Every row address of ``table`` in scan order (``uint64``): offset i holds row ``result[i]``."""
     ids = scan_with_row_ids(table).column("_rowid")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..readahead import read_ahead
-from ..reads import TableChangedError, iter_with_row_ids
+from ..reads import TableChangedError, copy_scan
 from ..source import scrub
 from . import store
 from .plan import column_plan, estimate_stage_bytes
@@ -35,6 +35,8 @@ SCAN_FRACTION = 0.05
 """Read the split with one sequential scan of the table when it holds at least this share of the
 table's rows (a scanned row costs ~1/20 of a taken one); else take its rows by address."""
 _SCAN_BATCH = 16_384
+SCAN_WITH_PYLANCE = True
+"""Scan with pylance where it is installed (:func:`..reads.copy_scan`); False: lancedb's query."""
 _TAKE_BATCH = 8_192
 
 _held: dict[str, store.Lease] = {}
@@ -48,7 +50,7 @@ class _NotInOrder(Exception):
 
 
 def _scan(table: Any, row_ids: np.ndarray, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    reader = iter_with_row_ids(table, columns, batch_rows=_SCAN_BATCH)  # the package's one _rowid scan
+    reader = copy_scan(table, columns, batch_rows=_SCAN_BATCH, use_pylance=SCAN_WITH_PYLANCE)
     done = 0
     for batch in reader:
         ids = batch.column("_rowid").to_numpy().astype(np.uint64, copy=False)

@@ -105,7 +105,14 @@ def every_type_table(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["flat", "arrow"])
-def test_staged_rows_equal_table_rows_for_every_column_type(every_type_table, tmp_path, layout):
+@pytest.mark.parametrize("scan", ["pylance", "lancedb"])
+def test_staged_rows_equal_table_rows_for_every_column_type(every_type_table, tmp_path, layout, scan, monkeypatch):
+    """Either scan fills the stage (pylance's where it is installed, lancedb's query otherwise)."""
+    import lance_lightning.stage.fill as fill
+
+    if scan == "pylance":
+        pytest.importorskip("lance")
+    monkeypatch.setattr(fill, "SCAN_WITH_PYLANCE", scan == "pylance")
     source, table = every_type_table
     columns = table.schema.names
     ids, rows = table_rows(table, columns)
