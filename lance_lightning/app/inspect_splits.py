@@ -29,7 +29,9 @@ def inspect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("build_demo", True):
         ensure_demo(cfg.data.uri, cfg.data.table)
     options = cfg.get("inspect") or {}
-    world_size = options.get("world_size") or resolve_world_size(cfg.trainer)
+    world_size = options.get("world_size")
+    if world_size is None:
+        world_size = resolve_world_size(cfg.trainer)
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"inspect.world_size must be a whole number of ranks >= 1, got {world_size!r}")
     label_column = options.get("label_column")

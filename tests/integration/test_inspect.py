@@ -113,7 +113,7 @@ def test_console_entry_with_overrides(tiny, run_cli, tmp_path):
     assert not (tmp_path / "outputs").exists()  # a look, not a run: no Hydra output directory
 
 
-@pytest.mark.parametrize("world", ["-2", "-1"])
+@pytest.mark.parametrize("world", ["-2", "-1", "0"])
 def test_a_world_size_that_is_not_a_count_of_ranks_is_refused(tiny, world):
     with pytest.raises(ValueError, match=rf"inspect.world_size must be a whole number of ranks >= 1, got {world}"):
         inspect(compose_cfg([*tiny, f"inspect.world_size={world}"]))
