@@ -112,9 +112,10 @@ def copy_scan(
     return iter_with_row_ids(table, columns, batch_rows=batch_rows)
 
 
-def scan_row_ids(table: Any) -> np.ndarray:
-    """Every row address of ``table`` in scan order (``uint64``): offset i holds row ``result[i]``."""
-    ids = scan_with_row_ids(table).column("_rowid")
+def scan_row_ids(table: Any, *, where: str | None = None) -> np.ndarray:
+    """Every row address of ``table`` (that ``where`` keeps) in scan order (``uint64``): offset i
+    holds row ``result[i]``."""
+    ids = scan_with_row_ids(table, where=where).column("_rowid")
     return ids.to_numpy().astype(np.uint64, copy=False) if len(ids) else np.empty(0, np.uint64)
 
 

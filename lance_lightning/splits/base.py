@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.permutation import permutation_builder
 
-from ..reads import scan_with_row_ids
+from ..reads import scan_row_ids
 from ..rowset import RowSet
 from ..source import TableSource, check_filter
 
@@ -197,8 +197,7 @@ def filtered_rows(table: Any, filter: str | None) -> tuple[int, str]:
 def whole_table_row_ids(table: Any, filter: str | None) -> np.ndarray:
     """Row addresses (sorted ``uint64``) of every row that ``filter`` keeps: one ``_rowid`` scan that
     reads only the columns the filter needs (17x faster than lancedb's permutation builder at 2M rows)."""
-    ids = scan_with_row_ids(table, where=filter).column("_rowid")
-    return np.sort(ids.to_numpy()).astype(np.uint64, copy=False) if len(ids) else np.empty(0, np.uint64)
+    return np.sort(scan_row_ids(table, where=filter))
 
 
 def ensure_builder_memory() -> None:
@@ -290,12 +289,17 @@ class SizedSplit(SplitSpec):
                     f"split(s) {', '.join(empty)} would be empty: {context}; raise the fraction or drop the split"
                 )
 
+    def checked_rows(self, table: Any, filter: str | None) -> tuple[int, str]:
+        """``filtered_rows(table, filter)``, once the sizes are checked against that many rows."""
+        num_rows, where = filtered_rows(table, filter)
+        self.check_sizes(num_rows, f"table {table.name!r} has {num_rows} rows{where}")
+        return num_rows, where
+
     def sized_build(
         self, source: TableSource, table: Any, *, filter: str | None, split: Callable[[Any], Any]
     ) -> dict[str, SplitRows]:
         """Check the sizes against the filtered table, then build with ``split(builder)``."""
-        num_rows, where = filtered_rows(table, filter)
-        self.check_sizes(num_rows, f"table {table.name!r} has {num_rows} rows{where}")
+        self.checked_rows(table, filter)
         return permutation_splits(source, table, self, filter=filter, split=split)
 
     def sizes(self) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..reads import scan_with_row_ids
+from ..reads import scan_row_ids
 from ..source import TableSource
-from .base import SizedSplit, SplitRows, SplitSpecError, filtered_rows
+from .base import SizedSplit, SplitRows, SplitSpecError
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,8 @@ class SequentialSplit(SizedSplit):
         return cls(**cls.parse_sizes(cls.kind, spec))
 
     def build(self, source: TableSource, table: Any, *, filter: str | None, seed: int) -> dict[str, SplitRows]:
-        num_rows, where = filtered_rows(table, filter)
-        self.check_sizes(num_rows, f"table {table.name!r} has {num_rows} rows{where}")
-        ids = scan_with_row_ids(table, where=filter).column("_rowid").to_numpy()
+        num_rows, where = self.checked_rows(table, filter)
+        ids = scan_row_ids(table, where=filter)
         if len(ids) != num_rows:
             raise SplitSpecError(
                 f"table {table.name!r} (version {table.version}) counted {num_rows} rows{where} but its scan "
@@ -42,7 +41,7 @@ class SequentialSplit(SizedSplit):
             )
         bounds = np.cumsum([0, *sequential_counts(num_rows, self.fractions, self.counts)]).tolist()
         return {
-            name: SplitRows(name, source, np.sort(ids[lo:hi]).astype(np.uint64, copy=False))
+            name: SplitRows(name, source, np.sort(ids[lo:hi]))
             for name, lo, hi in zip(self.names, bounds[:-1], bounds[1:])
         }
 

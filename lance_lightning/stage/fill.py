@@ -96,7 +96,7 @@ def _fill(
         (tmp / store.LEASE_FILE).touch()
         plan = column_plan(schema, meta["layout"], demoted)
         progress.rows = progress.bytes = 0
-        # the table is read on a thread while this one writes the files: ~1.1x a scan, not the sum
+        # the table is read on a thread while this one writes the files: the larger of the two, not the sum
         batches = read_ahead(_scan(table, row_ids, columns) if scan else _take(table, row_ids, columns))
         try:
             files = write_files(batches, tmp, schema, plan, len(row_ids), progress, limit)
