@@ -264,7 +264,13 @@ def _stage_log() -> dict[str, Any]:
 
 
 def reader_datamodule(
-    ctx: Ctx, *, shuffle: str, num_workers: int, staging: str = "auto", in_memory: bool = False
+    ctx: Ctx,
+    *,
+    shuffle: str,
+    num_workers: int,
+    staging: str = "auto",
+    in_memory: bool = False,
+    multiprocessing_context: str | None = None,
 ) -> Reader:
     from lance_lightning.dataset import StagedBatchDataset
 
@@ -281,6 +287,7 @@ def reader_datamodule(
         shuffle=shuffle,
         staging=staging,
         in_memory=in_memory,
+        multiprocessing_context=multiprocessing_context,
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -386,6 +393,13 @@ SPECS: list[Spec] = [
     *(
         Spec(f"default-w{w}", "LanceDataModule default (`uniform`, staged)", w, _dm("uniform", w), staged=True)
         for w in (0, 2)
+    ),
+    Spec(
+        "default-w2-forkserver",
+        "LanceDataModule default, workers from the fork server (the default before they forked)",
+        2,
+        _dm("uniform", 2, multiprocessing_context="forkserver"),
+        staged=True,
     ),
     *(
         Spec(f"off-w{w}", "LanceDataModule `uniform`, staging='off' (table takes)", w, _dm("uniform", w, staging="off"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,10 +127,27 @@ def staging_required(options: DataOptions) -> bool:
 def wants_stage(options: DataOptions, stage: str) -> bool:
     """Whether ``stage``'s split is read from a node-local stage (see ``staging``): always when
     asked (:func:`staging_required`); by default, a train split read in a scattered order
-    (``uniform``), which is take-bound from the table."""
+    (``uniform``), which is take-bound from the table, and with workers the val split too, read
+    again every epoch: a staged split's workers fork in milliseconds, where a table reader's wait
+    for a fork server to import the training script (:func:`.loader.worker_start_method`)."""
     if options.staging == "off":
         return False
-    return staging_required(options) or (stage == "train" and not get_order(options.shuffle).contiguous)
+    if staging_required(options):
+        return True
+    if stage == "train":
+        return not get_order(options.shuffle).contiguous
+    return stage == "val" and options.num_workers > 0
+
+
+def reads_table_with_workers(options: DataOptions, stages: Sequence[str]) -> bool:
+    """Whether one of ``stages`` will, by its settings, read the table in worker processes (which
+    then start from the fork server). A stage that wants staging but does not fit falls back to
+    the table too; that is known only once it is built."""
+    if not options.num_workers:
+        return False
+    if options.multiprocessing_context is not None:
+        return options.multiprocessing_context == "forkserver"
+    return any(not wants_stage(options, stage) for stage in stages)
 
 
 def stage_reader(
@@ -226,11 +243,22 @@ def build_reader(
         except StageBudgetError as err:
             if staging_required(options):
                 raise
+            if stage == "train":
+                cost = (
+                    f"Read from the table, shuffle={options.shuffle!r} costs one take a row (~50-130k rows/s a "
+                    "process, against millions from a stage)."
+                )
+                other = "; or use shuffle='block' (range scans)"
+            else:
+                cost = (
+                    f"Its {options.num_workers} workers start from a fork server, which imports the training script "
+                    "first (seconds), instead of forking from this process."
+                )
+                other = ""
             warn(
                 f"split {split_name!r} of table {split.source.name!r} is read from the table, not staged: {err} "
-                f"Read from the table, shuffle={options.shuffle!r} costs one take a row (~50-130k rows/s a process, "
-                "against millions from a stage). To stage it, raise cache_max_bytes or point cache= at a directory "
-                "with room; or use shuffle='block' (range scans). staging='off' silences this."
+                f"{cost} To stage it, raise cache_max_bytes or point cache= at a directory with room{other}. "
+                "staging='off' silences this."
             )
     return table_reader(options, split, columns=columns, transform=transform, table=table, scan_ids=scan_ids)
 

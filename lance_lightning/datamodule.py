@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from . import assembly
 from .convert import describe_column
 from .dataset import StagedBatchDataset, resolve_transform
-from .loader import make_loader, start_forkserver
+from .loader import make_loader, start_forkserver, worker_start_method
 from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
@@ -68,8 +68,10 @@ class LanceDataModule(pl.LightningDataModule):
         version: the table version to read; the latest at ``setup`` when None.
         storage_options: passed to ``lancedb.connect`` (credentials: never logged).
         connect_kwargs: further ``lancedb.connect`` arguments.
-        multiprocessing_context: worker start method: ``"forkserver"`` (default) or ``"spawn"``;
-            ``"fork"`` is refused with the reason (lancedb does not survive it).
+        multiprocessing_context: worker start method: ``"forkserver"`` or ``"spawn"``. By default
+            (None) a staged split's workers fork (they never call lancedb; start in milliseconds)
+            and a table reader's start from the fork server. ``"fork"`` itself is refused with the
+            reason (lancedb does not survive it in workers that read the table).
         persistent_workers: keep workers alive across epochs (start-up paid once).
         pin_memory, prefetch_factor: passed to the ``DataLoader``.
         block_size, window_blocks: the ``"block"`` shuffle's parameters (rows a block, blocks
@@ -197,7 +199,7 @@ class LanceDataModule(pl.LightningDataModule):
                 "table_updates='next_epoch' needs Trainer(reload_dataloaders_every_n_epochs=1), so that Lightning "
                 f"asks for new dataloaders at each epoch (it is {reload_every})"
             )
-        if self.options.num_workers and self.options.worker_start_method == "forkserver":
+        if assembly.reads_table_with_workers(self.options, stages):
             start_forkserver()  # its imports run while this process builds splits and stages
         table = self._pin_version()
         self.columns = check_columns(self.source.name, table.schema, self.columns)
@@ -212,6 +214,10 @@ class LanceDataModule(pl.LightningDataModule):
                 self.source.name, self.splits, self.options, train_rows=rows, world_size=self.world_size
             )
         self._build_stages(stages)
+        if self.options.num_workers and any(
+            worker_start_method(reader, self.options) == "forkserver" for reader in self.datasets.values()
+        ):
+            start_forkserver()  # a reader of the table: its workers fork from the server (lancedb survives that)
 
     def _build_splits(self, table: Any) -> None:
         self.splits = build_splits(

@@ -74,8 +74,9 @@ FORK_REFUSED = (
     "multiprocessing_context='fork' is refused: lancedb's native runtime does not survive fork() "
     "reliably (measured with lancedb 0.40: DataLoader workers forked from a process that has read a "
     "table segfaulted, hung or died in 3 of 6 runs, even with each worker reopening the table itself). "
-    "Use 'forkserver' (the default) or 'spawn'; both need the usual `if __name__ == \"__main__\":` guard "
-    "around the code that starts training."
+    "Leave it unset (staged splits then fork their workers, which never call lancedb; table readers use "
+    "the fork server) or use 'forkserver' or 'spawn'; all need the usual `if __name__ == \"__main__\":` "
+    "guard around the code that starts training."
 )
 
 
@@ -327,11 +328,6 @@ class DataOptions:
             raise SettingError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
         for key, value in checked.items():
             object.__setattr__(self, key, value)
-
-    @property
-    def worker_start_method(self) -> str:
-        """How DataLoader workers start: ``multiprocessing_context``, ``"forkserver"`` by default."""
-        return self.multiprocessing_context or "forkserver"
 
     @property
     def eval_rows(self) -> int:

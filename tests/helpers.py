@@ -8,6 +8,16 @@ import lightning.pytorch as pl
 import torch
 
 
+def gc_frozen(batch: dict[str, Any]) -> dict[str, Any]:
+    """Records, per row, how many objects the garbage collector of the reading process ignores."""
+    import gc
+
+    import torch
+
+    batch["gc_frozen"] = torch.full((len(batch["id"]),), gc.get_freeze_count())
+    return batch
+
+
 def double_x(batch: dict[str, Any]) -> dict[str, Any]:
     batch["x_doubled"] = batch["x"] * 2
     return batch

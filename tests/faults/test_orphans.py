@@ -1,10 +1,10 @@
 """Every process the datamodule starts ends within seconds of the training process's death.
 
-A real training process (a script in a subprocess, DataLoader workers from the fork server) is
-killed with SIGKILL mid-epoch, as the OOM killer or a preemption kills it: its fork server and
-workers must be gone within ~10 s (before lance_lightning/workers.py, 6 processes holding 2.1 GB
-were still there 60 s later). The killed trainer is left unreaped (a zombie) on purpose: a watch
-that asked only whether its pid exists would never fire.
+A real training process (a script in a subprocess, DataLoader workers forked for its staged split
+or started by the fork server) is killed with SIGKILL mid-epoch, as the OOM killer or a preemption
+kills it: its fork server and workers must be gone within ~10 s (before lance_lightning/workers.py,
+6 processes holding 2.1 GB were still there 60 s later). The killed trainer is left unreaped (a
+zombie) on purpose: a watch that asked only whether its pid exists would never fire.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ class Slow(pl.LightningModule):
 
 if __name__ == "__main__":
     dm = LanceDataModule(
-        sys.argv[1], "toy", columns=["x", "y"], splits={"train": 1.0}, batch_size=4, num_workers=2
+        sys.argv[1], "toy", columns=["x", "y"], splits={"train": 1.0}, batch_size=4, num_workers=2,
+        multiprocessing_context=sys.argv[2] if sys.argv[2] != "default" else None,
     )
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -122,13 +123,14 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_trainer_ends_its_fork_server_and_workers(make_table, tmp_path):
+@pytest.mark.parametrize("start_method", ["default", "forkserver"])  # default: a staged split, forked workers
+def test_sigkill_of_the_trainer_ends_its_fork_server_and_workers(make_table, tmp_path, start_method):
     uri, _ = make_table("toy", 200)
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     trainer = subprocess.Popen(
-        [sys.executable, str(script), uri],
+        [sys.executable, str(script), uri, start_method],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -150,7 +152,7 @@ def test_sigkill_of_the_trainer_ends_its_fork_server_and_workers(make_table, tmp
         descendants = sorted(set(reported) | set(seen))
         processes = [psutil.Process(p) for p in descendants if not ended(p)]
         names = {p: " ".join(psutil.Process(p).cmdline())[:80] for p in descendants if not ended(p)}
-        assert len(descendants) >= 3, names  # the fork server and 2 workers (and the resource tracker)
+        assert len(descendants) >= (3 if start_method == "forkserver" else 2), names  # 2 workers (+ the server)
         os.kill(trainer.pid, signal.SIGKILL)  # left unreaped until the end: a zombie
         left = wait_ended(descendants, timeout=10)
         assert not left, {p: names.get(p) for p in left}

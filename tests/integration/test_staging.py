@@ -125,7 +125,7 @@ def test_staged_splits_read_the_same_batches_in_the_same_order_as_the_table(make
     per_epoch = len(model.seen) // 3
     for n in range(3):
         assert sorted(i for b in model.seen[n * per_epoch : (n + 1) * per_epoch] for i in b) == train_ids
-    if staging == "always":
+    if staging == "always" or num_workers:  # with workers val is staged too: they fork, not wait for a server
         assert isinstance(dm.datasets["val"], StagedBatchDataset)
     else:  # the default stages only the scattered train reads; val is read in table order
         assert isinstance(dm.datasets["val"], LanceBatchDataset)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def epoch_ids(loader) -> list[int]:
     return [i for batch in loader for i in batch["id"].tolist()]
 
 
-@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("start_method", [None, "forkserver", "spawn"])
 def test_workers_read_every_row_once_per_epoch(make_table, start_method):
     uri, _ = make_table("toy", 203)
     dm = LanceDataModule(
@@ -39,6 +40,53 @@ def test_workers_read_every_row_once_per_epoch(make_table, start_method):
     single.setup("fit")
     single.samplers["train"].set_epoch(1)
     assert epoch_ids(single.train_dataloader()) == epochs[1]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, "fork"),  # staged: the workers never call lancedb
+        ({"staging": "off"}, "forkserver"),  # they read the table
+        ({"multiprocessing_context": "spawn"}, "spawn"),
+        ({"multiprocessing_context": "forkserver"}, "forkserver"),
+    ],
+)
+def test_worker_start_method_by_default_forks_only_readers_of_a_stage(make_table, settings, expected):
+    uri, _ = make_table("toy", 64)
+    dm = LanceDataModule(
+        uri, "toy", splits={"train": 0.75, "val": 0.25}, batch_size=8, num_workers=2,
+        transform="tests.helpers.gc_frozen", **settings,
+    )
+    dm.setup("fit")
+    loaders = {"train": dm.train_dataloader(), "val": dm.val_dataloader()}  # val: staged too, with workers
+    for stage, loader in loaders.items():
+        assert loader.multiprocessing_context.get_start_method() == expected, stage
+        batches = list(loader)
+        assert sorted(i for b in batches for i in b["id"].tolist()) == sorted(dm.splits[stage].row_ids.tolist())
+        frozen = {int(f) for b in batches for f in b["gc_frozen"]}
+        if expected == "fork":
+            # every object a worker inherited is out of its garbage collector's reach (no lancedb
+            # handle is finalised in a worker), and the parent collects its own again
+            assert min(frozen) > 10_000, frozen
+            assert gc.get_freeze_count() == 0
+        else:
+            assert frozen == {0}
+
+
+def test_a_val_split_that_does_not_fit_is_read_from_the_table_and_says_why(make_table):
+    uri, _ = make_table("toy", 64)
+    dm = LanceDataModule(
+        uri, "toy", splits={"train": 0.75, "val": 0.25}, batch_size=8, num_workers=2, cache_max_bytes=1000
+    )
+    with pytest.warns(UserWarning) as caught:
+        dm.setup("fit")
+    messages = [str(w.message) for w in caught if "split 'val'" in str(w.message)]
+    assert len(messages) == 1, [str(w.message) for w in caught]
+    for part in ("read from the table, not staged", "cache_max_bytes=1,000", "fork server"):
+        assert part in messages[0], (part, messages[0])
+    loader = dm.val_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert sorted(i for b in loader for i in b["id"].tolist()) == sorted(dm.splits["val"].row_ids.tolist())
 
 
 def test_workers_persist_across_epochs(make_table):
