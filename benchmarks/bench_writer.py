@@ -18,8 +18,10 @@ in each round; the medians are reported, with the spread (min..max) of the total
   files written during the loop by a background thread, then one metadata-only ``Merge`` commit;
   without it, staging during the loop and a commit that rewrites the table (see
   lance_lightning/writer_fragments.py and writer_rewrite.py);
-* ``new table``: ``LancePredictionWriter(table="preds")``: staging, then one ``create_table``
-  of ``source_rowid``, ``id`` and the outputs.
+* ``new table``: ``LancePredictionWriter(table="preds")``: ``source_rowid``, ``id`` (read beside
+  each batch) and the outputs; with pylance written into the new table's data files during the
+  loop by a background thread, then one ``Overwrite`` commit (lance_lightning/writer_table.py);
+  without it, staging during the loop and one ``create_table`` after it.
 
 Columns: total (the ``trainer.predict`` call), loop (first to last batch, staging included),
 commit (``on_predict_end``: barrier, join, write), overhead (total over the baseline's), peak RSS of

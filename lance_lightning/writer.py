@@ -21,9 +21,11 @@ Three steps, one owner each:
    ``limit_predict_batches``) get nulls. The outcome is broadcast, so every rank returns or
    raises alike, and the staging directory is removed.
 
-``LancePredictionWriter(table="preds")`` writes a new table instead (``create_table``, one
-commit): key columns (``source_rowid``, the row address in the version read, plus ``id`` when
-the table has one) and the outputs, for the predicted rows only.
+``LancePredictionWriter(table="preds")`` writes a new table instead: key columns
+(``source_rowid``, the row address in the version read, plus ``id`` when the table has one) and
+the outputs, for the predicted rows only. With pylance every rank writes its rows into the new
+table's data files during the loop and rank 0 commits them all at once (:mod:`.writer_table`);
+without it the ranks stage them and rank 0 calls ``create_table`` after the loop.
 
 A run killed before the commit leaves the table as it was. The next run writing the same target
 removes its staging files and the data files it had written into the table (listed in the
@@ -32,6 +34,7 @@ staging directory before they were opened), keeping any that a version refers to
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -58,7 +61,15 @@ from .writer_fragments import (
     lance_module,
     remove_unreferenced,
 )
-from .writer_rewrite import _check_indexes, _check_new_columns, _table_moved, _Target, commit_columns, commit_table
+from .writer_rewrite import (
+    _check_indexes,
+    _check_new_columns,
+    _table_moved,
+    _Target,
+    commit_columns,
+    commit_table,
+    new_table_schema,
+)
 from .writer_stage import (
     KEY_ROWID,
     ROWID,
@@ -68,8 +79,10 @@ from .writer_stage import (
     _RankStage,
     _remove_staging,
     _Staged,
+    check_same_outputs,
     prediction_arrays,
 )
+from .writer_table import CREATING, NewTableWriter, clean_interrupted, commit_new_table, dataset_uri, has_versions
 
 __all__ = [
     "KEY_ROWID",
@@ -99,6 +112,7 @@ class _Run:
     world_size: int = 1
     checked: bool = False
     streamer: BackgroundColumnWriter | None = None  # one rank, pylance: data files written during the loop
+    table_writer: NewTableWriter | None = None  # a new table, pylance: every rank writes its rows during the loop
 
 
 class LancePredictionWriter(BasePredictionWriter):
@@ -189,12 +203,21 @@ class LancePredictionWriter(BasePredictionWriter):
             if directory.exists():
                 size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
                 rank_zero_info(f"removing staging files of an interrupted run ({size:,} bytes): {directory}")
+                lance = lance_module()
                 if target.table is None:
                     removed = remove_unreferenced(directory, target.source.open())
-                    if removed:
-                        rank_zero_info(f"removed {removed} data file(s) an interrupted run wrote into the table")
+                elif lance is not None:
+                    removed = clean_interrupted(lance, directory, target.source.storage_options)
+                else:
+                    removed = 0
+                if removed:
+                    rank_zero_info(f"removed {removed} data file(s) an interrupted run had written")
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
+            if target.table is not None and lance_module() is not None:
+                uri = dataset_uri(target.source.open().uri, target.table)
+                new = not has_versions(lance_module(), uri, target.source.storage_options)
+                (directory / CREATING).write_text(json.dumps({"uri": uri, "new": new}))
         trainer.strategy.barrier("lance_prediction_writer_start")
         bounds = np.asarray(rank_batch_bounds(sampler.plan(), rank=sampler.rank), dtype=np.int64).reshape(-1, 2)
         if len(bounds) and bounds[-1, 1] > sampler.num_rows:
@@ -229,7 +252,7 @@ class LancePredictionWriter(BasePredictionWriter):
         if self.table == source.name:
             raise PredictionWriteError(f"table={self.table!r} is the table read; use column= to add columns to it")
         db = connect(source.uri, storage_options=source.storage_options, **dict(source.connect_kwargs or {}))
-        if self.table in list_table_names(db) and not self.overwrite:
+        if self.table in list_table_names(db) and not self.overwrite and _opens(db, self.table):
             raise PredictionWriteError(
                 f"table {self.table!r} already exists in {source.uri!r}: nothing was written. Pick another name, or "
                 "pass overwrite=True to replace it"
@@ -303,10 +326,22 @@ class LancePredictionWriter(BasePredictionWriter):
                 clash = sorted(set(columns) & set(run.target.keys))
                 if clash:
                     raise PredictionWriteError(f"output column(s) {clash} are also key columns of table {self.table!r}")
+                lance = lance_module()
+                if lance is not None:  # every rank writes its rows now; rank 0 commits them at the end
+                    source = run.target.source
+                    fields = [pa.field(name, values.type, metadata=meta) for name, (values, meta) in columns.items()]
+                    schema = new_table_schema(source, source.open().schema, run.target.keys, fields)
+                    uri = dataset_uri(source.open().uri, run.target.table)
+                    run.table_writer = NewTableWriter(
+                        lance, source, uri, schema, run.target.keys, run.directory, trainer.global_rank
+                    )
         addresses = run.rows.select(take_padded(run.order, start, stop, run.num_rows))
         if run.streamer is not None:
             arrays = [values for values, _ in columns.values()]
             run.streamer.write(addresses, pa.RecordBatch.from_arrays(arrays, schema=run.streamer.writer.schema))
+        elif run.table_writer is not None:
+            check_same_outputs(run.table_writer.schema, run.table_writer.outputs, columns)
+            run.table_writer.write(addresses, {name: values for name, (values, _) in columns.items()})
         else:
             run.stage.write(addresses, columns)
         run.written[batch_idx] = True
@@ -322,6 +357,8 @@ class LancePredictionWriter(BasePredictionWriter):
         try:
             if run.streamer is not None:
                 streamed = run.streamer.finish()
+            if run.table_writer is not None:
+                run.table_writer.finish()
             run.stage.finish(int(run.written.sum()))
         except BaseException:
             self._abort(run)
@@ -337,6 +374,8 @@ class LancePredictionWriter(BasePredictionWriter):
                 outcome = {"error": f"{type(err).__name__}: {err}"}
                 if run.streamer is not None:
                     run.streamer.writer.abort()  # no version refers to its files
+                if run.table_writer is not None:
+                    clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
             finally:
                 _remove_staging(run.directory)
         else:
@@ -362,6 +401,20 @@ class LancePredictionWriter(BasePredictionWriter):
             _refuse_moved(target.source, "while predicting")
             result = commit_merge(writer.plan, streamed, writer.rows)
             return self._report(result)
+        if run.table_writer is not None:  # every rank's data files are written: one Overwrite commit
+            writer = run.table_writer
+            result = commit_new_table(
+                writer.lance,
+                writer.uri,
+                writer.schema,
+                run.directory,
+                world_size,
+                name=target.table,
+                overwrite=self.overwrite,
+                storage_options=writer.storage_options,
+            )
+            result["columns"] = writer.outputs
+            return result
         staged = _Staged(run.directory, world_size)
         if staged.schema is None:
             raise PredictionWriteError("no rows were predicted: nothing to write")
@@ -397,6 +450,8 @@ class LancePredictionWriter(BasePredictionWriter):
     def _abort(self, run: _Run) -> None:
         if run.streamer is not None:
             run.streamer.abort()
+        if run.table_writer is not None:
+            run.table_writer.abort()
         run.stage.abort()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -406,6 +461,16 @@ class LancePredictionWriter(BasePredictionWriter):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def _opens(db: Any, name: str) -> bool:
+    """Whether table ``name`` can be opened: a directory with no version yet (what a run killed
+    while writing a new table leaves; the next run removes it) is not a table."""
+    try:
+        db.open_table(name)
+    except Exception:  # noqa: BLE001 - lancedb raises ValueError / RuntimeError / OSError alike here
+        return False
+    return True
 
 
 def _refuse_moved(source: TableSource, when: str) -> None:

@@ -143,19 +143,25 @@ def commit_columns(
     return {"table": source.name, "version": version, "columns": names, "rows": staged.num_rows, "of": rows_before}
 
 
-def commit_table(source: TableSource, staged: _Staged, name: str, keys: Sequence[str], *, overwrite: bool) -> dict:
-    """Write the staged outputs with their key columns as a new table ``name`` (one commit)."""
-    pinned = source.open()
-    fields = staged.output_fields
-    extra = [k for k in keys if k != KEY_ROWID]
+def new_table_schema(source: TableSource, schema: pa.Schema, keys: Sequence[str], fields: list[pa.Field]) -> pa.Schema:
+    """A predictions table's schema: the key columns (as in ``schema``, the table read), the outputs,
+    and where the rows came from (table, version) in its metadata."""
     key_fields = [pa.field(KEY_ROWID, pa.uint64(), nullable=False)] if KEY_ROWID in keys else []
-    key_fields += [pinned.schema.field(k) for k in extra]
+    key_fields += [schema.field(k) for k in keys if k != KEY_ROWID]
     metadata = {
         b"lance_lightning.source": json.dumps(
             {"uri": source.uri, "table": source.name, "version": source.version, "version_time": source.version_time}
         ).encode()
     }
-    schema = pa.schema([*key_fields, *fields], metadata=metadata)
+    return pa.schema([*key_fields, *fields], metadata=metadata)
+
+
+def commit_table(source: TableSource, staged: _Staged, name: str, keys: Sequence[str], *, overwrite: bool) -> dict:
+    """Write the staged outputs with their key columns as a new table ``name`` (one commit)."""
+    pinned = source.open()
+    fields = staged.output_fields
+    extra = [k for k in keys if k != KEY_ROWID]
+    schema = new_table_schema(source, pinned.schema, keys, fields)
 
     def rows_in_order() -> Iterator[pa.RecordBatch]:
         if not extra:  # the staged addresses are the whole key: no read of the table

@@ -104,6 +104,18 @@ def _ranges(directory: Path, rank: int) -> Path:
     return directory / f"rank-{rank:05d}.ranges.npy"
 
 
+def check_same_outputs(schema: pa.Schema, names: list[str], columns: dict[str, tuple[pa.Array, Any]]) -> None:
+    """A batch's outputs must be the earlier batches' ones (``names`` of ``schema``), type for type."""
+    if list(columns) != names:
+        raise PredictionWriteError(f"predict_step returned outputs {list(columns)}, earlier batches {names}")
+    for name, (values, _) in columns.items():
+        want = schema.field(name).type
+        if values.type != want:
+            raise PredictionWriteError(
+                f"output {name!r} is {values.type} in this batch, {want} in earlier ones: a column has one type"
+            )
+
+
 class _RankStage:
     """This rank's staging file: one record batch (``_rowid`` + outputs) per predict batch."""
 
@@ -125,15 +137,7 @@ class _RankStage:
             self._sink = pa.OSFile(str(self.partial), "wb")
             self._writer = pa.ipc.new_file(self._sink, self.schema)
         else:
-            names = self.schema.names[1:]
-            if list(columns) != names:
-                raise PredictionWriteError(f"predict_step returned outputs {list(columns)}, earlier batches {names}")
-            for name, (values, _) in columns.items():
-                want = self.schema.field(name).type
-                if values.type != want:
-                    raise PredictionWriteError(
-                        f"output {name!r} is {values.type} in this batch, {want} in earlier ones: a column has one type"
-                    )
+            check_same_outputs(self.schema, self.schema.names[1:], columns)
         arrays = [pa.array(addresses, pa.uint64()), *(array for array, _ in columns.values())]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self.rows += len(addresses)

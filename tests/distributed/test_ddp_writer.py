@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lancedb
 import numpy as np
@@ -53,6 +54,22 @@ def values(table: pa.Table, name: str) -> np.ndarray:
     if pa.types.is_fixed_size_list(column.type):
         return column.flatten().to_numpy().reshape(len(column), -1)
     return column.to_numpy()
+
+
+def sigkill_when(spec: Path, root: Path, ready: Any, *, after_s: float = 0.0) -> None:
+    """Run ``spec``'s DDP predict and SIGKILL its process group once ``ready()`` (+ ``after_s``)."""
+    cmd, env = command(spec)
+    with (root / "slow.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.1)
+        time.sleep(after_s)
+        assert proc.poll() is None, (root / "slow.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_every_row_written_once_by_two_ranks(tmp_path):
@@ -108,20 +125,12 @@ def test_sigkill_mid_predict_leaves_the_table_then_a_rerun_writes_it(tmp_path):
     slow = write_spec(
         tmp_path, uri, [{"tag": "slow", "writer": {"column": "score"}, "output": "score", "slow": 0.3}], "slow"
     )
-    cmd, env = command(slow)
-    with (tmp_path / "slow.log").open("w") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            partial = list(staging.glob("rank-*.arrow.partial")) if staging.exists() else []
-            if len(partial) == 2 and all(p.stat().st_size > 2000 for p in partial):
-                break  # both ranks have written some batches
-            time.sleep(0.1)
-        assert proc.poll() is None, (tmp_path / "slow.log").read_text()[-3000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+    def both_ranks_wrote() -> bool:
+        partial = list(staging.glob("rank-*.arrow.partial")) if staging.exists() else []
+        return len(partial) == 2 and all(p.stat().st_size > 2000 for p in partial)  # some batches each
+
+    sigkill_when(slow, tmp_path, both_ranks_wrote)
 
     table = lancedb.connect(uri).open_table(TABLE)
     assert table.version == 1 and table.schema.names == ["id", "x", "y"] and table.count_rows() == NUM_ROWS
@@ -132,4 +141,34 @@ def test_sigkill_mid_predict_leaves_the_table_then_a_rerun_writes_it(tmp_path):
     table = lancedb.connect(uri).open_table(TABLE)
     got = table.to_arrow()
     assert table.version == 2 and np.array_equal(values(got, "score"), expected(got)["score"])
+    assert not staging.exists()
+
+
+def test_sigkill_while_writing_a_new_table_then_a_rerun_writes_it(tmp_path):
+    """Both ranks stream their rows into the new table's data files during the loop: a SIGKILL
+    then leaves files but no table version; the next run removes them and writes the table."""
+    lance = pytest.importorskip("lance")  # without pylance the ranks stage their rows and write after the loop
+    uri = make_table(tmp_path)
+    staging = Path(uri) / STAGING_DIRNAME / f"{TABLE}.table-preds"
+    dataset = Path(uri) / "preds.lance"
+    run = {"writer": {"column": "klass", "table": "preds"}, "output": "klass"}
+    slow = write_spec(tmp_path, uri, [{**run, "tag": "slow", "slow": 0.3}], "slow")
+    # both ranks are writing the new table's data files: a few batches each are on their way
+    sigkill_when(slow, tmp_path, lambda: dataset.exists() and (staging / "creating.json").exists(), after_s=1.5)
+
+    db = lancedb.connect(uri)
+    assert db.open_table(TABLE).version == 1  # the table read is untouched
+    with pytest.raises(Exception):  # noqa: B017 - no version of preds was committed: it does not open
+        db.open_table("preds")
+
+    rerun = write_spec(tmp_path, uri, [{**run, "tag": "rerun"}], "rerun")
+    run_processes([command(rerun)], tmp_path, "rerun")
+    preds = lancedb.connect(uri).open_table("preds")
+    assert preds.version == 1
+    got = preds.to_arrow().sort_by("id")
+    assert np.array_equal(got["id"].to_numpy(), np.arange(NUM_ROWS))
+    source = lancedb.connect(uri).open_table(TABLE).to_arrow()
+    assert np.array_equal(got["klass"].to_numpy(), expected(source)["klass"])
+    referenced = {f.path for fragment in lance.dataset(str(dataset)).get_fragments() for f in fragment.metadata.files}
+    assert {p.name for p in (dataset / "data").iterdir()} == referenced  # nothing the killed run wrote is left
     assert not staging.exists()

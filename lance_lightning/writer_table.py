@@ -1,0 +1,224 @@
+"""A new table of predictions, written during the predict loop with pylance: one commit at the end.
+
+Each rank streams its rows (key columns + outputs) into lance data files of the new table's
+dataset directory as the loop goes, on a background thread (``lance.fragment.write_fragments``
+fed from a bounded queue: memory stays a few batches). After the loop each rank leaves the
+fragments it wrote in the staging directory; rank 0 commits them all in one
+``LanceOperation.Overwrite``, which creates the table (or, with ``overwrite=True``, replaces it)
+at one version. Rows are in table order within each rank, rank after rank.
+
+Before that commit nothing is a table version. A killed run leaves data files that no version
+refers to: the next run removes them (all of the dataset directory when the run was creating the
+table and no version exists there; the files listed as written otherwise). Without pylance the
+writer stages the predictions and calls lancedb's ``create_table`` after the loop instead
+(:func:`.writer_rewrite.commit_table`).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .source import TableSource
+from .writer_fragments import FILES_LIST, QUEUE_BATCHES, remove_files
+from .writer_stage import KEY_ROWID, PredictionWriteError
+
+CREATING = "creating.json"
+"""In the staging directory: the dataset a run creates, written before its first data file."""
+_END = object()
+
+
+def dataset_uri(source_table_uri: str, name: str) -> str:
+    """Where lancedb keeps table ``name`` of the database that holds ``source_table_uri``."""
+    parent = source_table_uri.rstrip("/").rsplit("/", 1)[0]
+    return f"{parent}/{name}.lance"
+
+
+def fragments_file(directory: Path, rank: int) -> Path:
+    return directory / f"rank-{rank:05d}.fragments.json"
+
+
+def has_versions(lance: Any, uri: str, storage_options: dict | None) -> bool:
+    try:
+        lance.dataset(uri, storage_options=storage_options)
+    except (ValueError, OSError, FileNotFoundError, RuntimeError):
+        return False
+    return True
+
+
+def clean_interrupted(lance: Any, directory: Path, storage_options: dict | None) -> int:
+    """Remove what a killed run left of a new table (see the module docstring); returns how many
+    data files (or 1 for a whole never-committed dataset directory)."""
+    creating = directory / CREATING
+    if not creating.exists():
+        return 0
+    target = json.loads(creating.read_text())
+    uri = target["uri"]
+    committed = has_versions(lance, uri, storage_options)
+    if target["new"] and not committed and ("://" not in uri or uri.startswith("file://")):
+        shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)  # never a table: no version was made
+        return 1
+    listed = directory / FILES_LIST
+    if not listed.exists():
+        return 0
+    paths = [p for p in listed.read_text().splitlines() if p]
+    used: set[str] = set()
+    if committed:
+        dataset = lance.dataset(uri, storage_options=storage_options)
+        for version in dataset.versions():
+            old = lance.dataset(uri, version=version["version"], storage_options=storage_options)
+            used |= {f.path for fragment in old.get_fragments() for f in fragment.metadata.files}
+    stale = [p for p in paths if p.rsplit("/", 1)[-1] not in used]
+    remove_files(stale, storage_options)
+    return len(stale)
+
+
+class NewTableWriter:
+    """This rank's rows of a new table, written to lance data files on a background thread."""
+
+    def __init__(
+        self,
+        lance: Any,
+        source: TableSource,
+        uri: str,
+        schema: pa.Schema,
+        keys: Sequence[str],
+        directory: Path,
+        rank: int,
+    ) -> None:
+        self.lance, self.source, self.uri, self.schema = lance, source, uri, schema
+        self.storage_options = dict(source.storage_options) if source.storage_options else None
+        self.extra_keys = [k for k in keys if k != KEY_ROWID]
+        self.outputs = [name for name in schema.names if name not in keys]
+        self.directory, self.rank = directory, rank
+        self.rows = 0
+        self._pinned = None
+        if self.extra_keys:  # read beside each batch by row address, at the pinned version
+            self._pinned = lance.dataset(
+                source.open().uri, version=source.version, storage_options=self.storage_options
+            )
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._fragments: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="lance-prediction-table-writer", daemon=True)
+        self._thread.start()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            addresses, outputs = item
+            columns: dict[str, pa.Array] = {}
+            if KEY_ROWID in self.schema.names:
+                columns[KEY_ROWID] = pa.array(addresses, pa.uint64())
+            if self.extra_keys:
+                keys = self._pinned._take_rows(addresses.astype(np.int64).tolist(), columns=self.extra_keys)
+                columns |= {k: keys.column(k).combine_chunks() for k in self.extra_keys}
+            columns |= outputs
+            yield pa.RecordBatch.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
+
+    def _work(self) -> None:
+        listing = _listing(self.directory / FILES_LIST, self.uri)
+        try:
+            reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
+            self._fragments = self.lance.fragment.write_fragments(
+                reader,
+                self.uri,
+                schema=self.schema,
+                mode="overwrite",  # the files of a new schema (committed as an Overwrite): no check against the old
+                progress=listing,
+                storage_options=self.storage_options,
+            )
+        except BaseException as err:  # noqa: BLE001 - raised in the predict loop
+            self._error = err
+            while self._queue.get() is not _END:  # let the loop go on (and end) without blocking
+                pass
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise PredictionWriteError(f"writing the predictions table failed: {self._error}") from self._error
+
+    def write(self, addresses: np.ndarray, outputs: dict[str, pa.Array]) -> None:
+        self._raise()
+        self._queue.put((np.asarray(addresses), outputs))
+        self.rows += len(addresses)
+
+    def finish(self) -> None:
+        """Wait for the data files and leave their fragments for rank 0's commit."""
+        self._queue.put(_END)
+        self._thread.join()
+        self._raise()
+        fragments_file(self.directory, self.rank).write_text(
+            json.dumps({"rows": self.rows, "fragments": [f.to_json() for f in self._fragments]})
+        )
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._error = self._error or PredictionWriteError("aborted")
+            self._queue.put(_END)
+            self._thread.join()
+        listed = self.directory / FILES_LIST
+        if listed.exists():
+            remove_files([p for p in listed.read_text().splitlines() if p], self.storage_options)
+
+
+def _listing(path: Path, uri: str) -> Any:
+    """lance's write progress: each finished data file's path goes to the staging directory's list
+    (lance names a file only once it is written; one it was writing when killed is left to
+    :func:`clean_interrupted` of the whole directory, or to lance's own cleanup)."""
+    from lance.progress import FragmentWriteProgress
+
+    class Listing(FragmentWriteProgress):
+        def begin(self, fragment: Any, **kwargs: Any) -> None:
+            return None
+
+        def complete(self, fragment: Any, **kwargs: Any) -> None:
+            with open(path, "a") as fh:
+                for file in fragment.files:
+                    fh.write(f"{uri.rstrip('/')}/data/{file.path}\n")
+
+    return Listing()
+
+
+def commit_new_table(
+    lance: Any,
+    uri: str,
+    schema: pa.Schema,
+    directory: Path,
+    world_size: int,
+    *,
+    name: str,
+    overwrite: bool,
+    storage_options: dict | None,
+) -> dict[str, Any]:
+    """Rank 0, after every rank's :meth:`NewTableWriter.finish`: one ``Overwrite`` commit of all
+    their fragments, rank by rank, which creates the table (or replaces it with ``overwrite``)."""
+    from lance.fragment import FragmentMetadata
+
+    fragments, rows = [], 0
+    for rank in range(world_size):
+        part = json.loads(fragments_file(directory, rank).read_text())
+        rows += int(part["rows"])
+        fragments += [FragmentMetadata.from_json(json.dumps(f)) for f in part["fragments"]]
+    if not rows:
+        raise PredictionWriteError("no rows were predicted: nothing to write")
+    if not overwrite and has_versions(lance, uri, storage_options):
+        raise PredictionWriteError(
+            f"table {name!r} was created by someone else while predicting ({uri}): nothing was written. Pass "
+            "overwrite=True to replace it"
+        )
+    new = lance.LanceDataset.commit(
+        uri, lance.LanceOperation.Overwrite(schema, fragments), storage_options=storage_options
+    )
+    if new.count_rows() != rows:  # cannot happen: every rank's fragments were committed once
+        raise PredictionWriteError(f"table {name!r} holds {new.count_rows()} rows, the ranks wrote {rows}")
+    return {"table": name, "version": int(new.version), "columns": None, "rows": rows}
