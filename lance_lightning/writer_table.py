@@ -81,6 +81,48 @@ def clean_interrupted(lance: Any, directory: Path, storage_options: dict | None)
     return len(stale)
 
 
+class KeysInOrder:
+    """Key columns of the rows a rank predicts, read from one forward scan of the pinned version
+    (its addresses only go up: a rank's batches are in table order). 0.02 s for the ``id`` of 1M
+    rows, against 0.7 s for a take of each 1,024-row batch by address. Batches whose addresses
+    go back are taken by address instead."""
+
+    SCAN_ROWS = 65_536
+
+    def __init__(self, dataset: Any, columns: list[str], *, scan_rows: int = SCAN_ROWS) -> None:
+        self.dataset, self.columns = dataset, columns
+        self._scan = iter(dataset.to_batches(columns=columns, with_row_address=True, batch_size=scan_rows))
+        self._addresses = np.empty(0, dtype=np.uint64)
+        self._rows = pa.table({c: pa.array([], type=dataset.schema.field(c).type) for c in columns})
+        self._last = -1
+
+    def take(self, addresses: np.ndarray) -> dict[str, pa.Array]:
+        addresses = np.asarray(addresses, dtype=np.uint64)
+        if not len(addresses):
+            return {c: self._rows.column(c).slice(0, 0).combine_chunks() for c in self.columns}
+        if int(addresses[0]) <= self._last or np.any(np.diff(addresses.astype(np.int64)) <= 0):
+            taken = self.dataset._take_rows(addresses.astype(np.int64).tolist(), columns=self.columns)
+            return {c: taken.column(c).combine_chunks() for c in self.columns}
+        keep = int(np.searchsorted(self._addresses, addresses[0]))  # rows before this batch: never asked again
+        self._addresses, self._rows = self._addresses[keep:], self._rows.slice(keep)
+        while not len(self._addresses) or self._addresses[-1] < addresses[-1]:
+            batch = next(self._scan, None)
+            if batch is None:
+                break
+            self._addresses = np.concatenate([self._addresses, batch.column("_rowaddr").to_numpy()])
+            self._rows = pa.concat_tables([self._rows, pa.Table.from_batches([batch.select(self.columns)])])
+        index = np.searchsorted(self._addresses, addresses)
+        found = index < len(self._addresses)
+        if not found.all() or not np.array_equal(self._addresses[index], addresses):
+            raise PredictionWriteError(
+                f"rows at addresses {addresses[:3].tolist()}... are not in the version read of table "
+                f"{self.dataset.uri!r}: their key columns {self.columns} cannot be written"
+            )
+        self._last = int(addresses[-1])
+        picked = pa.array(index)
+        return {c: self._rows.column(c).take(picked).combine_chunks() for c in self.columns}
+
+
 class NewTableWriter:
     """This rank's rows of a new table, written to lance data files on a background thread."""
 
@@ -100,11 +142,10 @@ class NewTableWriter:
         self.outputs = [name for name in schema.names if name not in keys]
         self.directory, self.rank = directory, rank
         self.rows = 0
-        self._pinned = None
-        if self.extra_keys:  # read beside each batch by row address, at the pinned version
-            self._pinned = lance.dataset(
-                source.open().uri, version=source.version, storage_options=self.storage_options
-            )
+        self._keys: KeysInOrder | None = None
+        if self.extra_keys:  # read beside the batches, from one forward scan of the pinned version
+            pinned = lance.dataset(source.open().uri, version=source.version, storage_options=self.storage_options)
+            self._keys = KeysInOrder(pinned, self.extra_keys)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self._fragments: list[Any] = []
         self._error: BaseException | None = None
@@ -120,9 +161,8 @@ class NewTableWriter:
             columns: dict[str, pa.Array] = {}
             if KEY_ROWID in self.schema.names:
                 columns[KEY_ROWID] = pa.array(addresses, pa.uint64())
-            if self.extra_keys:
-                keys = self._pinned._take_rows(addresses.astype(np.int64).tolist(), columns=self.extra_keys)
-                columns |= {k: keys.column(k).combine_chunks() for k in self.extra_keys}
+            if self._keys is not None:
+                columns |= self._keys.take(addresses)
             columns |= outputs
             yield pa.RecordBatch.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
 

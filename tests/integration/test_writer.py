@@ -382,3 +382,34 @@ def test_data_files_of_a_killed_run_are_removed(rows):
     predict(uri, LancePredictionWriter(column="score"), output="score")
     assert not orphan.exists() and kept.exists() and not leftover.exists()
     assert len(set(data.iterdir()) - files_before) == 1  # the new column's one data file
+
+
+@needs_lance
+def test_key_columns_read_from_one_forward_scan_equal_takes_by_address(tmp_path):
+    """A new table's key columns come from a forward scan merged with each batch's addresses:
+    the same values as a take by address, over fragments and deleted rows, whatever the batches."""
+    import lance
+
+    from lance_lightning.writer_table import KeysInOrder
+
+    db = lancedb.connect(tmp_path / "db")
+    table = db.create_table("t", pa.table({"id": np.arange(500), "name": [f"n{i}" for i in range(500)]}))
+    table.add(pa.table({"id": np.arange(500, 900), "name": [f"n{i}" for i in range(500, 900)]}))
+    table.delete("id % 7 = 3")
+    dataset = lance.dataset(table.uri)
+    live = dataset.to_table(columns=["id"], with_row_address=True)
+    addresses = live["_rowaddr"].to_numpy()
+    keys = KeysInOrder(dataset, ["id", "name"], scan_rows=16)  # requests span scan batches and share them
+    rng = np.random.default_rng(0)
+    picked = np.sort(rng.choice(len(addresses), size=400, replace=False))
+    for chunk in np.array_split(picked, 13):  # increasing addresses, gaps between and inside batches
+        got = keys.take(addresses[chunk])
+        want = dataset._take_rows(addresses[chunk].astype(np.int64).tolist(), columns=["id", "name"])
+        assert got["id"].to_pylist() == want["id"].to_pylist() == live["id"].to_numpy()[chunk].tolist()
+        assert got["name"].to_pylist() == want["name"].to_pylist()
+    back = addresses[[5, 6, 7]]  # earlier than the last batch: taken by address instead
+    assert keys.take(back)["id"].to_pylist() == live["id"].to_numpy()[[5, 6, 7]].tolist()
+    deleted = np.array([3], dtype=np.uint64)  # id 3 was deleted: address 3 is not in the version
+    fresh = KeysInOrder(dataset, ["id"])
+    with pytest.raises(PredictionWriteError, match="not in the version read"):
+        fresh.take(deleted)
