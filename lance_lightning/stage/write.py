@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,17 +56,17 @@ class _NpyWriter:
             header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
         )
         self.fh = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.crc = 0
+        self.crc = store.SegmentCrc()
         self.write(header.getvalue())
 
     def write(self, data: Any) -> None:
         view = memoryview(data).cast("B")
-        self.crc = zlib.crc32(view, self.crc)
+        self.crc.update(view)
         self.fh.write(view)
 
-    def close(self) -> str:
+    def close(self) -> list[str]:
         self.fh.close()
-        return f"{self.crc:08x}"
+        return self.crc.hexes()
 
 
 class Progress:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from lance_lightning.source import TableSource
-from lance_lightning.stage import StagedRows, StageError, StageWarning, ensure_stage, release_stage, verify_stage
+from lance_lightning.stage import StagedRows, StageError, StageWarning, ensure_stage, release_stage, store, verify_stage
 from tests.conftest import toy_table
 
 NUM_ROWS, DIM = 2000, 64  # x: 512 KB, so 64 KiB overwritten lie inside the data
@@ -86,7 +86,7 @@ def overwrite_middle(target: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        ("overwrite", r"file col-1\.npy does not hold what was written \(crc32 \w+, recorded \w+\)"),
+        ("overwrite", r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)"),
         ("truncate", r"file col-1\.npy has [\d,]+ bytes, [\d,]+ were written"),
         ("delete", r"file col-1\.npy is missing"),
         ("extra", r"file stray\.npy was not written by the fill"),
@@ -147,3 +147,24 @@ def test_a_reader_that_meets_damage_after_setup_names_the_stage(staged):
         assert part in str(err.value), (part, str(err.value))
     assert len(stage()[1]) == 1  # and the next setup does rebuild it
     assert_rows_are_the_tables(path)
+
+
+def test_every_segment_is_checked_and_a_damaged_one_is_named(make_table, tmp_path, monkeypatch):
+    """The manifest records a CRC-32 a segment; verification checks them on several threads and
+    names the byte range that differs (segments of 50,000 bytes here: x is 512 KB)."""
+    monkeypatch.setattr(store, "SEGMENT_BYTES", 50_000)
+    monkeypatch.setattr(store, "VERIFY_THREADS", 4)
+    uri, _ = make_table("toy", NUM_ROWS, dim=DIM)
+    table = lancedb.connect(uri).open_table("toy")
+    source = TableSource(uri, "toy", table.version).stamped(table)
+    ids = np.sort(table.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy())
+    path = ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", split_name="train")
+    release_stage(path)
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    x = files["col-1.npy"]
+    assert len(x["crc32"]) == -(-x["bytes"] // 50_000) > 10
+    assert verify_stage(path) is None
+    overwrite_middle(path / "col-1.npy")  # 64 KiB from byte size // 4: segments 2 and 3
+    start = (x["bytes"] // 4) // 50_000 * 50_000
+    problem = verify_stage(path)
+    assert problem is not None and f"file col-1.npy does not hold what was written (bytes {start:,}-" in problem

@@ -93,3 +93,22 @@ def test_a_leased_stage_is_in_use_and_never_evicted(tmp_path):
     assert evict_for(tmp_path, 1500, 2000, keep=tmp_path / "x") == [old]
     with pytest.raises(StageError, match="gone"):
         Lease(old)
+
+
+def test_segment_crcs_fed_in_pieces_equal_the_files_segments(tmp_path, monkeypatch):
+    import zlib
+
+    from lance_lightning.stage import store
+
+    monkeypatch.setattr(store, "SEGMENT_BYTES", 1000)
+    data = np.random.default_rng(0).bytes(5500)
+    crc = store.SegmentCrc()
+    cuts = [0, 1, 999, 1000, 1001, 2500, 4000, 5500]
+    for lo, hi in zip(cuts, cuts[1:]):
+        crc.update(data[lo:hi])
+    (tmp_path / "f").write_bytes(data)
+    want = [f"{zlib.crc32(data[i:i + 1000]):08x}" for i in range(0, 5500, 1000)]
+    assert crc.hexes() == store.crc32_file(tmp_path / "f") == want
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert store.SegmentCrc().hexes() == store.crc32_file(empty) == ["00000000"]
