@@ -179,6 +179,13 @@ def main() -> None:
         print(json.dumps(run_mode(args.dir, name, mode, int(batch))))
         return
     Path(args.dir).mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+    )
+    print(f"bench_writer.py at commit {commit.stdout.strip()}{'+dirty' if dirty.stdout.strip() else ''}; "
+          f"load average {os.getloadavg()}", flush=True)
     made = time.perf_counter()
     name = ensure_table(args.dir, args.rows)
     print(f"table {name} in {args.dir} ({time.perf_counter() - made:.1f} s to make or check)", flush=True)
