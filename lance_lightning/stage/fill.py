@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..readahead import read_ahead
-from ..reads import TableChangedError, copy_scan
+from ..reads import CopyScan, TableChangedError, copy_scan, plan_copy_scan
 from ..source import scrub
 from . import store
 from .plan import column_plan, estimate_stage_bytes
@@ -49,8 +49,8 @@ class _NotInOrder(Exception):
     """The table's scan order is not ascending row address: read by takes instead."""
 
 
-def _scan(table: Any, row_ids: np.ndarray, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    reader = copy_scan(table, columns, batch_rows=_SCAN_BATCH, use_pylance=SCAN_WITH_PYLANCE)
+def _scan(table: Any, row_ids: np.ndarray, columns: list[str], plan: CopyScan) -> Iterator[pa.RecordBatch]:
+    reader = copy_scan(table, columns, batch_rows=_SCAN_BATCH, use_pylance=SCAN_WITH_PYLANCE, plan=plan)
     done = 0
     for batch in reader:
         ids = batch.column("_rowid").to_numpy().astype(np.uint64, copy=False)
@@ -89,7 +89,8 @@ def _fill(
 ) -> dict[str, Any]:
     schema = pa.schema([table.schema.field(c) for c in columns])
     demoted: set[str] = set()
-    scan = len(row_ids) >= SCAN_FRACTION * max(table.count_rows(), 1)
+    plan_scan = plan_copy_scan(table, row_ids, use_pylance=SCAN_WITH_PYLANCE)  # the fragments holding the split
+    scan = len(row_ids) >= SCAN_FRACTION * max(plan_scan.rows, 1)
     while True:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -97,7 +98,7 @@ def _fill(
         plan = column_plan(schema, meta["layout"], demoted)
         progress.rows = progress.bytes = 0
         # the table is read on a thread while this one writes the files: the larger of the two, not the sum
-        batches = read_ahead(_scan(table, row_ids, columns) if scan else _take(table, row_ids, columns))
+        batches = read_ahead(_scan(table, row_ids, columns, plan_scan) if scan else _take(table, row_ids, columns))
         try:
             files = write_files(batches, tmp, schema, plan, len(row_ids), progress, limit)
         except Demote as err:

@@ -141,6 +141,31 @@ def test_staged_rows_equal_table_rows_for_every_column_type(every_type_table, tm
         assert flat == {}
 
 
+def test_a_split_in_the_last_fragments_scans_only_those(tmp_path):
+    """A fill reads the fragments that hold the split's rows, not the whole table (a val split at
+    the end of a large table), and stages exactly the split's rows."""
+    pytest.importorskip("lance")
+    from lance_lightning.reads import copy_scan, plan_copy_scan
+
+    db = lancedb.connect(tmp_path / "db")
+    table = db.create_table("t", pa.table({"id": np.arange(300), "x": np.arange(300) * 0.5}))
+    for start in range(300, 1200, 300):  # 4 fragments of 300 rows
+        table.add(pa.table({"id": np.arange(start, start + 300), "x": np.arange(start, start + 300) * 0.5}))
+    table.delete("id = 1000")  # a deleted row inside the scanned fragment
+    source = TableSource(str(tmp_path / "db"), "t", table.version).stamped(table)
+    ids, rows = table_rows(table, ["id", "x"])
+    keep = rows.column("id").to_numpy() >= 950  # 249 rows, all in fragment 3 (ids 900-1199)
+    split = ids[keep]
+    plan = plan_copy_scan(table, split)
+    assert [f.fragment_id for f in plan.fragments] == [3] and plan.rows == 299
+    scanned = sum(b.num_rows for b in copy_scan(table, ["id"], batch_rows=64, plan=plan))
+    assert scanned == 299  # one fragment read, not 1,199 rows
+    path = ensure_stage(source, table, split, ["id", "x"], root=tmp_path / "stages", split_name="val")
+    assert StagedRows(path).slice(0, len(split)).equals(rows.filter(pa.array(keep)))
+    spread = ids[::100]  # rows in every fragment: every fragment is scanned
+    assert [f.fragment_id for f in plan_copy_scan(table, spread).fragments] == [0, 1, 2, 3]
+
+
 def test_fixed_size_lists_with_null_rows_or_null_values_are_staged_exactly(tmp_path):
     n = 50
     values = pa.array(np.arange(n * 3, dtype=np.float32))
