@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
 from lancedb.permutation import permutation_builder
 
 from ..reads import scan_row_ids
@@ -215,17 +214,25 @@ def permutation_splits(
 ) -> dict[str, SplitRows]:
     """Splits made by lancedb's permutation builder: ``split(builder)`` adds the kind's ``split_*`` call.
 
-    The builder's result is read in 1M-row batches (its ``to_arrow()`` reads 1,024 at a time)
-    and turned into one sorted array of row addresses per split.
+    The builder's result is read in 1M-row batches (its ``to_arrow()`` reads 1,024 at a time),
+    each batch's row addresses dealt to their splits as it comes, and the builder's table dropped
+    before each split's addresses are sorted: at 10M rows the anonymous peak above the process's
+    base fell from +744 MB (all of it read, then one argsort) to +405 MB, the builder's own.
     """
     builder = permutation_builder(table)
     if filter is not None:
         builder = builder.filter(filter)
     builder = split(builder)
     ensure_builder_memory()
+    parts: list[list[np.ndarray]] = [[] for _ in spec.names]
     try:
         perm = builder.execute()
-        batches = list(perm.search().select(["row_id", "split_id"]).limit(None).to_batches(_READ_BATCH))
+        for batch in perm.search().select(["row_id", "split_id"]).limit(None).to_batches(_READ_BATCH):
+            row_ids = batch.column("row_id").to_numpy()
+            split_ids = batch.column("split_id").to_numpy()
+            for i, part in enumerate(parts):
+                part.append(row_ids[split_ids == i])
+        del perm, builder  # the builder's in-memory table: gone before the sorts below
     except Exception as err:  # lancedb raises ValueError or RuntimeError with DataFusion's message
         hint = ""
         if "memory" in str(err).lower():
@@ -236,17 +243,13 @@ def permutation_splits(
         raise SplitSpecError(
             f"lancedb could not build {spec.kind} splits {list(spec.names)} of table {table.name!r}{hint}: {err}"
         ) from err
-    if batches:
-        rows = pa.Table.from_batches(batches)
-        row_ids, split_ids = rows["row_id"].to_numpy(), rows["split_id"].to_numpy()
-    else:
-        row_ids, split_ids = np.empty(0, np.uint64), np.empty(0, np.uint64)
-    order = np.argsort(split_ids, kind="stable")
-    bounds = np.searchsorted(split_ids[order], np.arange(len(spec.names) + 1))
-    return {
-        name: SplitRows(name, source, np.sort(row_ids[order[bounds[i] : bounds[i + 1]]]).astype(np.uint64, copy=False))
-        for i, name in enumerate(spec.names)
-    }
+    splits = {}
+    for name, part in zip(spec.names, parts):
+        row_ids = np.concatenate(part) if part else np.empty(0, np.uint64)
+        part.clear()
+        row_ids.sort()
+        splits[name] = SplitRows(name, source, row_ids.astype(np.uint64, copy=False))
+    return splits
 
 
 @dataclass(frozen=True)
