@@ -5,6 +5,7 @@ Run by hand::
     python benchmarks/bench_writer.py --rows 1000000            # the issue's figure (several minutes)
     python benchmarks/bench_writer.py --rows 200000 --repeats 2
     python benchmarks/bench_writer.py --rows 20000 --repeats 1  # smoke check
+    python benchmarks/bench_writer.py --rows 1000000 --step-ms 5  # an accelerator's step: the CPU waits
 
 The table ``writer_<rows>`` (made under ``--dir``, reused when it has ``--rows`` rows) is the
 throughput benchmark's: ``id`` int64, ``emb`` fixed_size_list<float32>[128], ``label`` int64,
@@ -97,7 +98,7 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_mode(uri: str, name: str, mode: str, batch_size: int) -> dict[str, Any]:
+def run_mode(uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0.0) -> dict[str, Any]:
     """One predict epoch in this process (called in a fresh subprocess)."""
     import lancedb
     import lightning.pytorch as pl
@@ -124,7 +125,11 @@ def run_mode(uri: str, name: str, mode: str, batch_size: int) -> dict[str, Any]:
             self.layer = torch.nn.Linear(DIM, DIM)
 
         def predict_step(self, batch, batch_idx):
-            return self.layer(batch["emb"])
+            began = time.perf_counter()
+            out = self.layer(batch["emb"])
+            if step_ms:  # an accelerator's step: the CPU thread waits (for the device) until step_ms have passed
+                time.sleep(max(0.0, step_ms / 1000 - (time.perf_counter() - began)))
+            return out
 
     callbacks: list[Any] = [Clock()]
     if mode == "new columns":
@@ -172,11 +177,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the raw runs here")
-    parser.add_argument("--child", nargs=3, metavar=("NAME", "MODE", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="make each predict step last at least this long, the CPU idle meanwhile (as when a GPU runs the "
+        "model and the CPU waits for it); 0: the CPU runs the model",
+    )
+    parser.add_argument("--child", nargs=4, metavar=("NAME", "MODE", "BATCH", "STEP_MS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        name, mode, batch = args.child
-        print(json.dumps(run_mode(args.dir, name, mode, int(batch))))
+        name, mode, batch, step_ms = args.child
+        print(json.dumps(run_mode(args.dir, name, mode, int(batch), float(step_ms))))
         return
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
@@ -184,15 +196,19 @@ def main() -> None:
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
     )
-    print(f"bench_writer.py at commit {commit.stdout.strip()}{'+dirty' if dirty.stdout.strip() else ''}; "
-          f"load average {os.getloadavg()}", flush=True)
+    print(
+        f"bench_writer.py at commit {commit.stdout.strip()}{'+dirty' if dirty.stdout.strip() else ''}; "
+        f"load average {os.getloadavg()}",
+        flush=True,
+    )
     made = time.perf_counter()
     name = ensure_table(args.dir, args.rows)
     print(f"table {name} in {args.dir} ({time.perf_counter() - made:.1f} s to make or check)", flush=True)
     runs: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         for mode in MODES:  # interleaved, so that a change of machine load hits every mode alike
-            cmd = [sys.executable, __file__, "--dir", args.dir, "--child", name, mode, str(args.batch_size)]
+            child = [name, mode, str(args.batch_size), str(args.step_ms)]
+            cmd = [sys.executable, __file__, "--dir", args.dir, "--child", *child]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode:
                 raise SystemExit(f"{mode} failed:\n{out.stderr[-3000:]}")
@@ -201,7 +217,11 @@ def main() -> None:
             print(f"  run {repeat} {mode:<13} {run['total_s']:7.2f} s", flush=True)
     keys = [k for k in runs[0] if k not in ("mode", "repeat")]
     median = {mode: {k: statistics.median(r[k] for r in runs if r["mode"] == mode) for k in keys} for mode in MODES}
-    print(f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output, median of {args.repeats} rounds")
+    step = f", each step >= {args.step_ms:g} ms with the CPU idle (an accelerator's step)" if args.step_ms else ""
+    print(
+        f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output{step}, "
+        f"median of {args.repeats} rounds"
+    )
     header = ("", "total s", "loop s", "commit s", "overhead", "peak RSS MB", "loop RSS +MB", "spread s")
     widths = (9, 9, 10, 10, 13, 14, 14)
     for title, pick, prefix in (("wall time", median, ""), ("CPU time (all threads)", median, "cpu_")):
