@@ -21,6 +21,7 @@ def epoch_ids(loader) -> list[int]:
 
 @pytest.mark.parametrize("start_method", [None, "forkserver", "spawn"])
 def test_workers_read_every_row_once_per_epoch(make_table, start_method):
+    """Staged by default (workers read the train split's stage), whatever the start method."""
     uri, _ = make_table("toy", 203)
     dm = LanceDataModule(
         uri, "toy", splits={"train": 1.0}, batch_size=16, num_workers=2,
@@ -28,6 +29,7 @@ def test_workers_read_every_row_once_per_epoch(make_table, start_method):
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == (start_method or "fork")
     epochs = []
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
@@ -47,8 +49,7 @@ def test_workers_read_every_row_once_per_epoch(make_table, start_method):
     [
         ({}, "fork"),  # staged: the workers never call lancedb
         ({"staging": "off"}, "forkserver"),  # they read the table
-        ({"multiprocessing_context": "spawn"}, "spawn"),
-        ({"multiprocessing_context": "forkserver"}, "forkserver"),
+        # an explicit "forkserver" or "spawn" holds for staged splits too: test_workers_read_every_row_once_per_epoch
     ],
 )
 def test_worker_start_method_by_default_forks_only_readers_of_a_stage(make_table, settings, expected):
