@@ -112,7 +112,8 @@ class _Run:
     world_size: int = 1
     checked: bool = False
     streamer: BackgroundColumnWriter | None = None  # one rank, pylance: data files written during the loop
-    table_writer: NewTableWriter | None = None  # a new table, pylance: every rank writes its rows during the loop
+    new_table_uri: str | None = None  # a new table, pylance: the dataset every rank writes into
+    table_writer: NewTableWriter | None = None  # ... during the loop, from the first batch on
 
 
 class LancePredictionWriter(BasePredictionWriter):
@@ -199,11 +200,15 @@ class LancePredictionWriter(BasePredictionWriter):
                 "memory; pass return_predictions=False"
             )
         directory = self._staging_directory(target, trainer.world_size)
+        lance = lance_module()
+        # a new table with pylance: every rank streams its rows into this dataset (writer_table)
+        new_table_uri = None
+        if target.table is not None and lance is not None:
+            new_table_uri = dataset_uri(target.source.open().uri, target.table)
         if trainer.is_global_zero:
             if directory.exists():
                 size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
                 rank_zero_info(f"removing staging files of an interrupted run ({size:,} bytes): {directory}")
-                lance = lance_module()
                 if target.table is None:
                     removed = remove_unreferenced(directory, target.source.open())
                 elif lance is not None:
@@ -214,10 +219,9 @@ class LancePredictionWriter(BasePredictionWriter):
                     rank_zero_info(f"removed {removed} data file(s) an interrupted run had written")
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
-            if target.table is not None and lance_module() is not None:
-                uri = dataset_uri(target.source.open().uri, target.table)
-                new = not has_versions(lance_module(), uri, target.source.storage_options)
-                (directory / CREATING).write_text(json.dumps({"uri": uri, "new": new}))
+            if new_table_uri is not None:
+                new = not has_versions(lance, new_table_uri, target.source.storage_options)
+                (directory / CREATING).write_text(json.dumps({"uri": new_table_uri, "new": new}))
         trainer.strategy.barrier("lance_prediction_writer_start")
         bounds = np.asarray(rank_batch_bounds(sampler.plan(), rank=sampler.rank), dtype=np.int64).reshape(-1, 2)
         if len(bounds) and bounds[-1, 1] > sampler.num_rows:
@@ -232,6 +236,7 @@ class LancePredictionWriter(BasePredictionWriter):
             stage=_RankStage(directory, trainer.global_rank),
             written=np.zeros(len(bounds), dtype=bool),
             world_size=trainer.world_size,
+            new_table_uri=new_table_uri,
         )
 
     def _target(self, source: TableSource) -> _Target:
@@ -326,14 +331,18 @@ class LancePredictionWriter(BasePredictionWriter):
                 clash = sorted(set(columns) & set(run.target.keys))
                 if clash:
                     raise PredictionWriteError(f"output column(s) {clash} are also key columns of table {self.table!r}")
-                lance = lance_module()
-                if lance is not None:  # every rank writes its rows now; rank 0 commits them at the end
+                if run.new_table_uri is not None:  # every rank writes its rows now; rank 0 commits them at the end
                     source = run.target.source
                     fields = [pa.field(name, values.type, metadata=meta) for name, (values, meta) in columns.items()]
                     schema = new_table_schema(source, source.open().schema, run.target.keys, fields)
-                    uri = dataset_uri(source.open().uri, run.target.table)
                     run.table_writer = NewTableWriter(
-                        lance, source, uri, schema, run.target.keys, run.directory, trainer.global_rank
+                        lance_module(),
+                        source,
+                        run.new_table_uri,
+                        schema,
+                        run.target.keys,
+                        run.directory,
+                        trainer.global_rank,
                     )
         addresses = run.rows.select(take_padded(run.order, start, stop, run.num_rows))
         if run.streamer is not None:

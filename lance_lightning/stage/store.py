@@ -136,28 +136,27 @@ def _crc32_range(path: Path, offset: int, length: int) -> str:
 
 def crc32_file(path: str | os.PathLike[str]) -> list[str]:
     """The CRC-32 of each segment of the file at ``path`` (what the manifest records)."""
-    size = os.path.getsize(path)
-    return [_crc32_range(Path(path), offset, min(SEGMENT_BYTES, size - offset)) for offset in _segments(size)]
+    return [_crc32_range(Path(path), offset, length) for offset, length in _segments(os.path.getsize(path))]
 
 
-def _segments(size: int) -> range:
-    return range(0, max(size, 1), SEGMENT_BYTES)
+def _segments(size: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` of each segment of a ``size``-byte file (one, empty, for an empty file)."""
+    return [(offset, min(SEGMENT_BYTES, size - offset)) for offset in range(0, max(size, 1), SEGMENT_BYTES)]
 
 
 def _first_mismatch(path: Path, files: dict[str, dict[str, Any]]) -> str | None:
     """Every segment of every file checked against the manifest, on up to :data:`VERIFY_THREADS`
     threads (zlib and file reads release the GIL): what is wrong first, or None."""
     tasks = []
-    for rel, want in files.items():
-        recorded = want[CHECKSUM]
-        if not isinstance(recorded, list) or len(recorded) != len(_segments(want["bytes"])):
+    for rel, want in files.items():  # sizes already checked (check_sizes): the manifest's are the files'
+        recorded, segments = want[CHECKSUM], _segments(want["bytes"])
+        if not isinstance(recorded, list) or len(recorded) != len(segments):
             return f"{MANIFEST} records {CHECKSUM} of file {rel} in the wrong shape"
-        tasks += [(rel, i, offset, recorded[i]) for i, offset in enumerate(_segments(want["bytes"]))]
+        tasks += [(rel, offset, length, crc) for (offset, length), crc in zip(segments, recorded)]
 
     def check(task: tuple[str, int, int, str]) -> str | None:
-        rel, i, offset, recorded = task
-        size = os.path.getsize(path / rel)
-        got = _crc32_range(path / rel, offset, min(SEGMENT_BYTES, size - offset))
+        rel, offset, length, recorded = task
+        got = _crc32_range(path / rel, offset, length)
         if got != recorded:
             return (
                 f"file {rel} does not hold what was written (bytes {offset:,}-{offset + SEGMENT_BYTES:,}: "
