@@ -1,5 +1,6 @@
 """Exact-resume harness: an uninterrupted reference run, checkpoints at every point a run can write
-one, and a resume from each in a fresh process, compared batch for batch with the reference.
+one, and a resume from each in another process than the reference's (a fresh Trainer and datamodule
+each; one process resumes several in turn), compared batch for batch with the reference.
 
 A *cell* is a JSON-able dict: the datamodule settings (``data``), the Trainer settings
 (``trainer``), and optionally ``stop`` (a first run that ends early, e.g. ``{"max_steps": 25}``,
@@ -122,26 +123,35 @@ def _fit(cell: dict[str, Any], uri: str, out: Path, tag: str, ckpt_in: str | Non
 
 
 def main() -> None:
-    """``python -m tests.resume_harness CELL_JSON OUT_DIR TAG [CKPT_IN]``; TAG is ref, stop or resume."""
+    """``python -m tests.resume_harness CELL_JSON OUT_DIR TAG [CKPT_IN ...]``; TAG is ref, stop or resume.
+
+    Several checkpoints are resumed one after the other in this one process, each by a fresh Trainer
+    and datamodule (a process start costs more than a resume here); a resume that raises is recorded
+    as ``{"error": ...}`` and the next one still runs.
+    """
     cell, out, tag = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    ckpt_in = sys.argv[4] if len(sys.argv) > 4 else None
-    ckpt_dir = out / f"ckpt-{tag}" if ckpt_in is None else None
-    if ckpt_dir is not None:
+    if tag != "resume":
+        ckpt_dir = out / f"ckpt-{tag}"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _fit(cell, str(out / "db"), out, tag, ckpt_in, ckpt_dir)
+        _fit(cell, str(out / "db"), out, tag, None, ckpt_dir)
+        return
+    for ckpt_in in sys.argv[4:]:
+        try:
+            _fit(cell, str(out / "db"), out, tag, ckpt_in, None)
+        except Exception as err:  # noqa: BLE001 - the driver reports it as a refusal, naming it
+            error = f"{type(err).__name__}: {err}"
+            (out / f"{tag}-{Path(ckpt_in).stem}.json").write_text(json.dumps({"error": error}))
 
 
 # -- the driver (pytest, or by hand) ------------------------------------------------------------
 
 
-def _run(cell: dict[str, Any], out: Path, tag: str, ckpt_in: Path | None = None) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "tests.resume_harness", json.dumps(cell), str(out), tag]
-    if ckpt_in is not None:
-        args.append(str(ckpt_in))
+def _run(cell: dict[str, Any], out: Path, tag: str, checkpoints: list[Path] = ()) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "tests.resume_harness", json.dumps(cell), str(out), tag, *map(str, checkpoints)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"{tag} run {ckpt_in} failed:\n{result.stderr[-5000:]}")
+        raise RuntimeError(f"{tag} run {[c.name for c in checkpoints]} failed:\n{result.stderr[-5000:]}")
     return result
 
 
@@ -179,24 +189,24 @@ def check_cell(cell: dict[str, Any], out: Path, *, limit: int | None = None, par
         _run(cell, out, "stop")
     checkpoints = pick(sorted((out / f"ckpt-{source}").glob("*.ckpt")), limit)
 
-    def resume(ckpt: Path) -> tuple[str, str]:
+    # the checkpoints in `parallel` processes, each resuming its share one after the other
+    shares = [checkpoints[i::parallel] for i in range(min(parallel, len(checkpoints)))]
+    with ThreadPoolExecutor(max(1, len(shares))) as pool:
+        list(pool.map(lambda share: _run(cell, out, "resume", share), shares))
+    same_batches = "batch_size" not in cell.get("resume_data", {})
+    results = {}
+    for ckpt in checkpoints:
         recorded = torch.load(ckpt, weights_only=False, map_location="cpu")["recorded"]
-        try:
-            _run(cell, out, "resume", ckpt)
-        except RuntimeError as err:
-            text = str(err)
-            refused = [line for line in text.splitlines() if "Error:" in line]
-            return ckpt.name, "refused: " + (refused[-1] if refused else text[-300:])
         got = json.loads((out / f"resume-{ckpt.stem}.json").read_text())
-        same_batches = "batch_size" not in cell.get("resume_data", {})
-        return ckpt.name, compare(reference, got, recorded, exact_batches=same_batches)
-
-    with ThreadPoolExecutor(parallel) as pool:
-        return dict(pool.map(resume, checkpoints))
+        if "error" in got:
+            results[ckpt.name] = "refused: " + got["error"]
+        else:
+            results[ckpt.name] = compare(reference, got, recorded, exact_batches=same_batches)
+    return results
 
 
 def compare(reference: dict[str, Any], got: dict[str, Any], recorded: dict[str, int], *, exact_batches: bool) -> str:
-    """"exact", or what differs. With changed batch sizes, each epoch's rows and validations are compared."""
+    """ "exact", or what differs. With changed batch sizes, each epoch's rows and validations are compared."""
     want_batches = reference["batches"][recorded["batches"] :]
     want_vals = reference["vals"][recorded["vals"] :]
     if exact_batches:

@@ -1,8 +1,10 @@
 """Standalone DDP run for the resume tests: fit, record each rank's batches, maybe checkpoint.
 
-usage: python tests/distributed/scripts/resume_ddp.py URI OUT_DIR TAG DEVICES STOP_STEP CKPT_IN CKPT_OUT
-STOP_STEP > 0 saves CKPT_OUT after that many steps, mid-epoch, then dies like a preempted job
-(exit code 3); -1 runs both epochs. CKPT_IN "-" starts from scratch.
+usage: python tests/distributed/scripts/resume_ddp.py URI OUT_DIR TAG DEVICES SAVE_STEP CKPT_IN CKPT_OUT
+SAVE_STEP > 0 saves CKPT_OUT after that many steps, mid-epoch, and writes each rank's batches so
+far to ``TAG-before_rank{r}.json``; the run goes on to the end of both epochs (``TAG_rank{r}.json``),
+so one run is both an uninterrupted reference and the source of a checkpoint (what a preempted job
+leaves is the same file). CKPT_IN "-" starts from scratch.
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ from lance_lightning import LanceDataModule
 from tests.helpers import Recorder
 
 
-class Preempted(Exception):
-    pass
-
-
-class SaveRecordStop(pl.Callback):
-    """At ``step``: save a checkpoint, write this rank's record, wait for every rank, then die."""
+class SaveAndRecord(pl.Callback):
+    """At ``step``: save a checkpoint and write this rank's batches so far."""
 
     def __init__(self, step: int, ckpt: str, record: Path) -> None:
         self.step, self.ckpt, self.record = step, ckpt, record
@@ -34,15 +32,14 @@ class SaveRecordStop(pl.Callback):
             self.record.with_name(self.record.name.format(rank=trainer.global_rank)).write_text(
                 json.dumps(pl_module.seen)
             )
-            trainer.strategy.barrier()
-            raise Preempted
 
 
 def main() -> None:
-    uri, out_dir, tag, devices, stop_step, ckpt_in, ckpt_out = sys.argv[1:8]
-    devices, stop_step = int(devices), int(stop_step)
+    uri, out_dir, tag, devices, save_step, ckpt_in, ckpt_out = sys.argv[1:8]
+    devices, save_step = int(devices), int(save_step)
     record = Path(out_dir, tag + "_rank{rank}.json")
-    callbacks = [SaveRecordStop(stop_step, ckpt_out, record)] if stop_step > 0 else []
+    before = Path(out_dir, tag + "-before_rank{rank}.json")
+    callbacks = [SaveAndRecord(save_step, ckpt_out, before)] if save_step > 0 else []
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -58,10 +55,7 @@ def main() -> None:
     )
     model = Recorder()
     dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=5)
-    try:
-        trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_in == "-" else ckpt_in)
-    except Preempted:
-        sys.exit(3)
+    trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_in == "-" else ckpt_in)
     Path(str(record).format(rank=trainer.global_rank)).write_text(json.dumps(model.seen))
     # Leave the process group together: exiting with gloo's threads still up can abort a rank.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
