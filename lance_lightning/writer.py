@@ -115,6 +115,24 @@ class _Run:
     new_table_uri: str | None = None  # a new table, pylance: the dataset every rank writes into
     table_writer: NewTableWriter | None = None  # ... during the loop, from the first batch on
 
+    def batch_rows(self, start: int, stop: int) -> BatchRows:
+        return BatchRows(self.rows, self.order, start, stop, self.num_rows)
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """The row addresses of one batch, worked out when called: on the writer's thread, so the
+    predict loop's thread only copies the outputs and hands them over (~0.1-0.5 ms a batch)."""
+
+    rows: Any
+    order: Any
+    start: int
+    stop: int
+    num_rows: int
+
+    def __call__(self) -> np.ndarray:
+        return self.rows.select(take_padded(self.order, self.start, self.stop, self.num_rows))
+
 
 class LancePredictionWriter(BasePredictionWriter):
     """Writes ``predict_step``'s outputs into the table the datamodule read, one row beside its row.
@@ -344,15 +362,15 @@ class LancePredictionWriter(BasePredictionWriter):
                         run.directory,
                         trainer.global_rank,
                     )
-        addresses = run.rows.select(take_padded(run.order, start, stop, run.num_rows))
+        rows = run.batch_rows(start, stop)
         if run.streamer is not None:
             arrays = [values for values, _ in columns.values()]
-            run.streamer.write(addresses, pa.RecordBatch.from_arrays(arrays, schema=run.streamer.writer.schema))
+            run.streamer.write(rows, pa.RecordBatch.from_arrays(arrays, schema=run.streamer.writer.schema))
         elif run.table_writer is not None:
             check_same_outputs(run.table_writer.schema, run.table_writer.outputs, columns)
-            run.table_writer.write(addresses, {name: values for name, (values, _) in columns.items()})
+            run.table_writer.write(rows, {name: values for name, (values, _) in columns.items()})
         else:
-            run.stage.write(addresses, columns)
+            run.stage.write(rows(), columns)
         run.written[batch_idx] = True
 
     # -- end: one commit ------------------------------------------------------------------------

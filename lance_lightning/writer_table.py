@@ -20,7 +20,7 @@ import json
 import queue
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,8 @@ class NewTableWriter:
             item = self._queue.get()
             if item is _END:
                 return
-            addresses, outputs = item
+            rows, outputs = item
+            addresses = rows()
             columns: dict[str, pa.Array] = {}
             if KEY_ROWID in self.schema.names:
                 columns[KEY_ROWID] = pa.array(addresses, pa.uint64())
@@ -187,10 +188,11 @@ class NewTableWriter:
         if self._error is not None:
             raise PredictionWriteError(f"writing the predictions table failed: {self._error}") from self._error
 
-    def write(self, addresses: np.ndarray, outputs: dict[str, pa.Array]) -> None:
+    def write(self, rows: Callable[[], np.ndarray], outputs: dict[str, pa.Array]) -> None:
+        """Queue one batch: ``rows()`` gives its row addresses (called on the writing thread)."""
         self._raise()
-        self._queue.put((np.asarray(addresses), outputs))
-        self.rows += len(addresses)
+        self._queue.put((rows, outputs))
+        self.rows += len(next(iter(outputs.values())))
 
     def finish(self) -> None:
         """Wait for the data files and leave their fragments for rank 0's commit."""

@@ -120,6 +120,49 @@ def test_scalar_vector_tensor_and_dict_outputs(rows):
     assert not table_dir(uri).exists()  # the staging files are gone
 
 
+class ReusedBuffer(pl.LightningModule):
+    """Returns views of output buffers that every step overwrites (a preallocated output), a bool
+    tensor and a NumPy array: the writers encode on a thread after the step, so each batch's values
+    must be taken as they are when the step returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.score, self.emb = torch.empty(16), torch.empty(16, 4, dtype=torch.float16)
+
+    def predict_step(self, batch, batch_idx):
+        out = outputs_for(batch["id"], batch["x"])
+        n = len(batch["id"])
+        self.score[:n], self.emb[:n] = out["score"], out["emb"]
+        even = batch["id"] % 2 == 0
+        return {
+            "score": self.score[:n],
+            "emb": self.emb[:n],
+            "even": even,
+            "klass": out["klass"].numpy().astype(np.int32),
+        }
+
+
+@pytest.mark.parametrize("table", [None, "preds"])
+def test_outputs_are_taken_when_the_step_returns_not_when_written(rows, table):
+    uri, source = rows
+    writer = LancePredictionWriter(table=table, overwrite=True)
+    dm = LanceDataModule(uri, "rows", columns=["id", "x"], splits=None, eval_batch_size=16)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[writer])  # fmt: skip
+    trainer.predict(ReusedBuffer(), datamodule=dm, return_predictions=False)
+    got = lancedb.connect(uri).open_table(table or "rows").to_arrow().sort_by("id")
+    assert got.num_rows == ROWS
+    assert got.schema.field("even").type == pa.bool_() and got.schema.field("klass").type == pa.int32()
+    assert np.array_equal(got["even"].to_numpy(zero_copy_only=False), got["id"].to_numpy() % 2 == 0)
+    source_rows = source.to_arrow().sort_by("id")
+    for name in ("score", "emb", "klass"):
+        want = expected(source_rows, name)
+        assert np.array_equal(
+            column_values(got, name).reshape(want.shape), want.astype(column_values(got, name).dtype)
+        ), name
+
+
 def table_dir(uri) -> Path:
     return Path(uri) / STAGING_DIRNAME
 
