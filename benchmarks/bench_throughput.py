@@ -783,13 +783,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--note", default="", help="a line printed under the header (e.g. what else ran on the machine)"
     )
+    parser.add_argument(
+        "--cache-home",
+        default=None,
+        help="XDG_CACHE_HOME of the readers, where stages live (default: DIR/xdg-cache; e.g. /dev/shm/bench "
+        "to fill a stage in memory, without this disk's write-back)",
+    )
     args = parser.parse_args(argv)
     if psutil is None:
         parser.error("psutil is needed: pip install -e '.[bench]'")
 
     os.makedirs(args.dir, exist_ok=True)
     # stages live under --dir (not the user's cache), so the bench can empty them between rounds
-    os.environ["XDG_CACHE_HOME"] = os.path.join(os.path.abspath(args.dir), "xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = os.path.abspath(args.cache_home or os.path.join(args.dir, "xdg-cache"))
     stage_root = Path(os.environ["XDG_CACHE_HOME"]) / "lance-lightning" / "stages"
     commit, load_before = _git_commit(), _load()
     name, made = ensure_table(args.dir, "throughput", args.rows, args.seed)
