@@ -111,6 +111,34 @@ def assert_rows_are_the_tables(dm: LanceDataModule, stage: str = "train") -> Non
 
 
 @pytest.mark.parametrize(
+    "settings",
+    [{}, {"num_workers": 2}, {"in_memory": True}, {"staging": "off"}, {"shuffle": "none", "staging": "always"}],
+    ids=["staged", "staged-2w", "in-memory", "table", "staged-sequential"],
+)
+def test_a_batch_edited_in_place_changes_no_later_read(make_table, settings):
+    """A training step or transform that edits its batch in place (``x -= mean``) must not reach the
+    stage, the in-memory copy or a later epoch: every batch is the table's values, every epoch."""
+    uri, _ = make_table("toy", 120)
+    dm = datamodule(uri, splits={"train": 1.0}, **settings)
+    dm.setup("fit")
+    want = toy_table(120)
+    x = want.column("x").combine_chunks().flatten().to_numpy().reshape(want.num_rows, -1)
+    for number in range(2):
+        dm.samplers["train"].set_epoch(number)
+        seen = []
+        for batch in dm.train_dataloader():
+            ids = batch["id"].numpy().copy()
+            np.testing.assert_array_equal(batch["x"].numpy(), x[ids])
+            np.testing.assert_array_equal(batch["y"].numpy(), want.column("y").to_numpy()[ids])
+            seen.extend(ids.tolist())
+            batch["x"].mul_(-1000.0)
+            batch["id"].add_(7)
+            batch["y"].zero_()
+        assert sorted(seen) == list(range(120)), number
+    dm.teardown("fit")
+
+
+@pytest.mark.parametrize(
     ("staging", "num_workers"), [("auto", 0), ("auto", 2), ("always", 0)], ids=["default", "default-2w", "always"]
 )
 def test_staged_splits_read_the_same_batches_in_the_same_order_as_the_table(make_table, tmp_path, staging, num_workers):
