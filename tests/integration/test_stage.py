@@ -282,6 +282,71 @@ def test_processes_racing_for_one_stage_fill_it_once(tmp_path, make_table):
     assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
 
 
+FILL_ON_CUE = """
+import logging, sys, json
+import lancedb, numpy as np
+from lance_lightning.source import TableSource
+from lance_lightning.stage import ensure_stage, StagedRows
+fills = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("staged "):
+            fills.append(1)
+log = logging.getLogger("lance_lightning.stage"); log.setLevel(logging.INFO); log.addHandler(Count())
+uri, root = sys.argv[1], sys.argv[2]
+t = lancedb.connect(uri).open_table("toy")
+s = TableSource(uri, "toy", t.version).stamped(t)
+ids = t.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy()
+print("ready", flush=True)
+sys.stdin.readline()
+path = ensure_stage(s, t, ids, ["id", "x"], root=root, split_name="train")
+rows = StagedRows(path).take(np.arange(len(ids)))
+x = rows.column("x").combine_chunks().flatten().to_numpy()
+print(json.dumps({"fills": len(fills), "ids": bool((rows.column("id").to_numpy() == np.arange(len(ids))).all()),
+                  "x_sum": float(x.astype(np.float64).sum())}))
+"""
+
+
+def test_a_filler_killed_mid_fill_leaves_the_stage_to_the_next_process_whole(tmp_path, make_table):
+    """SIGKILL the process filling a stage while another waits for the node lock: the lock dies
+    with it, and the next process removes the half-made copy and fills the stage itself, exactly."""
+    rows = 400_000
+    uri, table = make_table("toy", rows, dim=128)
+    root = tmp_path / "stages"
+    start = lambda: subprocess.Popen(  # noqa: E731
+        [sys.executable, "-c", FILL_ON_CUE, uri, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    filler, waiter = start(), start()
+    try:
+        assert filler.stdout.readline().strip() == "ready" and waiter.stdout.readline().strip() == "ready"
+
+        def copied() -> int:
+            return sum(f.stat().st_size for d in root.glob(".tmp-*") for f in d.iterdir() if f.is_file())
+
+        filler.stdin.write("go\n")
+        filler.stdin.flush()
+        deadline = time.monotonic() + 120
+        while copied() == 0 and time.monotonic() < deadline and filler.poll() is None:
+            time.sleep(0.005)
+        waiter.stdin.write("go\n")  # it now waits for the lock the filler holds
+        waiter.stdin.flush()
+        while copied() < 40e6 and time.monotonic() < deadline and filler.poll() is None:
+            time.sleep(0.005)
+        assert filler.poll() is None, "the fill ended before it could be killed: make the table larger"
+        filler.kill()
+        filler.wait()
+        out, _ = waiter.communicate(timeout=180)
+    finally:
+        for proc in (filler, waiter):
+            if proc.poll() is None:
+                proc.kill()
+    assert waiter.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    want = table.to_arrow()["x"].combine_chunks().flatten().to_numpy().astype(np.float64).sum()
+    assert result == {"fills": 1, "ids": True, "x_sum": float(want)}
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
+
+
 HOLD = """
 import sys, time
 from lance_lightning.stage import StagedRows
