@@ -243,47 +243,6 @@ def test_a_pickled_reader_is_its_path_and_reads_the_same_rows_in_another_process
 
 FILL = """
 import logging, sys, json
-import lancedb
-from lance_lightning.source import TableSource
-from lance_lightning.stage import ensure_stage, StagedRows
-fills = []
-class Count(logging.Handler):
-    def emit(self, record):
-        if record.getMessage().startswith("staged "):
-            fills.append(1)
-log = logging.getLogger("lance_lightning.stage"); log.setLevel(logging.INFO); log.addHandler(Count())
-uri, root = sys.argv[1], sys.argv[2]
-t = lancedb.connect(uri).open_table("toy")
-s = TableSource(uri, "toy", t.version).stamped(t)
-ids = t.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy()
-sys.stdin.readline()  # start together
-path = ensure_stage(s, t, ids, ["id", "x"], root=root, split_name="train")
-ids = StagedRows(path).take([0, 5]).column("id").to_pylist()
-print(json.dumps({"path": str(path), "fills": len(fills), "ids": ids}))
-"""
-
-
-@pytest.mark.slow
-def test_processes_racing_for_one_stage_fill_it_once(tmp_path, make_table):
-    uri, _ = make_table("toy", 20_000, dim=32)
-    root = tmp_path / "stages"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", FILL, uri, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    time.sleep(5)  # all have imported and opened the table
-    outs = [p.communicate("go\n", timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
-    assert sum(r["fills"] for r in results) == 1
-    assert len({r["path"] for r in results}) == 1 and all(r["ids"] == [0, 5] for r in results)
-    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
-
-
-FILL_ON_CUE = """
-import logging, sys, json
 import lancedb, numpy as np
 from lance_lightning.source import TableSource
 from lance_lightning.stage import ensure_stage, StagedRows
@@ -298,27 +257,49 @@ t = lancedb.connect(uri).open_table("toy")
 s = TableSource(uri, "toy", t.version).stamped(t)
 ids = t.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy()
 print("ready", flush=True)
-sys.stdin.readline()
+sys.stdin.readline()  # start on cue
 path = ensure_stage(s, t, ids, ["id", "x"], root=root, split_name="train")
 rows = StagedRows(path).take(np.arange(len(ids)))
 x = rows.column("x").combine_chunks().flatten().to_numpy()
-print(json.dumps({"fills": len(fills), "ids": bool((rows.column("id").to_numpy() == np.arange(len(ids))).all()),
-                  "x_sum": float(x.astype(np.float64).sum())}))
+same_ids = bool((rows.column("id").to_numpy() == np.arange(len(ids))).all())
+print(json.dumps({"path": str(path), "fills": len(fills), "ids": same_ids, "x_sum": float(x.astype(np.float64).sum())}))
 """
+
+
+def start_fill(uri: str, root: Path) -> subprocess.Popen:
+    """A process that stages the whole table under ``root`` once it reads a line ("ready" first)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FILL, uri, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def x_sum(table) -> float:
+    return float(table.to_arrow()["x"].combine_chunks().flatten().to_numpy().astype(np.float64).sum())
+
+
+@pytest.mark.slow
+def test_processes_racing_for_one_stage_fill_it_once(tmp_path, make_table):
+    uri, table = make_table("toy", 20_000, dim=32)
+    root = tmp_path / "stages"
+    procs = [start_fill(uri, root) for _ in range(2)]  # both have imported and opened the table
+    outs = [p.communicate("go\n", timeout=180)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    assert sum(r["fills"] for r in results) == 1
+    assert len({r["path"] for r in results}) == 1
+    assert all(r["ids"] and r["x_sum"] == x_sum(table) for r in results)
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
 
 
 def test_a_filler_killed_mid_fill_leaves_the_stage_to_the_next_process_whole(tmp_path, make_table):
     """SIGKILL the process filling a stage while another waits for the node lock: the lock dies
     with it, and the next process removes the half-made copy and fills the stage itself, exactly."""
-    rows = 400_000
-    uri, table = make_table("toy", rows, dim=128)
+    uri, table = make_table("toy", 400_000, dim=128)
     root = tmp_path / "stages"
-    start = lambda: subprocess.Popen(  # noqa: E731
-        [sys.executable, "-c", FILL_ON_CUE, uri, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    filler, waiter = start(), start()
+    filler, waiter = start_fill(uri, root), start_fill(uri, root)
     try:
-        assert filler.stdout.readline().strip() == "ready" and waiter.stdout.readline().strip() == "ready"
 
         def copied() -> int:
             return sum(f.stat().st_size for d in root.glob(".tmp-*") for f in d.iterdir() if f.is_file())
@@ -342,8 +323,7 @@ def test_a_filler_killed_mid_fill_leaves_the_stage_to_the_next_process_whole(tmp
                 proc.kill()
     assert waiter.returncode == 0
     result = json.loads(out.strip().splitlines()[-1])
-    want = table.to_arrow()["x"].combine_chunks().flatten().to_numpy().astype(np.float64).sum()
-    assert result == {"fills": 1, "ids": True, "x_sum": float(want)}
+    assert (result["fills"], result["ids"], result["x_sum"]) == (1, True, x_sum(table))
     assert [p.name for p in root.iterdir() if p.name.startswith(".tmp")] == []
 
 
