@@ -75,13 +75,18 @@ def _to_arrow(name: str, value: Any) -> tuple[pa.Array, dict[bytes, bytes] | Non
     """
     metadata = None
     if isinstance(value, torch.Tensor):
-        tensor = value.detach()
+        tensor, owned = value.detach(), False
         if tensor.dtype == torch.bfloat16:
-            tensor, metadata = tensor.float(), BF16_METADATA
+            tensor, metadata, owned = tensor.float(), BF16_METADATA, True
         if tensor.is_complex():
             raise PredictionWriteError(f"output {name!r} is complex ({tensor.dtype}): Arrow has no complex type")
-        # a device tensor's .cpu() is already a new copy; a CPU tensor (maybe a view) is copied here
-        array = (tensor.clone() if tensor.device.type == "cpu" else tensor.cpu()).contiguous().numpy()
+        # a device tensor's .cpu() and the bfloat16 conversion are already new copies; any other
+        # CPU tensor (maybe a view of a reused buffer) is copied here
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        elif not owned:
+            tensor = tensor.clone()
+        array = tensor.contiguous().numpy()
     elif isinstance(value, np.ndarray):
         array = np.array(value, copy=True, order="C")
     else:
