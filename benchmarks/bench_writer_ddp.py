@@ -1,11 +1,16 @@
 """What ``LancePredictionWriter(column=...)`` adds to a 2-process DDP predict epoch (CPU, gloo).
 
 Under DDP a fragment's batches come from every rank (dealt round-robin), so each rank stages its
-outputs in an Arrow file during the loop and rank 0 writes the new data files after the barrier.
-This times both parts on rank 0: the loop (first to last batch) and what comes after it (the
-barrier, rank 0's writing and the commit), with and without the writer, rounds interleaved::
+outputs in an Arrow file during the loop; after a barrier each rank writes the new data files of
+its share of the fragments, and rank 0 commits. This times both parts on rank 0: the loop (first
+to last batch) and what comes after it (the barriers, the writing and the commit), with and
+without the writer, rounds interleaved::
 
-    python benchmarks/bench_writer_ddp.py --rows 250000 --rounds 2
+    python benchmarks/bench_writer_ddp.py --rows 1000000 --rounds 2 --fragments 1
+    python benchmarks/bench_writer_ddp.py --rows 1000000 --rounds 2 --fragments 4
+
+With one fragment (what ``create_table`` makes of up to 1M rows) one rank writes it all; with
+``--fragments 4`` (a copy of the table in 4 fragments) each rank writes two.
 
 The table is ``bench_writer.py``'s (``writer_<rows>`` under ``--dir``); after each writer run it
 is restored to its first version. Each run is a fresh ``python`` that Lightning re-launches for
@@ -76,11 +81,35 @@ def run_once(uri: str, name: str, mode: str) -> None:
             lancedb.connect(uri).open_table(name).restore(1)
 
 
+def ensure_fragmented(uri: str, name: str, rows: int, fragments: int) -> str:
+    """A copy of table ``name`` in ``fragments`` fragments of about equal size."""
+    import lance
+    import lancedb
+
+    from lance_lightning.source import list_table_names
+
+    copy = f"{name}_f{fragments}"
+    db = lancedb.connect(uri)
+    if copy in list_table_names(db):
+        table = db.open_table(copy)
+        if table.count_rows() == rows:
+            if table.version != 1:
+                table.restore(1)
+            return copy
+        db.drop_table(copy)
+    source = lance.dataset(f"{uri}/{name}.lance")
+    lance.write_dataset(
+        source.scanner(batch_size=65536).to_reader(), f"{uri}/{copy}.lance", max_rows_per_file=-(-rows // fragments)
+    )
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=250_000)
     parser.add_argument("--dir", default="/tmp/lance_lightning_bench/writer")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--fragments", type=int, default=1, help="fragments of the table (a copy when > 1)")
     parser.add_argument("--run", nargs=3, metavar=("URI", "NAME", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -89,6 +118,8 @@ def main() -> None:
     from bench_writer import ensure_table
 
     name = ensure_table(args.dir, args.rows)
+    if args.fragments > 1:
+        name = ensure_fragmented(args.dir, name, args.rows, args.fragments)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     modes = ("predict only", "new columns")
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
@@ -106,7 +137,10 @@ def main() -> None:
             loop, after = map(float, line.split()[1:])
             results[mode].append((loop, after))
             print(f"  round {round_ + 1} {mode:13s} loop {loop:.2f} s, after the loop {after:.2f} s", file=sys.stderr)
-    print(f"bench_writer_ddp.py at commit {commit or '?'}: {args.rows:,} rows, [B, 128] float32, 2 ranks, rank 0")
+    print(
+        f"bench_writer_ddp.py at commit {commit or '?'}: {args.rows:,} rows in {args.fragments} fragment(s), "
+        "[B, 128] float32, 2 ranks, rank 0"
+    )
     print("mode            loop s (median)   after the loop s (median)   all rounds")
     for mode in modes:
         loops, afters = zip(*results[mode])

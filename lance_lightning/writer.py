@@ -11,8 +11,9 @@ Three steps, one owner each:
 2. **Writing as it goes** (nothing is held in memory beyond a few batches). With pylance
    installed and new columns (:mod:`.writer_fragments`): one rank writes each fragment's new
    data file itself, in a background thread, during the loop; under DDP each rank stages its
-   batches in an Arrow IPC file (:mod:`.writer_stage`) and rank 0 writes the data files after
-   the barrier. Without pylance every rank stages.
+   batches in an Arrow IPC file (:mod:`.writer_stage`); after a barrier each rank writes the
+   data files of its share of the fragments from every rank's staged batches, all at once.
+   Without pylance every rank stages.
 3. **One commit.** After a barrier in ``on_predict_end``, rank 0 commits: a lance ``Merge``
    of the new data files on the pinned version (row addresses and indexes kept, conflicts
    refused), or, as a fallback, a rewrite of the table (:mod:`.writer_rewrite`: addresses
@@ -58,8 +59,12 @@ from .writer_fragments import (
     FragmentColumnWriter,
     FragmentPlan,
     commit_merge,
+    data_file_from_json,
+    data_file_json,
+    fragment_shares,
     lance_module,
     remove_unreferenced,
+    write_share,
 )
 from .writer_rewrite import (
     _check_indexes,
@@ -112,6 +117,8 @@ class _Run:
     world_size: int = 1
     checked: bool = False
     streamer: BackgroundColumnWriter | None = None  # one rank, pylance: data files written during the loop
+    shared: bool = False  # more ranks, pylance: each tried to write its share of the data files after the loop
+    share_plan: FragmentPlan | None = None  # ... with this plan
     new_table_uri: str | None = None  # a new table, pylance: the dataset every rank writes into
     table_writer: NewTableWriter | None = None  # ... during the loop, from the first batch on
 
@@ -391,6 +398,10 @@ class LancePredictionWriter(BasePredictionWriter):
             self._abort(run)
             raise
         trainer.strategy.barrier("lance_prediction_writer_staged")
+        if run.world_size > 1 and run.target.table is None and lance_module() is not None:
+            run.shared = True
+            self._write_share(run, trainer.global_rank)  # every rank at once; never raises: rank 0 reads the outcome
+            trainer.strategy.barrier("lance_prediction_writer_shares")
         outcome: dict[str, Any]
         failure: BaseException | None = None
         if trainer.is_global_zero:
@@ -403,6 +414,8 @@ class LancePredictionWriter(BasePredictionWriter):
                     run.streamer.writer.abort()  # no version refers to its files
                 if run.table_writer is not None:
                     clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
+                if run.shared:  # every rank's data files (listed before they were opened)
+                    remove_unreferenced(run.directory, run.target.source.open())
             finally:
                 _remove_staging(run.directory)
         else:
@@ -446,23 +459,15 @@ class LancePredictionWriter(BasePredictionWriter):
         if staged.schema is None:
             raise PredictionWriteError("no rows were predicted: nothing to write")
         if target.table is None:
-            table = target.source.open()
-            plan, _ = FragmentPlan.make(table, target.source, staged.output_fields)
-            if plan is not None:  # the ranks' staged batches, merged in address order, into data files
+            shares = _collect_shares(run.directory, world_size) if run.shared else None
+            if shares is not None:  # every rank wrote the data files of its share: one Merge commit
+                files, rows, by_rank = shares
+                if run.share_plan is None:
+                    raise PredictionWriteError("rank 0 made no plan for the data files the other ranks wrote")
+                if rows != staged.num_rows:
+                    raise PredictionWriteError(f"{staged.num_rows - rows} predicted rows were not written")
                 _refuse_moved(target.source, "while predicting")
-                writer = FragmentColumnWriter(plan, run.directory / FILES_LIST)
-                try:
-                    for batch in staged.in_order():
-                        writer.write(
-                            batch.column(0).to_numpy(),
-                            pa.RecordBatch.from_arrays(batch.columns[1:], schema=writer.schema),
-                        )
-                    if writer.rows != staged.num_rows:
-                        raise PredictionWriteError(f"{staged.num_rows - writer.rows} predicted rows were not written")
-                    return self._report(commit_merge(plan, writer.finish(), writer.rows))
-                except BaseException:
-                    writer.abort()
-                    raise
+                return self._report(commit_merge(run.share_plan, files, rows) | {"files_by_rank": by_rank})
             result = commit_columns(target.source, staged, overwrite=self.overwrite, drop_indexes=self.drop_indexes)
             return self._report(result)
         return commit_table(target.source, staged, target.table, target.keys, overwrite=self.overwrite)
@@ -473,6 +478,29 @@ class LancePredictionWriter(BasePredictionWriter):
         if unpredicted:
             rank_zero_info(f"{unpredicted:,} rows of table {result['table']!r} were not predicted: nulls")
         return result
+
+    @staticmethod
+    def _write_share(run: _Run, rank: int) -> None:
+        """Write this rank's share of the new columns' data files (:func:`fragment_shares`) from
+        every rank's staged rows, then leave the outcome (files, or an error) for rank 0."""
+        outcome: dict[str, Any]
+        try:
+            staged = _Staged(run.directory, run.world_size)
+            if staged.schema is None:
+                outcome = {"skip": "no rows were predicted"}
+            else:
+                source = run.target.source
+                plan, why = FragmentPlan.make(source.open(), source, staged.output_fields)
+                if plan is None:
+                    outcome = {"skip": why}  # rank 0 rewrites the table instead
+                else:
+                    run.share_plan = plan
+                    fragments = fragment_shares(plan.physical_rows, run.world_size)[rank]
+                    files, rows = write_share(plan, staged, fragments, run.directory / FILES_LIST)
+                    outcome = {"rows": rows, "files": {str(k): data_file_json(v) for k, v in files.items()}}
+        except Exception as err:  # noqa: BLE001 - rank 0 raises it on every rank
+            outcome = {"error": f"{type(err).__name__}: {err}"}
+        _share_file(run.directory, rank).write_text(json.dumps(outcome))
 
     def _abort(self, run: _Run) -> None:
         if run.streamer is not None:
@@ -488,6 +516,36 @@ class LancePredictionWriter(BasePredictionWriter):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def _share_file(directory: Path, rank: int) -> Path:
+    return directory / f"share-{rank:05d}.json"
+
+
+def _collect_shares(directory: Path, world_size: int) -> tuple[dict[int, Any], int, list[int]] | None:
+    """Every rank's data files by fragment, the rows they hold, and how many files each rank
+    wrote; None when no rank could add
+    the columns fragment by fragment (the same reason on every rank: the table is rewritten).
+    Raises the first rank's error."""
+    outcomes = [json.loads(_share_file(directory, rank).read_text()) for rank in range(world_size)]
+    for rank, outcome in enumerate(outcomes):
+        if "error" in outcome:
+            raise PredictionWriteError(f"rank {rank} could not write its data files: {outcome['error']}")
+    skipped = [rank for rank, outcome in enumerate(outcomes) if "skip" in outcome]
+    if len(skipped) == world_size:
+        return None
+    if skipped:
+        raise PredictionWriteError(f"rank {skipped[0]} did not write its data files: {outcomes[skipped[0]]['skip']}")
+    files: dict[int, Any] = {}
+    rows = 0
+    by_rank = [len(outcome["files"]) for outcome in outcomes]
+    for outcome in outcomes:
+        for fragment, record in outcome["files"].items():
+            if int(fragment) in files:
+                raise PredictionWriteError(f"fragment {fragment} was written by two ranks")
+            files[int(fragment)] = data_file_from_json(record)
+        rows += outcome["rows"]
+    return files, rows, by_rank
 
 
 def _opens(db: Any, name: str) -> bool:

@@ -11,7 +11,9 @@ the pinned version, adds them to the fragments. So:
   once. With one rank they are written during the predict loop, by a background thread fed
   batch by batch (:class:`BackgroundColumnWriter`), so the second core hides most of it;
   with more ranks the batches of a fragment come from every rank (they are dealt out
-  round-robin), so the ranks stage them and rank 0 writes the files at the end;
+  round-robin), so the ranks stage them and, after the loop, each rank writes the files of its
+  share of the fragments (:func:`fragment_shares`, :func:`write_share`) from every rank's
+  staged rows, all ranks at once; rank 0 then commits them all;
 * the commit conflicts with any commit since the pinned version (lance's conflict check):
   the writer then refuses, and the table is left as it is;
 * a run killed before the commit leaves the table unchanged; the data files it wrote are
@@ -29,7 +31,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,63 @@ class BackgroundColumnWriter:
             self._queue.put(None)
             self._thread.join()
         self.writer.abort()
+
+
+def fragment_shares(physical_rows: Mapping[int, int], world_size: int) -> list[list[int]]:
+    """The fragments each rank writes after the loop: runs of consecutive fragment ids, one per
+    rank, about ``1/world_size`` of the physical rows each (a fragment goes to the rank whose
+    share holds its middle row). Every fragment goes to exactly one rank; a rank may get none."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    ids = sorted(physical_rows)
+    rows = np.array([physical_rows[i] for i in ids], dtype=np.int64)
+    total = int(rows.sum())
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    starts = np.cumsum(rows) - rows
+    for fragment, start, count in zip(ids, starts.tolist(), rows.tolist()):
+        rank = min(world_size - 1, (2 * start + count) * world_size // (2 * total)) if total else 0
+        shares[rank].append(fragment)
+    return shares
+
+
+def write_share(
+    plan: FragmentPlan, staged: Any, fragments: Sequence[int], files_list: Path
+) -> tuple[dict[int, Any], int]:
+    """Write the data files of ``fragments`` (consecutive ids) from every rank's staged rows
+    (a :class:`~.writer_stage._Staged`); returns ``(files by fragment, rows written)``. On an
+    error the files written so far are removed."""
+    if not fragments:
+        return {}, 0
+    low = int(min(fragments)) << 32
+    high = (int(max(fragments)) + 1) << 32
+    writer = FragmentColumnWriter(plan, files_list)
+    try:
+        for batch in staged.in_range(low, high):
+            writer.write(
+                batch.column(0).to_numpy(), pa.RecordBatch.from_arrays(batch.columns[1:], schema=writer.schema)
+            )
+        return writer.finish(), writer.rows
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def data_file_json(data_file: Any) -> dict[str, Any]:
+    """A ``lance.fragment.DataFile`` as JSON (it goes from the rank that wrote it to rank 0)."""
+    return {
+        "path": data_file.path,
+        "fields": list(data_file.fields),
+        "column_indices": list(data_file.column_indices),
+        "file_major_version": data_file.file_major_version,
+        "file_minor_version": data_file.file_minor_version,
+        "file_size_bytes": data_file.file_size_bytes,
+    }
+
+
+def data_file_from_json(record: dict[str, Any]) -> Any:
+    from lance.fragment import DataFile
+
+    return DataFile(**record)
 
 
 def commit_merge(plan: FragmentPlan, files: dict[int, Any], rows: int) -> dict[str, Any]:

@@ -267,6 +267,19 @@ class _Staged:
         for entry in range(len(self.first)):
             yield self._batch(entry)
 
+    def in_range(self, low: int, high: int) -> Iterator[pa.RecordBatch]:
+        """The staged rows with addresses in ``[low, high)``, in address order (a batch that
+        straddles a bound is sliced)."""
+        first = int(np.searchsorted(self.last, np.uint64(low), side="left"))
+        stop = int(np.searchsorted(self.first, np.uint64(high), side="left"))
+        for entry in range(first, stop):
+            batch = self._batch(entry)
+            if int(self.first[entry]) < low or int(self.last[entry]) >= high:
+                addresses = batch.column(0).to_numpy()
+                lo, hi = np.searchsorted(addresses, np.array([low, high], dtype=np.uint64))
+                batch = batch.slice(int(lo), int(hi - lo))
+            yield batch
+
     def gather(self, addresses: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
         """``(rows, index)``: the staged rows at ``addresses`` (any order) and, for each address,
         its row in ``rows`` or -1 when it was not predicted."""

@@ -35,8 +35,9 @@ LAUNCH_TIMEOUT_S = 240
 _CLUSTER_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
 
 
-def make_table(root: Path) -> str:
-    """``id`` int64, ``x`` fixed_size_list<float32>[4] of small integers, ``y`` = id % 3."""
+def make_table(root: Path, fragments: int = 1) -> str:
+    """``id`` int64, ``x`` fixed_size_list<float32>[4] of small integers, ``y`` = id % 3; in
+    ``fragments`` fragments of about equal size (one append each)."""
     rng = np.random.default_rng(0)
     x = rng.integers(-4, 5, size=(NUM_ROWS, 4)).astype(np.float32)
     data = pa.table(
@@ -47,7 +48,10 @@ def make_table(root: Path) -> str:
         }
     )
     uri = str(root / "db")
-    lancedb.connect(uri).create_table(TABLE, data)
+    cuts = np.linspace(0, NUM_ROWS, fragments + 1).astype(int)
+    table = lancedb.connect(uri).create_table(TABLE, data.slice(0, cuts[1]))
+    for lo, hi in zip(cuts[1:-1], cuts[2:]):
+        table.add(data.slice(lo, hi - lo))
     return uri
 
 

@@ -74,12 +74,17 @@ def sigkill_when(spec: Path, root: Path, ready: Any, *, after_s: float = 0.0) ->
 
 
 def test_every_row_written_once_by_two_ranks(tmp_path):
-    uri = make_table(tmp_path)
+    """Three fragments (67 + 68 + 68 rows): batches of 8 dealt to the two ranks straddle them, and
+    with pylance each rank writes the new data files of its share of the fragments."""
+    uri = make_table(tmp_path, fragments=3)
     runs = [
         {"tag": "scalar", "writer": {"column": "score"}, "output": "score"},
         {"tag": "vector", "writer": {"column": "emb"}, "output": "emb"},
         {"tag": "dict", "writer": {"column": "d"}},
         {"tag": "table", "writer": {"column": "klass", "table": "preds"}, "output": "klass"},
+        # last: rank 0 appends a row at its third batch; every rank has written its data files
+        # when rank 0 finds the table moved at the commit
+        {"tag": "moved", "writer": {"column": "late"}, "output": "score", "move_at": 2},
     ]
     spec = write_spec(tmp_path, uri, runs, "all")
     run_processes([command(spec)], tmp_path, "all")
@@ -93,10 +98,27 @@ def test_every_row_written_once_by_two_ranks(tmp_path):
         seen = [[i for batch in record["seen"] for i in batch] for record in (rank0, rank1)]
         assert sorted(seen[0] + seen[1]) == list(range(NUM_ROWS)), tag
         assert sorted(len(s) for s in seen) == [101, 102], tag
+        if tag == "moved":
+            for record in (rank0, rank1):
+                assert record["result"] is None
+                assert "changed while predicting" in record["error"] and "nothing was written" in record["error"]
+            continue
+        assert rank0["error"] is None and rank1["error"] is None, tag
         assert rank0["result"] == rank1["result"] and rank0["result"]["rows"] == NUM_ROWS, tag
+        if lance_module() is not None and tag != "table":  # each rank wrote its share of the data files
+            assert rank0["result"]["files_by_rank"] == [2, 1], tag  # fragments 0-1 and 2
 
-    table = lancedb.connect(uri).open_table(TABLE)
-    assert table.version == 4  # one commit for each of the three column runs
+    db = lancedb.connect(uri)
+    table = db.open_table(TABLE)
+    assert table.version == 7  # 3 made the table; one commit for each of the three column runs, then the row appended
+    assert "late" not in table.schema.names and table.count_rows() == NUM_ROWS + 1
+    if lance_module() is not None:  # the moved run's data files are gone: only files a version refers to are left
+        referenced = set()
+        for version in range(1, 8):
+            dataset = lance_module().dataset(uri + f"/{TABLE}.lance", version=version)
+            referenced |= {f.path for fragment in dataset.get_fragments() for f in fragment.metadata.files}
+        assert {p.name for p in (Path(uri) / f"{TABLE}.lance" / "data").iterdir()} == referenced
+    table.checkout(6)
     got = table.to_arrow()
     assert got.num_rows == NUM_ROWS and got.column_names == [
         "id",

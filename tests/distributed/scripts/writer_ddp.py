@@ -4,7 +4,9 @@ Launched by tests/distributed/test_ddp_writer.py in a fresh process (Lightning's
 re-runs this script for rank 1, CPU, gloo). The spec lists predict runs done one after another
 in the same processes; for each, every rank writes ``<out>/<tag>-rank<r>.json`` with the ids
 of every batch it predicted and the writer's result. ``slow`` makes each batch take
-``slow`` seconds, so that the test can SIGKILL the run mid-predict.
+``slow`` seconds, so that the test can SIGKILL the run mid-predict; ``move_at`` makes rank 0
+append a row to the table at that batch (the table moves on while predicting), and the record
+then holds the error the run raised.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
             self.seen.append(batch["id"].tolist())
             if run.get("slow"):
                 time.sleep(run["slow"])
+            if run.get("move_at") == batch_idx and self.trainer.global_rank == 0:
+                import lancedb
+
+                table = lancedb.connect(spec["uri"]).open_table(spec["table"])
+                table.add(table.to_arrow().slice(0, 1))
             out = outputs_for(batch["id"], batch["x"])
             return out if run.get("output") is None else out[run["output"]]
 
@@ -61,8 +68,15 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
         callbacks=[writer],
         default_root_dir=spec["out"],
     )
-    trainer.predict(model, datamodule=dm, return_predictions=False)
+    error = None
+    try:
+        trainer.predict(model, datamodule=dm, return_predictions=False)
+    except Exception as err:  # noqa: BLE001 - recorded for the test
+        if not run.get("move_at"):
+            raise
+        error = f"{type(err).__name__}: {err}"
     record = {
+        "error": error,
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
         "seen": model.seen,
