@@ -248,6 +248,15 @@ class LancePredictionWriter(BasePredictionWriter):
                 new = not has_versions(lance, new_table_uri, target.source.storage_options)
                 (directory / CREATING).write_text(json.dumps({"uri": new_table_uri, "new": new}))
         trainer.strategy.barrier("lance_prediction_writer_start")
+        visible = directory.is_dir()  # made by rank 0: every rank writes into it, and rank 0 reads it all
+        if not trainer.strategy.reduce_boolean_decision(visible, all=True):
+            if trainer.is_global_zero:
+                _remove_staging(directory)
+            raise PredictionWriteError(
+                f"the writer's staging directory {directory} (made by rank 0) is not there on every rank (rank "
+                f"{trainer.global_rank}: {'there' if visible else 'missing'}): every rank writes into it and rank 0 "
+                "reads all of it. Pass the writer a staging_dir on a file system every node reaches"
+            )
         bounds = np.asarray(rank_batch_bounds(sampler.plan(), rank=sampler.rank), dtype=np.int64).reshape(-1, 2)
         if len(bounds) and bounds[-1, 1] > sampler.num_rows:
             raise PredictionWriteError("the predict epoch pads rows; the writer needs every row once")
@@ -527,7 +536,15 @@ def _collect_shares(directory: Path, world_size: int) -> tuple[dict[int, Any], i
     wrote; None when no rank could add
     the columns fragment by fragment (the same reason on every rank: the table is rewritten).
     Raises the first rank's error."""
-    outcomes = [json.loads(_share_file(directory, rank).read_text()) for rank in range(world_size)]
+    outcomes = []
+    for rank in range(world_size):
+        path = _share_file(directory, rank)
+        if not path.exists():
+            raise PredictionWriteError(
+                f"rank {rank} left no record of its data files in {directory}: that directory is not shared between "
+                "the ranks (pass the writer a staging_dir on a file system every node reaches)"
+            )
+        outcomes.append(json.loads(path.read_text()))
     for rank, outcome in enumerate(outcomes):
         if "error" in outcome:
             raise PredictionWriteError(f"rank {rank} could not write its data files: {outcome['error']}")

@@ -216,7 +216,10 @@ class _Staged:
         for rank in range(world_size):
             marker = _marker(directory, rank)
             if not marker.exists():
-                raise PredictionWriteError(f"rank {rank} left no staging marker in {directory}: it did not finish")
+                raise PredictionWriteError(
+                    f"rank {rank} left no staging marker in {directory}: it did not finish, or that directory is "
+                    "not shared between the ranks (pass the writer a staging_dir on a file system every node reaches)"
+                )
             rows = json.loads(marker.read_text())["rows"]
             if rows == 0:
                 continue

@@ -82,6 +82,8 @@ def test_every_row_written_once_by_two_ranks(tmp_path):
         {"tag": "vector", "writer": {"column": "emb"}, "output": "emb"},
         {"tag": "dict", "writer": {"column": "d"}},
         {"tag": "table", "writer": {"column": "klass", "table": "preds"}, "output": "klass"},
+        # each rank given a staging directory of its own (nodes without a shared file system): refused
+        {"tag": "private", "writer": {"column": "p"}, "output": "score", "private_staging": True},
         # last: rank 0 appends a row at its third batch; every rank has written its data files
         # when rank 0 finds the table moved at the commit
         {"tag": "moved", "writer": {"column": "late"}, "output": "score", "move_at": 2},
@@ -93,6 +95,11 @@ def test_every_row_written_once_by_two_ranks(tmp_path):
         run["tag"]: [json.loads((out / f"{run['tag']}-rank{r}.json").read_text()) for r in (0, 1)] for run in runs
     }
 
+    for rank0, rank1 in [records.pop("private")]:  # refused on both ranks before any batch
+        assert rank0["seen"] == rank1["seen"] == [] and rank0["result"] is None is rank1["result"]
+        assert "staging directory" in rank0["error"] and "not there on every rank (rank 0: there)" in rank0["error"]
+        assert "not there on every rank (rank 1: missing)" in rank1["error"] and "staging_dir" in rank1["error"]
+        assert not (out / "staging-0").exists()  # rank 0 removed the directory it had made
     for tag, (rank0, rank1) in records.items():
         # each rank predicted its own rows, none twice, none padded: 102 + 101 = 203
         seen = [[i for batch in record["seen"] for i in batch] for record in (rank0, rank1)]

@@ -5,13 +5,15 @@ re-runs this script for rank 1, CPU, gloo). The spec lists predict runs done one
 in the same processes; for each, every rank writes ``<out>/<tag>-rank<r>.json`` with the ids
 of every batch it predicted and the writer's result. ``slow`` makes each batch take
 ``slow`` seconds, so that the test can SIGKILL the run mid-predict; ``move_at`` makes rank 0
-append a row to the table at that batch (the table moves on while predicting), and the record
-then holds the error the run raised.
+append a row to the table at that batch (the table moves on while predicting); ``private_staging``
+gives each rank a staging directory of its own (as on nodes that share no file system). With
+either, the record holds the error the run raised.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +57,10 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
             return out if run.get("output") is None else out[run["output"]]
 
     dm = LanceDataModule(spec["uri"], spec["table"], columns=["id", "x"], splits=None, **spec["data"])
-    writer = LancePredictionWriter(**run["writer"])
+    options = dict(run["writer"])
+    if run.get("private_staging"):  # the Trainer below sets LOCAL_RANK for rank 1 only
+        options["staging_dir"] = str(Path(spec["out"]) / f"staging-{os.environ.get('LOCAL_RANK', '0')}")
+    writer = LancePredictionWriter(**options)
     model = Model()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -72,7 +77,7 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
     try:
         trainer.predict(model, datamodule=dm, return_predictions=False)
     except Exception as err:  # noqa: BLE001 - recorded for the test
-        if not run.get("move_at"):
+        if not (run.get("move_at") or run.get("private_staging")):
             raise
         error = f"{type(err).__name__}: {err}"
     record = {
