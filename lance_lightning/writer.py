@@ -86,6 +86,7 @@ from .writer_stage import (
     _Staged,
     check_same_outputs,
     prediction_arrays,
+    rank_record,
 )
 from .writer_table import CREATING, NewTableWriter, clean_interrupted, commit_new_table, dataset_uri, has_versions
 
@@ -536,15 +537,10 @@ def _collect_shares(directory: Path, world_size: int) -> tuple[dict[int, Any], i
     wrote; None when no rank could add
     the columns fragment by fragment (the same reason on every rank: the table is rewritten).
     Raises the first rank's error."""
-    outcomes = []
-    for rank in range(world_size):
-        path = _share_file(directory, rank)
-        if not path.exists():
-            raise PredictionWriteError(
-                f"rank {rank} left no record of its data files in {directory}: that directory is not shared between "
-                "the ranks (pass the writer a staging_dir on a file system every node reaches)"
-            )
-        outcomes.append(json.loads(path.read_text()))
+    outcomes = [
+        json.loads(rank_record(directory, rank, _share_file(directory, rank), "record of its data files"))
+        for rank in range(world_size)
+    ]
     for rank, outcome in enumerate(outcomes):
         if "error" in outcome:
             raise PredictionWriteError(f"rank {rank} could not write its data files: {outcome['error']}")

@@ -187,6 +187,17 @@ class _RankStage:
         _remove_staging(self.directory, only_if_empty=True)
 
 
+def rank_record(directory: Path, rank: int, path: Path, what: str) -> str:
+    """The text of a file rank ``rank`` left in the staging directory, or a clear error: it did not
+    finish, or the directory is not one that every rank reaches."""
+    if not path.exists():
+        raise PredictionWriteError(
+            f"rank {rank} left no {what} in {directory}: it did not finish, or that directory is not shared between "
+            "the ranks (pass the writer a staging_dir on a file system every node reaches)"
+        )
+    return path.read_text()
+
+
 def _remove_staging(directory: Path, *, only_if_empty: bool = False) -> None:
     """Remove a run's staging directory, then its parent if no other run has one there."""
     if only_if_empty:
@@ -214,13 +225,7 @@ class _Staged:
         self._cached: tuple[int, pa.RecordBatch] | None = None
         self.schema: pa.Schema | None = None
         for rank in range(world_size):
-            marker = _marker(directory, rank)
-            if not marker.exists():
-                raise PredictionWriteError(
-                    f"rank {rank} left no staging marker in {directory}: it did not finish, or that directory is "
-                    "not shared between the ranks (pass the writer a staging_dir on a file system every node reaches)"
-                )
-            rows = json.loads(marker.read_text())["rows"]
+            rows = json.loads(rank_record(directory, rank, _marker(directory, rank), "staging marker"))["rows"]
             if rows == 0:
                 continue
             # read a batch at a time (not memory-mapped: mapped pages would count in the resident
