@@ -98,7 +98,7 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_mode(uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0.0) -> dict[str, Any]:
+def run_mode(uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0.0, workers: int = 0) -> dict[str, Any]:
     """One predict epoch in this process (called in a fresh subprocess)."""
     import lancedb
     import lightning.pytorch as pl
@@ -136,7 +136,7 @@ def run_mode(uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0
         callbacks.append(LancePredictionWriter(column="pred"))
     elif mode == "new table":
         callbacks.append(LancePredictionWriter(column="pred", table="preds", overwrite=True))
-    dm = LanceDataModule(uri, name, columns=["emb"], splits=None, eval_batch_size=batch_size)
+    dm = LanceDataModule(uri, name, columns=["emb"], splits=None, eval_batch_size=batch_size, num_workers=workers)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -184,11 +184,20 @@ def main() -> None:
         help="make each predict step last at least this long, the CPU idle meanwhile (as when a GPU runs the "
         "model and the CPU waits for it); 0: the CPU runs the model",
     )
-    parser.add_argument("--child", nargs=4, metavar=("NAME", "MODE", "BATCH", "STEP_MS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader workers of the predict loader (reads then run in those processes, whose CPU time the "
+        "CPU columns leave out)",
+    )
+    parser.add_argument(
+        "--child", nargs=5, metavar=("NAME", "MODE", "BATCH", "STEP_MS", "WORKERS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
-        name, mode, batch, step_ms = args.child
-        print(json.dumps(run_mode(args.dir, name, mode, int(batch), float(step_ms))))
+        name, mode, batch, step_ms, workers = args.child
+        print(json.dumps(run_mode(args.dir, name, mode, int(batch), float(step_ms), int(workers))))
         return
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
@@ -207,7 +216,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         for mode in MODES:  # interleaved, so that a change of machine load hits every mode alike
-            child = [name, mode, str(args.batch_size), str(args.step_ms)]
+            child = [name, mode, str(args.batch_size), str(args.step_ms), str(args.workers)]
             cmd = [sys.executable, __file__, "--dir", args.dir, "--child", *child]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode:
@@ -218,6 +227,7 @@ def main() -> None:
     keys = [k for k in runs[0] if k not in ("mode", "repeat")]
     median = {mode: {k: statistics.median(r[k] for r in runs if r["mode"] == mode) for k in keys} for mode in MODES}
     step = f", each step >= {args.step_ms:g} ms with the CPU idle (an accelerator's step)" if args.step_ms else ""
+    step += f", {args.workers} loader worker(s)" if args.workers else ""
     print(
         f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output{step}, "
         f"median of {args.repeats} rounds"
