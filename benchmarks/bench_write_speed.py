@@ -7,6 +7,10 @@ and ``/dev/shm``: memory, no write-back), and ``zlib.crc32`` over the same bytes
 
     python benchmarks/bench_write_speed.py --gb 4.7                     # the 10M-row stage's size
     python benchmarks/bench_write_speed.py --gb 4.7 --to /tmp /dev/shm --rounds 3
+    python benchmarks/bench_write_speed.py --gb 4.5 --to /tmp --rounds 3 --preallocate
+
+``--preallocate`` also times each write with the file's blocks reserved first, as a fill does for its
+column files (``lance_lightning.stage.write.preallocate``: ``fallocate``), interleaved with the plain one.
 
 Each file is deleted after its round. Wall and system CPU time are reported per round: on a VM,
 pages the guest touches for the first time can cost far more than recycled ones, so the rounds
@@ -31,12 +35,16 @@ def _sys_s() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
-def time_write(directory: Path, size: int, chunk: bytes) -> tuple[float, float]:
+def time_write(directory: Path, size: int, chunk: bytes, preallocated: bool = False) -> tuple[float, float]:
     """Seconds of wall and of system CPU to write ``size`` bytes to a new file in ``directory``."""
     fd, name = tempfile.mkstemp(dir=directory, prefix="bench-write-")
     try:
         began, sys_began = time.perf_counter(), _sys_s()
         with os.fdopen(fd, "wb", buffering=0) as fh:
+            if preallocated:
+                from lance_lightning.stage.write import preallocate
+
+                preallocate(fh, size, Path(name))
             for _ in range(size // len(chunk)):
                 fh.write(chunk)
         return time.perf_counter() - began, _sys_s() - sys_began
@@ -56,6 +64,7 @@ def main() -> None:
     parser.add_argument("--gb", type=float, default=4.7, help="GB written a round (default: the 10M-row stage)")
     parser.add_argument("--to", nargs="+", default=[tempfile.gettempdir(), "/dev/shm"], help="directories")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--preallocate", action="store_true", help="also time writes to preallocated files")
     args = parser.parse_args()
     size = int(args.gb * 1e9) // CHUNK * CHUNK
     chunk = os.urandom(CHUNK)
@@ -67,9 +76,14 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     for round_ in range(1, args.rounds + 1):
         for directory in args.to:
-            wall, system = time_write(Path(directory), size, chunk)
-            rate = size / wall / 1e9
-            print(f"round {round_}: write() to {directory}: {wall:.2f} s ({rate:.2f} GB/s), {system:.2f} s system")
+            for preallocated in (False, True) if args.preallocate else (False,):
+                wall, system = time_write(Path(directory), size, chunk, preallocated)
+                rate = size / wall / 1e9
+                how = " (preallocated)" if preallocated else ""
+                print(
+                    f"round {round_}: write() to {directory}{how}: {wall:.2f} s ({rate:.2f} GB/s), "
+                    f"{system:.2f} s system"
+                )
         crc = time_crc(size, chunk)
         print(f"round {round_}: zlib.crc32 of the same bytes: {crc:.2f} s ({size / crc / 1e9:.2f} GB/s)")
 
