@@ -168,3 +168,35 @@ def test_every_segment_is_checked_and_a_damaged_one_is_named(make_table, tmp_pat
     start = (x["bytes"] // 4) // 50_000 * 50_000
     problem = verify_stage(path)
     assert problem is not None and f"file col-1.npy does not hold what was written (bytes {start:,}-" in problem
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system (tmpfs), where this machine lets the tests mount one (root)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_stage_file_without_room_fails_before_a_byte_is_copied(small_disk):
+    """The flat column files are preallocated: a disk that fills up between the budget's check and
+    the fill (another job writing) fails at the file's creation, naming it, instead of mid-copy."""
+    from lance_lightning.stage.write import _NpyWriter
+
+    with pytest.raises(OSError, match=r"no room for the stage file \(4,194,432 bytes\).*x\.npy") as raised:
+        _NpyWriter(small_disk / "x.npy", np.dtype(np.float32), (8192, 128))
+    assert raised.value.errno == 28  # ENOSPC
+    assert (small_disk / "x.npy").stat().st_size == 0  # nothing copied, nothing reserved
+    values = np.arange(1024 * 128, dtype=np.float32).reshape(1024, 128)  # 0.5 MB fits
+    writer = _NpyWriter(small_disk / "y.npy", values.dtype, values.shape)
+    writer.write(values)
+    writer.close()
+    assert np.array_equal(np.load(small_disk / "y.npy"), values)
