@@ -54,13 +54,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .sharding import rank_batch_bounds, take_padded
 from .source import TableSource, connect, is_local_uri, list_table_names
 from .writer_fragments import (
-    FILES_LIST,
     BackgroundColumnWriter,
     FragmentColumnWriter,
     FragmentPlan,
     commit_merge,
     data_file_from_json,
     data_file_json,
+    files_list,
     fragment_shares,
     lance_module,
     remove_unreferenced,
@@ -361,7 +361,7 @@ class LancePredictionWriter(BasePredictionWriter):
                     rank_zero_info(f"LancePredictionWriter: the commit rewrites the table: {why}")
                     _check_indexes(table, drop_indexes=self.drop_indexes)
                 elif run.world_size == 1:
-                    run.streamer = BackgroundColumnWriter(FragmentColumnWriter(plan, run.directory / FILES_LIST))
+                    run.streamer = BackgroundColumnWriter(FragmentColumnWriter(plan, files_list(run.directory, 0)))
             else:
                 clash = sorted(set(columns) & set(run.target.keys))
                 if clash:
@@ -506,7 +506,7 @@ class LancePredictionWriter(BasePredictionWriter):
                 else:
                     run.share_plan = plan
                     fragments = fragment_shares(plan.physical_rows, run.world_size)[rank]
-                    files, rows = write_share(plan, staged, fragments, run.directory / FILES_LIST)
+                    files, rows = write_share(plan, staged, fragments, files_list(run.directory, rank))
                     outcome = {"rows": rows, "files": {str(k): data_file_json(v) for k, v in files.items()}}
         except Exception as err:  # noqa: BLE001 - rank 0 raises it on every rank
             outcome = {"error": f"{type(err).__name__}: {err}"}

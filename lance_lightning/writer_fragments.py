@@ -42,12 +42,27 @@ from .source import TableSource
 from .writer_stage import PredictionWriteError, TableMovedError
 
 FILES_LIST = "data-files.txt"
-"""In a run's staging directory: the data files the run opened in the table, one a line."""
+"""The one list of data files a run kept before the lists were per rank: still read by the cleanup."""
 NULL_CHUNK_ROWS = 65_536
 QUEUE_BATCHES = 8
 """Batches a background writer holds at most: memory stays a few batches, whatever the table size."""
 _LOW = np.uint64(0xFFFFFFFF)
 _SHIFT = np.uint64(32)
+
+
+def files_list(directory: Path, rank: int) -> Path:
+    """Where rank ``rank`` lists the data files it opens in the table, one a line, each before it is
+    opened (so a killed run's files are found). One list a rank: appends from several processes to
+    one file can interleave on a shared file system such as NFS."""
+    return directory / f"data-files-{rank:05d}.txt"
+
+
+def listed_files(directory: Path) -> list[str]:
+    """Every data file the ranks of a run listed in ``directory``."""
+    paths: list[str] = []
+    for listed in sorted(directory.glob("data-files*.txt")):
+        paths += [p for p in listed.read_text().splitlines() if p]
+    return paths
 
 
 def lance_module() -> Any:
@@ -369,10 +384,7 @@ def remove_files(paths: Iterable[str], storage_options: dict | None = None) -> N
 def remove_unreferenced(directory: Path, table: Any) -> int:
     """Delete the data files an interrupted run listed in ``directory`` that no version of
     ``table`` refers to; returns how many."""
-    listed = directory / FILES_LIST
-    if not listed.exists():
-        return 0
-    paths = [p for p in listed.read_text().splitlines() if p]
+    paths = listed_files(directory)
     lance = lance_module()
     if not paths or lance is None:
         return 0

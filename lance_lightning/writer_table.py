@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from .source import TableSource
-from .writer_fragments import FILES_LIST, QUEUE_BATCHES, remove_files
+from .writer_fragments import QUEUE_BATCHES, files_list, listed_files, remove_files
 from .writer_stage import KEY_ROWID, PredictionWriteError
 
 CREATING = "creating.json"
@@ -66,10 +66,9 @@ def clean_interrupted(lance: Any, directory: Path, storage_options: dict | None)
     if target["new"] and not committed and ("://" not in uri or uri.startswith("file://")):
         shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)  # never a table: no version was made
         return 1
-    listed = directory / FILES_LIST
-    if not listed.exists():
+    paths = listed_files(directory)
+    if not paths:
         return 0
-    paths = [p for p in listed.read_text().splitlines() if p]
     used: set[str] = set()
     if committed:
         dataset = lance.dataset(uri, storage_options=storage_options)
@@ -168,7 +167,7 @@ class NewTableWriter:
             yield pa.RecordBatch.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
 
     def _work(self) -> None:
-        listing = _listing(self.directory / FILES_LIST, self.uri)
+        listing = _listing(files_list(self.directory, self.rank), self.uri)
         try:
             reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
             self._fragments = self.lance.fragment.write_fragments(
@@ -208,7 +207,7 @@ class NewTableWriter:
             self._error = self._error or PredictionWriteError("aborted")
             self._queue.put(_END)
             self._thread.join()
-        listed = self.directory / FILES_LIST
+        listed = files_list(self.directory, self.rank)  # this rank's files (the others' are theirs to remove)
         if listed.exists():
             remove_files([p for p in listed.read_text().splitlines() if p], self.storage_options)
 
