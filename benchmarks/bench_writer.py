@@ -98,7 +98,9 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_mode(uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0.0, workers: int = 0) -> dict[str, Any]:
+def run_mode(
+    uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0.0, workers: int = 0, read_ahead: int = 2
+) -> dict[str, Any]:
     """One predict epoch in this process (called in a fresh subprocess)."""
     import lancedb
     import lightning.pytorch as pl
@@ -136,7 +138,9 @@ def run_mode(uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0
         callbacks.append(LancePredictionWriter(column="pred"))
     elif mode == "new table":
         callbacks.append(LancePredictionWriter(column="pred", table="preds", overwrite=True))
-    dm = LanceDataModule(uri, name, columns=["emb"], splits=None, eval_batch_size=batch_size, num_workers=workers)
+    dm = LanceDataModule(
+        uri, name, columns=["emb"], splits=None, eval_batch_size=batch_size, num_workers=workers, read_ahead=read_ahead
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -192,12 +196,15 @@ def main() -> None:
         "CPU columns leave out)",
     )
     parser.add_argument(
-        "--child", nargs=5, metavar=("NAME", "MODE", "BATCH", "STEP_MS", "WORKERS"), help=argparse.SUPPRESS
+        "--read-ahead", type=int, default=2, help="the datamodule's read_ahead (batches read ahead with 0 workers)"
+    )
+    parser.add_argument(
+        "--child", nargs=6, metavar=("NAME", "MODE", "BATCH", "STEP_MS", "WORKERS", "AHEAD"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
-        name, mode, batch, step_ms, workers = args.child
-        print(json.dumps(run_mode(args.dir, name, mode, int(batch), float(step_ms), int(workers))))
+        name, mode, batch, step_ms, workers, ahead = args.child
+        print(json.dumps(run_mode(args.dir, name, mode, int(batch), float(step_ms), int(workers), int(ahead))))
         return
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
@@ -216,7 +223,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         for mode in MODES:  # interleaved, so that a change of machine load hits every mode alike
-            child = [name, mode, str(args.batch_size), str(args.step_ms), str(args.workers)]
+            child = [name, mode, str(args.batch_size), str(args.step_ms), str(args.workers), str(args.read_ahead)]
             cmd = [sys.executable, __file__, "--dir", args.dir, "--child", *child]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode:
@@ -227,7 +234,7 @@ def main() -> None:
     keys = [k for k in runs[0] if k not in ("mode", "repeat")]
     median = {mode: {k: statistics.median(r[k] for r in runs if r["mode"] == mode) for k in keys} for mode in MODES}
     step = f", each step >= {args.step_ms:g} ms with the CPU idle (an accelerator's step)" if args.step_ms else ""
-    step += f", {args.workers} loader worker(s)" if args.workers else ""
+    step += f", {args.workers} loader worker(s)" if args.workers else f", read_ahead={args.read_ahead}"
     print(
         f"\n{args.rows:,} rows, batch {args.batch_size}, [B, {DIM}] float32 output{step}, "
         f"median of {args.repeats} rounds"

@@ -74,6 +74,10 @@ class LanceDataModule(pl.LightningDataModule):
             reason (lancedb does not survive it in workers that read the table).
         persistent_workers: keep workers alive across epochs (start-up paid once).
         pin_memory, prefetch_factor: passed to the ``DataLoader``.
+        read_ahead: with ``num_workers=0``, batches read ahead on a background thread while the
+            step runs (2 by default; 0: each batch is read when the step asks for it). Lance's
+            reads, NumPy's gathers and file reads release the GIL, so an accelerator's step hides
+            them. Workers prefetch on their own (``prefetch_factor``): ignored with workers.
         block_size, window_blocks: the ``"block"`` shuffle's parameters (rows a block, blocks
             a window); see :class:`lance_lightning.orders.BlockOrder`.
         resume: ``"exact"`` (default): a checkpoint's data state must match this configuration
@@ -124,6 +128,7 @@ class LanceDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
+        read_ahead: int = 2,
         block_size: int = DEFAULT_BLOCK_SIZE,
         window_blocks: int = DEFAULT_WINDOW_BLOCKS,
         resume: Literal["exact", "fresh"] = "exact",

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import multiprocessing
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from .dataset import BatchGroup, LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
+from .readahead import read_ahead
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
 
@@ -83,9 +86,11 @@ def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: 
         # Batches are already tensors: skip DataLoader's default_convert walk over every item
         # (a transform may return NumPy arrays, which default_convert still turns into tensors).
         kwargs["collate_fn"] = batch_as_is
-    return LanceDataLoader(
+    loader = LanceDataLoader(
         dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=options.pin_memory, **kwargs
     )
+    loader.read_ahead = 0 if workers else options.read_ahead
+    return loader
 
 
 class LanceDataLoader(DataLoader):
@@ -95,6 +100,9 @@ class LanceDataLoader(DataLoader):
     :meth:`LanceDataModule.state_dict`; the loader's own ``state_dict`` is empty and its
     ``load_state_dict`` does nothing (they exist so that Lightning treats the loader as resumable).
     """
+
+    read_ahead = 0
+    """With no workers: batches read ahead on a background thread (:func:`_reading_ahead`)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -124,9 +132,46 @@ class LanceDataLoader(DataLoader):
         items = super().__iter__()
         if self.num_workers:
             items = _naming_dead_workers(items)
+        elif self.read_ahead:
+            items = _reading_ahead(items, self.read_ahead)
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def _reading_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` with up to ``depth`` more read on a background thread while the step runs.
+
+    The first item is read here, on the calling thread, as ``iter()`` with workers does: the
+    sampler then fixes the epoch's order before Lightning calls ``set_epoch`` (the position it
+    reads is :mod:`.state`'s), never concurrently with it. The datamodule's position counts the
+    batches Lightning has consumed, not those read ahead (as with workers' prefetch). A pinning
+    loader pins on the reading thread with the CUDA device of this one."""
+    first = next(items, _END)
+    if first is _END:
+        return iter(())
+    bind = _cuda_device_binder()
+
+    def rest() -> Iterator[Any]:
+        if bind is not None:
+            bind()
+        yield from items
+
+    return itertools.chain((first,), read_ahead(rest(), depth, name="lance-lightning-loader-read-ahead"))
+
+
+_END = object()
+
+
+def _cuda_device_binder() -> Any:
+    """A function that makes this thread's CUDA device current on another thread (pinned memory
+    is allocated on the current device; a new thread's is device 0), or None without CUDA."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    index = torch.cuda.current_device()
+    return lambda: torch.cuda.set_device(index)
 
 
 def _naming_dead_workers(items: Any) -> Any:

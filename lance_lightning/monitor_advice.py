@@ -84,7 +84,7 @@ def advice(dm: Any, stage: str = "train", transform_share: float | None = None, 
     transform = _transform_advice(dm, stage, transform_share, world_size)
     if transform is not None:
         out.append(transform)
-    out.append(_workers_advice(dm.options.num_workers))
+    out.append(_workers_advice(dm.options.num_workers, dm.options.read_ahead))
     out.append(_read_advice(dm, order))
     out.append(f"batch_size={batch}: each read has a fixed cost; a larger batch_size spreads it over more rows")
     return out
@@ -117,12 +117,17 @@ def _transform_advice(dm: Any, stage: str, transform_share: float | None, world_
     return f"{measured}: the read dominates, not the transform"
 
 
-def _workers_advice(workers: int) -> str:
+def _workers_advice(workers: int, read_ahead: int = 0) -> str:
     cpus = os.cpu_count() or 1
     if workers == 0:
+        where = (
+            f"on one thread of the training process, read_ahead={read_ahead} batches ahead of the step"
+            if read_ahead
+            else "in the training process, between steps"
+        )
         return (
-            "num_workers=0: every batch is read in the training process, between steps; with num_workers=2 or more "
-            f"(this machine has {cpus} CPUs) workers read ahead while the model steps"
+            f"num_workers=0: every batch is read {where}; with num_workers=2 or more "
+            f"(this machine has {cpus} CPUs) workers read ahead in processes of their own while the model steps"
         )
     return (
         f"num_workers={workers}: more workers read more batches ahead (this machine has {cpus} CPUs; each worker "

@@ -261,6 +261,7 @@ class DataOptions:
     persistent_workers: bool = True
     pin_memory: bool = False
     prefetch_factor: int | None = None
+    read_ahead: int = 2
     block_size: int = DEFAULT_BLOCK_SIZE
     window_blocks: int = DEFAULT_WINDOW_BLOCKS
     resume: Literal["exact", "fresh"] = "exact"
@@ -289,6 +290,7 @@ class DataOptions:
             "persistent_workers": as_bool("persistent_workers", self.persistent_workers),
             "pin_memory": as_bool("pin_memory", self.pin_memory),
             "prefetch_factor": as_optional_int("prefetch_factor", self.prefetch_factor, minimum=1),
+            "read_ahead": as_int("read_ahead", self.read_ahead, minimum=0),
             "block_size": as_rows("block_size", self.block_size),
             "window_blocks": as_int("window_blocks", self.window_blocks, minimum=1),
             "resume": as_choice("resume", self.resume, RESUMES),

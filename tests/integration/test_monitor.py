@@ -83,9 +83,10 @@ def fit(tmp_path, dm, model, monitor, **kwargs) -> list[LoaderBottleneckWarning]
 
 def test_a_slow_transform_is_logged_and_warned_once_with_what_to_change(make_table, tmp_path, caplog):
     uri, _ = make_table("toy", 400)  # train: 320 rows = 10 batches of 32
-    # read from the table (staging='off'): the read path this test describes; a staged read is near free
+    # read from the table (staging='off'): the read path this test describes; a staged read is near free.
+    # read_ahead=0: each batch read when the step asks (read ahead, the first steps find theirs ready)
     dm = LanceDataModule(
-        uri, "toy", columns=["id", "x", "y"], batch_size=32, transform=sleepy_transform, staging="off"
+        uri, "toy", columns=["id", "x", "y"], batch_size=32, transform=sleepy_transform, staging="off", read_ahead=0
     )
     monitor = LoaderMonitor(threshold=0.5, warn_after_steps=4)
     with caplog.at_level(logging.INFO):

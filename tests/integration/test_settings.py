@@ -126,6 +126,7 @@ INTEGER_SETTINGS = {
     "memory_budget_bytes": 10**6,
     "cache_max_bytes": 10**6,
     "prefetch_factor": 2,
+    "read_ahead": 3,
     "version": 1,
 }
 

@@ -53,6 +53,7 @@ def main(uri: str, table: str, out: str) -> None:
     dm = LanceDataModule(
         uri, table, columns=["id", "x", "y"], splits={"train": 151, "val": 33, "test": 19}, batch_size=8, seed=7,
         transform=slow_on_rank_1,
+        read_ahead=0,  # each batch read when its step asks: the waits this test compares are the reads'
     )  # fmt: skip
     monitor = LoaderMonitor(threshold=0.5, warn_after_steps=4)
     trainer = pl.Trainer(
