@@ -118,13 +118,18 @@ class _Run:
     world_size: int = 1
     checked: bool = False
     streamer: BackgroundColumnWriter | None = None  # one rank, pylance: data files written during the loop
-    shared: bool = False  # more ranks, pylance: each tried to write its share of the data files after the loop
-    share_plan: FragmentPlan | None = None  # ... with this plan
+    share_plan: FragmentPlan | None = None  # more ranks, new columns: the plan of the shares written after the loop
     new_table_uri: str | None = None  # a new table, pylance: the dataset every rank writes into
     table_writer: NewTableWriter | None = None  # ... during the loop, from the first batch on
 
     def batch_rows(self, start: int, stop: int) -> BatchRows:
         return BatchRows(self.rows, self.order, start, stop, self.num_rows)
+
+    @property
+    def shared(self) -> bool:
+        """More ranks adding columns with pylance: after the loop each rank writes its share of the
+        new data files (``LancePredictionWriter._write_share``)."""
+        return self.world_size > 1 and self.target.table is None and lance_module() is not None
 
 
 @dataclass(frozen=True)
@@ -408,8 +413,7 @@ class LancePredictionWriter(BasePredictionWriter):
             self._abort(run)
             raise
         trainer.strategy.barrier("lance_prediction_writer_staged")
-        if run.world_size > 1 and run.target.table is None and lance_module() is not None:
-            run.shared = True
+        if run.shared:
             self._write_share(run, trainer.global_rank)  # every rank at once; never raises: rank 0 reads the outcome
             trainer.strategy.barrier("lance_prediction_writer_shares")
         outcome: dict[str, Any]
@@ -534,9 +538,8 @@ def _share_file(directory: Path, rank: int) -> Path:
 
 def _collect_shares(directory: Path, world_size: int) -> tuple[dict[int, Any], int, list[int]] | None:
     """Every rank's data files by fragment, the rows they hold, and how many files each rank
-    wrote; None when no rank could add
-    the columns fragment by fragment (the same reason on every rank: the table is rewritten).
-    Raises the first rank's error."""
+    wrote; None when no rank could add the columns fragment by fragment (the same reason on every
+    rank: the table is rewritten). Raises the first rank's error."""
     outcomes = [
         json.loads(rank_record(directory, rank, _share_file(directory, rank), "record of its data files"))
         for rank in range(world_size)

@@ -57,12 +57,14 @@ def files_list(directory: Path, rank: int) -> Path:
     return directory / f"data-files-{rank:05d}.txt"
 
 
+def read_list(listed: Path) -> list[str]:
+    """The data files one list names (none when it does not exist)."""
+    return [p for p in listed.read_text().splitlines() if p] if listed.exists() else []
+
+
 def listed_files(directory: Path) -> list[str]:
     """Every data file the ranks of a run listed in ``directory``."""
-    paths: list[str] = []
-    for listed in sorted(directory.glob("data-files*.txt")):
-        paths += [p for p in listed.read_text().splitlines() if p]
-    return paths
+    return [path for listed in sorted(directory.glob("data-files*.txt")) for path in read_list(listed)]
 
 
 def lance_module() -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from .source import TableSource
-from .writer_fragments import QUEUE_BATCHES, files_list, listed_files, remove_files
+from .writer_fragments import QUEUE_BATCHES, files_list, listed_files, read_list, remove_files
 from .writer_stage import KEY_ROWID, PredictionWriteError
 
 CREATING = "creating.json"
@@ -207,9 +207,8 @@ class NewTableWriter:
             self._error = self._error or PredictionWriteError("aborted")
             self._queue.put(_END)
             self._thread.join()
-        listed = files_list(self.directory, self.rank)  # this rank's files (the others' are theirs to remove)
-        if listed.exists():
-            remove_files([p for p in listed.read_text().splitlines() if p], self.storage_options)
+        # this rank's files (the others' are theirs to remove)
+        remove_files(read_list(files_list(self.directory, self.rank)), self.storage_options)
 
 
 def _listing(path: Path, uri: str) -> Any:
