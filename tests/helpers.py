@@ -53,3 +53,17 @@ class SaveThenStop(pl.Callback):
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
             raise Preempted
+
+
+def quiet_trainer(tmp_path, **settings) -> pl.Trainer:
+    """A CPU Trainer writing under ``tmp_path``, without logger, checkpoints, progress bar or model
+    summary; ``settings`` add to these or replace them."""
+    quiet = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return pl.Trainer(**{**quiet, **settings})

@@ -19,7 +19,7 @@ import pytest
 from lance_lightning import LanceDataModule, LanceSourceError
 from lance_lightning.reads import TableChangedError
 from tests.conftest import toy_table
-from tests.helpers import Preempted, Recorder, SaveThenStop
+from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
 
 
 def fragmented(make_table, rows: int = 400, pieces: int = 4):
@@ -32,17 +32,7 @@ def fragmented(make_table, rows: int = 400, pieces: int = 4):
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0, **kwargs)
 
 
 class ChangeTableAt(pl.Callback):

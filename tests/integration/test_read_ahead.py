@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lance_lightning import LanceDataModule
-from tests.helpers import Preempted, Recorder, SaveThenStop
+from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
 
 THREAD = "lance-lightning-loader-read-ahead"
 
@@ -39,17 +39,7 @@ class FailsAt:
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    options = dict(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(**(options | kwargs))
+    return quiet_trainer(tmp_path, **{"max_epochs": 2, "num_sanity_val_steps": 0, **kwargs})
 
 
 def datamodule(uri: str, **kwargs) -> LanceDataModule:

@@ -8,20 +8,11 @@ import torch
 
 from lance_lightning import LanceDataModule
 from tests.conftest import toy_table
-from tests.helpers import Preempted, Recorder, SaveThenStop
+from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    kwargs = {"max_epochs": 2, "enable_checkpointing": False, **kwargs}
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, limit_val_batches=0, **{"max_epochs": 2, **kwargs})
 
 
 def datamodule(uri: str, **kwargs) -> LanceDataModule:

@@ -25,7 +25,7 @@ from lance_lightning import LanceBatchDataset, LanceDataModule, LanceSourceError
 from lance_lightning.dataset import StagedBatchDataset
 from lance_lightning.stage import StageBudgetError, ensure_stage
 from tests.conftest import toy_table
-from tests.helpers import Preempted, SaveThenStop
+from tests.helpers import Preempted, SaveThenStop, quiet_trainer
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -136,16 +136,7 @@ class Recorder(pl.LightningModule):
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **{"max_epochs": 1, **kwargs})
 
 
 def datamodule(uri, s3, **kwargs) -> LanceDataModule:

@@ -28,7 +28,7 @@ from lance_lightning.dataset import StagedBatchDataset
 from lance_lightning.stage import StageBudgetError, StageWarning, release_stage
 from tests import helpers
 from tests.conftest import toy_table
-from tests.helpers import Preempted, SaveThenStop
+from tests.helpers import Preempted, SaveThenStop, quiet_trainer
 
 COLUMNS = ["id", "x", "y"]
 
@@ -51,17 +51,7 @@ class Recorder(helpers.Recorder):
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    settings = dict(
-        accelerator="cpu",
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    return pl.Trainer(**{**settings, **kwargs})
+    return quiet_trainer(tmp_path, **{"max_epochs": 3, "num_sanity_val_steps": 0, **kwargs})
 
 
 def datamodule(uri: str, **kwargs) -> LanceDataModule:
