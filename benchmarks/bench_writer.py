@@ -52,21 +52,32 @@ DIM = 128
 MODES = ("predict only", "new columns", "new table")
 
 
+def reusable(uri: str, name: str, rows: int) -> bool:
+    """Whether benchmark table ``name`` is there as made, with ``rows`` rows; one that is not (a
+    run stopped before restoring leaves the predictions' column) is dropped, to be made again."""
+    import lancedb
+
+    from lance_lightning.source import list_table_names
+
+    db = lancedb.connect(uri)
+    if name not in list_table_names(db):
+        return False
+    table = db.open_table(name)
+    if table.count_rows() == rows and table.schema.names == ["id", "emb", "label", "text"]:
+        return True
+    db.drop_table(name)
+    return False
+
+
 def ensure_table(uri: str, rows: int) -> str:
     import lancedb
     import numpy as np
     import pyarrow as pa
 
-    from lance_lightning.source import list_table_names
-
     name = f"writer_{rows}"
+    if reusable(uri, name, rows):
+        return name
     db = lancedb.connect(uri)
-    if name in list_table_names(db):
-        table = db.open_table(name)
-        # a run stopped before restoring leaves the predictions' column: made again
-        if table.count_rows() == rows and table.schema.names == ["id", "emb", "label", "text"]:
-            return name
-        db.drop_table(name)
     rng = np.random.default_rng(0)
 
     def batches():

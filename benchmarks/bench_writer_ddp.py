@@ -88,18 +88,11 @@ def run_once(uri: str, name: str, mode: str) -> None:
 def ensure_fragmented(uri: str, name: str, rows: int, fragments: int) -> str:
     """A copy of table ``name`` in ``fragments`` fragments of about equal size."""
     import lance
-    import lancedb
-
-    from lance_lightning.source import list_table_names
+    from bench_writer import reusable
 
     copy = f"{name}_f{fragments}"
-    db = lancedb.connect(uri)
-    if copy in list_table_names(db):
-        table = db.open_table(copy)
-        # a run stopped before restoring leaves the predictions' column: made again
-        if table.count_rows() == rows and table.schema.names == ["id", "emb", "label", "text"]:
-            return copy
-        db.drop_table(copy)
+    if reusable(uri, copy, rows):
+        return copy
     source = lance.dataset(f"{uri}/{name}.lance")
     lance.write_dataset(
         source.scanner(batch_size=65536).to_reader(), f"{uri}/{copy}.lance", max_rows_per_file=-(-rows // fragments)
