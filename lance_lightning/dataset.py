@@ -296,6 +296,9 @@ class StagedBatchDataset(BatchReader):
         self.num_rows = len(rows)
         self.transform = resolve_transform(transform)
         self.nulls = nulls
+        self.slots: Any = None
+        """Set by the loader for forked workers with no transform: the :class:`~.slots.WorkerSlots`
+        their batches are gathered into (reused shared memory instead of fresh)."""
 
     def close(self) -> None:
         """Drop this process's mappings of the stage and its leases (reopened on next use)."""
@@ -304,10 +307,23 @@ class StagedBatchDataset(BatchReader):
         release_stage(self.staged.path)
         self.staged.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "slots": None}  # slots reach only forked workers, which inherit them
+
     def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
-        if isinstance(index, BatchGroup):
-            if not len(index):
-                return BatchGroup()
-            rows = self.staged.take_into_tensors(np.concatenate(index), nulls=self.nulls)
-            return split_group(rows, [len(b) for b in index], self._finish)
-        return self._finish(self.staged.take_into_tensors(np.asarray(index, dtype=np.int64), nulls=self.nulls))
+        group = isinstance(index, BatchGroup)
+        if group and not len(index):
+            return BatchGroup()
+        positions = np.concatenate(index) if group else np.asarray(index, dtype=np.int64)
+        sizes = [len(b) for b in index] if group else None
+        if self.slots is not None and self.transform is None and (worker := get_worker_info()) is not None:
+            from .slots import gather_into_slot
+
+            def gather(allocate: Any) -> dict[str, Any]:
+                return self.staged.take_into_tensors(positions, nulls=self.nulls, allocate=allocate)
+
+            handed = gather_into_slot(self.slots, worker.id, gather, sizes)
+            if handed is not None:
+                return handed
+        rows = self.staged.take_into_tensors(positions, nulls=self.nulls)
+        return split_group(rows, sizes, self._finish) if sizes is not None else self._finish(rows)

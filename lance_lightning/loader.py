@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from .dataset import BatchGroup, LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
+from .slots import ALIGN, WorkerSlots, taken
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
 
@@ -29,6 +30,9 @@ FORKSERVER_PRELOAD = ("__main__", "lance_lightning.dataset", "lance_lightning.st
 importing it afresh: the readers (torch, numpy, pyarrow) and the user's script (``__main__``: a
 worker then does not import it again, nor the Lightning and Hydra it imports). lancedb is left out:
 a worker reading a stage never needs it, and one reading the table imports it after the fork."""
+SPARE_SLOTS = 2
+"""Batch slots a worker has beyond the loader's prefetch depth (what the training process may
+still hold while it copies out or steps)."""
 
 
 def start_forkserver() -> None:
@@ -116,6 +120,7 @@ class LanceDataLoader(DataLoader):
         context = self.multiprocessing_context
         if not self.num_workers or context is None or context.get_start_method() != "fork":
             return super()._get_iterator()
+        slots = self._worker_slots()
         gc.freeze()
         try:
             with warnings.catch_warnings():
@@ -123,15 +128,36 @@ class LanceDataLoader(DataLoader):
                 # workers never call them, which is why they fork (worker_start_method)
                 warnings.filterwarnings("ignore", message="lance is not fork-safe")
                 warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
-                return super()._get_iterator()
+                iterator = super()._get_iterator()
         finally:
             gc.unfreeze()
+        iterator._lance_slots = slots  # the slots live as long as the workers that write them
+        return iterator
+
+    def _worker_slots(self) -> WorkerSlots | None:
+        """Batch slots for the workers about to fork (:mod:`.slots`), set on a staged dataset with
+        no transform; None (and none set) otherwise."""
+        dataset = self.dataset
+        if not isinstance(dataset, StagedBatchDataset):
+            return None
+        dataset.slots = None
+        if dataset.transform is not None:
+            return None
+        rows = getattr(self.sampler, "batch_size", 0) * getattr(self.sampler, "group_batches", 1)
+        row_bytes = dataset.staged.flat_row_bytes()
+        if not rows or not row_bytes:
+            return None
+        slot_bytes = rows * row_bytes + ALIGN * len(dataset.staged.schema)
+        dataset.slots = WorkerSlots(
+            self.num_workers, slots=(self.prefetch_factor or 2) + SPARE_SLOTS, slot_bytes=slot_bytes
+        )
+        return dataset.slots
 
     def __iter__(self) -> Any:
         """Batches one by one: a :class:`~.dataset.BatchGroup` read together is handed out whole."""
         items = super().__iter__()
         if self.num_workers:
-            items = _naming_dead_workers(items)
+            items = taken(_naming_dead_workers(items))
         elif self.read_ahead:
             items = _reading_ahead(items, self.read_ahead)
         if getattr(self.sampler, "group_batches", 1) == 1:

@@ -1,0 +1,127 @@
+"""Workers of a staged split hand their batches over through reused shared-memory slots
+(lance_lightning/slots.py): every batch a loop receives is its own, exact, whatever it keeps,
+edits or leaves unread, and a slot is reused only once its batch was copied out or dropped."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lance_lightning import LanceDataModule, loader
+from lance_lightning.dataset import StagedBatchDataset
+from tests.conftest import toy_table
+
+ROWS = 100_000  # 16 batches of 1,024 rows make one hand-over: ~6 of them an epoch
+BATCH = 1024
+
+
+@pytest.fixture(scope="module")
+def table_uri(tmp_path_factory):
+    import lancedb
+
+    uri = str(tmp_path_factory.mktemp("slots") / "db")
+    lancedb.connect(uri).create_table("toy", toy_table(ROWS))
+    return uri
+
+
+@pytest.fixture(scope="module")
+def expected_x():
+    x = toy_table(ROWS).column("x").combine_chunks().flatten().to_numpy()
+    return x.reshape(ROWS, -1)
+
+
+def staged(uri: str, **kwargs) -> LanceDataModule:
+    settings = {"columns": ["id", "x", "y"], "batch_size": BATCH, "seed": 3, "splits": {"train": 1.0}}
+    dm = LanceDataModule(uri, "toy", **{**settings, **kwargs})
+    dm.setup("fit")
+    assert isinstance(dm.datasets["train"], StagedBatchDataset)
+    return dm
+
+
+def epoch(dm: LanceDataModule, number: int, loader_=None) -> list[dict[str, torch.Tensor]]:
+    dm.samplers["train"].set_epoch(number)
+    return list(loader_ if loader_ is not None else dm.train_dataloader())
+
+
+def check_rows(batches: list[dict[str, torch.Tensor]], expected_x: np.ndarray) -> list[int]:
+    ids = []
+    for batch in batches:
+        got = batch["id"].numpy()
+        np.testing.assert_array_equal(batch["x"].numpy(), expected_x[got])
+        np.testing.assert_array_equal(batch["y"].numpy(), got % 3)
+        ids.extend(got.tolist())
+    return ids
+
+
+def slot_flags(train_loader) -> list[int]:
+    slots = train_loader._iterator._lance_slots
+    return [int(ring.busy.sum()) for ring in slots.rings]
+
+
+def test_kept_batches_stay_exact_while_the_slots_are_reused(table_uri, expected_x):
+    """Two epochs' batches, every one kept until the end: each still holds its own rows (a slot
+    reused for a later batch never shows through), in the same order as without workers."""
+    reference = staged(table_uri)
+    want = [epoch(reference, n) for n in range(2)]
+    dm = staged(table_uri, num_workers=2, persistent_workers=True)
+    train = dm.train_dataloader()
+    kept = [epoch(dm, n, train) for n in range(2)]
+    assert train._iterator._lance_slots is not None
+    for n in range(2):
+        assert [b["id"].tolist() for b in kept[n]] == [b["id"].tolist() for b in want[n]]
+        assert sorted(check_rows(kept[n], expected_x)) == list(range(ROWS))
+        # copied out of the slots: the training process's own memory, not a worker's
+        assert not any(t.is_shared() for b in kept[n] for t in b.values())
+    assert slot_flags(train) == [0, 0]  # every slot free once its batch was taken
+
+
+def test_a_loop_stopped_early_frees_the_slots_of_batches_it_never_read(table_uri, expected_x):
+    dm = staged(table_uri, num_workers=2, persistent_workers=True)
+    train = dm.train_dataloader()
+    dm.samplers["train"].set_epoch(0)
+    for i, _batch in enumerate(train):
+        if i == 2:
+            break  # the workers have more hand-overs in flight
+    full = epoch(dm, 1, train)  # the persistent workers drop what the stopped epoch left unread
+    gc.collect()
+    assert sorted(check_rows(full, expected_x)) == list(range(ROWS))
+    assert slot_flags(train) == [0, 0]
+
+
+def test_with_every_slot_busy_a_worker_hands_over_fresh_shared_memory(table_uri, expected_x, monkeypatch):
+    """One slot a worker and a slow loop: the worker's next hand-over finds its slot still held and
+    goes the old way (fresh shared memory). Both kinds arrive exact, in order."""
+    monkeypatch.setattr(loader, "SPARE_SLOTS", -1)  # prefetch_factor 2 - 1: one slot a worker
+    reference = staged(table_uri)
+    want = [b["id"].tolist() for b in epoch(reference, 0)]
+    dm = staged(table_uri, num_workers=2)
+    dm.samplers["train"].set_epoch(0)
+    got = []
+    for batch in dm.train_dataloader():
+        got.append(batch)
+        time.sleep(0.02)  # the step: the workers fill their slot and wait
+    assert [b["id"].tolist() for b in got] == want
+    assert sorted(check_rows(got, expected_x)) == list(range(ROWS))
+    shared = [all(t.is_shared() for t in b.values()) for b in got]
+    assert any(shared) and not all(shared), "expected batches through a slot and batches past busy slots"
+
+
+def double_x(batch):
+    batch["x"] = batch["x"] * 2
+    return batch
+
+
+def test_a_transform_runs_without_slots(table_uri, expected_x):
+    """A transform may return a view of its input, which a reused slot would overwrite: with one,
+    the workers hand over fresh shared memory, and the loader makes no slots."""
+    dm = staged(table_uri, num_workers=2, transform=double_x)
+    train = dm.train_dataloader()
+    batches = epoch(dm, 0, train)
+    assert train._iterator._lance_slots is None
+    assert all(t.is_shared() for b in batches for t in b.values())
+    for batch in batches:
+        np.testing.assert_array_equal(batch["x"].numpy(), 2 * expected_x[batch["id"].numpy()])

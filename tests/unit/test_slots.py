@@ -1,0 +1,57 @@
+"""The slot bookkeeping of lance_lightning/slots.py, in one process: slots are handed out once
+until freed, and a slot's columns never overlap or run past its end."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from lance_lightning.slots import ALIGN, InSlot, SlotBatch, SlotWriter, WorkerSlots
+
+
+def test_a_slot_is_handed_out_once_until_it_is_freed():
+    ring = WorkerSlots(1, slots=3, slot_bytes=64).ring(0)
+    taken = [ring.acquire() for _ in range(3)]
+    assert sorted(taken) == [0, 1, 2]
+    assert ring.acquire() is None  # every slot busy: the worker falls back to fresh memory
+    ring.release(1, worker=0)
+    assert ring.acquire() == 1
+    assert ring.acquire() is None
+
+
+@pytest.mark.parametrize("shapes", [[(10, 3)], [(1,), (7, 5), (3,)], [(100, 4)], [(0, 4), (2, 2)]])
+def test_columns_of_a_slot_are_aligned_apart_and_within_it(shapes):
+    slot_bytes = 1024
+    ring = WorkerSlots(1, slots=2, slot_bytes=slot_bytes).ring(0)
+    writer = SlotWriter(ring, 1)
+    spans = []
+    for shape in shapes:
+        array = writer.allocate(np.dtype(np.float32), shape)
+        need = int(np.prod(shape)) * 4
+        place = writer.place_of(array)
+        if array is None:  # no room left: the column goes to a new tensor
+            assert spans and spans[-1][1] + need > slot_bytes or need > slot_bytes
+            continue
+        assert array.shape == tuple(shape) and place.offset % ALIGN == 0
+        assert place.offset + need <= slot_bytes
+        spans.append((place.offset, place.offset + need))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def test_a_batch_is_freed_where_it_is_received_not_where_it_is_made():
+    slots = WorkerSlots(1, slots=1, slot_bytes=64)
+    ring = slots.ring(0)
+    slot = ring.acquire()
+    ring.array(slot, InSlot(0, "<i8", (4,)))[:] = [1, 2, 3, 4]
+    made = SlotBatch(slots.token, 0, slot, {"id": InSlot(0, "<i8", (4,))}, None)
+    received = pickle.loads(pickle.dumps(made))
+    del made  # the worker's object: dropping it frees nothing
+    assert ring.acquire() is None
+    assert received.take()["id"].tolist() == [1, 2, 3, 4]
+    assert ring.acquire() == slot  # taken: free again
+    ring.release(slot, worker=0)
+    dropped = pickle.loads(pickle.dumps(SlotBatch(slots.token, 0, ring.acquire(), {}, None)))
+    del dropped  # received and never taken: freed
+    assert ring.acquire() == slot
