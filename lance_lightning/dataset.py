@@ -15,6 +15,7 @@ nothing of lancedb's runtime crosses a ``fork``.
 from __future__ import annotations
 
 import importlib
+import multiprocessing.context
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -297,8 +298,8 @@ class StagedBatchDataset(BatchReader):
         self.transform = resolve_transform(transform)
         self.nulls = nulls
         self.slots: Any = None
-        """Set by the loader for forked workers with no transform: the :class:`~.slots.WorkerSlots`
-        their batches are gathered into (reused shared memory instead of fresh)."""
+        """Set by the loader for workers with no transform: the :class:`~.slots.WorkerSlots` their
+        batches are gathered into (reused shared memory instead of fresh)."""
 
     def close(self) -> None:
         """Drop this process's mappings of the stage and its leases (reopened on next use)."""
@@ -308,7 +309,9 @@ class StagedBatchDataset(BatchReader):
         self.staged.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "slots": None}  # slots reach only forked workers, which inherit them
+        # the slots go to the workers being started, never into another pickle (their locks cannot)
+        spawning = multiprocessing.context.get_spawning_popen() is not None
+        return {**self.__dict__, "slots": self.slots if spawning else None}
 
     def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
         group = isinstance(index, BatchGroup)

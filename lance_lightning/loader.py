@@ -115,27 +115,31 @@ class LanceDataLoader(DataLoader):
         return None
 
     def _get_iterator(self) -> Any:
-        """Start the workers; forked ones with every inherited object frozen out of their garbage
-        collector (``gc.freeze``), so that a worker never finalises its parent's lancedb handles."""
-        context = self.multiprocessing_context
-        if not self.num_workers or context is None or context.get_start_method() != "fork":
+        """Start the workers, with batch slots where they read a stage (:meth:`_worker_slots`);
+        forked ones with every inherited object frozen out of their garbage collector
+        (``gc.freeze``), so that a worker never finalises its parent's lancedb handles."""
+        if not self.num_workers:
             return super()._get_iterator()
         slots = self._worker_slots()
-        gc.freeze()
-        try:
-            with warnings.catch_warnings():
-                # lance and lancedb warn at every fork (the workers inherit these filters): these
-                # workers never call them, which is why they fork (worker_start_method)
-                warnings.filterwarnings("ignore", message="lance is not fork-safe")
-                warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
-                iterator = super()._get_iterator()
-        finally:
-            gc.unfreeze()
+        context = self.multiprocessing_context
+        if context is None or context.get_start_method() != "fork":
+            iterator = super()._get_iterator()
+        else:
+            gc.freeze()
+            try:
+                with warnings.catch_warnings():
+                    # lance and lancedb warn at every fork (the workers inherit these filters): these
+                    # workers never call them, which is why they fork (worker_start_method)
+                    warnings.filterwarnings("ignore", message="lance is not fork-safe")
+                    warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+                    iterator = super()._get_iterator()
+            finally:
+                gc.unfreeze()
         iterator._lance_slots = slots  # the slots live as long as the workers that write them
         return iterator
 
     def _worker_slots(self) -> WorkerSlots | None:
-        """Batch slots for the workers about to fork (:mod:`.slots`), set on a staged dataset with
+        """Batch slots for the workers about to start (:mod:`.slots`), set on a staged dataset with
         no transform; None (and none set) otherwise."""
         dataset = self.dataset
         if not isinstance(dataset, StagedBatchDataset):
@@ -149,7 +153,10 @@ class LanceDataLoader(DataLoader):
             return None
         slot_bytes = rows * row_bytes + ALIGN * len(dataset.staged.schema)
         dataset.slots = WorkerSlots(
-            self.num_workers, slots=(self.prefetch_factor or 2) + SPARE_SLOTS, slot_bytes=slot_bytes
+            self.num_workers,
+            slots=(self.prefetch_factor or 2) + SPARE_SLOTS,
+            slot_bytes=slot_bytes,
+            context=self.multiprocessing_context,
         )
         return dataset.slots
 

@@ -16,15 +16,14 @@ also order the copy before the worker's next write into that slot on any CPU. A 
 no free slot (the training process holds batches longer than the prefetch depth) gathers into
 fresh shared memory as before: slower, never wrong.
 
-Only forked workers get slots (the block is inherited at the fork), and only with no user
-transform: a transform could return a view of a slot, which the worker would later overwrite.
+Workers get slots only with no user transform: a transform could return a view of a slot, which
+the worker would later overwrite.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import mmap
 import multiprocessing
 import weakref
 from collections.abc import Callable
@@ -58,11 +57,23 @@ class SlotRing:
 
     def __init__(self, count: int, slot_bytes: int, lock: Any) -> None:
         self.count, self.slot_bytes = count, slot_bytes
-        self.block = mmap.mmap(-1, count * slot_bytes)  # MAP_SHARED | MAP_ANONYMOUS: shared with forked children
-        self._flags = mmap.mmap(-1, count)
-        self.busy = np.frombuffer(self._flags, dtype=np.uint8)
+        # torch's shared memory: inherited by a forked worker, passed (as a file descriptor) to a
+        # spawned or forkserver one with the dataset
+        self._block = torch.empty(count * slot_bytes, dtype=torch.uint8).share_memory_()
+        self._flags = torch.zeros(count, dtype=torch.uint8).share_memory_()
         self.lock = lock
         self._next = 0
+        self._views()
+
+    def _views(self) -> None:
+        self.block, self.busy = self._block.numpy(), self._flags.numpy()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("block", "busy")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._views()
 
     def acquire(self) -> int | None:
         """A free slot, now marked busy (in a worker); None when every slot is busy."""
@@ -94,19 +105,22 @@ class SlotRing:
     def array(self, slot: int, place: InSlot) -> np.ndarray:
         """The region ``place`` of ``slot`` as an array (a view of the shared block)."""
         dtype = np.dtype(place.dtype)
-        count = int(np.prod(place.shape, dtype=np.int64))
-        flat = np.frombuffer(self.block, dtype=dtype, count=count, offset=slot * self.slot_bytes + place.offset)
-        return flat.reshape(place.shape)
+        start = slot * self.slot_bytes + place.offset
+        nbytes = int(np.prod(place.shape, dtype=np.int64)) * dtype.itemsize
+        return self.block[start : start + nbytes].view(dtype).reshape(place.shape)
 
 
 class WorkerSlots:
     """The slot rings of one DataLoader iterator's workers (made by the training process before they fork)."""
 
-    def __init__(self, workers: int, *, slots: int, slot_bytes: int) -> None:
-        context = multiprocessing.get_context("fork")
+    def __init__(self, workers: int, *, slots: int, slot_bytes: int, context: Any = None) -> None:
+        context = context or multiprocessing.get_context()
         self.rings = [SlotRing(slots, slot_bytes, context.Lock()) for _ in range(workers)]
         self.token = next(_TOKENS)
         _SETS[self.token] = self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rings": self.rings, "token": self.token}  # pickled only to start a worker
 
     def ring(self, worker: int) -> SlotRing | None:
         return self.rings[worker] if 0 <= worker < len(self.rings) else None

@@ -62,12 +62,14 @@ def slot_flags(train_loader) -> list[int]:
     return [int(ring.busy.sum()) for ring in slots.rings]
 
 
-def test_kept_batches_stay_exact_while_the_slots_are_reused(table_uri, expected_x):
+@pytest.mark.parametrize("context", [None, "forkserver"], ids=["fork", "forkserver"])
+def test_kept_batches_stay_exact_while_the_slots_are_reused(table_uri, expected_x, context):
     """Two epochs' batches, every one kept until the end: each still holds its own rows (a slot
-    reused for a later batch never shows through), in the same order as without workers."""
+    reused for a later batch never shows through), in the same order as without workers. Forked
+    workers inherit the slots; fork-server ones receive them with the dataset."""
     reference = staged(table_uri)
     want = [epoch(reference, n) for n in range(2)]
-    dm = staged(table_uri, num_workers=2, persistent_workers=True)
+    dm = staged(table_uri, num_workers=2, persistent_workers=True, multiprocessing_context=context)
     train = dm.train_dataloader()
     kept = [epoch(dm, n, train) for n in range(2)]
     assert train._iterator._lance_slots is not None
