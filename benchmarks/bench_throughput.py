@@ -271,6 +271,7 @@ def reader_datamodule(
     staging: str = "auto",
     in_memory: bool = False,
     multiprocessing_context: str | None = None,
+    read_ahead: int = 2,
 ) -> Reader:
     from lance_lightning.dataset import StagedBatchDataset
 
@@ -288,6 +289,7 @@ def reader_datamodule(
         staging=staging,
         in_memory=in_memory,
         multiprocessing_context=multiprocessing_context,
+        read_ahead=read_ahead,
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -393,6 +395,13 @@ SPECS: list[Spec] = [
     *(
         Spec(f"default-w{w}", "LanceDataModule default (`uniform`, staged)", w, _dm("uniform", w), staged=True)
         for w in (0, 2)
+    ),
+    Spec(
+        "default-w0-no-read-ahead",
+        "LanceDataModule default, `read_ahead=0` (each batch read when the loop asks)",
+        0,
+        _dm("uniform", 0, read_ahead=0),
+        staged=True,
     ),
     Spec(
         "default-w2-forkserver",
