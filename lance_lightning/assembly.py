@@ -263,12 +263,23 @@ def build_reader(
     return table_reader(options, split, columns=columns, transform=transform, table=table, scan_ids=scan_ids)
 
 
-def group_batches(options: DataOptions, order: str, batch_size: int, *, staged: bool = False) -> int:
+STAGED_HANDOVER_BYTES = 16 * 2**20
+"""The most a worker reading a stage gathers for one hand-over (several batches together), unless
+one batch is larger: 16k rows of 520 B fit; rows of an image each are handed over a batch at a time."""
+
+
+def group_batches(
+    options: DataOptions, order: str, batch_size: int, *, staged: bool = False, row_bytes: int = 0
+) -> int:
     """Consecutive batches a worker reads together: what the order says (a block window, ~16k
     sequential rows, one scattered batch); from a stage, with workers, ~16k rows a hand-over (one
-    shared-memory block, not one a batch)."""
+    shared-memory block, not one a batch), fewer where rows of ``row_bytes`` would make that more
+    than :data:`STAGED_HANDOVER_BYTES`."""
     if staged:
-        return 1 if not options.num_workers else max(1, SEQUENTIAL_READ_ROWS // batch_size)
+        if not options.num_workers:
+            return 1
+        rows = SEQUENTIAL_READ_ROWS if row_bytes <= 0 else min(SEQUENTIAL_READ_ROWS, STAGED_HANDOVER_BYTES // row_bytes)
+        return max(1, rows // batch_size)
     return get_order(order).group_batches(
         batch_size, block_size=options.block_size, window_blocks=options.window_blocks
     )
@@ -284,9 +295,11 @@ def build_sampler(
     position: TrainPosition | None,
     overfitting: bool = False,
     staged: bool = False,
+    row_bytes: int = 0,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
-    ``none`` or the trainer overfits batches) following ``position``; the others in table order."""
+    ``none`` or the trainer overfits batches) following ``position``; the others in table order.
+    ``row_bytes``: a staged split's bytes a row (bounds what a worker hands over at once)."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
     order = "none" if ordered else options.shuffle
@@ -303,7 +316,7 @@ def build_sampler(
         even=training,
         block_size=options.block_size,
         window_blocks=options.window_blocks,
-        group_batches=group_batches(options, order, batch_size, staged=staged),
+        group_batches=group_batches(options, order, batch_size, staged=staged, row_bytes=row_bytes),
         position=position if training else None,
     )
 

@@ -260,6 +260,8 @@ class LanceDataModule(pl.LightningDataModule):
             scan_ids=scan_ids,
         )
         trainer = self._trainer()
+        reader = self.datasets[stage]
+        staged = isinstance(reader, StagedBatchDataset)
         self.samplers[stage] = assembly.build_sampler(
             self.options,
             stage,
@@ -268,7 +270,8 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             position=self.position,
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
-            staged=isinstance(self.datasets[stage], StagedBatchDataset),
+            staged=staged,
+            row_bytes=reader.staged.nbytes // max(1, reader.num_rows) if staged else 0,
         )
         if stage == "train":
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)

@@ -22,6 +22,7 @@ from .dataset import BatchGroup, LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
 from .slots import ALIGN, WorkerSlots, taken
+from .slots import BUDGET_BYTES as SLOT_BUDGET_BYTES
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
 
@@ -152,11 +153,11 @@ class LanceDataLoader(DataLoader):
         if not rows or not row_bytes:
             return None
         slot_bytes = rows * row_bytes + ALIGN * len(dataset.staged.schema)
+        count = slot_count(self.num_workers, self.prefetch_factor or 2, slot_bytes)
+        if not count:
+            return None
         dataset.slots = WorkerSlots(
-            self.num_workers,
-            slots=(self.prefetch_factor or 2) + SPARE_SLOTS,
-            slot_bytes=slot_bytes,
-            context=self.multiprocessing_context,
+            self.num_workers, slots=count, slot_bytes=slot_bytes, context=self.multiprocessing_context
         )
         return dataset.slots
 
@@ -170,6 +171,12 @@ class LanceDataLoader(DataLoader):
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def slot_count(workers: int, prefetch: int, slot_bytes: int, *, budget: int = SLOT_BUDGET_BYTES) -> int:
+    """Slots a worker gets: its prefetch depth and :data:`SPARE_SLOTS` more, fewer where
+    ``workers`` times that many would take more than ``budget`` bytes (0: not even one each)."""
+    return max(0, min(prefetch + SPARE_SLOTS, budget // max(1, workers * slot_bytes)))
 
 
 def _reading_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:

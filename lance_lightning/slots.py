@@ -35,6 +35,9 @@ import torch
 
 ALIGN = 64
 """Bytes each column's region in a slot is aligned to (a cache line)."""
+BUDGET_BYTES = 1 << 30
+"""The most shared memory one loader's slots take (all its workers): beyond it a worker has fewer
+slots, or none (it then hands every batch over in fresh shared memory, as without slots)."""
 LOCK_TIMEOUT_S = 10.0
 """How long the training process waits for a worker's slot lock before it names the worker dead."""
 
@@ -58,9 +61,10 @@ class SlotRing:
     def __init__(self, count: int, slot_bytes: int, lock: Any) -> None:
         self.count, self.slot_bytes = count, slot_bytes
         # torch's shared memory: inherited by a forked worker, passed (as a file descriptor) to a
-        # spawned or forkserver one with the dataset
-        self._block = torch.empty(count * slot_bytes, dtype=torch.uint8).share_memory_()
-        self._flags = torch.zeros(count, dtype=torch.uint8).share_memory_()
+        # spawned or forkserver one with the dataset. Made directly as shared storage, so that no page
+        # is touched before a worker writes it (share_memory_() would copy a private tensor in).
+        self._block = _shared_bytes(count * slot_bytes)
+        self._flags = _shared_bytes(count)  # zero-filled, as new shared memory is
         self.lock = lock
         self._next = 0
         self._views()
@@ -108,6 +112,10 @@ class SlotRing:
         start = slot * self.slot_bytes + place.offset
         nbytes = int(np.prod(place.shape, dtype=np.int64)) * dtype.itemsize
         return self.block[start : start + nbytes].view(dtype).reshape(place.shape)
+
+
+def _shared_bytes(nbytes: int) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
 
 
 class WorkerSlots:

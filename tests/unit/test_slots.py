@@ -55,3 +55,19 @@ def test_a_batch_is_freed_where_it_is_received_not_where_it_is_made():
     dropped = pickle.loads(pickle.dumps(SlotBatch(slots.token, 0, ring.acquire(), {}, None)))
     del dropped  # received and never taken: freed
     assert ring.acquire() == slot
+
+
+@pytest.mark.parametrize("workers", [1, 2, 8])
+@pytest.mark.parametrize("slot_bytes", [1, 8 << 20, 300 << 20, 2 << 30])
+@pytest.mark.parametrize("prefetch", [1, 2, 4])
+def test_slots_stay_within_their_budget(workers, slot_bytes, prefetch):
+    from lance_lightning.loader import SPARE_SLOTS, slot_count
+
+    budget = 1 << 30
+    count = slot_count(workers, prefetch, slot_bytes, budget=budget)
+    assert 0 <= count <= prefetch + SPARE_SLOTS
+    assert workers * count * slot_bytes <= budget
+    if workers * (prefetch + SPARE_SLOTS) * slot_bytes <= budget:
+        assert count == prefetch + SPARE_SLOTS  # room for all: the full count
+    elif workers * slot_bytes <= budget:
+        assert count >= 1  # as many as fit
