@@ -263,26 +263,29 @@ def build_reader(
     return table_reader(options, split, columns=columns, transform=transform, table=table, scan_ids=scan_ids)
 
 
-STAGED_HANDOVER_BYTES = 16 * 2**20
-"""The most a worker reading a stage gathers for one hand-over (several batches together), unless
-one batch is larger: 16k rows of 520 B fit; rows of an image each are handed over a batch at a time."""
+READ_GROUP_BYTES = 64 * 2**20
+"""The most rows that are read together for several batches take (a worker's hand-over, one range
+scan), unless one batch is larger: a block window of 32k rows of 520 B fits; rows of an image each
+come fewer at a time, so that a group never costs gigabytes of memory."""
 
 
 def group_batches(
     options: DataOptions, order: str, batch_size: int, *, staged: bool = False, row_bytes: int = 0
 ) -> int:
-    """Consecutive batches a worker reads together: what the order says (a block window, ~16k
-    sequential rows, one scattered batch); from a stage, with workers, ~16k rows a hand-over (one
-    shared-memory block, not one a batch), fewer where rows of ``row_bytes`` would make that more
-    than :data:`STAGED_HANDOVER_BYTES`."""
+    """Consecutive batches read together: what the order says (a block window, ~16k sequential
+    rows, one scattered batch); from a stage, with workers, ~16k rows a hand-over (one
+    shared-memory block, not one a batch). Either way no more than :data:`READ_GROUP_BYTES` of
+    rows of ``row_bytes`` (the batches and their order stay the same: only how many are read at
+    once changes)."""
     if staged:
-        if not options.num_workers:
-            return 1
-        rows = SEQUENTIAL_READ_ROWS if row_bytes <= 0 else min(SEQUENTIAL_READ_ROWS, STAGED_HANDOVER_BYTES // row_bytes)
-        return max(1, rows // batch_size)
-    return get_order(order).group_batches(
-        batch_size, block_size=options.block_size, window_blocks=options.window_blocks
-    )
+        group = 1 if not options.num_workers else max(1, SEQUENTIAL_READ_ROWS // batch_size)
+    else:
+        group = get_order(order).group_batches(
+            batch_size, block_size=options.block_size, window_blocks=options.window_blocks
+        )
+    if row_bytes > 0:
+        group = min(group, max(1, READ_GROUP_BYTES // (row_bytes * batch_size)))
+    return group
 
 
 def build_sampler(
@@ -299,7 +302,7 @@ def build_sampler(
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order.
-    ``row_bytes``: a staged split's bytes a row (bounds what a worker hands over at once)."""
+    ``row_bytes``: the reader's bytes a row (bounds how many batches are read at once)."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
     order = "none" if ordered else options.shuffle

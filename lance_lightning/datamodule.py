@@ -261,7 +261,6 @@ class LanceDataModule(pl.LightningDataModule):
         )
         trainer = self._trainer()
         reader = self.datasets[stage]
-        staged = isinstance(reader, StagedBatchDataset)
         self.samplers[stage] = assembly.build_sampler(
             self.options,
             stage,
@@ -270,8 +269,8 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             position=self.position,
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
-            staged=staged,
-            row_bytes=reader.staged.nbytes // max(1, reader.num_rows) if staged else 0,
+            staged=isinstance(reader, StagedBatchDataset),
+            row_bytes=reader.row_bytes(),
         )
         if stage == "train":
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)

@@ -110,6 +110,10 @@ def offset_map(
     return RowSet.from_sorted(offsets)
 
 
+ROW_BYTES_SAMPLE = 256
+"""Rows a table reader reads at setup to learn how wide its rows are (:meth:`LanceBatchDataset.row_bytes`)."""
+
+
 class BatchGroup(list):
     """Consecutive batches of one rank, read together; the loader hands them out one by one."""
 
@@ -169,6 +173,10 @@ class BatchReader(Dataset):
 
     def __getitem__(self, index: Sequence[int] | np.ndarray) -> Any:
         return self._getitem(index) if self.timing is None else self.timing.load(self._getitem, index)
+
+    def row_bytes(self) -> int:
+        """About how many bytes a row of this split takes once read (0: unknown)."""
+        return 0
 
     def _getitem(self, index: Any) -> Any:
         raise NotImplementedError
@@ -251,6 +259,15 @@ class LanceBatchDataset(BatchReader):
             return self.rows.select(positions).astype(np.int64)
         return self.rows[positions]
 
+    def row_bytes(self, *, sample: int = ROW_BYTES_SAMPLE) -> int:
+        """Bytes a row of the selected columns takes, measured on the split's first ``sample`` rows
+        (one small read): the widths of variable columns (images, text) are only known from data."""
+        count = min(sample, self.num_rows)
+        if not count:
+            return 0
+        taken = self.read_arrow(self.offsets(np.arange(count)))
+        return -(-taken.nbytes // count)
+
     def read_arrow(self, offsets: Sequence[int] | np.ndarray) -> pa.Table:
         """The rows at ``offsets``, in the requested order, in as few reads as possible."""
         unique, inverse = unique_sorted(np.asarray(offsets, dtype=np.int64))
@@ -300,6 +317,9 @@ class StagedBatchDataset(BatchReader):
         self.slots: Any = None
         """Set by the loader for workers with no transform: the :class:`~.slots.WorkerSlots` their
         batches are gathered into (reused shared memory instead of fresh)."""
+
+    def row_bytes(self) -> int:
+        return -(-self.staged.nbytes // max(1, self.num_rows))
 
     def close(self) -> None:
         """Drop this process's mappings of the stage and its leases (reopened on next use)."""

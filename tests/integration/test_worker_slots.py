@@ -129,25 +129,32 @@ def test_a_transform_runs_without_slots(table_uri, expected_x):
         np.testing.assert_array_equal(batch["x"].numpy(), 2 * expected_x[batch["id"].numpy()])
 
 
-def test_wide_rows_are_handed_over_a_few_megabytes_at_a_time(tmp_path):
-    """Rows of 16 KB (an image each, say): a worker hands over at most STAGED_HANDOVER_BYTES at a
-    time instead of 16k rows (256 MB here), and every row still arrives exact."""
+def wide_table(tmp_path, rows: int = 1500, width: int = 16_384) -> tuple[str, np.ndarray]:
+    """Rows of ``width`` float32 (64 KB: an image each, say) and their ``id``."""
     import lancedb
     import pyarrow as pa
 
-    from lance_lightning.assembly import STAGED_HANDOVER_BYTES
-
-    rows, width = 3000, 4096
     values = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
     table = pa.table(
         {"id": np.arange(rows), "pixels": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), width)}
     )
     uri = str(tmp_path / "db")
     lancedb.connect(uri).create_table("wide", table)
+    return uri, values
+
+
+def test_wide_rows_are_handed_over_a_few_megabytes_at_a_time(tmp_path):
+    """Rows of 64 KB (an image each, say): a worker hands over at most READ_GROUP_BYTES at a
+    time instead of 16k rows (1 GB here), and every row still arrives exact."""
+    from lance_lightning.assembly import READ_GROUP_BYTES
+
+    uri, values = wide_table(tmp_path)
+    rows, width = values.shape
     dm = LanceDataModule(uri, "wide", batch_size=64, seed=1, splits={"train": 1.0}, num_workers=2)
     dm.setup("fit")
     sampler = dm.samplers["train"]
-    assert 1 < sampler.group_batches * 64 * width * 4 <= STAGED_HANDOVER_BYTES
+    assert 1 < sampler.group_batches < 1500 // 64  # several hand-overs, of several batches each
+    assert sampler.group_batches * 64 * width * 4 <= READ_GROUP_BYTES
     dm.samplers["train"].set_epoch(0)
     train = dm.train_dataloader()
     seen = []
@@ -157,4 +164,21 @@ def test_wide_rows_are_handed_over_a_few_megabytes_at_a_time(tmp_path):
         seen.extend(ids.tolist())
     assert sorted(seen) == list(range(rows))
     slots = train._iterator._lance_slots
-    assert slots is not None and slots.rings[0].slot_bytes <= STAGED_HANDOVER_BYTES + 4096
+    assert slots is not None and slots.rings[0].slot_bytes <= READ_GROUP_BYTES + 4096
+
+
+def test_wide_rows_read_from_the_table_in_bounded_range_scans(tmp_path):
+    """In table order (predict, val, ``shuffle="none"``) ~16k rows are read at a time; rows of
+    64 KB come READ_GROUP_BYTES at a time instead (1 GB a read otherwise), every row exact."""
+    from lance_lightning.assembly import READ_GROUP_BYTES
+
+    uri, values = wide_table(tmp_path)
+    dm = LanceDataModule(uri, "wide", splits=None, eval_batch_size=64)
+    dm.setup("predict")
+    group = dm.samplers["predict"].group_batches
+    assert 1 < group < len(values) // 64 and group * 64 * values.shape[1] * 4 <= READ_GROUP_BYTES
+    ids = []
+    for batch in dm.predict_dataloader():
+        np.testing.assert_array_equal(batch["pixels"].numpy(), values[batch["id"].numpy()])
+        ids.extend(batch["id"].tolist())
+    assert ids == list(range(len(values)))

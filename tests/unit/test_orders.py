@@ -220,17 +220,24 @@ def test_sampler_batches_hold_the_same_rows_as_before(mode):
     assert (first == sorted(first)) == (mode == "none"), "shuffled batches come in epoch order, not sorted"
 
 
-def test_a_staged_hand_over_is_bounded_in_bytes():
-    """With workers a stage is handed over ~16k rows at a time, fewer where the rows are wide: one
-    hand-over never passes STAGED_HANDOVER_BYTES unless a single batch does."""
-    from lance_lightning.assembly import STAGED_HANDOVER_BYTES, group_batches
+def test_batches_read_together_are_bounded_in_bytes():
+    """Several batches are read together (a worker's hand-over from a stage; a range scan of the
+    table), ~16k rows or a block window, fewer where the rows are wide: a group never passes
+    READ_GROUP_BYTES unless a single batch does. Rows of 520 B keep the orders' own groups."""
+    from lance_lightning.assembly import READ_GROUP_BYTES, group_batches
     from lance_lightning.options import DataOptions
 
     with_workers, without = DataOptions(num_workers=2), DataOptions(num_workers=0)
     assert group_batches(with_workers, "uniform", 1024, staged=True, row_bytes=520) == SEQUENTIAL_READ_ROWS // 1024
     assert group_batches(without, "uniform", 1024, staged=True, row_bytes=520) == 1
-    for row_bytes in (1, 520, 4096, 16_384, 150_528, 600_000, 40 << 20):
-        for batch in (1, 32, 256, 1024, 4096):
-            group = group_batches(with_workers, "uniform", batch, staged=True, row_bytes=row_bytes)
-            assert group >= 1 and group * batch <= SEQUENTIAL_READ_ROWS or group == 1
-            assert group * batch * row_bytes <= max(STAGED_HANDOVER_BYTES, batch * row_bytes)
+    kw = {"block_size": without.block_size, "window_blocks": without.window_blocks}
+    assert group_batches(without, "block", 64, row_bytes=520) == BlockOrder.group_batches(64, **kw)
+    assert group_batches(without, "none", 64, row_bytes=520) == SequentialOrder.group_batches(64, **kw)
+    readers = [(with_workers, "uniform", True), (without, "none", False), (without, "block", False)]
+    for options, order, staged in readers:
+        for row_bytes in (1, 520, 4096, 16_384, 150_528, 600_000, 40 << 20):
+            for batch in (1, 32, 256, 1024, 4096):
+                group = group_batches(options, order, batch, staged=staged, row_bytes=row_bytes)
+                unbounded = group_batches(options, order, batch, staged=staged)
+                assert 1 <= group <= unbounded
+                assert group * batch * row_bytes <= max(READ_GROUP_BYTES, batch * row_bytes)
