@@ -1,0 +1,77 @@
+"""Pinned batches on a CUDA machine (skipped elsewhere): the paths that pin in the loader's own code.
+
+* With workers, torch's pin-memory thread calls ``SlotBatch.pin_memory``, which copies a worker's
+  slot straight into pinned memory (lance_lightning/slots.py).
+* With no workers and ``read_ahead``, batches are pinned on the read-ahead thread, which first
+  makes the caller's CUDA device current (pinned memory belongs to the current device).
+Run ``python -m pytest tests/gpu`` on a machine with a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lance_lightning import LanceDataModule
+from tests.conftest import toy_table
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+ROWS = 50_000
+
+
+@pytest.fixture(scope="module")
+def table_uri(tmp_path_factory):
+    import lancedb
+
+    uri = str(tmp_path_factory.mktemp("pinning") / "db")
+    lancedb.connect(uri).create_table("toy", toy_table(ROWS))
+    return uri
+
+
+def check_epoch(dm: LanceDataModule) -> Any:
+    want = toy_table(ROWS).column("x").combine_chunks().flatten().to_numpy().reshape(ROWS, -1)
+    dm.samplers["train"].set_epoch(0)
+    loader = dm.train_dataloader()
+    ids = []
+    for batch in loader:
+        assert all(t.is_pinned() for t in batch.values()), {k: t.is_pinned() for k, t in batch.items()}
+        np.testing.assert_array_equal(batch["x"].numpy(), want[batch["id"].numpy()])
+        ids.extend(batch["id"].tolist())
+    assert sorted(ids) == list(range(ROWS))
+    return loader
+
+
+def test_worker_slots_are_copied_straight_into_pinned_memory(table_uri):
+    dm = LanceDataModule(
+        table_uri,
+        "toy",
+        columns=["id", "x", "y"],
+        batch_size=1024,
+        splits={"train": 1.0},
+        num_workers=2,
+        pin_memory=True,
+    )
+    dm.setup("fit")
+    loader = check_epoch(dm)
+    assert loader._iterator._lance_slots is not None
+
+
+def test_read_ahead_pins_on_the_callers_device(table_uri):
+    device = torch.cuda.device_count() - 1  # the last device: not the default a new thread would take
+    torch.cuda.set_device(device)
+    torch.cuda.init()
+    dm = LanceDataModule(
+        table_uri,
+        "toy",
+        columns=["id", "x", "y"],
+        batch_size=1024,
+        splits={"train": 1.0},
+        read_ahead=2,
+        pin_memory=True,
+    )
+    dm.setup("fit")
+    check_epoch(dm)
