@@ -110,8 +110,9 @@ def offset_map(
     return RowSet.from_sorted(offsets)
 
 
-ROW_BYTES_SAMPLE = 256
-"""Rows a table reader reads at setup to learn how wide its rows are (:meth:`LanceBatchDataset.row_bytes`)."""
+ROW_BYTES_SAMPLE = 32
+"""Rows a table reader reads at setup to learn how wide its rows are (:meth:`LanceBatchDataset.row_bytes`):
+few, as a row may be a video."""
 
 
 class BatchGroup(list):
@@ -261,7 +262,8 @@ class LanceBatchDataset(BatchReader):
 
     def row_bytes(self, *, sample: int = ROW_BYTES_SAMPLE) -> int:
         """Bytes a row of the selected columns takes, measured on the split's first ``sample`` rows
-        (one small read): the widths of variable columns (images, text) are only known from data."""
+        (one small read): the widths of variable columns (images, text) are only known from data.
+        An estimate: it bounds how many rows are read at once, never which."""
         count = min(sample, self.num_rows)
         if not count:
             return 0

@@ -11,6 +11,7 @@ import gc
 import itertools
 import multiprocessing
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -122,22 +123,28 @@ class LanceDataLoader(DataLoader):
         if not self.num_workers:
             return super()._get_iterator()
         slots = self._worker_slots()
-        context = self.multiprocessing_context
-        if context is None or context.get_start_method() != "fork":
-            iterator = super()._get_iterator()
-        else:
-            gc.freeze()
-            try:
-                with warnings.catch_warnings():
-                    # lance and lancedb warn at every fork (the workers inherit these filters): these
-                    # workers never call them, which is why they fork (worker_start_method)
-                    warnings.filterwarnings("ignore", message="lance is not fork-safe")
-                    warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
-                    iterator = super()._get_iterator()
-            finally:
-                gc.unfreeze()
+        try:
+            iterator = self._start_workers()
+        finally:
+            if slots is not None:  # the workers have them now; nothing else that pickles or forks it may
+                self.dataset.slots = None
         iterator._lance_slots = slots  # the slots live as long as the workers that write them
         return iterator
+
+    def _start_workers(self) -> Any:
+        context = self.multiprocessing_context
+        if context is None or context.get_start_method() != "fork":
+            return super()._get_iterator()
+        gc.freeze()
+        try:
+            with warnings.catch_warnings():
+                # lance and lancedb warn at every fork (the workers inherit these filters): these
+                # workers never call them, which is why they fork (worker_start_method)
+                warnings.filterwarnings("ignore", message="lance is not fork-safe")
+                warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+                return super()._get_iterator()
+        finally:
+            gc.unfreeze()
 
     def _worker_slots(self) -> WorkerSlots | None:
         """Batch slots for the workers about to start (:mod:`.slots`), set on a staged dataset with
@@ -152,8 +159,8 @@ class LanceDataLoader(DataLoader):
         row_bytes = dataset.staged.flat_row_bytes()
         if not rows or not row_bytes:
             return None
-        slot_bytes = rows * row_bytes + ALIGN * len(dataset.staged.schema)
-        count = slot_count(self.num_workers, self.prefetch_factor or 2, slot_bytes)
+        slot_bytes = -(-(rows * row_bytes + ALIGN * len(dataset.staged.schema)) // ALIGN) * ALIGN
+        count = slot_count(self.num_workers, self.prefetch_factor or 2, slot_bytes, budget=slot_budget())
         if not count:
             return None
         dataset.slots = WorkerSlots(
@@ -171,6 +178,16 @@ class LanceDataLoader(DataLoader):
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+
+
+def slot_budget(shm: str = "/dev/shm") -> int:
+    """Bytes one loader's slots may take: :data:`SLOT_BUDGET_BYTES`, or a quarter of the free space
+    of ``shm`` where that is less (a container's /dev/shm is often 64 MB; torch's shared memory
+    lives there, the workers' other hand-overs too)."""
+    try:
+        return min(SLOT_BUDGET_BYTES, shutil.disk_usage(shm).free // 4)
+    except OSError:
+        return SLOT_BUDGET_BYTES
 
 
 def slot_count(workers: int, prefetch: int, slot_bytes: int, *, budget: int = SLOT_BUDGET_BYTES) -> int:

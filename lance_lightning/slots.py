@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data._utils.pin_memory import pin_memory
 
 ALIGN = 64
 """Bytes each column's region in a slot is aligned to (a cache line)."""
@@ -40,6 +42,8 @@ BUDGET_BYTES = 1 << 30
 slots, or none (it then hands every batch over in fresh shared memory, as without slots)."""
 LOCK_TIMEOUT_S = 10.0
 """How long the training process waits for a worker's slot lock before it names the worker dead."""
+RELEASE_ON_DROP_TIMEOUT_S = 0.5
+"""How long freeing the slot of a batch dropped unread waits for the lock (then the slot stays busy)."""
 
 _SETS: weakref.WeakValueDictionary[int, WorkerSlots] = weakref.WeakValueDictionary()
 """The slot sets of this process by token: a :class:`SlotBatch` from a worker finds its block here."""
@@ -94,9 +98,9 @@ class SlotRing:
         finally:
             self.lock.release()
 
-    def release(self, slot: int, worker: int) -> None:
+    def release(self, slot: int, worker: int, *, timeout: float = LOCK_TIMEOUT_S) -> None:
         """Mark ``slot`` free again (in the training process, once its batch was copied out)."""
-        if not self.lock.acquire(timeout=LOCK_TIMEOUT_S):
+        if not self.lock.acquire(timeout=timeout):
             raise RuntimeError(
                 f"DataLoader worker {worker} held its batch-slot lock for {LOCK_TIMEOUT_S:g} s: it was killed or "
                 "hangs. Resume from the last checkpoint to continue exactly."
@@ -170,6 +174,7 @@ class SlotBatch:
         self.columns = columns  # name -> InSlot, or the value itself (a column that is not in the slot)
         self.sizes = sizes  # a group's batch sizes; None for one batch
         self._slots: WorkerSlots | None = None  # set where it is received: only that process frees the slot
+        self._receiver: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -183,10 +188,16 @@ class SlotBatch:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._slots = _SETS.get(self.token)
+        self._receiver = os.getpid()  # a process forked later that drops its copy must not free the slot
 
     def take(self, *, pin: bool = False) -> Any:
         """The batch (a dict of tensors; a ``BatchGroup`` of them for a group), the slot freed."""
         slots, self._slots = self._slots, None
+        if slots is not None and self._receiver != os.getpid():
+            raise RuntimeError(
+                f"a batch from DataLoader worker {self.worker} was received by process {self._receiver} and can "
+                f"only be read there, not in process {os.getpid()}"
+            )
         if slots is None:
             raise RuntimeError(
                 f"a batch from DataLoader worker {self.worker} refers to batch slots this process no longer "
@@ -202,7 +213,7 @@ class SlotBatch:
                     np.copyto(tensor.numpy(), source)  # one memcpy on this thread: no torch intra-op threads
                     out[name] = tensor
                 else:
-                    out[name] = value.pin_memory() if pin and isinstance(value, torch.Tensor) else value
+                    out[name] = pin_memory(value) if pin else value  # nested values (structs) too
         finally:
             ring.release(self.slot, self.worker)
         if self.sizes is None:
@@ -217,9 +228,11 @@ class SlotBatch:
 
     def __del__(self) -> None:
         slots, self._slots = getattr(self, "_slots", None), None
-        if slots is not None:  # received and never taken (a loop that stopped early): free its slot
+        if slots is not None and getattr(self, "_receiver", None) == os.getpid():
+            # received and never taken (a loop that stopped early): free its slot; a worker that died
+            # holding its lock only loses the slot (not worth waiting for at teardown)
             with contextlib.suppress(Exception):
-                slots.rings[self.worker].release(self.slot, self.worker)
+                slots.rings[self.worker].release(self.slot, self.worker, timeout=RELEASE_ON_DROP_TIMEOUT_S)
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ edits or leaves unread, and a slot is reused only once its batch was copied out 
 from __future__ import annotations
 
 import gc
+import pickle
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from lance_lightning import LanceDataModule, loader
 from lance_lightning.dataset import StagedBatchDataset
+from lance_lightning.slots import ALIGN
 from tests.conftest import toy_table
 
 ROWS = 100_000  # 16 batches of 1,024 rows make one hand-over: ~6 of them an epoch
@@ -79,6 +81,11 @@ def test_kept_batches_stay_exact_while_the_slots_are_reused(table_uri, expected_
         # copied out of the slots: the training process's own memory, not a worker's
         assert not any(t.is_shared() for b in kept[n] for t in b.values())
     assert slot_flags(train) == [0, 0]  # every slot free once its batch was taken
+    assert all(ring.slot_bytes % ALIGN == 0 for ring in train._iterator._lance_slots.rings)
+    # once the workers have them, the dataset lets go of its slots: pickling it (to spawn a
+    # process, as ddp_spawn does) or forking a second plain DataLoader over it sees none
+    assert dm.datasets["train"].slots is None
+    assert pickle.loads(pickle.dumps(dm.datasets["train"])).slots is None
 
 
 def test_a_loop_stopped_early_frees_the_slots_of_batches_it_never_read(table_uri, expected_x):

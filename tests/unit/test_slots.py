@@ -71,3 +71,25 @@ def test_slots_stay_within_their_budget(workers, slot_bytes, prefetch):
         assert count == prefetch + SPARE_SLOTS  # room for all: the full count
     elif workers * slot_bytes <= budget:
         assert count >= 1  # as many as fit
+
+
+def _drop(batch) -> None:
+    batch.__del__()  # in a forked child: what collecting its copy of a received batch runs
+
+
+def test_a_process_forked_after_a_batch_arrived_never_frees_its_slot():
+    """Only the process that received a batch frees its slot: a child forked later (a val worker,
+    a forked rank) that drops its copy must not hand the slot back while the parent holds the batch."""
+    import multiprocessing
+
+    slots = WorkerSlots(1, slots=1, slot_bytes=64)
+    ring = slots.ring(0)
+    slot = ring.acquire()
+    received = pickle.loads(pickle.dumps(SlotBatch(slots.token, 0, slot, {"id": InSlot(0, "<i8", (2,))}, None)))
+    child = multiprocessing.get_context("fork").Process(target=_drop, args=(received,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert ring.acquire() is None  # still the parent's
+    received.take()
+    assert ring.acquire() == slot
