@@ -32,6 +32,7 @@ them in a transform.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Literal
 
@@ -116,6 +117,13 @@ WIDENED = {pa.uint16(): torch.int32, pa.uint32(): torch.int64, pa.uint64(): torc
 def torch_dtype_to_numpy(dtype: torch.dtype) -> np.dtype:
     """The NumPy dtype of a torch dtype (``torch.int64`` -> ``int64``)."""
     return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+@functools.cache
+def numpy_dtype_to_torch(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a NumPy dtype torch has (``int64`` -> ``torch.int64``)."""
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
 
 # Arrow primitive → torch dtype, spelled out: ``DataType.to_pandas_dtype()`` imports pandas
 # on pyarrow < 26, and pandas is not a dependency.

@@ -11,7 +11,6 @@ import gc
 import itertools
 import multiprocessing
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -22,8 +21,7 @@ from torch.utils.data import DataLoader
 from .dataset import BatchGroup, LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
-from .slots import ALIGN, WorkerSlots, taken
-from .slots import BUDGET_BYTES as SLOT_BUDGET_BYTES
+from .slots import WorkerSlots, taken, worker_slots
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
 
@@ -32,9 +30,6 @@ FORKSERVER_PRELOAD = ("__main__", "lance_lightning.dataset", "lance_lightning.st
 importing it afresh: the readers (torch, numpy, pyarrow) and the user's script (``__main__``: a
 worker then does not import it again, nor the Lightning and Hydra it imports). lancedb is left out:
 a worker reading a stage never needs it, and one reading the table imports it after the fork."""
-SPARE_SLOTS = 2
-"""Batch slots a worker has beyond the loader's prefetch depth (what the training process may
-still hold while it copies out or steps)."""
 
 
 def start_forkserver() -> None:
@@ -123,6 +118,8 @@ class LanceDataLoader(DataLoader):
         if not self.num_workers:
             return super()._get_iterator()
         slots = self._worker_slots()
+        if slots is not None:
+            self.dataset.slots = slots  # only while the workers start: they inherit it or receive it pickled
         try:
             iterator = self._start_workers()
         finally:
@@ -147,26 +144,19 @@ class LanceDataLoader(DataLoader):
             gc.unfreeze()
 
     def _worker_slots(self) -> WorkerSlots | None:
-        """Batch slots for the workers about to start (:mod:`.slots`), set on a staged dataset with
-        no transform; None (and none set) otherwise."""
+        """Batch slots for the workers about to start (:mod:`.slots`) where they read a stage with
+        no transform; None otherwise."""
         dataset = self.dataset
-        if not isinstance(dataset, StagedBatchDataset):
+        if not isinstance(dataset, StagedBatchDataset) or dataset.transform is not None:
             return None
-        dataset.slots = None
-        if dataset.transform is not None:
-            return None
-        rows = getattr(self.sampler, "batch_size", 0) * getattr(self.sampler, "group_batches", 1)
-        row_bytes = dataset.staged.flat_row_bytes()
-        if not rows or not row_bytes:
-            return None
-        slot_bytes = -(-(rows * row_bytes + ALIGN * len(dataset.staged.schema)) // ALIGN) * ALIGN
-        count = slot_count(self.num_workers, self.prefetch_factor or 2, slot_bytes, budget=slot_budget())
-        if not count:
-            return None
-        dataset.slots = WorkerSlots(
-            self.num_workers, slots=count, slot_bytes=slot_bytes, context=self.multiprocessing_context
+        return worker_slots(
+            self.num_workers,
+            self.prefetch_factor or 2,
+            rows=getattr(self.sampler, "batch_size", 0) * getattr(self.sampler, "group_batches", 1),
+            row_bytes=dataset.staged.flat_row_bytes(),
+            columns=len(dataset.staged.schema),
+            context=self.multiprocessing_context,
         )
-        return dataset.slots
 
     def __iter__(self) -> Any:
         """Batches one by one: a :class:`~.dataset.BatchGroup` read together is handed out whole."""
@@ -178,22 +168,6 @@ class LanceDataLoader(DataLoader):
         if getattr(self.sampler, "group_batches", 1) == 1:
             return items
         return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
-
-
-def slot_budget(shm: str = "/dev/shm") -> int:
-    """Bytes one loader's slots may take: :data:`SLOT_BUDGET_BYTES`, or a quarter of the free space
-    of ``shm`` where that is less (a container's /dev/shm is often 64 MB; torch's shared memory
-    lives there, the workers' other hand-overs too)."""
-    try:
-        return min(SLOT_BUDGET_BYTES, shutil.disk_usage(shm).free // 4)
-    except OSError:
-        return SLOT_BUDGET_BYTES
-
-
-def slot_count(workers: int, prefetch: int, slot_bytes: int, *, budget: int = SLOT_BUDGET_BYTES) -> int:
-    """Slots a worker gets: its prefetch depth and :data:`SPARE_SLOTS` more, fewer where
-    ``workers`` times that many would take more than ``budget`` bytes (0: not even one each)."""
-    return max(0, min(prefetch + SPARE_SLOTS, budget // max(1, workers * slot_bytes)))
 
 
 def _reading_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import shutil
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,11 +36,16 @@ import numpy as np
 import torch
 from torch.utils.data._utils.pin_memory import pin_memory
 
+from .convert import numpy_dtype_to_torch
+
 ALIGN = 64
 """Bytes each column's region in a slot is aligned to (a cache line)."""
 BUDGET_BYTES = 1 << 30
 """The most shared memory one loader's slots take (all its workers): beyond it a worker has fewer
 slots, or none (it then hands every batch over in fresh shared memory, as without slots)."""
+SPARE_SLOTS = 2
+"""Batch slots a worker has beyond the loader's prefetch depth (what the training process may
+still hold while it copies out or steps)."""
 LOCK_TIMEOUT_S = 10.0
 """How long the training process waits for a worker's slot lock before it names the worker dead."""
 RELEASE_ON_DROP_TIMEOUT_S = 0.5
@@ -138,6 +144,35 @@ class WorkerSlots:
         return self.rings[worker] if 0 <= worker < len(self.rings) else None
 
 
+def slot_budget(shm: str = "/dev/shm") -> int:
+    """Bytes one loader's slots may take: :data:`BUDGET_BYTES`, or a quarter of the free space of
+    ``shm`` where that is less (a container's /dev/shm is often 64 MB; torch's shared memory lives
+    there, the workers' other hand-overs too)."""
+    try:
+        return min(BUDGET_BYTES, shutil.disk_usage(shm).free // 4)
+    except OSError:
+        return BUDGET_BYTES
+
+
+def slot_count(workers: int, prefetch: int, slot_bytes: int, *, budget: int = BUDGET_BYTES) -> int:
+    """Slots a worker gets: its prefetch depth and :data:`SPARE_SLOTS` more, fewer where
+    ``workers`` times that many would take more than ``budget`` bytes (0: not even one each)."""
+    return max(0, min(prefetch + SPARE_SLOTS, budget // max(1, workers * slot_bytes)))
+
+
+def worker_slots(
+    workers: int, prefetch: int, *, rows: int, row_bytes: int, columns: int, context: Any = None
+) -> WorkerSlots | None:
+    """Slots for ``workers`` workers that hand over up to ``rows`` rows of ``row_bytes`` bytes in
+    ``columns`` columns at a time (each slot a multiple of :data:`ALIGN`); None where that is
+    nothing or not one slot each fits the budget."""
+    if not rows or not row_bytes:
+        return None
+    slot_bytes = -(-(rows * row_bytes + ALIGN * columns) // ALIGN) * ALIGN
+    count = slot_count(workers, prefetch, slot_bytes, budget=slot_budget())
+    return WorkerSlots(workers, slots=count, slot_bytes=slot_bytes, context=context) if count else None
+
+
 class SlotWriter:
     """Hands out the regions of one slot, column by column, as the worker gathers into them."""
 
@@ -209,7 +244,7 @@ class SlotBatch:
             for name, value in self.columns.items():
                 if isinstance(value, InSlot):
                     source = ring.array(self.slot, value)
-                    tensor = torch.empty(value.shape, dtype=_torch_dtype(source.dtype), pin_memory=pin)
+                    tensor = torch.empty(value.shape, dtype=numpy_dtype_to_torch(source.dtype), pin_memory=pin)
                     np.copyto(tensor.numpy(), source)  # one memcpy on this thread: no torch intra-op threads
                     out[name] = tensor
                 else:
@@ -237,15 +272,6 @@ class SlotBatch:
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
-
-
-_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    if dtype not in _TORCH_DTYPES:
-        _TORCH_DTYPES[dtype] = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    return _TORCH_DTYPES[dtype]
 
 
 def taken(items: Any) -> Any:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from lance_lightning import LanceDataModule, loader
+import lance_lightning.slots as slot_layer
+from lance_lightning import LanceDataModule
 from lance_lightning.dataset import StagedBatchDataset
 from lance_lightning.slots import ALIGN
 from tests.conftest import toy_table
@@ -104,7 +105,7 @@ def test_a_loop_stopped_early_frees_the_slots_of_batches_it_never_read(table_uri
 def test_with_every_slot_busy_a_worker_hands_over_fresh_shared_memory(table_uri, expected_x, monkeypatch):
     """One slot a worker and a slow loop: the worker's next hand-over finds its slot still held and
     goes the old way (fresh shared memory). Both kinds arrive exact, in order."""
-    monkeypatch.setattr(loader, "SPARE_SLOTS", -1)  # prefetch_factor 2 - 1: one slot a worker
+    monkeypatch.setattr(slot_layer, "SPARE_SLOTS", -1)  # prefetch_factor 2 - 1: one slot a worker
     reference = staged(table_uri)
     want = [b["id"].tolist() for b in epoch(reference, 0)]
     dm = staged(table_uri, num_workers=2)

@@ -61,7 +61,7 @@ def test_a_batch_is_freed_where_it_is_received_not_where_it_is_made():
 @pytest.mark.parametrize("slot_bytes", [1, 8 << 20, 300 << 20, 2 << 30])
 @pytest.mark.parametrize("prefetch", [1, 2, 4])
 def test_slots_stay_within_their_budget(workers, slot_bytes, prefetch):
-    from lance_lightning.loader import SPARE_SLOTS, slot_count
+    from lance_lightning.slots import SPARE_SLOTS, slot_count
 
     budget = 1 << 30
     count = slot_count(workers, prefetch, slot_bytes, budget=budget)
