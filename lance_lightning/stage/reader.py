@@ -269,21 +269,23 @@ def _gather(values: np.ndarray, pos: np.ndarray, shared: bool, allocate: Allocat
     shape = (len(pos), *values.shape[1:])
     placed = allocate(target, shape) if allocate is not None else None
     if placed is not None:
-        if target == values.dtype:
-            np.take(values, pos, axis=0, out=placed)
-        else:
-            placed[...] = np.take(values, pos, axis=0)
-        return placed
+        return _take_into(values, pos, placed)
     if shared and len(pos):
         # shared storage allocated directly (as torch's default_collate does in workers): 16.5 ms for
         # 16k rows of 512 B here, against 25.6 ms for new_empty(...).share_memory_()
         like = torch.from_numpy(np.empty(0, dtype=target))
         storage = like._typed_storage()._new_shared(int(np.prod(shape)))
         tensor = like.new(storage).view(shape)
-        if target == values.dtype:
-            np.take(values, pos, axis=0, out=tensor.numpy())
-        else:
-            tensor.numpy()[...] = np.take(values, pos, axis=0)
+        _take_into(values, pos, tensor.numpy())
         return tensor
     gathered = np.take(values, pos, axis=0)
     return torch.from_numpy(gathered if target == values.dtype else gathered.astype(target))
+
+
+def _take_into(values: np.ndarray, pos: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Rows ``pos`` of ``values`` written into ``out`` (widened where its dtype is wider)."""
+    if out.dtype == values.dtype:
+        np.take(values, pos, axis=0, out=out)
+    else:
+        out[...] = np.take(values, pos, axis=0)
+    return out
