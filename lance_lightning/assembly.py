@@ -298,15 +298,19 @@ def build_sampler(
     position: TrainPosition | None,
     overfitting: bool = False,
     staged: bool = False,
-    row_bytes: int = 0,
+    row_bytes: Callable[[], int] | None = None,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order.
-    ``row_bytes``: the reader's bytes a row (bounds how many batches are read at once)."""
+    ``row_bytes()``: the reader's bytes a row, which bounds how many batches are read at once; asked
+    only where several would be (a table reader learns it with a read)."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
     order = "none" if ordered else options.shuffle
     batch_size = options.batch_rows(stage)
+    group = group_batches(options, order, batch_size, staged=staged)
+    if group > 1 and row_bytes is not None:
+        group = group_batches(options, order, batch_size, staged=staged, row_bytes=row_bytes())
     sampler_class = SequentialLanceBatchSampler if ordered else LanceBatchSampler
     return sampler_class(
         num_rows,
@@ -319,7 +323,7 @@ def build_sampler(
         even=training,
         block_size=options.block_size,
         window_blocks=options.window_blocks,
-        group_batches=group_batches(options, order, batch_size, staged=staged, row_bytes=row_bytes),
+        group_batches=group,
         position=position if training else None,
     )
 

@@ -270,7 +270,7 @@ class LanceDataModule(pl.LightningDataModule):
             position=self.position,
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
             staged=isinstance(reader, StagedBatchDataset),
-            row_bytes=reader.row_bytes(),
+            row_bytes=reader.row_bytes,
         )
         if stage == "train":
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
