@@ -32,7 +32,13 @@ def table_uri(tmp_path_factory):
     return uri
 
 
-def check_epoch(dm: LanceDataModule) -> Any:
+def pinned_epoch(uri: str, **settings: Any) -> Any:
+    """One epoch of a pinning train loader over the whole table: every batch pinned, every row
+    exact; the loader."""
+    dm = LanceDataModule(
+        uri, "toy", columns=["id", "x", "y"], batch_size=1024, splits={"train": 1.0}, pin_memory=True, **settings
+    )
+    dm.setup("fit")
     want = toy_table(ROWS).column("x").combine_chunks().flatten().to_numpy().reshape(ROWS, -1)
     dm.samplers["train"].set_epoch(0)
     loader = dm.train_dataloader()
@@ -46,17 +52,7 @@ def check_epoch(dm: LanceDataModule) -> Any:
 
 
 def test_worker_slots_are_copied_straight_into_pinned_memory(table_uri):
-    dm = LanceDataModule(
-        table_uri,
-        "toy",
-        columns=["id", "x", "y"],
-        batch_size=1024,
-        splits={"train": 1.0},
-        num_workers=2,
-        pin_memory=True,
-    )
-    dm.setup("fit")
-    loader = check_epoch(dm)
+    loader = pinned_epoch(table_uri, num_workers=2)
     assert loader._iterator._lance_slots is not None
 
 
@@ -64,14 +60,4 @@ def test_read_ahead_pins_on_the_callers_device(table_uri):
     device = torch.cuda.device_count() - 1  # the last device: not the default a new thread would take
     torch.cuda.set_device(device)
     torch.cuda.init()
-    dm = LanceDataModule(
-        table_uri,
-        "toy",
-        columns=["id", "x", "y"],
-        batch_size=1024,
-        splits={"train": 1.0},
-        read_ahead=2,
-        pin_memory=True,
-    )
-    dm.setup("fit")
-    check_epoch(dm)
+    pinned_epoch(table_uri, read_ahead=2)
