@@ -9,7 +9,8 @@ Each round runs one predict epoch without the writer and one with ``LancePredict
 0 workers, ``read_ahead=2``), and times three spans of every batch from Lightning's hooks: the
 fetch (the previous batch's end to this one's start: waiting for the loader), the step, and what
 runs after the step (Lightning's hooks and the writer's ``write_on_batch_end``). The table is
-restored to the version it read after each writer run.
+restored to the version it read after each writer run, and the versions in between are cleaned
+up (bench_writer.drop_old_versions): each run's predictions would otherwise stay on disk.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def one_epoch(uri: str, name: str, with_writer: bool) -> dict[str, float]:
     trainer.predict(Model(), datamodule=dm, return_predictions=False)
     total = time.perf_counter() - began
     if with_writer:
+        from bench_writer import drop_old_versions
+
         lancedb.connect(uri).open_table(name).restore(base)
+        drop_old_versions(f"{uri}/{name}.lance")  # the run's data files, as bench_writer does
     start, end, stepped = (np.array(marks[k]) for k in ("start", "end", "stepped"))
     spans = {"fetch": start[1:] - end[:-1], "step": stepped - start, "after": end - stepped}
     return {
