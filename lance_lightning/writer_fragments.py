@@ -41,7 +41,9 @@ import pyarrow as pa
 from .source import TableSource
 from .writer_stage import PredictionWriteError, TableMovedError
 
-FILES_LIST = "data-files.txt"
+_LISTS = "data-files"
+"""What the names of a run's lists of data files start with (:func:`files_list`, :data:`FILES_LIST`)."""
+FILES_LIST = f"{_LISTS}.txt"
 """The one list of data files a run kept before the lists were per rank: still read by the cleanup."""
 NULL_CHUNK_ROWS = 65_536
 QUEUE_BATCHES = 8
@@ -54,7 +56,7 @@ def files_list(directory: Path, rank: int) -> Path:
     """Where rank ``rank`` lists the data files it opens in the table, one a line, each before it is
     opened (so a killed run's files are found). One list a rank: appends from several processes to
     one file can interleave on a shared file system such as NFS."""
-    return directory / f"data-files-{rank:05d}.txt"
+    return directory / f"{_LISTS}-{rank:05d}.txt"
 
 
 def read_list(listed: Path) -> list[str]:
@@ -64,7 +66,7 @@ def read_list(listed: Path) -> list[str]:
 
 def listed_files(directory: Path) -> list[str]:
     """Every data file the ranks of a run listed in ``directory``."""
-    return [path for listed in sorted(directory.glob("data-files*.txt")) for path in read_list(listed)]
+    return [path for listed in sorted(directory.glob(f"{_LISTS}*.txt")) for path in read_list(listed)]
 
 
 def lance_module() -> Any:
