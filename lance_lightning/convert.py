@@ -22,8 +22,10 @@ struct                                 ``dict`` of its converted children
 =====================================  ===================================================
 
 Nulls raise :class:`UnsupportedColumnError` naming the column, unless the caller asks for
-``nulls="mask"``: then nulls in numeric columns become 0 and a bool tensor
-``"<column>_valid"`` is added beside the column.
+``nulls="mask"``: then nulls in numeric columns become 0, and every column the schema lets hold
+nulls (a nullable field) comes with a bool tensor ``"<column>_valid"`` in every batch, all True
+where the batch has none: the keys of a batch depend on the schema alone, never on which rows
+were read together (a worker's group of batches, a single batch).
 
 Other types (decimal, map, union, lists of strings...) raise :class:`UnsupportedColumnError`
 naming the column and type: cast them in SQL, or leave them out of ``columns`` and convert
@@ -173,41 +175,50 @@ def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
 def column_to_tensor(
     field: pa.Field, array: pa.Array, *, nulls: NullPolicy = "raise", out: dict[str, Any] | None = None
 ) -> Any:
-    """Convert one Arrow column; with ``nulls="mask"`` a validity tensor goes into ``out``."""
+    """Convert one Arrow column; with ``nulls="mask"`` a nullable field's validity goes into ``out``."""
     name = field.name
     if _is_bfloat16(field):
         storage = array.storage if isinstance(array, pa.ExtensionArray) else array
-        array = _check_nulls(name, storage, nulls, out)
+        array = _check_nulls(name, storage, nulls, out, field.nullable)
         raw = np.frombuffer(storage.buffers()[1], dtype=np.int16, count=len(storage) + storage.offset)
         return torch.from_numpy(raw[storage.offset :].copy()).view(torch.bfloat16)
-    return _convert(name, field.type, array, nulls, out)
+    return _convert(name, field.type, array, nulls, out, field.nullable)
 
 
-def _check_nulls(name: str, array: pa.Array, nulls: NullPolicy, out: dict[str, Any] | None) -> pa.Array:
+def _check_nulls(
+    name: str, array: pa.Array, nulls: NullPolicy, out: dict[str, Any] | None, nullable: bool = True
+) -> pa.Array:
+    """``array``, its nulls checked: with ``nulls="mask"`` (and an ``out``), a nullable column's
+    ``<name>_valid`` goes into ``out`` whether or not these rows hold a null; else a null raises."""
+    masked = nulls == "mask" and out is not None
     if array.null_count == 0:
+        if masked and nullable:
+            out[f"{name}_valid"] = torch.ones(len(array), dtype=torch.bool)
         return array
-    if nulls == "mask" and out is not None:
+    if masked:
         out[f"{name}_valid"] = torch.from_numpy(array.is_valid().to_numpy(zero_copy_only=False))
         return array
     raise UnsupportedColumnError(
-        f"column {name!r} has {array.null_count} null value(s) in this batch; tensors cannot hold nulls. "
+        f"column {name!r} has {array.null_count} null value(s) in the rows read; tensors cannot hold nulls. "
         'Filter them out (e.g. filter="' + name + ' IS NOT NULL"), fill them in a transform, '
         "or pass nulls='mask' to get zeros plus a '" + name + "_valid' mask."
     )
 
 
-def _convert(name: str, t: pa.DataType, array: pa.Array, nulls: NullPolicy, out: dict[str, Any] | None) -> Any:
+def _convert(
+    name: str, t: pa.DataType, array: pa.Array, nulls: NullPolicy, out: dict[str, Any] | None, nullable: bool = True
+) -> Any:
     if isinstance(t, pa.FixedShapeTensorType):
-        array = _check_nulls(name, array, nulls, out)
+        array = _check_nulls(name, array, nulls, out, nullable)
         storage = array.storage
         values = _convert(name, storage.type, storage, nulls, None)
         return values.reshape(len(array), *t.shape)
     if isinstance(t, pa.ExtensionType):
-        return _convert(name, t.storage_type, array.storage, nulls, out)
+        return _convert(name, t.storage_type, array.storage, nulls, out, nullable)
     if pa.types.is_dictionary(t):
-        return _convert(name, t.value_type, array.dictionary_decode(), nulls, out)
+        return _convert(name, t.value_type, array.dictionary_decode(), nulls, out, nullable)
     if pa.types.is_fixed_size_list(t):
-        array = _check_nulls(name, array, nulls, out)
+        array = _check_nulls(name, array, nulls, out, nullable)
         shape, _ = _fixed_shape(t)
         leaf = array
         for _ in shape:
@@ -220,7 +231,7 @@ def _convert(name: str, t: pa.DataType, array: pa.Array, nulls: NullPolicy, out:
             values[torch.from_numpy(array.is_null().to_numpy(zero_copy_only=False))] = 0
         return values
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        array = _check_nulls(name, array, nulls, out)
+        array = _check_nulls(name, array, nulls, out, nullable)
         if not _is_numeric(t.value_type):
             raise _unsupported(name, t, " (only lists of numbers or booleans are converted)")
         values = _numeric(name, array.flatten(), nulls, None)
@@ -228,7 +239,7 @@ def _convert(name: str, t: pa.DataType, array: pa.Array, nulls: NullPolicy, out:
         lengths = np.diff(offsets).tolist()
         return list(torch.split(values, lengths)) if lengths else []
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        _check_nulls(name, array, nulls, out)
+        _check_nulls(name, array, nulls, out, nullable)
         return array.to_pylist()
     if (
         pa.types.is_binary(t)
@@ -236,21 +247,21 @@ def _convert(name: str, t: pa.DataType, array: pa.Array, nulls: NullPolicy, out:
         or pa.types.is_fixed_size_binary(t)
         or pa.types.is_binary_view(t)
     ):
-        _check_nulls(name, array, nulls, out)
+        _check_nulls(name, array, nulls, out, nullable)
         return array.to_pylist()
     if pa.types.is_temporal(t):
-        array = _check_nulls(name, array, nulls, out)
+        array = _check_nulls(name, array, nulls, out, nullable)
         width = pa.int32() if t.bit_width == 32 else pa.int64()
         return _numeric(name, array.view(width).cast(pa.int64()), nulls, None)
     if pa.types.is_struct(t):
-        _check_nulls(name, array, nulls, out)
+        _check_nulls(name, array, nulls, out, nullable)
         children: dict[str, Any] = {}
         for i, child in enumerate(t):
             child_name = f"{name}.{child.name}"
-            children[child.name] = _convert(child_name, child.type, array.field(i), nulls, out)
+            children[child.name] = _convert(child_name, child.type, array.field(i), nulls, out, child.nullable)
         return children
     if _is_numeric(t):
-        return _numeric(name, _check_nulls(name, array, nulls, out), nulls, None)
+        return _numeric(name, _check_nulls(name, array, nulls, out, nullable), nulls, None)
     raise _unsupported(name, t)
 
 

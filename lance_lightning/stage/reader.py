@@ -245,8 +245,9 @@ class StagedRows:
         for field in self.schema:
             name = field.name
             if name not in self._flat:
-                if f"{name}_valid" in converted:
-                    out[f"{name}_valid"] = converted[f"{name}_valid"]
+                for key, mask in converted.items():  # its masks, a struct's children's too, in convert's order
+                    if key == f"{name}_valid" or (key.startswith(f"{name}.") and key.endswith("_valid")):
+                        out[key] = mask
                 out[name] = converted[name]
                 continue
             spec, values, valid = self._flat[name]
@@ -258,6 +259,8 @@ class StagedRows:
                     )
                     continue
                 out[f"{name}_valid"] = torch.from_numpy(v)
+            elif nulls == "mask" and field.nullable:  # as convert: the same keys whether or not rows hold a null
+                out[f"{name}_valid"] = torch.ones(len(pos), dtype=torch.bool)
             out[name] = _gather(values, pos, out_shared, allocate)
         return out
 

@@ -221,3 +221,25 @@ def test_fixed_size_lists_with_null_rows_keep_their_rows_under_mask():
     assert got["n"].tolist() == [[[0, 0], [0, 0]], [[4, 5], [6, 7]], [[8, 9], [10, 11]]]
     with pytest.raises(UnsupportedColumnError, match="column 'v' has 1 null"):
         batch_to_tensors(pa.table({"v": flat}), nulls="raise")
+
+
+def test_under_mask_a_nullable_column_has_its_mask_in_every_batch():
+    """The keys of a batch follow the schema, not the rows: a nullable column with no null in these
+    rows still comes with an all-True mask, a non-nullable one with none, a struct's nullable child
+    with its own (in the order convert writes them)."""
+    schema = pa.schema(
+        [
+            pa.field("score", pa.float32()),  # nullable (Arrow's default), no null in these rows
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("pair", pa.struct([pa.field("a", pa.int32()), pa.field("b", pa.int32(), nullable=False)])),
+        ]
+    )
+    rows = pa.table({"score": [1.0, 2.0], "id": [7, 8], "pair": [{"a": 1, "b": 2}, {"a": 3, "b": 4}]}, schema=schema)
+    out = batch_to_tensors(rows, nulls="mask")
+    assert list(out) == ["score_valid", "score", "id", "pair_valid", "pair.a_valid", "pair"]
+    assert out["score_valid"].tolist() == [True, True]
+    assert out["pair.a_valid"].tolist() == [True, True]
+    with_null = batch_to_tensors(rows.set_column(0, "score", pa.array([None, 2.0], pa.float32())), nulls="mask")
+    assert list(with_null) == list(out)
+    assert with_null["score_valid"].tolist() == [False, True]
+    assert list(batch_to_tensors(rows)) == ["score", "id", "pair"]  # nulls="raise": no masks
