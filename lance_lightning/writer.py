@@ -386,8 +386,10 @@ class LancePredictionWriter(BasePredictionWriter):
                     )
         rows = run.batch_rows(start, stop)
         if run.streamer is not None:
+            schema = run.streamer.writer.schema  # the first batch's: the batch is put together by position
+            check_same_outputs(schema, schema.names, columns)
             arrays = [values for values, _ in columns.values()]
-            run.streamer.write(rows, pa.RecordBatch.from_arrays(arrays, schema=run.streamer.writer.schema))
+            run.streamer.write(rows, pa.RecordBatch.from_arrays(arrays, schema=schema))
         elif run.table_writer is not None:
             check_same_outputs(run.table_writer.schema, run.table_writer.outputs, columns)
             run.table_writer.write(rows, {name: values for name, (values, _) in columns.items()})
@@ -524,9 +526,14 @@ class LancePredictionWriter(BasePredictionWriter):
         run.stage.abort()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self._run is not None:
-            self._abort(self._run)
-            self._run = None
+        run, self._run = self._run, None
+        if run is None:
+            return
+        self._abort(run)
+        if run.world_size == 1:  # no other rank writes there: what it began goes now, not at the next run
+            if run.table_writer is not None:  # a new table that never got a version is not left listed
+                clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
+            _remove_staging(run.directory)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from lance_lightning import LanceDataModule, LancePredictionWriter, writer_rewrite
 from lance_lightning import writer as writer_module
+from lance_lightning.source import list_table_names
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME, PredictionWriteError, TableMovedError
 from lance_lightning.writer_fragments import FILES_LIST, lance_module
 from tests.conftest import toy_table
@@ -456,3 +457,41 @@ def test_key_columns_read_from_one_forward_scan_equal_takes_by_address(tmp_path)
     fresh = KeysInOrder(dataset, ["id"])
     with pytest.raises(PredictionWriteError, match="not in the version read"):
         fresh.take(deleted)
+
+
+class ChangingOutputs(Model):
+    """Batch 0 returns ``{"a", "b"}``; later batches what ``later`` makes of the rows' ids."""
+
+    def __init__(self, later) -> None:
+        super().__init__()
+        self.later = later
+
+    def predict_step(self, batch, batch_idx):
+        ids = batch["id"].float()
+        return {"a": ids * 2, "b": ids * 1000} if batch_idx == 0 else self.later(ids)
+
+
+@pytest.mark.parametrize("table", [None, "preds"])
+@pytest.mark.parametrize(
+    ("later", "message"),
+    [
+        (lambda ids: {"b": ids * 1000, "a": ids * 2}, r"outputs \['b', 'a'\], earlier batches \['a', 'b'\]"),
+        (lambda ids: {"a": ids * 2, "c": ids * 1000}, r"outputs \['a', 'c'\], earlier batches \['a', 'b'\]"),
+        (lambda ids: {"a": ids.double() * 2, "b": ids * 1000}, "'a' is double in this batch, float in earlier"),
+    ],
+    ids=["keys-reordered", "key-renamed", "type-changed"],
+)
+def test_outputs_that_change_after_the_first_batch_are_refused(rows, later, message, table):
+    """A dict output is matched to its columns by name and type: a batch whose keys come in another
+    order (or another name or dtype) is refused, never written into the first batch's columns by
+    position; nothing is written."""
+    uri, _ = rows
+    dm = LanceDataModule(uri, "rows", columns=["id", "x"], splits=None, eval_batch_size=16)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         callbacks=[LancePredictionWriter(table=table)])  # fmt: skip
+    with pytest.raises(PredictionWriteError, match=message):
+        trainer.predict(ChangingOutputs(later), datamodule=dm, return_predictions=False)
+    db = lancedb.connect(uri)
+    assert db.open_table("rows").version == 1
+    assert list_table_names(db) == ["rows"]  # no half-made table left listed
+    assert not table_dir(uri).exists()  # nor staging files
