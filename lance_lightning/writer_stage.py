@@ -55,6 +55,10 @@ def prediction_arrays(prediction: Any, column: str | None) -> dict[str, tuple[pa
         if not prediction:
             raise PredictionWriteError("predict_step returned an empty dict: nothing to write")
         items = {(f"{column}_{key}" if column else str(key)): value for key, value in prediction.items()}
+        if len(items) != len(prediction):
+            raise PredictionWriteError(
+                f"predict_step returned keys {list(prediction)}: two of them make the same column name"
+            )
     elif column is None:
         raise PredictionWriteError(
             f"predict_step returned a {type(prediction).__name__}, not a dict: name its column, "
