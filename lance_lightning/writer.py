@@ -23,7 +23,7 @@ Three steps, one owner each:
    raises alike, and the staging directory is removed.
 
 ``LancePredictionWriter(table="preds")`` writes a new table instead: key columns
-(``source_rowid``, the row address in the version read, plus ``id`` when the table has one) and
+(``source_rowid``, the row's ``_rowid`` in the version read, plus ``id`` when the table has one) and
 the outputs, for the predicted rows only. With pylance every rank writes its rows into the new
 table's data files during the loop and rank 0 commits them all at once (:mod:`.writer_table`);
 without it the ranks stage them and rank 0 calls ``create_table`` after the loop.
@@ -161,7 +161,8 @@ class LancePredictionWriter(BasePredictionWriter):
         table: None: add the columns to the table read. A name: write a new table in the same
             database instead, with ``key`` columns and the outputs of the predicted rows.
         key: the key columns of a new ``table``: source column names, and ``"_rowid"`` for the
-            row address in the version read (written as ``source_rowid``). Default:
+            row's ``_rowid`` in the version read (its address, or its stable id on a table with
+            stable row ids; written as ``source_rowid``). Default:
             ``_rowid``, plus ``id`` when the table has one.
         overwrite: replace existing columns of those names (rows not predicted get nulls), or an
             existing ``table``. Without it an existing one is refused, naming it.

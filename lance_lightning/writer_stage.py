@@ -22,8 +22,8 @@ import torch
 
 ROWID = "_rowid"
 KEY_ROWID = "source_rowid"
-"""The key column of a separate predictions table: the row's address in the version read
-(lance reserves the name ``_rowid``)."""
+"""The key column of a separate predictions table: the row's ``_rowid`` in the version read, its
+address or, on a table with stable row ids, its stable id (lance reserves the name ``_rowid``)."""
 COMMIT_CHUNK_ROWS = 16_384
 """Rows of the table read, joined and written at a time by the commit."""
 STAGING_DIRNAME = ".lance-lightning-staging"

@@ -90,7 +90,9 @@ class KeysInOrder:
 
     def __init__(self, dataset: Any, columns: list[str], *, scan_rows: int = SCAN_ROWS) -> None:
         self.dataset, self.columns = dataset, columns
-        self._scan = iter(dataset.to_batches(columns=columns, with_row_address=True, batch_size=scan_rows))
+        # matched by ``_rowid``, what the split holds: a row's address, or its stable id on a table
+        # with stable row ids (where compaction moves rows to new addresses)
+        self._scan = iter(dataset.to_batches(columns=columns, with_row_id=True, batch_size=scan_rows))
         self._addresses = np.empty(0, dtype=np.uint64)
         self._rows = pa.table({c: pa.array([], type=dataset.schema.field(c).type) for c in columns})
         self._last = -1
@@ -108,7 +110,7 @@ class KeysInOrder:
             batch = next(self._scan, None)
             if batch is None:
                 break
-            self._addresses = np.concatenate([self._addresses, batch.column("_rowaddr").to_numpy()])
+            self._addresses = np.concatenate([self._addresses, batch.column("_rowid").to_numpy()])
             self._rows = pa.concat_tables([self._rows, pa.Table.from_batches([batch.select(self.columns)])])
         index = np.searchsorted(self._addresses, addresses)
         found = index < len(self._addresses)

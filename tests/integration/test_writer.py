@@ -495,3 +495,28 @@ def test_outputs_that_change_after_the_first_batch_are_refused(rows, later, mess
     assert db.open_table("rows").version == 1
     assert list_table_names(db) == ["rows"]  # no half-made table left listed
     assert not table_dir(uri).exists()  # nor staging files
+
+
+def test_a_table_of_its_own_keys_the_rows_of_a_table_with_stable_row_ids(tmp_path):
+    """On a table with stable row ids, compaction moves rows to new addresses but keeps their
+    ``_rowid``: the new table's ``source_rowid`` is that id and its ``id`` key the row's own."""
+    import lance
+
+    uri = str(tmp_path / "db")
+    rows = pa.table({"id": np.arange(90), "x": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(180.0)), 2)})
+    lance.write_dataset(rows.slice(0, 40), f"{uri}/t.lance", enable_stable_row_ids=True)
+    lance.write_dataset(rows.slice(40), f"{uri}/t.lance", mode="append")
+    dataset = lance.dataset(f"{uri}/t.lance")
+    dataset.delete("id % 9 = 4")
+    dataset.optimize.compact_files()
+    source = lance.dataset(f"{uri}/t.lance").to_table(columns=["id"], with_row_id=True, with_row_address=True)
+    assert source["_rowid"] != source["_rowaddr"]  # the rows moved
+
+    result = predict(uri, LancePredictionWriter(column="p", table="preds"), output="score", table="t")
+    assert result["rows"] == source.num_rows
+    got = lancedb.connect(uri).open_table("preds").to_arrow().sort_by("id")
+    assert got["id"].to_pylist() == source["id"].to_pylist()
+    by_id = dict(zip(source["id"].to_pylist(), source["_rowid"].to_pylist()))
+    assert got[KEY_ROWID].to_pylist() == [by_id[i] for i in got["id"].to_pylist()]
+    kept = lance.dataset(f"{uri}/t.lance").to_table(columns=["id", "x"]).sort_by("id")
+    np.testing.assert_array_equal(got["p"].to_numpy(), expected(kept, "score"))
