@@ -126,7 +126,17 @@ def commit_columns(
             )
 
     rows_before = pinned.count_rows()
-    version = _native_overwrite(latest, pa.RecordBatchReader.from_batches(out_schema, chunks()))
+    try:
+        version = _native_overwrite(latest, pa.RecordBatchReader.from_batches(out_schema, chunks()))
+    except PredictionWriteError:
+        raise
+    except Exception as err:  # lance's own refusal, e.g. a NaN in one of the table's vector columns
+        raise PredictionWriteError(
+            f"lance could not rewrite table {source.name!r} with column(s) {names}: {err}. The table is unchanged "
+            f"(version {source.version}). A rewrite writes every column again and lance checks them as it does; "
+            "write to a table of its own (table=...) instead, or (with pylance) add the outputs under new column "
+            "names, which writes only the new columns"
+        ) from err
     if version != source.version + 1:
         # Another commit landed between the check above and ours, and an overwrite does not
         # conflict with it: put the table back as that commit left it, and say so.

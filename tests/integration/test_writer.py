@@ -520,3 +520,24 @@ def test_a_table_of_its_own_keys_the_rows_of_a_table_with_stable_row_ids(tmp_pat
     assert got[KEY_ROWID].to_pylist() == [by_id[i] for i in got["id"].to_pylist()]
     kept = lance.dataset(f"{uri}/t.lance").to_table(columns=["id", "x"]).sort_by("id")
     np.testing.assert_array_equal(got["p"].to_numpy(), expected(kept, "score"))
+
+
+@needs_lance
+def test_a_rewrite_lance_refuses_is_a_clear_error_and_leaves_the_table(tmp_path):
+    """overwrite=True rewrites the table; lance refuses a rewrite whose vector column holds a NaN.
+    The error names the table and what to do instead, and the table stays at its version."""
+    import lance
+
+    uri = str(tmp_path / "db")
+    vectors = np.ones((40, 16), np.float32)
+    vectors[3, 0] = np.nan
+    lance.write_dataset(
+        pa.table({"id": np.arange(40), "x": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)}),
+        f"{uri}/t.lance",
+    )
+    assert predict(uri, LancePredictionWriter(column="p"), output="klass", table="t")["version"] == 2  # a merge
+    with pytest.raises(PredictionWriteError, match=r"lance could not rewrite table 't' .*NaN.*unchanged \(version 2\)"):
+        predict(uri, LancePredictionWriter(column="p", overwrite=True), output="klass", table="t")
+    table = lancedb.connect(uri).open_table("t")
+    assert table.version == 2
+    assert table.to_arrow()["p"].to_pylist() == (np.arange(40) % 5).tolist()
