@@ -48,7 +48,8 @@ def _native_overwrite(table: Any, reader: pa.RecordBatchReader) -> int:
     ``Table.add(mode="overwrite")`` would first run lancedb's "bad vectors" check on every
     fixed_size_list of >= 10 floats: it refuses (or with ``on_bad_vectors="null"`` nulls out) a
     vector holding NaN or null in *any* column, the table's own included, which would refuse
-    this write or change other columns. The native ``add`` behind it writes the stream as is.
+    this write or change other columns. The native ``add`` behind it changes no value, but lance
+    itself still refuses a NaN in a vector column (:func:`commit_columns` says so, naming the table).
     """
     from lancedb.background_loop import LOOP
     from lancedb.scannable import to_scannable
