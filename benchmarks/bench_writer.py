@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,47 @@ def drop_old_versions(path: str) -> None:
     lance.dataset(path).cleanup_old_versions(older_than=datetime.timedelta(0), delete_unverified=True)
 
 
+def predict_model(step_ms: float = 0.0, on_stepped: Callable[[], None] | None = None) -> Any:
+    """``Linear(DIM, DIM)`` over ``emb``: ``predict_step`` returns ``[B, DIM]`` float32. With
+    ``step_ms`` each step lasts at least that long with the CPU idle (an accelerator's step: the CPU
+    thread waits for the device); ``on_stepped()`` runs as each step ends."""
+    import lightning.pytorch as pl
+    import torch
+
+    class Model(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(DIM, DIM)
+
+        def predict_step(self, batch, batch_idx):
+            began = time.perf_counter()
+            out = self.layer(batch["emb"])
+            if step_ms:
+                time.sleep(max(0.0, step_ms / 1000 - (time.perf_counter() - began)))
+            if on_stepped is not None:
+                on_stepped()
+            return out
+
+    return Model()
+
+
+def predict_trainer(callbacks: list[Any]) -> Any:
+    """A one-device CPU Trainer with nothing of its own (no logger, checkpoints, progress bar or
+    summary) and ``callbacks``, in that order, after Lightning's."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.callbacks.extend(callbacks)
+    return trainer
+
+
 def run_mode(
     uri: str, name: str, mode: str, batch_size: int, step_ms: float = 0.0, workers: int = 0, read_ahead: int = 2
 ) -> dict[str, Any]:
@@ -141,18 +183,6 @@ def run_mode(
         def on_predict_epoch_end(self, trainer, pl_module):  # runs before on_predict_end (the commit)
             marks["loop_end"], marks["rss_loop_end"], marks["cpu_loop_end"] = time.perf_counter(), rss_bytes(), cpu_s()
 
-    class Model(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(DIM, DIM)
-
-        def predict_step(self, batch, batch_idx):
-            began = time.perf_counter()
-            out = self.layer(batch["emb"])
-            if step_ms:  # an accelerator's step: the CPU thread waits (for the device) until step_ms have passed
-                time.sleep(max(0.0, step_ms / 1000 - (time.perf_counter() - began)))
-            return out
-
     base_version = lancedb.connect(uri).open_table(name).version  # restored after a new columns run
     callbacks: list[Any] = [Clock()]
     if mode == "new columns":
@@ -162,17 +192,9 @@ def run_mode(
     dm = LanceDataModule(
         uri, name, columns=["emb"], splits=None, eval_batch_size=batch_size, num_workers=workers, read_ahead=read_ahead
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.callbacks.extend(callbacks)
+    trainer = predict_trainer(callbacks)
     began, cpu_began = time.perf_counter(), cpu_s()
-    trainer.predict(Model(), datamodule=dm, return_predictions=False)
+    trainer.predict(predict_model(step_ms), datamodule=dm, return_predictions=False)
     ended, cpu_ended = time.perf_counter(), cpu_s()
     if mode == "new columns":
         lancedb.connect(uri).open_table(name).restore(base_version)

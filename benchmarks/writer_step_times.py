@@ -32,6 +32,7 @@ def one_epoch(uri: str, name: str, with_writer: bool) -> dict[str, float]:
     import lancedb
     import lightning.pytorch as pl
     import torch
+    from bench_writer import drop_old_versions, predict_model, predict_trainer
 
     from lance_lightning import LanceDataModule, LancePredictionWriter
 
@@ -46,36 +47,15 @@ def one_epoch(uri: str, name: str, with_writer: bool) -> dict[str, float]:
         def on_predict_batch_end(self, *args):  # after the writer's: it is registered first
             marks["end"].append(time.perf_counter())
 
-    class Model(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(128, 128)
-
-        def predict_step(self, batch, batch_idx):
-            began = time.perf_counter()
-            out = self.layer(batch["emb"])
-            time.sleep(max(0.0, STEP_S - (time.perf_counter() - began)))
-            marks["stepped"].append(time.perf_counter())
-            return out
-
     base = lancedb.connect(uri).open_table(name).version
     callbacks: list = [LancePredictionWriter(column="pred")] if with_writer else []
     dm = LanceDataModule(uri, name, columns=["emb"], splits=None, eval_batch_size=1024)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[*callbacks, Times()],
-    )
+    trainer = predict_trainer([*callbacks, Times()])
+    model = predict_model(STEP_S * 1000, on_stepped=lambda: marks["stepped"].append(time.perf_counter()))
     began = time.perf_counter()
-    trainer.predict(Model(), datamodule=dm, return_predictions=False)
+    trainer.predict(model, datamodule=dm, return_predictions=False)
     total = time.perf_counter() - began
     if with_writer:
-        from bench_writer import drop_old_versions
-
         lancedb.connect(uri).open_table(name).restore(base)
         drop_old_versions(f"{uri}/{name}.lance")  # the run's data files, as bench_writer does
     start, end, stepped = (np.array(marks[k]) for k in ("start", "end", "stepped"))
