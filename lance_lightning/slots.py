@@ -108,7 +108,7 @@ class SlotRing:
         """Mark ``slot`` free again (in the training process, once its batch was copied out)."""
         if not self.lock.acquire(timeout=timeout):
             raise RuntimeError(
-                f"DataLoader worker {worker} held its batch-slot lock for {LOCK_TIMEOUT_S:g} s: it was killed or "
+                f"DataLoader worker {worker} held its batch-slot lock for {timeout:g} s: it was killed or "
                 "hangs. Resume from the last checkpoint to continue exactly."
             )
         try:
