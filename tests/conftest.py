@@ -36,6 +36,16 @@ def toy_table(num_rows: int, *, dim: int = 4, seed: int = 0) -> pa.Table:
     )
 
 
+def toy_database(tmp_path_factory: pytest.TempPathFactory, prefix: str, num_rows: int) -> str:
+    """The URI of a new on-disk database holding ``toy_table(num_rows)`` as ``toy`` (for module-scoped
+    fixtures, which cannot use ``make_table``)."""
+    import lancedb
+
+    uri = str(tmp_path_factory.mktemp(prefix) / "db")
+    lancedb.connect(uri).create_table("toy", toy_table(num_rows))
+    return uri
+
+
 @pytest.fixture
 def make_table(tmp_path):
     """``make_table(name, num_rows | pa.Table) -> (uri, table)``: a table in a fresh on-disk database."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lance_lightning import LanceDataModule
-from tests.conftest import toy_table
+from tests.conftest import toy_database, toy_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -25,11 +25,7 @@ ROWS = 50_000
 
 @pytest.fixture(scope="module")
 def table_uri(tmp_path_factory):
-    import lancedb
-
-    uri = str(tmp_path_factory.mktemp("pinning") / "db")
-    lancedb.connect(uri).create_table("toy", toy_table(ROWS))
-    return uri
+    return toy_database(tmp_path_factory, "pinning", ROWS)
 
 
 def pinned_epoch(uri: str, **settings: Any) -> Any:

@@ -16,7 +16,7 @@ import lance_lightning.slots as slot_layer
 from lance_lightning import LanceDataModule
 from lance_lightning.dataset import StagedBatchDataset
 from lance_lightning.slots import ALIGN
-from tests.conftest import toy_table
+from tests.conftest import toy_database, toy_table
 
 ROWS = 100_000  # 16 batches of 1,024 rows make one hand-over: ~6 of them an epoch
 BATCH = 1024
@@ -24,11 +24,7 @@ BATCH = 1024
 
 @pytest.fixture(scope="module")
 def table_uri(tmp_path_factory):
-    import lancedb
-
-    uri = str(tmp_path_factory.mktemp("slots") / "db")
-    lancedb.connect(uri).create_table("toy", toy_table(ROWS))
-    return uri
+    return toy_database(tmp_path_factory, "slots", ROWS)
 
 
 @pytest.fixture(scope="module")
