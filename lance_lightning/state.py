@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .options import resume_rules
+
 STATE_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
@@ -75,7 +77,8 @@ class DataState:
     """A checkpoint's data entry: what was read (identity) and where reading stands (position)."""
 
     identity: dict[str, Any]
-    """What decides which row is in which split: table, split spec, filter, seed."""
+    """The value of every setting a resume must not change (those declared ``refused`` in
+    :mod:`.options`: table, splits, filter, seed, shuffle...), by name; :meth:`.DataOptions.identity`."""
     table_version: int | None
     table_version_time: str | None
     """When the pinned version was committed: tells a recreated table (its versions restart at 1)."""
@@ -140,6 +143,66 @@ class DataState:
             world_size=state.get("world_size", 1),
             train=train,
         )
+
+
+class ResumeRefusedError(ValueError):
+    """A resume with a setting changed that decides which rows are read or in what order: it
+    would silently read rows twice and others never. The message names each setting, the
+    checkpoint's value and this run's, and the ways out."""
+
+
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def refuse_changed_settings(
+    state: DataState, identity: dict[str, Any], *, follows: frozenset[str] = frozenset()
+) -> None:
+    """Raise :class:`ResumeRefusedError` if this run's ``identity`` differs from the checkpoint's.
+
+    A setting the checkpoint does not record (it was written before lance-lightning recorded it)
+    is not compared: a rank-0 warning names those. ``follows``: settings this run leaves to the
+    checkpoint (``version=None``), never a difference.
+    """
+    rules = resume_rules()
+    unrecorded = [name for name in identity if name not in state.identity and name not in follows]
+    if unrecorded:
+        rank_zero_warn(
+            f"the checkpoint's data state does not record {', '.join(unrecorded)} (written by an older "
+            "lance-lightning): a change of these since it was written cannot be detected; resume with the values "
+            "it was written with"
+        )
+    changed = [
+        name
+        for name, now in identity.items()
+        if name in state.identity and name not in follows and state.identity[name] != now
+    ]
+    if not changed:
+        return
+    train = state.train
+    if train is None:
+        where = "no train position"
+    elif train["start_row"]:
+        where = f"epoch {train['epoch']} after {train['start_row']} of its {train['split_rows']} train rows"
+    else:
+        where = f"the start of epoch {train['epoch']} (none of its rows read yet)"
+    settings = "; ".join(
+        f"{name}: the checkpoint's {_quoted(state.identity[name])}, now {_quoted(identity[name])} "
+        f"({rules[name].why if name in rules else 'which rows are read'})"
+        for name in changed
+    )
+    old = ", ".join(
+        f"{name}={_quoted(state.identity[name])}"
+        + (" or None" if name in rules and rules[name].follows_checkpoint else "")
+        for name in changed
+    )
+    raise ResumeRefusedError(
+        f"cannot resume with changed setting(s) that decide which rows are read or in what order: {settings}. "
+        f"The checkpoint stands at {where}; continuing there with the new value(s) would read rows of the epoch "
+        f"twice and others never. Resume with the checkpoint's value(s) ({old}), or pass resume='fresh' to keep "
+        "the new value(s) and start the data afresh (the epoch Lightning resumes is read again from its first row)."
+    )
 
 
 def rank_zero_warn(message: str) -> None:
@@ -217,9 +280,17 @@ class TrainState:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load_state_dict(self, state_dict: dict[str, Any], *, identity: dict[str, Any], fresh: bool) -> DataState | None:
-        """The checkpoint's data state, checked against this run's ``identity``; None (and the
-        epoch read afresh) when it holds none or ``fresh`` (``resume='fresh'``)."""
+    def load_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        *,
+        identity: dict[str, Any],
+        fresh: bool,
+        follows: frozenset[str] = frozenset(),
+    ) -> DataState | None:
+        """The checkpoint's data state, checked against this run's ``identity`` (``follows``: the
+        settings this run leaves to the checkpoint, see :func:`refuse_changed_settings`); None
+        (and the epoch read afresh) when it holds none or ``fresh`` (``resume='fresh'``)."""
         self.loaded = True
         if not state_dict or "format" not in state_dict:
             rank_zero_warn(NO_DATA_STATE)
@@ -230,17 +301,7 @@ class TrainState:
             self.start_afresh()
             return None
         state = DataState.from_dict(state_dict)
-        differs = [
-            f"{key}: checkpoint {state.identity.get(key)!r} != now {identity[key]!r}"
-            for key in identity
-            if state.identity.get(key) != identity[key]
-        ]
-        if differs:
-            raise ValueError(
-                "the checkpoint's data state does not match this LanceDataModule (" + "; ".join(differs) + "). "
-                "Resuming would read different rows. Restore the original settings, or pass resume='fresh' "
-                "to start the data afresh."
-            )
+        refuse_changed_settings(state, identity, follows=follows)
         return state
 
     def resume_from(self, state: DataState, sampler: Any, *, table_name: str) -> None:

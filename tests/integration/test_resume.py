@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lance_lightning import LanceDataModule
+from lance_lightning.state import ResumeRefusedError
 from tests.conftest import toy_table
 from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
 
@@ -68,7 +69,7 @@ def test_changed_configuration_is_refused_naming_the_difference(make_table, tmp_
     with pytest.raises(Preempted):
         trainer(tmp_path, callbacks=[SaveThenStop(3, ckpt)]).fit(Recorder(), datamodule=datamodule(uri))
     changed = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=6)
-    with pytest.raises(ValueError, match=r"seed: checkpoint 5 != now 6.*resume='fresh'"):
+    with pytest.raises(ResumeRefusedError, match=r"seed: the checkpoint's 5, now 6.*\(seed=5\).*resume='fresh'"):
         trainer(tmp_path).fit(Recorder(), datamodule=changed, ckpt_path=ckpt)
     fresh = Recorder()
     fresh_dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=6, resume="fresh")
