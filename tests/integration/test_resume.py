@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -217,3 +219,64 @@ def test_an_unknown_state_format_is_refused(make_table, tmp_path):
     torch.save(checkpoint, ckpt)
     with pytest.raises(ValueError, match=r"format 99; this version reads formats \[1, 2\].*resume='fresh'"):
         trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)
+
+
+# Issue 29 item 5: a resume that changes the epoch's order continued the interrupted epoch at the
+# checkpoint's row count in the new order (545-596 of 4,000 rows read twice, as many never).
+ORDER_ROWS, ORDER_BATCH = 4000, 100
+
+
+@pytest.fixture(scope="module")
+def order_checkpoints(tmp_path_factory):
+    """A 4,000-row table and two mid-epoch checkpoints (after 15 of 40 batches): uniform, block."""
+    import lancedb
+
+    root = tmp_path_factory.mktemp("order_changes")
+    uri = str(root / "db")
+    lancedb.connect(uri).create_table("toy", toy_table(ORDER_ROWS))
+    checkpoints = {}
+    for name, order in {"uniform": {}, "block": {"shuffle": "block", "block_size": 256}}.items():
+        checkpoints[name] = root / f"{name}.ckpt"
+        dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=ORDER_BATCH, seed=5, **order)
+        with pytest.raises(Preempted):
+            trainer(root, callbacks=[SaveThenStop(15, checkpoints[name])]).fit(Recorder(), datamodule=dm)
+    return uri, checkpoints
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "changed", "named"),
+    [
+        ("uniform", {"shuffle": "block", "block_size": 512}, "shuffle: the checkpoint's 'uniform', now 'block'"),
+        ("uniform", {"shuffle": "none"}, "shuffle: the checkpoint's 'uniform', now 'none'"),
+        ("block", {"shuffle": "block", "block_size": 512}, "block_size: the checkpoint's 256, now 512"),
+        (
+            "block",
+            {"shuffle": "block", "block_size": 256, "window_blocks": 4},
+            "window_blocks: the checkpoint's 8, now 4",
+        ),
+        ("block", {}, "shuffle: the checkpoint's 'block', now 'uniform'"),
+    ],
+)
+def test_a_resume_that_changes_the_epoch_order_is_refused_naming_the_setting(
+    order_checkpoints, tmp_path, checkpoint, changed, named
+):
+    uri, checkpoints = order_checkpoints
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=ORDER_BATCH, seed=5, **changed)
+    model = Recorder()
+    with pytest.raises(ResumeRefusedError, match=re.escape(named)) as err:
+        trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm, ckpt_path=checkpoints[checkpoint])
+    assert "epoch 0 after 1500 of its 4000 train rows" in str(err.value)
+    assert "resume='fresh'" in str(err.value) and not model.seen
+
+
+def test_a_resume_that_keeps_the_order_but_changes_the_batches_reads_every_row_once(order_checkpoints, tmp_path):
+    """The control: block_size under the uniform shuffle plays no part, and batch_size is re-cut."""
+    uri, checkpoints = order_checkpoints
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=64, seed=5, block_size=512)
+    model = Recorder()
+    with pytest.warns(UserWarning, match="the 2500 unread rows of epoch 0"):
+        trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm, ckpt_path=checkpoints["uniform"])
+    reference = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=ORDER_BATCH, seed=5)
+    reference.setup("fit")
+    order = [i for batch in reference.train_dataloader() for i in batch["id"].tolist()]
+    assert [i for batch in model.seen for i in batch] == order[1500:]
