@@ -80,8 +80,9 @@ class LanceDataModule(pl.LightningDataModule):
             them. Workers prefetch on their own (``prefetch_factor``): ignored with workers.
         block_size, window_blocks: the ``"block"`` shuffle's parameters (rows a block, blocks
             a window); see :class:`lance_lightning.orders.BlockOrder`.
-        resume: ``"exact"`` (default): a checkpoint's data state must match this configuration
-            (split spec, filter, seed, table) and training continues with the next unread row;
+        resume: ``"exact"`` (default): a checkpoint's data state must match the settings it records
+            (those that decide the rows or their order: table, splits, filter, seed, shuffle...; see
+            :mod:`.options`) and training continues with the next unread row;
             ``"fresh"``: ignore the checkpoint's data state and start its epoch afresh.
         table_updates: ``"pin"`` (default): the whole run reads the version pinned at the first
             ``setup`` (or stored in the checkpoint it resumes). ``"next_epoch"``: at each epoch

@@ -337,7 +337,7 @@ class DataOptions:
     splits: Any = setting(
         DEFAULT_SPLITS,
         resume=REFUSED,
-        why="which rows are in the train split (and which are held out)",
+        why="which rows are in the train split, and which are held out",
         recorded=_split_identity,
         compare=False,
     )
@@ -349,9 +349,7 @@ class DataOptions:
     )
     seed: int = setting(0, resume=REFUSED, why="a random split's rows and every shuffled epoch's order")
     num_workers: int = setting(0, resume=EXACT, why="how the batches are read, not which")
-    shuffle: ShuffleMode = setting(
-        "uniform", resume=REFUSED, why="the epoch's order: the rest of the epoch would be read in another order"
-    )
+    shuffle: ShuffleMode = setting("uniform", resume=REFUSED, why="the epoch's order")
     drop_last: bool = setting(
         False,
         resume=RECUT,
@@ -361,7 +359,7 @@ class DataOptions:
     stage_splits: dict[str, str] | None = setting(
         None,
         resume=REFUSED,
-        why="which split the train stage reads (the other stages' splits are read whole: they may change)",
+        why="which split the train stage reads; the other stages' entries may change",
         recorded=_train_split,
         compare=False,
     )
@@ -370,7 +368,7 @@ class DataOptions:
     version: int | None = setting(
         None,
         resume=REFUSED,
-        why="which version of the table is read; None follows the checkpoint, which records the version it read",
+        why="which version of the table is read; None reads the checkpoint's",
         follows_checkpoint=True,
     )
     storage_options: dict[str, str] | None = setting(
@@ -387,13 +385,13 @@ class DataOptions:
     block_size: int = setting(
         DEFAULT_BLOCK_SIZE,
         resume=REFUSED,
-        why="the block shuffle's order (recorded only while shuffle='block')",
+        why="the block shuffle's blocks, so its order; not recorded under other shuffles",
         recorded=_order_setting("block_size"),
     )
     window_blocks: int = setting(
         DEFAULT_WINDOW_BLOCKS,
         resume=REFUSED,
-        why="the block shuffle's order (recorded only while shuffle='block')",
+        why="the block shuffle's windows, so its order; not recorded under other shuffles",
         recorded=_order_setting("window_blocks"),
     )
     resume: Literal["exact", "fresh"] = setting(

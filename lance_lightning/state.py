@@ -115,9 +115,10 @@ class DataState:
                 f"{list(READABLE_FORMATS)}. Resume with the lance-lightning version that wrote it, or pass "
                 "resume='fresh' to start the data afresh."
             )
-        if fmt == 2:
-            return cls(**{k: v for k, v in state.items() if k != "format"})
-        return cls._from_format_1(state)
+        read = cls(**{k: v for k, v in state.items() if k != "format"}) if fmt == 2 else cls._from_format_1(state)
+        if "version" not in read.identity:  # written before the identity recorded it: the version read then
+            read.identity["version"] = read.table_version
+        return read
 
     @classmethod
     def _from_format_1(cls, state: dict[str, Any]) -> DataState:
@@ -181,27 +182,42 @@ def refuse_changed_settings(
     if not changed:
         return
     train = state.train
-    if train is None:
-        where = "no train position"
-    elif train["start_row"]:
-        where = f"epoch {train['epoch']} after {train['start_row']} of its {train['split_rows']} train rows"
+    if train is not None and train["start_row"]:
+        where = (
+            f" The checkpoint stands in epoch {train['epoch']} after {train['start_row']} of its "
+            f"{train['split_rows']} train rows: continuing there with the new value(s) would read some of the "
+            "epoch's rows twice and others never."
+        )
+    elif train is not None:
+        where = (
+            f" The checkpoint stands at the start of epoch {train['epoch']}: the run would go on with other splits "
+            "or another order than it started with."
+        )
     else:
-        where = f"the start of epoch {train['epoch']} (none of its rows read yet)"
+        where = ""
+
+    def unused(name: str) -> bool:  # recorded as None: the checkpoint's run did not use it (block_size of uniform)
+        return state.identity[name] is None and name in rules and rules[name].recorded is not None
+
     settings = "; ".join(
-        f"{name}: the checkpoint's {_quoted(state.identity[name])}, now {_quoted(identity[name])} "
-        f"({rules[name].why if name in rules else 'which rows are read'})"
+        f"{name}: "
+        + ("unused by the checkpoint's run" if unused(name) else f"the checkpoint's {_quoted(state.identity[name])}")
+        + f", now {_quoted(identity[name])} ({rules[name].why if name in rules else 'which rows are read'})"
         for name in changed
     )
     old = ", ".join(
         f"{name}={_quoted(state.identity[name])}"
         + (" or None" if name in rules and rules[name].follows_checkpoint else "")
         for name in changed
+        if not unused(name)
     )
+    keep = state.table_version is not None and "version" not in changed
+    pin = f" (with version={state.table_version} to keep reading the checkpoint's table version)" if keep else ""
     raise ResumeRefusedError(
-        f"cannot resume with changed setting(s) that decide which rows are read or in what order: {settings}. "
-        f"The checkpoint stands at {where}; continuing there with the new value(s) would read rows of the epoch "
-        f"twice and others never. Resume with the checkpoint's value(s) ({old}), or pass resume='fresh' to keep "
-        "the new value(s) and start the data afresh (the epoch Lightning resumes is read again from its first row)."
+        f"cannot resume with changed setting(s) that decide which rows are read or in what order: {settings}."
+        f"{where} Resume with the checkpoint's value(s) ({old}), or pass resume='fresh'{pin} to keep the new "
+        "value(s) and start the data afresh: the checkpoint's data position is then ignored, and the epoch "
+        "Lightning resumes is read from its first row."
     )
 
 

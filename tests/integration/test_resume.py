@@ -280,3 +280,15 @@ def test_a_resume_that_keeps_the_order_but_changes_the_batches_reads_every_row_o
     reference.setup("fit")
     order = [i for batch in reference.train_dataloader() for i in batch["id"].tolist()]
     assert [i for batch in model.seen for i in batch] == order[1500:]
+
+
+@pytest.mark.long
+def test_a_resume_with_drop_last_changed_recuts_the_rest_of_the_epoch(make_table, tmp_path):
+    """drop_last is re-cut: the epoch goes on at the checkpoint's row, its partial last step now left out."""
+    uri, _ = make_table("toy", 100)  # 12 whole batches of 8 and 4 rows
+    reference = Recorder()
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
+    resumed = interrupted_then_resumed(tmp_path, uri, 5, {}, {"drop_last": True})
+    assert resumed[:12] == reference.seen[:12]  # epoch 0: the same rows, without the 4-row batch
+    epoch1 = resumed[12:]
+    assert len(epoch1) == 12 and {len(b) for b in epoch1} == {8} and len({i for b in epoch1 for i in b}) == 96
