@@ -17,7 +17,13 @@ The rules:
 * a choice must be one of the listed strings;
 * a list of names (``columns``) is a list, tuple... of non-empty strings, never one string.
 
-Pure: imports nothing of lancedb, torch or Lightning.
+Every field also declares what changing it between a checkpoint and its resume does
+(:func:`setting`, :class:`OnResume`: ``exact``, ``re-cut`` or ``refused``); a field without a
+declaration fails this module's import. The checkpoint records the ``refused`` ones
+(:meth:`DataOptions.identity`), and :mod:`.state` refuses a resume that changes one, naming it.
+
+Pure: imports nothing of lancedb, torch or Lightning (the split spec's identity imports lancedb
+when a checkpoint is written or read).
 """
 
 from __future__ import annotations
