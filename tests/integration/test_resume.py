@@ -179,7 +179,7 @@ def as_format_1(state: dict) -> dict:
     train = state["train"]
     return {
         "format": 1,
-        **state["identity"],
+        **{key: state["identity"][key] for key in ("table", "splits", "filter", "seed")},
         "fingerprint": "0123456789abcdef",
         "table_version": state["table_version"],
         "world_size": state["world_size"],

@@ -31,11 +31,30 @@ from lance_lightning.options import (
 )
 
 VALID = dict(
-    batch_size=32, eval_batch_size=None, seed=0, num_workers=0, shuffle="uniform", drop_last=False, nulls="raise",
-    version=None, multiprocessing_context=None, persistent_workers=True, pin_memory=False, prefetch_factor=None,
+    batch_size=32,
+    eval_batch_size=None,
+    seed=0,
+    num_workers=0,
+    shuffle="uniform",
+    drop_last=False,
+    nulls="raise",
+    version=None,
+    multiprocessing_context=None,
+    persistent_workers=True,
+    pin_memory=False,
+    prefetch_factor=None,
     read_ahead=2,
-    block_size=4096, window_blocks=8, resume="exact", table_updates="pin", in_memory=False,
-    memory_budget_bytes=2**30, cache=None, cache_max_bytes=None, columns=None, filter=None, stage_splits=None,
+    block_size=4096,
+    window_blocks=8,
+    resume="exact",
+    table_updates="pin",
+    in_memory=False,
+    memory_budget_bytes=2**30,
+    cache=None,
+    cache_max_bytes=None,
+    columns=None,
+    filter=None,
+    stage_splits=None,
 )
 
 
@@ -164,8 +183,14 @@ def test_shown_cuts_long_values():
 
 def test_options_normalize_and_freeze(tmp_path):
     options = DataOptions(
-        **{**VALID, "batch_size": np.int64(8), "seed": np.uint64(3), "cache": tmp_path, "columns": ["id"],
-           "stage_splits": {"val": "holdout"}}
+        **{
+            **VALID,
+            "batch_size": np.int64(8),
+            "seed": np.uint64(3),
+            "cache": tmp_path,
+            "columns": ["id"],
+            "stage_splits": {"val": "holdout"},
+        }
     )
     assert type(options.batch_size) is int and type(options.seed) is int
     assert options.cache == str(tmp_path) and options.columns == ("id",) and options.stage_splits == {"val": "holdout"}
@@ -249,3 +274,16 @@ def test_stage_settings_with_staging_off_are_refused_not_ignored(setting):
     with pytest.raises(SettingError, match=r"staging='off' reads the table, but (in_memory=True|cache='/tmp/stages')"):
         DataOptions(staging="off", **setting)
     assert DataOptions(staging="always", **setting).staging == "always"
+
+
+def test_the_checkpoint_identity_holds_plain_values():
+    """What a checkpoint records must load with torch.load(weights_only=True): plain ints and strs,
+    never a NumPy integer or a tuple, whatever type the settings were given in."""
+    import json
+
+    options = DataOptions(
+        table="t", seed=np.uint64(2**63), shuffle="block", block_size=np.int64(8), window_blocks=np.int32(3)
+    )
+    identity = options.identity(version=np.int64(4).item())
+    assert json.loads(json.dumps(identity)) == identity
+    assert identity["seed"] == 2**63 and type(identity["block_size"]) is int and identity["window_blocks"] == 3
