@@ -31,30 +31,11 @@ from lance_lightning.options import (
 )
 
 VALID = dict(
-    batch_size=32,
-    eval_batch_size=None,
-    seed=0,
-    num_workers=0,
-    shuffle="uniform",
-    drop_last=False,
-    nulls="raise",
-    version=None,
-    multiprocessing_context=None,
-    persistent_workers=True,
-    pin_memory=False,
-    prefetch_factor=None,
+    batch_size=32, eval_batch_size=None, seed=0, num_workers=0, shuffle="uniform", drop_last=False, nulls="raise",
+    version=None, multiprocessing_context=None, persistent_workers=True, pin_memory=False, prefetch_factor=None,
     read_ahead=2,
-    block_size=4096,
-    window_blocks=8,
-    resume="exact",
-    table_updates="pin",
-    in_memory=False,
-    memory_budget_bytes=2**30,
-    cache=None,
-    cache_max_bytes=None,
-    columns=None,
-    filter=None,
-    stage_splits=None,
+    block_size=4096, window_blocks=8, resume="exact", table_updates="pin", in_memory=False,
+    memory_budget_bytes=2**30, cache=None, cache_max_bytes=None, columns=None, filter=None, stage_splits=None,
 )
 
 
@@ -183,14 +164,8 @@ def test_shown_cuts_long_values():
 
 def test_options_normalize_and_freeze(tmp_path):
     options = DataOptions(
-        **{
-            **VALID,
-            "batch_size": np.int64(8),
-            "seed": np.uint64(3),
-            "cache": tmp_path,
-            "columns": ["id"],
-            "stage_splits": {"val": "holdout"},
-        }
+        **{**VALID, "batch_size": np.int64(8), "seed": np.uint64(3), "cache": tmp_path, "columns": ["id"],
+           "stage_splits": {"val": "holdout"}}
     )
     assert type(options.batch_size) is int and type(options.seed) is int
     assert options.cache == str(tmp_path) and options.columns == ("id",) and options.stage_splits == {"val": "holdout"}
