@@ -51,6 +51,55 @@ class UnsupportedColumnError(TypeError):
     """A column whose Arrow type or content has no tensor form here."""
 
 
+class BatchKeyCollisionError(ValueError):
+    """Two things of a batch would share one key: a column and a ``nulls="mask"`` mask (or two masks)."""
+
+
+def batch_keys(fields: list[pa.Field], *, nulls: NullPolicy) -> dict[str, str]:
+    """The top-level keys of a batch of ``fields`` under ``nulls``, each with what it holds (``"column
+    'x'"``, ``"the mask of column 'x'"``); a :class:`BatchKeyCollisionError` where two would share one key.
+
+    With ``nulls="mask"`` every nullable field brings ``<name>_valid``, and every nullable child of a
+    struct ``<struct>.<child>_valid`` (as :func:`column_to_tensor` writes them). Checked at setup,
+    before any batch is read: otherwise one of the two is silently replaced by the other.
+    """
+    keys: dict[str, str] = {}
+
+    def add(key: str, what: str) -> None:
+        if key in keys:
+            raise BatchKeyCollisionError(key, keys[key], what)
+        keys[key] = what
+
+    def masks(name: str, t: pa.DataType, nullable: bool) -> None:
+        if nullable:
+            add(f"{name}_valid", f"the nulls='mask' mask of column {name!r}")
+        while isinstance(t, pa.ExtensionType) or pa.types.is_dictionary(t):
+            t = t.storage_type if isinstance(t, pa.ExtensionType) else t.value_type
+        if pa.types.is_struct(t):
+            for child in t:
+                masks(f"{name}.{child.name}", child.type, child.nullable)
+
+    for f in fields:
+        add(f.name, f"column {f.name!r}")
+    if nulls == "mask":
+        for f in fields:
+            masks(f.name, f.type, f.nullable)
+    return keys
+
+
+def check_batch_keys(table_name: str, fields: list[pa.Field], *, nulls: NullPolicy) -> None:
+    """Refuse, naming the table and both columns, a selection whose batch would hold one key twice."""
+    try:
+        batch_keys(fields, nulls=nulls)
+    except BatchKeyCollisionError as err:
+        key, first, second = err.args
+        raise BatchKeyCollisionError(
+            f"table {table_name!r}: {second} and {first} would both be the batch's key {key!r} "
+            "(one silently replacing the other). Leave one of the two columns out of `columns`, rename the column "
+            f"in the table, or use nulls='raise' (filter the nulls out, e.g. filter=\"<column> IS NOT NULL\")."
+        ) from None
+
+
 def _is_bfloat16(field: pa.Field) -> bool:
     t = field.type
     if isinstance(t, pa.ExtensionType):
@@ -164,8 +213,18 @@ def batch_to_tensors(batch: pa.RecordBatch | pa.Table, *, nulls: NullPolicy = "r
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else _empty_batch(batch.schema)
     out: dict[str, Any] = {}
     for field, column in zip(batch.schema, batch.columns):
-        out[field.name] = column_to_tensor(field, column, nulls=nulls, out=out)
+        value = column_to_tensor(field, column, nulls=nulls, out=out)
+        if field.name in out:  # a mask written under this column's name: check_batch_keys refuses it at setup
+            raise _collision(field.name)
+        out[field.name] = value
     return out
+
+
+def _collision(key: str) -> BatchKeyCollisionError:
+    return BatchKeyCollisionError(
+        f"with nulls='mask', column {key!r} and a mask named {key!r} would share one key of the batch; leave one of "
+        "the columns out, rename one, or use nulls='raise'"
+    )
 
 
 def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
@@ -191,6 +250,8 @@ def _check_nulls(
     """``array``, its nulls checked: with ``nulls="mask"`` (and an ``out``), a nullable column's
     ``<name>_valid`` goes into ``out`` whether or not these rows hold a null; else a null raises."""
     masked = nulls == "mask" and out is not None
+    if masked and (nullable or array.null_count) and f"{name}_valid" in out:
+        raise _collision(f"{name}_valid")  # a column (or mask) of that name came first
     if array.null_count == 0:
         if masked and nullable:
             out[f"{name}_valid"] = torch.ones(len(array), dtype=torch.bool)

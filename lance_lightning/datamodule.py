@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from . import assembly
-from .convert import describe_column
+from .convert import check_batch_keys, describe_column
 from .dataset import StagedBatchDataset, resolve_transform
 from .loader import make_loader, start_forkserver, worker_start_method
 from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
@@ -80,8 +80,9 @@ class LanceDataModule(pl.LightningDataModule):
             them. Workers prefetch on their own (``prefetch_factor``): ignored with workers.
         block_size, window_blocks: the ``"block"`` shuffle's parameters (rows a block, blocks
             a window); see :class:`lance_lightning.orders.BlockOrder`.
-        resume: ``"exact"`` (default): a checkpoint's data state must match this configuration
-            (split spec, filter, seed, table) and training continues with the next unread row;
+        resume: ``"exact"`` (default): a checkpoint's data state must match the settings it records
+            (those that decide the rows or their order: table, splits, filter, seed, shuffle...; see
+            :mod:`.options`) and training continues with the next unread row;
             ``"fresh"``: ignore the checkpoint's data state and start its epoch afresh.
         table_updates: ``"pin"`` (default): the whole run reads the version pinned at the first
             ``setup`` (or stored in the checkpoint it resumes). ``"next_epoch"``: at each epoch
@@ -210,6 +211,9 @@ class LanceDataModule(pl.LightningDataModule):
         self.columns = check_columns(self.source.name, table.schema, self.columns)
         for name in self.columns:
             describe_column(table.schema.field(name))
+        check_batch_keys(
+            self.source.name, [table.schema.field(name) for name in self.columns], nulls=self.options.nulls
+        )
         if self.splits is None:
             self._build_splits(table)
         if "train" in stages and (stage == "fit" or self.split_for_stage("train") is not None):
@@ -361,8 +365,12 @@ class LanceDataModule(pl.LightningDataModule):
     # -- checkpoints -----------------------------------------------------------------------
 
     def _identity(self) -> dict[str, Any]:
-        """What decides which row is in which split: a checkpoint must match it to resume."""
-        return self.options.identity(self.source.name, self.split_spec.identity() if self.split_spec else None)
+        """The settings a resume must not change (:meth:`.DataOptions.identity`), as this run resolved them."""
+        splits = self.split_spec.identity() if self.split_spec else None
+        train = self._train_split_name()
+        return self.options.identity(
+            table=self.source.name, splits=splits, version=self.source.version, stage_splits=train
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Saved by Lightning in every checkpoint: the data's identity and the next unread row."""
@@ -379,7 +387,10 @@ class LanceDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""
         state = self.train_state.load_state_dict(
-            state_dict, identity=self._identity(), fresh=self.options.resume == "fresh"
+            state_dict,
+            identity=self._identity(),
+            fresh=self.options.resume == "fresh",
+            follows=self.options.follows_checkpoint(),
         )
         if state is None:
             return

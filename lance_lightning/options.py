@@ -17,20 +17,26 @@ The rules:
 * a choice must be one of the listed strings;
 * a list of names (``columns``) is a list, tuple... of non-empty strings, never one string.
 
-Pure: imports nothing of lancedb, torch or Lightning.
+Every field also declares what changing it between a checkpoint and its resume does
+(:func:`setting`, :class:`OnResume`: ``exact``, ``re-cut`` or ``refused``); a field without a
+declaration fails this module's import. The checkpoint records the ``refused`` ones
+(:meth:`DataOptions.identity`), and :mod:`.state` refuses a resume that changes one, naming it.
+
+Pure: imports nothing of lancedb, torch or Lightning (the split spec's identity imports lancedb
+when a checkpoint is written or read).
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 
-from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode, order_names
+from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode, get_order, order_names
 
 INT64_MAX = 2**63 - 1
 ROW_LIMIT = 2**48
@@ -226,6 +232,84 @@ def as_mapping(
     return dict(value)
 
 
+# -- what a change between checkpoint and resume does ---------------------------------------------
+
+EXACT, RECUT, REFUSED = "exact", "re-cut", "refused"
+RESUME_KINDS = (EXACT, RECUT, REFUSED)
+
+
+@dataclass(frozen=True)
+class OnResume:
+    """What changing one setting between a checkpoint and its resume does; every field of
+    :class:`DataOptions` declares one (:func:`setting`), checked when this module is imported.
+
+    * ``exact``: the resumed run reads the same rows in the same order (how they are read, or what
+      a batch becomes, may differ);
+    * ``re-cut``: the position is kept in rows of the epoch's order, and the rows not yet read are
+      cut into batches by the new value;
+    * ``refused``: the value decides which rows are in the split or in what order they come; the
+      checkpoint records it (:meth:`DataOptions.identity`) and a resume with another value is
+      refused, naming the setting (:mod:`.state`).
+    """
+
+    kind: str
+    why: str
+    """What the setting decides, as the refusal (or the docs) says it."""
+    recorded: Callable[[DataOptions], Any] | None = None
+    """``refused``: the value the checkpoint records (default: the setting's own value); None
+    where the value plays no part (``block_size`` of a ``uniform`` shuffle)."""
+    follows_checkpoint: bool = False
+    """``refused``: None on resume means "whatever the checkpoint recorded" (``version``)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in RESUME_KINDS:
+            raise TypeError(f"resume= must be one of {RESUME_KINDS}, got {self.kind!r}")
+        if not isinstance(self.why, str) or not self.why.strip():
+            raise TypeError("why= must say what the setting decides (a non-empty str)")
+        if self.kind != REFUSED and (self.recorded is not None or self.follows_checkpoint):
+            raise TypeError(f"recorded= and follows_checkpoint= are for resume={REFUSED!r} settings, not {self.kind!r}")
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    resume: str,
+    why: str,
+    recorded: Callable[[DataOptions], Any] | None = None,
+    follows_checkpoint: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A :class:`DataOptions` field (``dataclasses.field(default, **kwargs)``) that declares what
+    changing it between a checkpoint and its resume does: see :class:`OnResume`."""
+    rule = OnResume(resume, why, recorded, follows_checkpoint)
+    return field(default=default, metadata={"resume": rule}, **kwargs)
+
+
+def _table_name(options: DataOptions) -> Any:
+    return options.table if isinstance(options.table, str) else getattr(options.table, "name", None)
+
+
+def _split_identity(options: DataOptions) -> Any:
+    from .splits import parse_split_spec  # imports lancedb: only where a checkpoint is written or read
+
+    spec = parse_split_spec(options.splits)
+    return spec.identity() if spec is not None else None
+
+
+def _train_split(options: DataOptions) -> str | None:
+    return options.stage_splits.get("train")
+
+
+def _order_setting(name: str) -> Callable[[DataOptions], Any]:
+    """The setting ``name`` while the ``shuffle`` order depends on it (:attr:`.EpochOrder.settings`), else None."""
+
+    def recorded(options: DataOptions) -> Any:
+        return getattr(options, name) if name in get_order(options.shuffle).settings else None
+
+    recorded.__name__ = f"order_setting_{name}"
+    return recorded
+
+
 @dataclass(frozen=True)
 class DataOptions:
     """Every setting of :class:`~lance_lightning.LanceDataModule`, validated once.
@@ -240,37 +324,100 @@ class DataOptions:
     resolved (:func:`.dataset.resolve_transform`).
     """
 
-    uri: str | None = None
-    table: Any = field(default=None, compare=False)
-    columns: tuple[str, ...] | None = None
-    splits: Any = field(default=DEFAULT_SPLITS, compare=False)
-    filter: str | None = None
-    batch_size: int = 32
-    seed: int = 0
-    num_workers: int = 0
-    shuffle: ShuffleMode = "uniform"
-    drop_last: bool = False
-    eval_batch_size: int | None = None
-    stage_splits: dict[str, str] | None = field(default=None, compare=False)
-    transform: Any = field(default=None, compare=False)
-    nulls: Literal["raise", "mask"] = "raise"
-    version: int | None = None
-    storage_options: dict[str, str] | None = field(default=None, compare=False, repr=False)
-    connect_kwargs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
-    multiprocessing_context: Literal["forkserver", "spawn"] | None = None
-    persistent_workers: bool = True
-    pin_memory: bool = False
-    prefetch_factor: int | None = None
-    read_ahead: int = 2
-    block_size: int = DEFAULT_BLOCK_SIZE
-    window_blocks: int = DEFAULT_WINDOW_BLOCKS
-    resume: Literal["exact", "fresh"] = "exact"
-    table_updates: Literal["pin", "next_epoch"] = "pin"
-    in_memory: bool = False
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    cache: str | None = None
-    cache_max_bytes: int | None = None
-    staging: Literal["auto", "always", "off"] = "auto"
+    uri: str | None = setting(
+        None,
+        resume=EXACT,
+        why="where the database lives: a moved copy holds the same table (its version and commit time, which "
+        "the checkpoint records, are checked)",
+    )
+    table: Any = setting(
+        None,
+        resume=REFUSED,
+        why="which table is read",
+        recorded=_table_name,
+        compare=False,
+    )
+    columns: tuple[str, ...] | None = setting(
+        None, resume=EXACT, why="which columns a batch holds, not which rows or in what order"
+    )
+    splits: Any = setting(
+        DEFAULT_SPLITS,
+        resume=REFUSED,
+        why="which rows are in the train split, and which are held out",
+        recorded=_split_identity,
+        compare=False,
+    )
+    filter: str | None = setting(None, resume=REFUSED, why="which rows are in the splits")
+    batch_size: int = setting(
+        32,
+        resume=RECUT,
+        why="how the epoch's order is cut into batches: the rows not yet read are cut into the new batches",
+    )
+    seed: int = setting(0, resume=REFUSED, why="a random split's rows and every shuffled epoch's order")
+    num_workers: int = setting(0, resume=EXACT, why="how the batches are read, not which")
+    shuffle: ShuffleMode = setting("uniform", resume=REFUSED, why="the epoch's order")
+    drop_last: bool = setting(
+        False,
+        resume=RECUT,
+        why="how the epoch's last, partial step is cut: the rows not yet read are cut by the new rule",
+    )
+    eval_batch_size: int | None = setting(None, resume=EXACT, why="evaluation batches only, which are read whole")
+    stage_splits: dict[str, str] | None = setting(
+        None,
+        resume=REFUSED,
+        why="which split the train stage reads; the other stages' entries may change",
+        recorded=_train_split,
+        compare=False,
+    )
+    transform: Any = setting(None, resume=EXACT, why="what a batch becomes, not which rows it holds", compare=False)
+    nulls: Literal["raise", "mask"] = setting("raise", resume=EXACT, why="what a null becomes, not which rows")
+    version: int | None = setting(
+        None,
+        resume=REFUSED,
+        why="which version of the table is read; None reads the checkpoint's",
+        follows_checkpoint=True,
+    )
+    storage_options: dict[str, str] | None = setting(
+        None, resume=EXACT, why="how to connect", compare=False, repr=False
+    )
+    connect_kwargs: dict[str, Any] | None = setting(None, resume=EXACT, why="how to connect", compare=False, repr=False)
+    multiprocessing_context: Literal["forkserver", "spawn"] | None = setting(
+        None, resume=EXACT, why="how workers start"
+    )
+    persistent_workers: bool = setting(True, resume=EXACT, why="how long workers live")
+    pin_memory: bool = setting(False, resume=EXACT, why="where a batch's memory lives")
+    prefetch_factor: int | None = setting(None, resume=EXACT, why="how far workers read ahead")
+    read_ahead: int = setting(2, resume=EXACT, why="how far the main process reads ahead")
+    block_size: int = setting(
+        DEFAULT_BLOCK_SIZE,
+        resume=REFUSED,
+        why="the block shuffle's blocks, so its order; not recorded under other shuffles",
+        recorded=_order_setting("block_size"),
+    )
+    window_blocks: int = setting(
+        DEFAULT_WINDOW_BLOCKS,
+        resume=REFUSED,
+        why="the block shuffle's windows, so its order; not recorded under other shuffles",
+        recorded=_order_setting("window_blocks"),
+    )
+    resume: Literal["exact", "fresh"] = setting(
+        "exact",
+        resume=EXACT,
+        why="how this run reads the checkpoint: the checkpoint's own value plays no part ('fresh' is the way "
+        "to start the data afresh)",
+    )
+    table_updates: Literal["pin", "next_epoch"] = setting(
+        "pin",
+        resume=EXACT,
+        why="whether later epochs move to newer versions: the interrupted epoch keeps the checkpoint's version",
+    )
+    in_memory: bool = setting(False, resume=EXACT, why="where the rows are read from, not which")
+    memory_budget_bytes: int = setting(DEFAULT_MEMORY_BUDGET, resume=EXACT, why="a bound of in_memory")
+    cache: str | None = setting(None, resume=EXACT, why="where the stages live")
+    cache_max_bytes: int | None = setting(None, resume=EXACT, why="the stages' budget")
+    staging: Literal["auto", "always", "off"] = setting(
+        "auto", resume=EXACT, why="whether rows are read from a stage or the table: the same rows either way"
+    )
 
     def __post_init__(self) -> None:
         if self.multiprocessing_context == "fork":
@@ -340,6 +487,47 @@ class DataOptions:
         """Rows a batch of ``stage`` on each rank."""
         return self.batch_size if stage == "train" else self.eval_rows
 
-    def identity(self, table_name: str, split_identity: dict[str, Any] | None) -> dict[str, Any]:
-        """What decides which row is in which split: a checkpoint must match it to resume."""
-        return {"table": table_name, "splits": split_identity, "filter": self.filter, "seed": self.seed}
+    def identity(self, **resolved: Any) -> dict[str, Any]:
+        """What a checkpoint records of this run, to refuse a resume that would read other rows or
+        another order: the value of every ``refused`` setting (:func:`resume_rules`).
+
+        ``resolved``: values only the datamodule knows, by setting name (the pinned ``version``,
+        the split ``stage_splits`` gives the train stage); the others come from the settings.
+        """
+        rules = resume_rules()
+        unknown = sorted(set(resolved) - {n for n, r in rules.items() if r.kind == REFUSED})
+        assert not unknown, f"resolved values of settings that are not refused on resume: {unknown}"
+        out = {}
+        for name, rule in rules.items():
+            if rule.kind != REFUSED:
+                continue
+            if name in resolved:
+                out[name] = resolved[name]
+            else:
+                out[name] = rule.recorded(self) if rule.recorded is not None else getattr(self, name)
+        return out
+
+    def follows_checkpoint(self) -> frozenset[str]:
+        """The ``refused`` settings left to the checkpoint here (None where ``follows_checkpoint``)."""
+        return frozenset(
+            name for name, rule in resume_rules().items() if rule.follows_checkpoint and getattr(self, name) is None
+        )
+
+
+def resume_rules() -> dict[str, OnResume]:
+    """Every setting's :class:`OnResume`, in field order."""
+    return {f.name: f.metadata["resume"] for f in fields(DataOptions)}
+
+
+def check_resume_declarations(record: type) -> None:
+    """Refuse a settings record with a field that does not declare what a change on resume does:
+    a new setting cannot be added without deciding (see notes/resume.md)."""
+    missing = [f.name for f in fields(record) if not isinstance(f.metadata.get("resume"), OnResume)]
+    if missing:
+        raise TypeError(
+            f"{record.__name__} field(s) {missing} do not declare what changing them between a checkpoint and its "
+            f"resume does: define them with setting(default, resume=..., why=...), resume one of {RESUME_KINDS}"
+        )
+
+
+check_resume_declarations(DataOptions)

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .options import resume_rules
+
 STATE_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
@@ -75,7 +77,8 @@ class DataState:
     """A checkpoint's data entry: what was read (identity) and where reading stands (position)."""
 
     identity: dict[str, Any]
-    """What decides which row is in which split: table, split spec, filter, seed."""
+    """The value of every setting a resume must not change (those declared ``refused`` in
+    :mod:`.options`: table, splits, filter, seed, shuffle...), by name; :meth:`.DataOptions.identity`."""
     table_version: int | None
     table_version_time: str | None
     """When the pinned version was committed: tells a recreated table (its versions restart at 1)."""
@@ -112,9 +115,10 @@ class DataState:
                 f"{list(READABLE_FORMATS)}. Resume with the lance-lightning version that wrote it, or pass "
                 "resume='fresh' to start the data afresh."
             )
-        if fmt == 2:
-            return cls(**{k: v for k, v in state.items() if k != "format"})
-        return cls._from_format_1(state)
+        read = cls(**{k: v for k, v in state.items() if k != "format"}) if fmt == 2 else cls._from_format_1(state)
+        if "version" not in read.identity:  # written before the identity recorded it: the version read then
+            read.identity["version"] = read.table_version
+        return read
 
     @classmethod
     def _from_format_1(cls, state: dict[str, Any]) -> DataState:
@@ -140,6 +144,81 @@ class DataState:
             world_size=state.get("world_size", 1),
             train=train,
         )
+
+
+class ResumeRefusedError(ValueError):
+    """A resume with a setting changed that decides which rows are read or in what order: it
+    would silently read rows twice and others never. The message names each setting, the
+    checkpoint's value and this run's, and the ways out."""
+
+
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def refuse_changed_settings(
+    state: DataState, identity: dict[str, Any], *, follows: frozenset[str] = frozenset()
+) -> None:
+    """Raise :class:`ResumeRefusedError` if this run's ``identity`` differs from the checkpoint's.
+
+    A setting the checkpoint does not record (it was written before lance-lightning recorded it)
+    is not compared: a rank-0 warning names those. ``follows``: settings this run leaves to the
+    checkpoint (``version=None``), never a difference.
+    """
+    rules = resume_rules()
+    unrecorded = [name for name in identity if name not in state.identity and name not in follows]
+    if unrecorded:
+        rank_zero_warn(
+            f"the checkpoint's data state does not record {', '.join(unrecorded)} (written by an older "
+            "lance-lightning): a change of these since it was written cannot be detected; resume with the values "
+            "it was written with"
+        )
+    changed = [
+        name
+        for name, now in identity.items()
+        if name in state.identity and name not in follows and state.identity[name] != now
+    ]
+    if not changed:
+        return
+    train = state.train
+    if train is not None and train["start_row"]:
+        where = (
+            f" The checkpoint stands in epoch {train['epoch']} after {train['start_row']} of its "
+            f"{train['split_rows']} train rows: continuing there with the new value(s) would read some of the "
+            "epoch's rows twice and others never."
+        )
+    elif train is not None:
+        where = (
+            f" The checkpoint stands at the start of epoch {train['epoch']}: the run would go on with other splits "
+            "or another order than it started with."
+        )
+    else:
+        where = ""
+
+    def unused(name: str) -> bool:  # recorded as None: the checkpoint's run did not use it (block_size of uniform)
+        return state.identity[name] is None and name in rules and rules[name].recorded is not None
+
+    settings = "; ".join(
+        f"{name}: "
+        + ("unused by the checkpoint's run" if unused(name) else f"the checkpoint's {_quoted(state.identity[name])}")
+        + f", now {_quoted(identity[name])} ({rules[name].why if name in rules else 'which rows are read'})"
+        for name in changed
+    )
+    old = ", ".join(
+        f"{name}={_quoted(state.identity[name])}"
+        + (" or None" if name in rules and rules[name].follows_checkpoint else "")
+        for name in changed
+        if not unused(name)
+    )
+    keep = state.table_version is not None and "version" not in changed
+    pin = f" (with version={state.table_version} to keep reading the checkpoint's table version)" if keep else ""
+    raise ResumeRefusedError(
+        f"cannot resume with changed setting(s) that decide which rows are read or in what order: {settings}."
+        f"{where} Resume with the checkpoint's value(s) ({old}), or pass resume='fresh'{pin} to keep the new "
+        "value(s) and start the data afresh: the checkpoint's data position is then ignored, and the epoch "
+        "Lightning resumes is read from its first row."
+    )
 
 
 def rank_zero_warn(message: str) -> None:
@@ -217,9 +296,17 @@ class TrainState:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load_state_dict(self, state_dict: dict[str, Any], *, identity: dict[str, Any], fresh: bool) -> DataState | None:
-        """The checkpoint's data state, checked against this run's ``identity``; None (and the
-        epoch read afresh) when it holds none or ``fresh`` (``resume='fresh'``)."""
+    def load_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        *,
+        identity: dict[str, Any],
+        fresh: bool,
+        follows: frozenset[str] = frozenset(),
+    ) -> DataState | None:
+        """The checkpoint's data state, checked against this run's ``identity`` (``follows``: the
+        settings this run leaves to the checkpoint, see :func:`refuse_changed_settings`); None
+        (and the epoch read afresh) when it holds none or ``fresh`` (``resume='fresh'``)."""
         self.loaded = True
         if not state_dict or "format" not in state_dict:
             rank_zero_warn(NO_DATA_STATE)
@@ -230,17 +317,7 @@ class TrainState:
             self.start_afresh()
             return None
         state = DataState.from_dict(state_dict)
-        differs = [
-            f"{key}: checkpoint {state.identity.get(key)!r} != now {identity[key]!r}"
-            for key in identity
-            if state.identity.get(key) != identity[key]
-        ]
-        if differs:
-            raise ValueError(
-                "the checkpoint's data state does not match this LanceDataModule (" + "; ".join(differs) + "). "
-                "Resuming would read different rows. Restore the original settings, or pass resume='fresh' "
-                "to start the data afresh."
-            )
+        refuse_changed_settings(state, identity, follows=follows)
         return state
 
     def resume_from(self, state: DataState, sampler: Any, *, table_name: str) -> None:

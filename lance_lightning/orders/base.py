@@ -30,8 +30,8 @@ def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
 class EpochOrder:
     """One epoch's order of ``num_rows`` positions; subclasses say how it is made and read.
 
-    A subclass sets :attr:`name` (the ``shuffle=`` value that selects it), :attr:`shuffles` and
-    :attr:`contiguous`, implements :meth:`create` and :meth:`positions`, and overrides
+    A subclass sets :attr:`name` (the ``shuffle=`` value that selects it), :attr:`shuffles`,
+    :attr:`contiguous` and :attr:`settings`, implements :meth:`create` and :meth:`positions`, and overrides
     :meth:`group_batches` when its batches are worth reading several at a time. It is then
     registered in :mod:`lance_lightning.orders`.
     """
@@ -43,6 +43,10 @@ class EpochOrder:
     contiguous: ClassVar[bool] = False
     """True: the rows a worker reads together are a few contiguous runs of the table (range
     scans); False: scattered rows (one take a batch)."""
+    settings: ClassVar[tuple[str, ...]] = ()
+    """The settings (fields of :class:`~lance_lightning.options.DataOptions`) besides ``seed`` that
+    this order's positions depend on. A checkpoint records them while this order is the ``shuffle``,
+    and a resume that changes one is refused (it would continue the epoch in another order)."""
 
     num_rows: int
     nbytes: int = 0

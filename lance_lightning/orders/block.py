@@ -41,6 +41,7 @@ class BlockOrder(EpochOrder):
 
     name = "block"
     contiguous = True
+    settings = ("block_size", "window_blocks")
 
     def __init__(
         self,

@@ -55,3 +55,55 @@ def test_every_batch_has_the_same_keys_and_masks(table_uri, settings):
         np.testing.assert_array_equal(batch["emb"].numpy(), np.repeat(ids, 2).reshape(-1, 2).astype(np.float32))
         assert batch["id_valid"].all() and batch["emb_valid"].all()
     assert np.concatenate([b["id"].numpy() for b in got]).tolist() == list(range(ROWS))
+
+
+# Issue 29 item 7: a real column named like a mask collided with it silently (the mask dropped, or
+# the column replaced by the mask, depending on the column order), staged and unstaged alike.
+@pytest.fixture(scope="module")
+def colliding_uri(tmp_path_factory):
+    import lancedb
+
+    ids = np.arange(100)
+    score = pa.array(ids * 0.5, mask=ids % 7 == 0)
+    pair = pa.StructArray.from_arrays([pa.array(ids * 1.0, mask=ids % 5 == 0), pa.array(ids)], names=["a", "b"])
+    uri = str(tmp_path_factory.mktemp("collisions") / "db")
+    db = lancedb.connect(uri)
+    db.create_table("mask_first", pa.table({"id": ids, "score": score, "score_valid": ids * 10}))
+    db.create_table("column_first", pa.table({"id": ids, "score_valid": ids * 10, "score": score}))
+    db.create_table("struct", pa.table({"id": ids, "pair": pair, "pair_valid": ids * 10}))
+    return uri
+
+
+def masked(uri: str, table: str, **kwargs) -> LanceDataModule:
+    return LanceDataModule(uri, table, splits={"train": 1.0}, nulls="mask", shuffle="none", batch_size=10, **kwargs)
+
+
+@pytest.mark.parametrize("staging", ["off", "always"])
+@pytest.mark.parametrize(
+    ("table", "column", "mask_of"),
+    [
+        ("mask_first", "score_valid", "score"),
+        ("column_first", "score_valid", "score"),
+        ("struct", "pair_valid", "pair"),
+    ],
+)
+def test_a_column_named_like_a_mask_is_refused_at_setup(colliding_uri, staging, table, column, mask_of):
+    dm = masked(colliding_uri, table, staging=staging)
+    with pytest.raises(ValueError, match=rf"table {table!r}: .*column {mask_of!r} and column {column!r} .*`columns`"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("staging", ["off", "always"])
+def test_leaving_one_of_the_two_out_reads_both_meanings_apart(colliding_uri, staging):
+    batch = next(iter(_train_loader(masked(colliding_uri, "mask_first", staging=staging, columns=["id", "score"]))))
+    np.testing.assert_array_equal(batch["score_valid"].numpy(), batch["id"].numpy() % 7 != 0)
+    kept = next(
+        iter(_train_loader(masked(colliding_uri, "mask_first", staging=staging, columns=["id", "score_valid"])))
+    )
+    np.testing.assert_array_equal(kept["score_valid"].numpy(), kept["id"].numpy() * 10)
+    assert kept["id_valid"].all() and "score" not in kept
+
+
+def _train_loader(dm: LanceDataModule):
+    dm.setup("fit")
+    return dm.train_dataloader()

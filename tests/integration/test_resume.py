@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from lance_lightning import LanceDataModule
+from lance_lightning.state import ResumeRefusedError
 from tests.conftest import toy_table
 from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
 
@@ -68,7 +71,7 @@ def test_changed_configuration_is_refused_naming_the_difference(make_table, tmp_
     with pytest.raises(Preempted):
         trainer(tmp_path, callbacks=[SaveThenStop(3, ckpt)]).fit(Recorder(), datamodule=datamodule(uri))
     changed = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=6)
-    with pytest.raises(ValueError, match=r"seed: checkpoint 5 != now 6.*resume='fresh'"):
+    with pytest.raises(ResumeRefusedError, match=r"seed: the checkpoint's 5, now 6.*\(seed=5\).*resume='fresh'"):
         trainer(tmp_path).fit(Recorder(), datamodule=changed, ckpt_path=ckpt)
     fresh = Recorder()
     fresh_dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=6, resume="fresh")
@@ -176,7 +179,7 @@ def as_format_1(state: dict) -> dict:
     train = state["train"]
     return {
         "format": 1,
-        **state["identity"],
+        **{key: state["identity"][key] for key in ("table", "splits", "filter", "seed")},
         "fingerprint": "0123456789abcdef",
         "table_version": state["table_version"],
         "world_size": state["world_size"],
@@ -216,3 +219,76 @@ def test_an_unknown_state_format_is_refused(make_table, tmp_path):
     torch.save(checkpoint, ckpt)
     with pytest.raises(ValueError, match=r"format 99; this version reads formats \[1, 2\].*resume='fresh'"):
         trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)
+
+
+# Issue 29 item 5: a resume that changes the epoch's order continued the interrupted epoch at the
+# checkpoint's row count in the new order (545-596 of 4,000 rows read twice, as many never).
+ORDER_ROWS, ORDER_BATCH = 4000, 100
+
+
+@pytest.fixture(scope="module")
+def order_checkpoints(tmp_path_factory):
+    """A 4,000-row table and two mid-epoch checkpoints (after 15 of 40 batches): uniform, block."""
+    import lancedb
+
+    root = tmp_path_factory.mktemp("order_changes")
+    uri = str(root / "db")
+    lancedb.connect(uri).create_table("toy", toy_table(ORDER_ROWS))
+    checkpoints = {}
+    for name, order in {"uniform": {}, "block": {"shuffle": "block", "block_size": 256}}.items():
+        checkpoints[name] = root / f"{name}.ckpt"
+        dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=ORDER_BATCH, seed=5, **order)
+        with pytest.raises(Preempted):
+            trainer(root, callbacks=[SaveThenStop(15, checkpoints[name])]).fit(Recorder(), datamodule=dm)
+    return uri, checkpoints
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "changed", "named"),
+    [
+        ("uniform", {"shuffle": "block", "block_size": 512}, "shuffle: the checkpoint's 'uniform', now 'block'"),
+        ("uniform", {"shuffle": "none"}, "shuffle: the checkpoint's 'uniform', now 'none'"),
+        ("block", {"shuffle": "block", "block_size": 512}, "block_size: the checkpoint's 256, now 512"),
+        (
+            "block",
+            {"shuffle": "block", "block_size": 256, "window_blocks": 4},
+            "window_blocks: the checkpoint's 8, now 4",
+        ),
+        ("block", {}, "shuffle: the checkpoint's 'block', now 'uniform'"),
+    ],
+)
+def test_a_resume_that_changes_the_epoch_order_is_refused_naming_the_setting(
+    order_checkpoints, tmp_path, checkpoint, changed, named
+):
+    uri, checkpoints = order_checkpoints
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=ORDER_BATCH, seed=5, **changed)
+    model = Recorder()
+    with pytest.raises(ResumeRefusedError, match=re.escape(named)) as err:
+        trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm, ckpt_path=checkpoints[checkpoint])
+    assert "epoch 0 after 1500 of its 4000 train rows" in str(err.value)
+    assert "resume='fresh'" in str(err.value) and not model.seen
+
+
+def test_a_resume_that_keeps_the_order_but_changes_the_batches_reads_every_row_once(order_checkpoints, tmp_path):
+    """The control: block_size under the uniform shuffle plays no part, and batch_size is re-cut."""
+    uri, checkpoints = order_checkpoints
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=64, seed=5, block_size=512)
+    model = Recorder()
+    with pytest.warns(UserWarning, match="the 2500 unread rows of epoch 0"):
+        trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm, ckpt_path=checkpoints["uniform"])
+    reference = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=ORDER_BATCH, seed=5)
+    reference.setup("fit")
+    order = [i for batch in reference.train_dataloader() for i in batch["id"].tolist()]
+    assert [i for batch in model.seen for i in batch] == order[1500:]
+
+
+@pytest.mark.long
+def test_a_resume_with_drop_last_changed_recuts_the_rest_of_the_epoch(make_table, tmp_path):
+    """drop_last is re-cut: the epoch goes on at the checkpoint's row, its partial last step now left out."""
+    uri, _ = make_table("toy", 100)  # 12 whole batches of 8 and 4 rows
+    reference = Recorder()
+    trainer(tmp_path).fit(reference, datamodule=datamodule(uri))
+    resumed = interrupted_then_resumed(tmp_path, uri, 5, {}, {"drop_last": True})
+    assert resumed[:12] == reference.seen[:12]  # epoch 0: the same rows, without the 4-row batch
+    epoch1 = resumed[12:]
+    assert len(epoch1) == 12 and {len(b) for b in epoch1} == {8} and len({i for b in epoch1 for i in b}) == 96

@@ -10,7 +10,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lance_lightning.convert import UnsupportedColumnError, batch_to_tensors, describe_column
+from lance_lightning.convert import (
+    BatchKeyCollisionError,
+    UnsupportedColumnError,
+    batch_keys,
+    batch_to_tensors,
+    check_batch_keys,
+    describe_column,
+)
 
 
 def convert(array: pa.Array, name: str = "c", **kwargs):
@@ -243,3 +250,32 @@ def test_under_mask_a_nullable_column_has_its_mask_in_every_batch():
     assert list(with_null) == list(out)
     assert with_null["score_valid"].tolist() == [False, True]
     assert list(batch_to_tensors(rows)) == ["score", "id", "pair"]  # nulls="raise": no masks
+
+
+def test_batch_keys_name_every_mask_and_refuse_a_shared_key():
+    pair = pa.struct([pa.field("a", pa.float32()), pa.field("b", pa.int64(), nullable=False)])
+    fields = [pa.field("x", pa.int64()), pa.field("pair", pair), pa.field("y", pa.int64(), nullable=False)]
+    assert list(batch_keys(fields, nulls="raise")) == ["x", "pair", "y"]
+    assert list(batch_keys(fields, nulls="mask")) == ["x", "pair", "y", "x_valid", "pair_valid", "pair.a_valid"]
+    assert list(
+        batch_keys([pa.field("y", pa.int64(), nullable=False), pa.field("y_valid", pa.bool_())], nulls="mask")
+    ) == [
+        "y",
+        "y_valid",
+        "y_valid_valid",
+    ]  # a column that cannot hold nulls has no mask: nothing collides
+    for clash in (pa.field("x_valid", pa.bool_()), pa.field("pair_valid", pa.int8())):
+        with pytest.raises(
+            BatchKeyCollisionError, match=rf"table 't': the nulls='mask' mask of column .* and column {clash.name!r}"
+        ):
+            check_batch_keys("t", [*fields, clash], nulls="mask")
+        check_batch_keys("t", [*fields, clash], nulls="raise")
+
+
+@pytest.mark.parametrize("mask_first", [True, False])
+def test_a_column_and_a_mask_of_one_name_never_replace_each_other(mask_first):
+    score = pa.array([1.0, None, 3.0])
+    columns = {"score": score, "score_valid": pa.array([7, 8, 9])}
+    batch = pa.RecordBatch.from_pydict(columns if mask_first else dict(reversed(list(columns.items()))))
+    with pytest.raises(BatchKeyCollisionError, match="'score_valid'"):
+        batch_to_tensors(batch, nulls="mask")

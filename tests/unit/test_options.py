@@ -249,3 +249,16 @@ def test_stage_settings_with_staging_off_are_refused_not_ignored(setting):
     with pytest.raises(SettingError, match=r"staging='off' reads the table, but (in_memory=True|cache='/tmp/stages')"):
         DataOptions(staging="off", **setting)
     assert DataOptions(staging="always", **setting).staging == "always"
+
+
+def test_the_checkpoint_identity_holds_plain_values():
+    """What a checkpoint records must load with torch.load(weights_only=True): plain ints and strs,
+    never a NumPy integer or a tuple, whatever type the settings were given in."""
+    import json
+
+    options = DataOptions(
+        table="t", seed=np.uint64(2**63), shuffle="block", block_size=np.int64(8), window_blocks=np.int32(3)
+    )
+    identity = options.identity(version=np.int64(4).item())
+    assert json.loads(json.dumps(identity)) == identity
+    assert identity["seed"] == 2**63 and type(identity["block_size"]) is int and identity["window_blocks"] == 3
