@@ -43,6 +43,12 @@ def on_page_markdown(markdown, page, config, files):
         if name not in make_figures.FIGURES:
             raise KeyError(f"{PAGE}: no figure {name!r} in make_figures.FIGURES: {sorted(make_figures.FIGURES)}")
         alt = make_figures.FIGURES[name][2]
-        return f'<figure markdown="span" class="perf-figure" id="fig-{name}">\n  ![{alt}]({name}.svg)\n  <figcaption markdown="span">{make_figures.caption(name)}</figcaption>\n</figure>'
+        caption = make_figures.caption(name)
+        return (
+            f'<figure markdown="span" class="perf-figure" id="fig-{name}">\n'
+            f"  ![{alt}]({name}.svg)\n"
+            f'  <figcaption markdown="span">{caption}</figcaption>\n'
+            "</figure>"
+        )
 
     return MARKER.sub(expand, markdown)
