@@ -73,10 +73,10 @@ def source_line(record: dict[str, Any], name: str) -> str:
 
 
 def tables() -> dict[str, str]:
-    """Every table of the performance page, by the name its page marker uses."""
+    """The table of every record in ``data/``, by the name its page marker uses (the file's stem)."""
     out = {}
-    for name in ("throughput_1m", "throughput_by_size", "shuffle_quality", "worker_start", "writer", "overheads",
-                 "main_job"):  # fmt: skip
+    for path in sorted(DATA.glob("*.json")):
+        name = path.stem
         record = load(name)
         parts = [f"*Setup:* {record['setup']}.", "", markdown_table(record)]
         if "extra_columns" in record:
