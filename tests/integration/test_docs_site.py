@@ -136,6 +136,7 @@ def test_readme_example_is_the_getting_started_script():
 
 
 @pytest.mark.slow
+@pytest.mark.long  # three training/predict scripts: ~60 s on 2 busy cores
 def test_the_runnable_guides_run_as_written(tmp_path):
     """Getting started's script writes my_db/vectors; the plain-PyTorch and inference guides read it."""
     for page in ("getting-started.md", "guides/plain-pytorch.md", "guides/inference.md"):

@@ -4,7 +4,8 @@ The python blocks run in order in one empty directory, as a reader would paste t
 writes the table ``my_db/vectors`` that the later blocks and the Hydra command read. The two
 set-up commands install packages, so they are not run here: their steps are checked against
 ``pyproject.toml`` and ``.ci/run`` instead (CI runs the same test command), and
-``test_main_job_accuracy.py`` runs the main job unchanged.
+``test_main_job_accuracy.py`` runs the main job unchanged. The Hydra command is a whole job, so
+its test is marked ``long`` (CI runs it).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def test_batch_keys_block_unpacks_a_tuple(example_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a whole Hydra job (fit + test, 2 workers): ~30-60 s on 2 busy cores
 def test_hydra_command_trains_on_the_example_table(example_dir):
     where, first = example_dir
     assert first.returncode == 0, first.stderr[-3000:]
