@@ -157,11 +157,11 @@ def shuffle_quality() -> bytes:
         ("regions", "4,096-row table regions\na batch"),
         ("label_entropy", "label entropy, table in\nlabel order (1 = mixed)"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8), layout="constrained")
     for ax, (key, title) in zip(axes, panels):
         ax.bar(modes, [r[key] for r in rows], color=["#4c72b0", "#dd8452", "#8c8c8c"])
         ax.set_title(title)
-    fig.suptitle("Randomness of a batch by shuffle mode (1M rows, batch 1024, rank 0 of 1)", y=1.08)
+    fig.suptitle("Randomness of a batch by shuffle mode (1M rows, batch 1024, rank 0 of 1)")
     return _svg(fig)
 
 
