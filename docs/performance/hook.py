@@ -1,6 +1,6 @@
 """MkDocs hook: the performance page's tables and plots, made at build time by make_figures.py.
 
-``<!-- perf-table: NAME -->`` in a page becomes the table of ``data/NAME.json`` with its setup,
+``<!-- perf-table: NAME -->`` in a page becomes the table of ``records/NAME.json`` with its setup,
 notes and source line; ``<!-- perf-figure: NAME -->`` becomes the plot ``NAME.svg`` (generated
 into the site beside the page, never committed) with a caption naming the command and commit.
 An unknown name fails the build.

@@ -1,4 +1,4 @@
-"""The performance page's tables and plots, made from the benchmark output in ``data/*.json``.
+"""The performance page's tables and plots, made from the benchmark output in ``records/*.json``.
 
 The one source of every measured figure on the documentation site. Each JSON file is one
 benchmark run as published: the command, the commit of the code it measured, when it was
@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parent / "data"
+RECORDS = Path(__file__).resolve().parent / "records"
 
 
 def load(name: str) -> dict[str, Any]:
-    """One benchmark record, ``data/<name>.json``."""
-    return json.loads((DATA / f"{name}.json").read_text())
+    """One benchmark record, ``records/<name>.json``."""
+    return json.loads((RECORDS / f"{name}.json").read_text())
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -68,14 +68,14 @@ def source_line(record: dict[str, Any], name: str) -> str:
     when = f"published in `{published['commit']}`, {published['date']}" if published["commit"] else published["date"]
     return (
         f"*Command:* {commands}. *Commit:* `{record['commit']}` ({when}). *Machine:* {record['machine']}. "
-        f"[Data](data/{name}.json)."
+        f"[Data](records/{name}.json)."
     )
 
 
 def tables() -> dict[str, str]:
-    """The table of every record in ``data/``, by the name its page marker uses (the file's stem)."""
+    """The table of every record in ``records/``, by the name its page marker uses (the file's stem)."""
     out = {}
-    for path in sorted(DATA.glob("*.json")):
+    for path in sorted(RECORDS.glob("*.json")):
         name = path.stem
         record = load(name)
         parts = [f"*Setup:* {record['setup']}.", "", markdown_table(record)]

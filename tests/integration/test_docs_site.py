@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PERF = DOCS / "performance"
-RECORDS = sorted((PERF / "data").glob("*.json"))
+RECORDS = sorted((PERF / "records").glob("*.json"))
 # Measures each <img> once the page has loaded: decoded size / laid-out size, and marks the body.
 PROBE = (
     '<script>window.addEventListener("load", () => { for (const img of document.images) {'
@@ -124,6 +124,10 @@ def test_every_figure_comes_from_a_committed_record():
         ["git", "ls-files", "docs/performance"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
     assert tracked and not [f for f in tracked if f.endswith((".svg", ".png"))], "generated figures are committed"
+    # ...and every record the build reads is committed (a .gitignore pattern such as data/ would
+    # leave a fresh clone without it).
+    untracked = {f"docs/performance/records/{p.name}" for p in RECORDS} - set(tracked)
+    assert not untracked, f"records not committed: {sorted(untracked)}"
 
 
 def test_readme_example_is_the_getting_started_script():
