@@ -28,7 +28,6 @@ import pyarrow as pa
 
 from .source import TableChangedError  # raised here too; defined with the table identity
 
-
 MIN_SCAN_ROWS = 2048
 """A run of wanted offsets shorter than this is cheaper to take than to scan."""
 MIN_SCAN_DENSITY = 0.5
