@@ -1,7 +1,7 @@
 """The train/val/test/predict ``DataLoader``: one batch an item, workers that end with the trainer.
 
 :func:`make_loader` builds it from the settings; :class:`LanceDataLoader` hands out batches that
-were read together (a :class:`~.dataset.BatchGroup`) one by one and names a worker that died.
+were read together (a :class:`~.batches.BatchGroup`) one by one and names a worker that died.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .dataset import BatchGroup, LanceBatchDataset, StagedBatchDataset
+from .batches import BatchGroup
+from .dataset import LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
 from .slots import WorkerSlots, taken, worker_slots
@@ -159,7 +160,7 @@ class LanceDataLoader(DataLoader):
         )
 
     def __iter__(self) -> Any:
-        """Batches one by one: a :class:`~.dataset.BatchGroup` read together is handed out whole."""
+        """Batches one by one: a :class:`~.batches.BatchGroup` read together is handed out whole."""
         items = super().__iter__()
         if self.num_workers:
             items = taken(_naming_dead_workers(items))
