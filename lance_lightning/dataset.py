@@ -25,9 +25,11 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from .batches import BatchGroup, split_group
 from .convert import NullPolicy, batch_to_tensors
 from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
 from .rowset import RowSet
+from .slots import gather_into_slot
 from .source import TableSource, is_memory_uri
 
 if TYPE_CHECKING:
@@ -115,10 +117,6 @@ ROW_BYTES_SAMPLE = 32
 few, as a row may be a video."""
 
 
-class BatchGroup(list):
-    """Consecutive batches of one rank, read together; the loader hands them out one by one."""
-
-
 def gather_shared(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``tensor[index]``, written straight into shared memory in a DataLoader worker (handing it
     to the main process then copies nothing: in-memory mode with 2 workers went from 0.79M to
@@ -136,21 +134,6 @@ def gather(value: Any, index: np.ndarray) -> Any:
     if isinstance(value, dict):
         return {name: gather(child, index) for name, child in value.items()}
     return [value[i] for i in index.tolist()]
-
-
-def split_group(columns: dict[str, Any], sizes: list[int], finish: Callable[[dict[str, Any]], Any]) -> BatchGroup:
-    """The rows of a group's columns, cut into consecutive batches of ``sizes`` (tensor views)."""
-    bounds = np.cumsum([0, *sizes]).tolist()
-    return BatchGroup(
-        finish({name: _rows(v, lo, hi) for name, v in columns.items()}) for lo, hi in zip(bounds[:-1], bounds[1:])
-    )
-
-
-def _rows(value: Any, lo: int, hi: int) -> Any:
-    """Rows ``lo:hi`` of one gathered column, as a view where the column is a tensor."""
-    if isinstance(value, dict):
-        return {name: _rows(child, lo, hi) for name, child in value.items()}
-    return value[lo:hi]
 
 
 class BatchReader(Dataset):
@@ -342,7 +325,6 @@ class StagedBatchDataset(BatchReader):
         positions = np.concatenate(index) if group else np.asarray(index, dtype=np.int64)
         sizes = [len(b) for b in index] if group else None
         if self.slots is not None and self.transform is None and (worker := get_worker_info()) is not None:
-            from .slots import gather_into_slot
 
             def gather(allocate: Any) -> dict[str, Any]:
                 return self.staged.take_into_tensors(positions, nulls=self.nulls, allocate=allocate)

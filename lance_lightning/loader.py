@@ -1,7 +1,7 @@
 """The train/val/test/predict ``DataLoader``: one batch an item, workers that end with the trainer.
 
 :func:`make_loader` builds it from the settings; :class:`LanceDataLoader` hands out batches that
-were read together (a :class:`~.dataset.BatchGroup`) one by one and names a worker that died.
+were read together (a :class:`~.batches.BatchGroup`) one by one and names a worker that died.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .dataset import BatchGroup, LanceBatchDataset, StagedBatchDataset
+from .batches import BatchGroup
+from .dataset import LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
 from .slots import WorkerSlots, taken, worker_slots
@@ -159,7 +160,7 @@ class LanceDataLoader(DataLoader):
         )
 
     def __iter__(self) -> Any:
-        """Batches one by one: a :class:`~.dataset.BatchGroup` read together is handed out whole."""
+        """Batches one by one: a :class:`~.batches.BatchGroup` read together is handed out whole."""
         items = super().__iter__()
         if self.num_workers:
             items = taken(_naming_dead_workers(items))
@@ -177,8 +178,16 @@ def _reading_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
     sampler then fixes the epoch's order before Lightning calls ``set_epoch`` (the position it
     reads is :mod:`.state`'s), never concurrently with it. The datamodule's position counts the
     batches Lightning has consumed, not those read ahead (as with workers' prefetch). A pinning
-    loader pins on the reading thread with the CUDA device of this one."""
-    first = next(items, _END)
+    loader pins on the reading thread with the CUDA device of this one.
+
+    An error reading the first item is raised at the first ``next()``, not here: an ``iter()`` that
+    raises leaves Lightning's ``CombinedLoader`` without an iterator, and its teardown then fails
+    with ``Please call iter(combined_loader) first``, which hides the error (the real one only in
+    the chained traceback). Raised at ``next()``, as a worker's error is, it reaches the user as itself."""
+    try:
+        first = next(items, _END)
+    except Exception as err:  # noqa: BLE001 - raised as it is, one call later
+        return _raising(err)
     if first is _END:
         return iter(())
     bind = _cuda_device_binder()
@@ -192,6 +201,12 @@ def _reading_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
 
 
 _END = object()
+
+
+def _raising(err: BaseException) -> Iterator[Any]:
+    """An iterator whose first ``next()`` raises ``err``."""
+    raise err
+    yield  # a generator: nothing runs before the first next()
 
 
 def _cuda_device_binder() -> Any:

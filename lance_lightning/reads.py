@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .source import TableChangedError  # raised here too; defined with the table identity
+
 MIN_SCAN_ROWS = 2048
 """A run of wanted offsets shorter than this is cheaper to take than to scan."""
 MIN_SCAN_DENSITY = 0.5
@@ -51,10 +53,6 @@ def _scan_pool() -> ThreadPoolExecutor:
     if _pool is None or _pool[0] != os.getpid():
         _pool = (os.getpid(), ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="lance-scan"))
     return _pool[1]
-
-
-class TableChangedError(RuntimeError):
-    """Rows the split refers to are not in the pinned table version."""
 
 
 def scan_with_row_ids(table: Any, columns: Sequence[str] = (), *, where: str | None = None) -> pa.Table:

@@ -5,7 +5,7 @@ as already distributed: it neither wraps it in a second ``DistributedSampler`` (
 ``use_distributed_sampler`` says) nor forgets to call :meth:`set_epoch` on it. Each item it
 yields is a whole batch (an array of positions in the split, in the epoch's order, which the
 dataset maps to table offsets; or of the ``addresses`` given), or a
-:class:`~.dataset.BatchGroup` of consecutive batches that the dataset reads together.
+:class:`~.batches.BatchGroup` of consecutive batches that the dataset reads together.
 
 All arithmetic is in :mod:`.sharding`, the orders in :mod:`.orders` (looked up by name in its
 registry); this class only holds the values it needs.
@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .dataset import BatchGroup
+from .batches import BatchGroup
 from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, get_order
 from .sharding import ShardPlan, plan_epoch, rank_batch_bounds, take_padded_many
 from .state import TrainPosition
@@ -45,7 +45,7 @@ class LanceBatchSampler(DistributedSampler):
             row is read exactly once and ranks may differ by one batch (evaluation).
         block_size, window_blocks: the ``block`` shuffle (see :class:`.orders.BlockOrder`).
         group_batches: yield this many consecutive batches at a time as one
-            :class:`~.dataset.BatchGroup` (read together in range scans); 1 yields plain batches.
+            :class:`~.batches.BatchGroup` (read together in range scans); 1 yields plain batches.
     """
 
     def __init__(

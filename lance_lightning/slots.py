@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data._utils.pin_memory import pin_memory
 
+from .batches import split_group
 from .convert import numpy_dtype_to_torch
 
 ALIGN = 64
@@ -253,8 +254,6 @@ class SlotBatch:
             ring.release(self.slot, self.worker)
         if self.sizes is None:
             return out
-        from .dataset import split_group
-
         return split_group(out, self.sizes, _as_is)
 
     def pin_memory(self, device: Any = None) -> Any:

@@ -30,6 +30,15 @@ class LanceSourceError(ValueError):
     """The database, table, column or filter named in the configuration is not usable."""
 
 
+class MissingTableError(LanceSourceError):
+    """The table, or the version of it asked for, is not in the database."""
+
+
+class TableChangedError(RuntimeError):
+    """The pinned table version a run reads is gone or is not the one it pinned (rows deleted from
+    under it, its files cleaned up, the table dropped, or dropped and recreated under the same name)."""
+
+
 def is_local_uri(uri: str) -> bool:
     """True for plain paths and ``file://`` URIs (lancedb would create those silently)."""
     scheme = urlparse(str(uri)).scheme
@@ -59,13 +68,48 @@ class TableSource:
     A table dropped and recreated under the same name restarts at version 1; its commit times differ."""
 
     def open(self) -> lancedb.table.Table:
-        """Open the table (at :attr:`version` when pinned), with errors naming what is missing."""
-        return open_table(
-            self.uri,
-            self.name,
-            version=self.version,
-            storage_options=self.storage_options,
-            connect_kwargs=self.connect_kwargs,
+        """Open the table (at :attr:`version` when pinned), with errors naming what is missing.
+
+        A stamped source (:attr:`version_time` known: this run has read the version) opens only
+        that same version: a table dropped and recreated under the same name has a version of that
+        number too, with other rows. Every process that reopens the pinned version (DataLoader
+        workers, each epoch when they are not persistent; the main process) goes through here, so
+        none reads the recreation: it raises :class:`TableChangedError` instead, as it does when
+        the table or the version is gone."""
+        try:
+            table = open_table(
+                self.uri,
+                self.name,
+                version=self.version,
+                storage_options=self.storage_options,
+                connect_kwargs=self.connect_kwargs,
+            )
+        except MissingTableError as err:
+            if self.version_time is None:
+                raise
+            raise TableChangedError(
+                f"table {self.name!r} at {self.uri!r}: version {self.version}, which this run pinned, cannot be "
+                f"opened any more ({err}). The table was dropped, or the version cleaned up "
+                "(optimize(cleanup_older_than=...) / cleanup_old_versions), while the run read it. Keep old versions "
+                "longer than a run lasts, or restart the run on the table as it is now."
+            ) from err
+        self.check_identity(table)
+        return table
+
+    def check_identity(self, table: lancedb.table.Table) -> None:
+        """Raise :class:`TableChangedError` when ``table`` (opened at :attr:`version`) is not the
+        version this source was stamped with: same number, another commit time."""
+        if self.version is None or self.version_time is None:
+            return
+        now = version_time(table)
+        if now == self.version_time:
+            return
+        raise TableChangedError(
+            f"table {self.name!r} at {self.uri!r} changed under this run: its version {self.version} was committed at "
+            f"{now}, the version {self.version} this run pinned at {self.version_time}. The table was dropped and "
+            "recreated under the same name (or replaced by a copy): version numbers restart at 1, so its version "
+            f"{self.version} holds other rows. Reading on would mix them into the run; restart the run on the table "
+            "as it is now (or resume with resume='fresh')."
         )
 
     def pinned(self, version: int | None) -> TableSource:
@@ -194,7 +238,7 @@ def open_table(
             raise
         names = list_table_names(db)
         listing = ", ".join(repr(n) for n in names) if names else "none"
-        raise LanceSourceError(
+        raise MissingTableError(
             f"no table {name!r} in the LanceDB database at {uri!r}; tables there: {listing}"
         ) from err
     if version is not None and table.version != version:
@@ -202,7 +246,7 @@ def open_table(
             table.checkout(version)
         except Exception as err:
             versions = [v["version"] for v in table.list_versions()]
-            raise LanceSourceError(
+            raise MissingTableError(
                 f"table {name!r} at {uri!r} has no version {version}; versions there: {versions}"
             ) from err
     return table

@@ -85,6 +85,29 @@ def test_an_error_while_reading_ahead_is_raised_at_its_batch(make_table):
     assert got == first_ids[:6]  # every batch before the bad one, none after
 
 
+class BadRows(Exception):
+    """What a transform raises on the first batch of an epoch, in the test below."""
+
+
+def fails_at_once(batch):
+    raise BadRows(f"bad rows at id {int(batch['id'][0])}")
+
+
+def test_an_error_on_an_epochs_first_batch_reaches_the_user_as_itself(make_table, tmp_path):
+    """Issue 29 item 9: the first batch is read by ``iter()``; an error there used to leave Lightning's
+    CombinedLoader without an iterator, whose teardown then raised ``Please call iter(combined_loader)
+    first`` in its place."""
+    uri, _ = make_table("toy", 203)
+    dm = datamodule(uri, transform=fails_at_once, staging="off")
+    with pytest.raises(BadRows, match="bad rows at id"):
+        trainer(tmp_path, limit_val_batches=0).fit(Recorder(), datamodule=dm)
+    dm = datamodule(uri, transform=fails_at_once, staging="off")
+    dm.setup("fit")
+    batches = iter(dm.train_dataloader())  # iter() reads the first batch, and keeps its error for next()
+    with pytest.raises(BadRows):
+        next(batches)
+
+
 def test_a_loop_that_stops_early_leaves_no_thread(make_table):
     uri, _ = make_table("toy", 203)
     dm = datamodule(uri)

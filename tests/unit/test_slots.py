@@ -93,3 +93,32 @@ def test_a_process_forked_after_a_batch_arrived_never_frees_its_slot():
     assert ring.acquire() is None  # still the parent's
     received.take()
     assert ring.acquire() == slot
+
+
+def _imports(path) -> set[str]:
+    """The ``lance_lightning`` modules that module file ``path`` (top level of the package) imports,
+    at any depth (function-level imports included)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lance_lightning."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_the_reading_layers_only_look_down():
+    """No module of the package imports one that imports it (the slots once took ``split_group``
+    from the dataset that imports them), and the order layer takes its ``BatchGroup`` from the
+    value types below it, not from the readers (``dataset``)."""
+    from pathlib import Path
+
+    import lance_lightning
+
+    root = Path(lance_lightning.__file__).parent
+    graph = {f.stem: _imports(f) for f in root.glob("*.py") if f.stem != "__init__"}
+    circles = sorted((a, b) for a, deps in graph.items() for b in deps if a < b and a in graph.get(b, ()))
+    assert circles == []
+    assert "dataset" not in graph["sampler"] and "dataset" not in graph["slots"]
