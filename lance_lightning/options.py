@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,26 +41,23 @@ SEED_LIMIT = 2**64  # lancedb's split seed is a u64
 STAGES = ("train", "val", "test", "predict")
 
 
-class FrozenMapping(Mapping):
-    """A read-only, hashable mapping: a default argument that no call can change."""
+class FrozenMapping(dict):
+    """A read-only, hashable ``dict``: a default argument that no call can change.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._items = dict(*args, **kwargs)
+    A ``dict`` subclass (not only a ``Mapping``) so that argument parsers that check for a dict,
+    such as jsonargparse behind ``LightningCLI``, accept it as the default of ``splits``."""
 
-    def __getitem__(self, key: Any) -> Any:
-        return self._items[key]
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("this mapping is read-only (a shared default): copy it with dict(...) to change it")
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
 
-    def __len__(self) -> int:
-        return len(self._items)
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self.items()))
 
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __repr__(self) -> str:
-        return repr(self._items)
+    def __reduce__(self) -> Any:  # copy, deepcopy and pickle rebuild it from a plain dict
+        return (type(self), (dict(self),))
 
 
 DEFAULT_SPLITS = FrozenMapping({"train": 0.8, "val": 0.1, "test": 0.1})
@@ -246,13 +243,14 @@ class DataOptions:
     splits: Any = field(default=DEFAULT_SPLITS, compare=False)
     filter: str | None = None
     batch_size: int = 32
-    seed: int = 0
+    seed: int | None = None
     num_workers: int = 0
     shuffle: ShuffleMode = "uniform"
     drop_last: bool = False
     eval_batch_size: int | None = None
     stage_splits: dict[str, str] | None = field(default=None, compare=False)
     transform: Any = field(default=None, compare=False)
+    batch_keys: tuple[str, ...] | None = None
     nulls: Literal["raise", "mask"] = "raise"
     version: int | None = None
     storage_options: dict[str, str] | None = field(default=None, compare=False, repr=False)
@@ -278,7 +276,7 @@ class DataOptions:
         checked = {
             "batch_size": as_rows("batch_size", self.batch_size),
             "eval_batch_size": as_rows("eval_batch_size", self.eval_batch_size, optional=True),
-            "seed": as_seed("seed", self.seed),
+            "seed": None if self.seed is None else as_seed("seed", self.seed),
             "num_workers": as_int("num_workers", self.num_workers, minimum=0),
             "shuffle": as_choice("shuffle", self.shuffle, order_names()),
             "drop_last": as_bool("drop_last", self.drop_last),
@@ -301,6 +299,7 @@ class DataOptions:
             "cache_max_bytes": as_optional_int("cache_max_bytes", self.cache_max_bytes, minimum=1),
             "staging": as_choice("staging", self.staging, STAGING_MODES),
             "columns": as_names("columns", self.columns),
+            "batch_keys": as_names("batch_keys", self.batch_keys, what="batch keys (column names)"),
             "filter": as_str("filter", self.filter, what="an SQL predicate"),
             "stage_splits": as_mapping(
                 "stage_splits", self.stage_splits, what="stage name to split name (str)", values=str
@@ -325,6 +324,8 @@ class DataOptions:
                 f"staging='off' reads the table, but {asked} is a setting of the stages (lance_lightning/stage): "
                 "pass staging='auto' or 'always' with it, or leave it out"
             )
+        if checked["batch_keys"] == ():
+            raise SettingError("batch_keys must name at least one key (a tuple comes out), or be None (the dict)")
         unknown = sorted(set(checked["stage_splits"]) - set(STAGES))
         if unknown:
             raise SettingError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
