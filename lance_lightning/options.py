@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,23 +41,26 @@ SEED_LIMIT = 2**64  # lancedb's split seed is a u64
 STAGES = ("train", "val", "test", "predict")
 
 
-class FrozenMapping(dict):
-    """A read-only, hashable ``dict``: a default argument that no call can change.
+class FrozenMapping(Mapping):
+    """A read-only, hashable mapping: a default argument that no call can change."""
 
-    A ``dict`` subclass (not only a ``Mapping``) so that argument parsers that check for a dict,
-    such as jsonargparse behind ``LightningCLI``, accept it as the default of ``splits``."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._items = dict(*args, **kwargs)
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("this mapping is read-only (a shared default): copy it with dict(...) to change it")
+    def __getitem__(self, key: Any) -> Any:
+        return self._items[key]
 
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    clear = pop = popitem = setdefault = update = _refuse
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
 
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(self.items()))
+    def __len__(self) -> int:
+        return len(self._items)
 
-    def __reduce__(self) -> Any:  # copy, deepcopy and pickle rebuild it from a plain dict
-        return (type(self), (dict(self),))
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
 
 
 DEFAULT_SPLITS = FrozenMapping({"train": 0.8, "val": 0.1, "test": 0.1})

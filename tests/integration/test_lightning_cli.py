@@ -71,3 +71,66 @@ def test_arguments_reach_the_datamodule(tiny, tmp_path, monkeypatch):
     assert callable(dm.transform) and dm.transform.__name__ == "double_x"
     dm.setup("fit")
     assert sum(len(s) for s in dm.splits.values()) == 200
+
+
+def documented_command() -> list[str]:
+    """The ``lance-lightning-cli fit ...`` line of the CLI module's docstring, split as a shell would."""
+    import shlex
+
+    from lance_lightning.app import cli
+
+    line = next(line.strip() for line in cli.__doc__.splitlines() if line.strip().startswith("lance-lightning-cli fit"))
+    return shlex.split(line)
+
+
+def console_script(name: str) -> list[str]:
+    """The installed console script next to this Python, else the module it runs."""
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lance_lightning.app.cli"]
+
+
+def test_the_documented_example_runs_as_written(tmp_path):
+    """Issue 30: the docstring's own example failed on the default splits (a FrozenMapping)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.run([sys.executable, "-m", "lance_lightning.app.demo"], cwd=tmp_path, env=env, capture_output=True)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    command = documented_command()
+    assert command[0] == "lance-lightning-cli" and "--data.splits" not in command
+    result = subprocess.run(
+        [*console_script(command[0]), *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached" in result.stdout + result.stderr
+
+
+def test_without_the_extra_one_line_names_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "no-jsonargparse" / "jsonargparse"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'jsonargparse'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "lance_lightning.app.cli", "fit", "--help"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: lance-lightning-cli needs jsonargparse (No module named 'jsonargparse'): "
+        "pip install 'lance-lightning[cli]'"
+    ]
+
+
+def test_a_wrong_table_is_refused_when_the_datamodule_is_built(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lance-lightning-cli"])
+    args = [*tiny[:2], "--data.table", "digit", "--model", "MLPClassifier", "--trainer.logger", "false"]
+    with pytest.raises(ValueError, match=r"digit"):
+        cli_main(args, run=False)
