@@ -1,11 +1,12 @@
-"""``lance-lightning-cli``: the same job through Lightning's own ``LightningCLI`` (jsonargparse).
+r"""``lance-lightning-cli``: the same job through Lightning's own ``LightningCLI`` (jsonargparse).
 
 For users who prefer jsonargparse to Hydra: every ``LanceDataModule`` argument is a
 ``--data.*`` flag, the model is any ``LightningModule`` given by class path. Needs the ``cli``
 extra (``pip install 'lance-lightning[cli]'``). With the demo table (``lance-lightning-demo``
 builds ``data/demo``), from the directory that holds ``data/``::
 
-    lance-lightning-cli fit --data.uri data/demo --data.table digits --data.columns '[image, label]' --model MLPClassifier --trainer.max_epochs 1
+    lance-lightning-cli fit --data.uri data/demo --data.table digits \
+        --data.columns '[image, label]' --model MLPClassifier --trainer.max_epochs 1
 
 The splits default to ``{train: 0.8, val: 0.1, test: 0.1}``; any other is one flag, e.g.
 ``--data.splits '{train: 0.9, val: 0.1}'``. ``--data.batch_keys '[image, label]'`` hands a

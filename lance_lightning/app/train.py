@@ -24,9 +24,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, read_write
 
+from ..datamodule import LanceDataModule
 from .callbacks import ShardPlanLogger
 from .config import check_config  # importing config registers the schemas in Hydra's ConfigStore
-from ..datamodule import LanceDataModule
 from .demo import ensure_demo
 from .errors import reported_errors
 

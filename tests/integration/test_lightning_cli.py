@@ -79,7 +79,8 @@ def documented_command() -> list[str]:
 
     from lance_lightning.app import cli
 
-    line = next(line.strip() for line in cli.__doc__.splitlines() if line.strip().startswith("lance-lightning-cli fit"))
+    text = cli.__doc__.replace("\\\n", " ")  # shell line continuations
+    line = next(line.strip() for line in text.splitlines() if line.strip().startswith("lance-lightning-cli fit"))
     return shlex.split(line)
 
 
@@ -99,7 +100,8 @@ def test_the_documented_example_runs_as_written(tmp_path):
     import sys
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    demo = subprocess.run([sys.executable, "-m", "lance_lightning.app.demo"], cwd=tmp_path, env=env, capture_output=True)
+    demo = [sys.executable, "-m", "lance_lightning.app.demo"]
+    demo = subprocess.run(demo, cwd=tmp_path, env=env, capture_output=True)
     assert demo.returncode == 0, demo.stderr[-2000:]
     command = documented_command()
     assert command[0] == "lance-lightning-cli" and "--data.splits" not in command

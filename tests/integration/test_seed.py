@@ -60,7 +60,8 @@ def test_the_seed_is_in_the_checkpoint_and_a_resume_under_another_seed_is_refuse
     pl.seed_everything(9)
     again = LanceDataModule(uri, "toy", splits=SPLITS, batch_size=8)
     with pytest.raises(ValueError, match=r"seed: checkpoint 4 != now 9"):
-        quiet_trainer(tmp_path, max_epochs=2).fit(Recorder(), datamodule=again, ckpt_path=trainer.checkpoint_callback.best_model_path)
+        best = trainer.checkpoint_callback.best_model_path
+        quiet_trainer(tmp_path, max_epochs=2).fit(Recorder(), datamodule=again, ckpt_path=best)
 
 
 def test_a_null_global_seed_in_a_config_is_the_default(make_table):
