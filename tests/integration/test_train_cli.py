@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,10 +127,7 @@ def test_ddp_sim_inside_a_sweep(tiny, run_cli, tmp_path):
         assert (sweep_dir / str(job) / "train_ddp_process_1.log").exists()
 
 
-def run_quietly(args: list[str], cwd: Path, *, full_error: bool) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-
+def run_quietly(args: list[str], cwd: Path, *, full_error: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     if full_error:
         env["HYDRA_FULL_ERROR"] = "1"
