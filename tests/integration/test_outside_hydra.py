@@ -36,7 +36,7 @@ hydra:
     dir: outputs
 """
 
-TRAIN = '''\
+TRAIN = """\
 import hydra
 import lightning.pytorch as pl
 import torch
@@ -73,7 +73,7 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 @pytest.fixture
