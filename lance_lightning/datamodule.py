@@ -25,6 +25,7 @@ from .batch_keys import check_batch_keys
 from .convert import describe_column
 from .dataset import StagedBatchDataset, resolve_transform
 from .loader import make_loader, start_forkserver, worker_start_method
+from .notice import notice_if_slow
 from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .seeding import resolve_seed
@@ -278,9 +279,16 @@ class LanceDataModule(pl.LightningDataModule):
                 self._open_table = None  # opened again (and pinned) at setup: nothing held meanwhile
 
     def _build_splits(self, table: Any) -> None:
-        self.splits = build_splits(
-            self.source, table, self.split_spec, filter=self.options.filter, seed=self.options.seed
-        )
+        where = f" where {self.options.filter}" if self.options.filter else ""
+        kind = self.split_spec.kind if self.split_spec is not None else "whole-table"
+        with notice_if_slow(
+            f"lance-lightning: building the {kind} splits of table {self.source.name!r} (version "
+            f"{self.source.version}){where}: reading every row's address once, which takes a while on a large "
+            "table; the splits are kept for the whole run"
+        ):
+            self.splits = build_splits(
+                self.source, table, self.split_spec, filter=self.options.filter, seed=self.options.seed
+            )
         self._whole_table = None
         assembly.check_stage_splits(self.source.name, self.splits, self.options)
         extra = {"table_version": self.source.version, "split_rows": {n: len(r) for n, r in self.splits.items()}}

@@ -92,3 +92,21 @@ def test_table_reading_workers_are_announced_once(make_table, caplog):
         dm.train_dataloader()
     lines = [r.getMessage() for r in caplog.records if "DataLoader worker" in r.getMessage()]
     assert len(lines) == 1 and "read table 'toy' themselves (staging='off')" in lines[0], lines
+
+
+def test_a_slow_split_build_is_announced_while_it_runs(make_table, caplog, monkeypatch):
+    monkeypatch.setattr("lance_lightning.notice.SLOW_AFTER_S", 0.0)  # every step counts as slow
+    uri, _ = make_table("toy", 40)
+    dm = LanceDataModule(uri, "toy", splits=SPLITS, filter="id >= 0")
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+        dm.setup("validate")  # the splits are built once
+    lines = [r.getMessage() for r in caplog.records if "building the" in r.getMessage()]
+    assert len(lines) == 1 and "random splits of table 'toy' (version 1) where id >= 0" in lines[0], lines
+
+
+def test_a_quick_split_build_says_nothing(make_table, caplog):
+    uri, _ = make_table("toy", 40)
+    with caplog.at_level(logging.INFO):
+        LanceDataModule(uri, "toy", splits=SPLITS).setup("fit")
+    assert not [r for r in caplog.records if "building the" in r.getMessage()]
