@@ -120,3 +120,20 @@ def test_a_transform_that_returns_no_dict_is_refused(make_table):
 def test_bad_batch_keys_are_refused_when_built(value, message):
     with pytest.raises(ValueError, match=message):
         LanceDataModule("/unused", "toy", batch_keys=value)
+
+
+class UnpackingPredictor(Unpacking):
+    def predict_step(self, batch, batch_idx):
+        x, y = batch
+        return y
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_gets_tuples_too(make_table, tmp_path, workers):
+    """Lightning rebuilds a predict loader (to track indices): the tuples survive that."""
+    uri, _ = make_table("toy", 30)
+    dm = LanceDataModule(
+        uri, "toy", columns=["x", "y"], splits=None, batch_size=8, num_workers=workers, batch_keys=("x", "y")
+    )
+    out = quiet_trainer(tmp_path).predict(UnpackingPredictor(), datamodule=dm)
+    assert torch.cat(out).tolist() == [i % 3 for i in range(30)]
