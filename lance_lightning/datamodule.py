@@ -186,6 +186,7 @@ class LanceDataModule(pl.LightningDataModule):
                 "data_filter": options.filter,
                 "data_batch_size": options.batch_size,
                 "data_seed": options.seed,  # None until setup resolves it (seed_everything or the default)
+                "data_seed_from": "seed" if options.seed is not None else None,
                 "data_batch_keys": list(options.batch_keys) if options.batch_keys else None,
                 "data_shuffle": options.shuffle,
                 "data_drop_last": options.drop_last,

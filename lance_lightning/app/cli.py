@@ -11,7 +11,8 @@ builds ``data/demo``), from the directory that holds ``data/``::
 The splits default to ``{train: 0.8, val: 0.1, test: 0.1}``; any other is one flag, e.g.
 ``--data.splits '{train: 0.9, val: 0.1}'``. ``--data.batch_keys '[image, label]'`` hands a
 model that unpacks ``x, y = batch`` its tuples. The table and columns are checked as soon as the
-datamodule is built, before the Trainer starts.
+datamodule is built, before the Trainer starts. The global seed is 42 (as the Hydra job's) unless
+``--seed_everything N``; the datamodule's ``seed`` (None) follows it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .callbacks import ShardPlanLogger
 from .models import MLPClassifier  # noqa: F401 - lets `--model MLPClassifier` resolve by name
 
 INSTALL_HINT = "pip install 'lance-lightning[cli]'"
+DEFAULT_JOB_SEED = 42
 
 
 class MissingCliExtra(ImportError):
@@ -64,6 +66,9 @@ def cli_main(args: Any = None, **kwargs: Any) -> Any:
     A :class:`~lance_lightning.app.callbacks.ShardPlanLogger` is always added, as in the Hydra job,
     so the logged hyperparameters say how each rank's batches were cut.
     """
+    # LightningCLI's own default draws a random global seed each run, and the data seed follows it
+    # (split and order): 42 instead, as the Hydra job's `seed`; --seed_everything N for another
+    kwargs.setdefault("seed_everything_default", DEFAULT_JOB_SEED)
     trainer_defaults = dict(kwargs.pop("trainer_defaults", None) or {})
     callbacks = trainer_defaults.get("callbacks") or []
     trainer_defaults["callbacks"] = [*callbacks, ShardPlanLogger()]

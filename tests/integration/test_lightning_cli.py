@@ -136,3 +136,14 @@ def test_a_wrong_table_is_refused_when_the_datamodule_is_built(tiny, tmp_path, m
     args = [*tiny[:2], "--data.table", "digit", "--model", "MLPClassifier", "--trainer.logger", "false"]
     with pytest.raises(ValueError, match=r"digit"):
         cli_main(args, run=False)
+
+
+def test_the_data_seed_follows_seed_everything_42_by_default(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lance-lightning-cli"])
+    common = [*tiny, "--model", "MLPClassifier", "--trainer.logger", "false"]
+    cli = cli_main(common, run=False)
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.options.seed == 42
+    cli = cli_main([*common, "--seed_everything", "5"], run=False)
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.options.seed == 5
