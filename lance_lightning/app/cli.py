@@ -11,7 +11,8 @@ builds ``data/demo``), from the directory that holds ``data/``::
 The splits default to ``{train: 0.8, val: 0.1, test: 0.1}``; any other is one flag, e.g.
 ``--data.splits '{train: 0.9, val: 0.1}'``. ``--data.batch_keys '[image, label]'`` hands a
 model that unpacks ``x, y = batch`` its tuples. The table and columns are checked as soon as the
-datamodule is built, before the Trainer starts. The global seed is 42 (as the Hydra job's) unless
+datamodule is built, before the Trainer starts, and reported as one line
+(``LANCE_LIGHTNING_FULL_ERROR=1`` for the traceback). The global seed is 42 (as the Hydra job's) unless
 ``--seed_everything N``; the datamodule's ``seed`` (None) follows it.
 """
 
@@ -25,10 +26,13 @@ import lightning.pytorch as pl
 from ..datamodule import LanceDataModule
 from ..options import DEFAULT_SPLITS
 from .callbacks import ShardPlanLogger
+from .errors import reported_errors
 from .models import MLPClassifier  # noqa: F401 - lets `--model MLPClassifier` resolve by name
 
 INSTALL_HINT = "pip install 'lance-lightning[cli]'"
 DEFAULT_JOB_SEED = 42
+CLI_FULL_ERROR_ENV = "LANCE_LIGHTNING_FULL_ERROR"
+"""Set to 1 for the traceback of a configuration error (printed as one line otherwise)."""
 
 
 class MissingCliExtra(ImportError):
@@ -91,7 +95,8 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     del cli_class
-    cli_main()
+    with reported_errors("lance-lightning-cli", full_error_env=CLI_FULL_ERROR_ENV):
+        cli_main()
 
 
 if __name__ == "__main__":

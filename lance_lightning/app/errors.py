@@ -33,14 +33,14 @@ def package_error(err: BaseException) -> BaseException | None:
 
 
 @contextmanager
-def reported_errors(entry: str) -> Iterator[None]:
+def reported_errors(entry: str, *, full_error_env: str = FULL_ERROR_ENV) -> Iterator[None]:
     """Run the body; a configuration error of the package is printed as ``<entry>: error: <message>``
-    on stderr, with exit status 1, unless ``HYDRA_FULL_ERROR=1``."""
+    on stderr, with exit status 1, unless ``<full_error_env>=1`` (``HYDRA_FULL_ERROR``, as Hydra's)."""
     try:
         yield
     except Exception as err:
         found = package_error(err)
-        if found is None or os.environ.get(FULL_ERROR_ENV) == "1":
+        if found is None or os.environ.get(full_error_env) == "1":
             raise
-        print(f"{entry}: error: {found} (set {FULL_ERROR_ENV}=1 for the traceback)", file=sys.stderr)
+        print(f"{entry}: error: {found} (set {full_error_env}=1 for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None

@@ -131,11 +131,18 @@ def test_without_the_extra_one_line_names_it(tmp_path):
     ]
 
 
-def test_a_wrong_table_is_refused_when_the_datamodule_is_built(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["lance-lightning-cli"])
-    args = [*tiny[:2], "--data.table", "digit", "--model", "MLPClassifier", "--trainer.logger", "false"]
-    with pytest.raises(ValueError, match=r"digit"):
-        cli_main(args, run=False)
+def test_a_wrong_table_is_one_line_when_the_datamodule_is_built(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = [*tiny[:2], "--data.table", "digit", "--model", "MLPClassifier"]
+    command = [sys.executable, "-m", "lance_lightning.app.cli", "fit", *args]
+    result = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lance-lightning-cli: error: ") and "'digit'" in last and "'digits'" in last, last
+    assert not (tmp_path / "lightning_logs").exists()  # no Trainer ran
 
 
 def test_the_data_seed_follows_seed_everything_42_by_default(tiny, tmp_path, monkeypatch):
