@@ -87,7 +87,7 @@ def batch_keys(fields: list[pa.Field], *, nulls: NullPolicy) -> dict[str, str]:
     return keys
 
 
-def check_batch_keys(table_name: str, fields: list[pa.Field], *, nulls: NullPolicy) -> None:
+def check_key_collisions(table_name: str, fields: list[pa.Field], *, nulls: NullPolicy) -> None:
     """Refuse, naming the table and both columns, a selection whose batch would hold one key twice."""
     try:
         batch_keys(fields, nulls=nulls)
@@ -214,7 +214,7 @@ def batch_to_tensors(batch: pa.RecordBatch | pa.Table, *, nulls: NullPolicy = "r
     out: dict[str, Any] = {}
     for field, column in zip(batch.schema, batch.columns):
         value = column_to_tensor(field, column, nulls=nulls, out=out)
-        if field.name in out:  # a mask written under this column's name: check_batch_keys refuses it at setup
+        if field.name in out:  # a mask written under this column's name: check_key_collisions refuses it at setup
             raise _collision(field.name)
         out[field.name] = value
     return out

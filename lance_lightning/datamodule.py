@@ -9,21 +9,26 @@ a loader (:mod:`.loader`). The settings are one frozen, validated :class:`.optio
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from . import assembly
-from .convert import check_batch_keys, describe_column
+from .batch_keys import check_batch_keys
+from .convert import check_key_collisions, describe_column
 from .dataset import StagedBatchDataset, resolve_transform
 from .loader import make_loader, start_forkserver, worker_start_method
+from .notice import notice_if_slow
 from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
+from .seeding import resolve_seed
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
 from .source import LanceSourceError, check_columns, is_local_uri, table_source
 from .splits import (
@@ -43,13 +48,18 @@ class LanceDataModule(pl.LightningDataModule):
 
     Args:
         uri: the database: a local directory or any URI lancedb connects to (``s3://...``).
-            May be None when ``table`` is an open lancedb ``Table``.
+            May be None when ``table`` is an open lancedb ``Table``; an open ``Table`` given here,
+            as the one positional argument (``LanceDataModule(table)``), is taken as ``table``.
         table: the table name, or an open lancedb ``Table``.
         columns: the columns to read (all when None).
         splits: how the filtered table is divided; see :mod:`lance_lightning.splits`.
         filter: an SQL predicate applied before splitting.
         batch_size: rows per batch on each rank.
-        seed: the only source of randomness: splits and every epoch's shuffle.
+        seed: the only source of randomness: splits and every epoch's shuffle. None (default):
+            the seed ``lightning.seed_everything`` set in this process (``PL_GLOBAL_SEED``), so a
+            seed sweep changes the data order too; without it, 0 (:data:`.seeding.DEFAULT_SEED`).
+            Resolved at the first ``setup`` (under DDP: rank 0's, on every rank), logged as the
+            ``data_seed`` hyperparameter and kept in checkpoints (a resume must use the same).
         num_workers: DataLoader worker processes per rank.
         shuffle: training order: ``"uniform"`` (every row order equally likely; each batch is
             one take of scattered rows), ``"block"`` (shuffled blocks of ``block_size``
@@ -64,6 +74,10 @@ class LanceDataModule(pl.LightningDataModule):
             A stage whose default split does not exist gets no dataloader, except that
             ``setup("fit")`` without a train split is an error (it would train 0 steps).
         transform: a callable (or dotted path to one) applied to each batch dict in the worker.
+        batch_keys: hand out each batch as the tuple ``(batch[k] for k in batch_keys)``, so that
+            ``x, y = batch`` works (e.g. ``("image", "label")``); None (default): the dict. Applied
+            last, in the training process (after ``transform``), in every read path; checked at
+            ``setup`` against a batch's keys. See :mod:`lance_lightning.batch_keys`.
         nulls: ``"raise"`` (default) or ``"mask"``; see :mod:`lance_lightning.convert`.
         version: the table version to read; the latest at ``setup`` when None.
         storage_options: passed to ``lancedb.connect`` (credentials: never logged).
@@ -114,13 +128,14 @@ class LanceDataModule(pl.LightningDataModule):
         splits: Mapping[str, Any] | None = DEFAULT_SPLITS,
         filter: str | None = None,
         batch_size: int = 32,
-        seed: int = 0,
+        seed: int | None = None,
         num_workers: int = 0,
         shuffle: ShuffleMode = "uniform",
         drop_last: bool = False,
         eval_batch_size: int | None = None,
         stage_splits: Mapping[str, str] | None = None,
         transform: Callable[[dict[str, Any]], Any] | str | None = None,
+        batch_keys: Sequence[str] | None = None,
         nulls: Literal["raise", "mask"] = "raise",
         version: int | None = None,
         storage_options: Mapping[str, str] | None = None,
@@ -141,6 +156,8 @@ class LanceDataModule(pl.LightningDataModule):
         staging: Literal["auto", "always", "off"] = "auto",
     ) -> None:
         super().__init__()
+        if table is None and _is_lancedb_table(uri):  # LanceDataModule(table): the open table
+            uri, table = None, uri
         settings = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         # Every setting checked once (lance_lightning/options.py): a wrong type or value is refused
         # here, naming the setting and what is valid.
@@ -148,6 +165,7 @@ class LanceDataModule(pl.LightningDataModule):
         self.source, self._open_table = table_source(options)
         self.split_spec = parse_split_spec(splits)
         spec = self.split_spec
+        _warn_unused_share(spec)
         if options.table_updates == "next_epoch" and spec is not None and not spec.survives_appends:
             raise ValueError(
                 f"table_updates='next_epoch' with {spec.kind} splits would reassign existing rows to other splits "
@@ -168,7 +186,9 @@ class LanceDataModule(pl.LightningDataModule):
                 "data_splits": _plain(splits),
                 "data_filter": options.filter,
                 "data_batch_size": options.batch_size,
-                "data_seed": options.seed,
+                "data_seed": options.seed,  # None until setup resolves it (seed_everything or the default)
+                "data_seed_from": "seed" if options.seed is not None else None,
+                "data_batch_keys": list(options.batch_keys) if options.batch_keys else None,
                 "data_shuffle": options.shuffle,
                 "data_drop_last": options.drop_last,
                 "data_num_workers": options.num_workers,
@@ -179,6 +199,7 @@ class LanceDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Any] = {}
         self.samplers: dict[str, LanceBatchSampler] = {}
         self.rank, self.world_size = 0, 1
+        self._announced: set[str] = set()
 
     @property
     def position(self) -> Any:
@@ -207,11 +228,12 @@ class LanceDataModule(pl.LightningDataModule):
             )
         if assembly.reads_table_with_workers(self.options, stages):
             start_forkserver()  # its imports run while this process builds splits and stages
+        self._resolve_seed()
         table = self._pin_version()
         self.columns = check_columns(self.source.name, table.schema, self.columns)
         for name in self.columns:
             describe_column(table.schema.field(name))
-        check_batch_keys(
+        check_key_collisions(
             self.source.name, [table.schema.field(name) for name in self.columns], nulls=self.options.nulls
         )
         if self.splits is None:
@@ -228,10 +250,50 @@ class LanceDataModule(pl.LightningDataModule):
         ):
             start_forkserver()  # a reader of the table: its workers fork from the server (lancedb survives that)
 
+    def _resolve_seed(self) -> None:
+        """``seed=None``: take ``seed_everything``'s seed (or the default) once, the same on every rank."""
+        if self.options.seed is not None:
+            return
+        seed, origin = resolve_seed(None)
+        if self.world_size > 1:
+            seed, origin = self._broadcast((seed, origin))  # one data order: every rank reads rank 0's
+        self.options = dataclasses.replace(self.options, seed=seed)
+        extra = {"data_seed": seed, "data_seed_from": origin}
+        self.hparams.update(extra)
+        self._hparams_initial.update(extra)
+
+    def _broadcast(self, value: Any) -> Any:
+        """``value`` as rank 0 has it, on every rank."""
+        trainer = self._trainer()
+        if trainer is not None:
+            return trainer.strategy.broadcast(value, src=0)
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def check_table(self) -> list[str]:
+        """Open the table now and check the columns: the errors ``setup`` would raise about the URI,
+        the table name or a column, raised where this is called (the main job calls it right after
+        building the datamodule, before any Trainer starts). Returns the columns that will be read.
+        Building a datamodule itself does no I/O (it may be built before its table exists)."""
+        table = self._table()
+        try:
+            return check_columns(self.source.name, table.schema, self.columns)
+        finally:
+            if self.options.table is None:
+                self._open_table = None  # opened again (and pinned) at setup: nothing held meanwhile
+
     def _build_splits(self, table: Any) -> None:
-        self.splits = build_splits(
-            self.source, table, self.split_spec, filter=self.options.filter, seed=self.options.seed
-        )
+        where = f" where {self.options.filter}" if self.options.filter else ""
+        kind = self.split_spec.kind if self.split_spec is not None else "whole-table"
+        with notice_if_slow(
+            f"lance-lightning: building the {kind} splits of table {self.source.name!r} (version "
+            f"{self.source.version}){where}: reading every row's address once, which takes a while on a large "
+            "table; the splits are kept for the whole run"
+        ):
+            self.splits = build_splits(
+                self.source, table, self.split_spec, filter=self.options.filter, seed=self.options.seed
+            )
         self._whole_table = None
         assembly.check_stage_splits(self.source.name, self.splits, self.options)
         extra = {"table_version": self.source.version, "split_rows": {n: len(r) for n, r in self.splits.items()}}
@@ -278,6 +340,14 @@ class LanceDataModule(pl.LightningDataModule):
         )
         if stage == "train":
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
+        if self.options.batch_keys is not None:
+            self._check_batch_keys(stage, name, reader, len(split))
+
+    def _check_batch_keys(self, stage: str, split_name: str, reader: Any, rows: int) -> None:
+        """Read a batch of 2 rows (through the transform) and refuse ``batch_keys`` it lacks."""
+        batch = reader[np.arange(min(2, rows))]
+        transform = f", after transform {_name_of(self.transform)}" if self.transform is not None else ""
+        check_batch_keys(batch, self.options.batch_keys, where=f"stage {stage!r} (split {split_name!r}{transform})")
 
     def teardown(self, stage: str | None = None) -> None:
         """Let go of the stages this process reads (their leases): once no running job holds a
@@ -413,7 +483,27 @@ class LanceDataModule(pl.LightningDataModule):
             if self.splits is None:
                 raise RuntimeError(f"{stage}_dataloader() called before setup(); call setup() first")
             return []
-        return make_loader(self.datasets[stage], self.samplers[stage], self.options, transform=self.transform)
+        reader = self.datasets[stage]
+        self._announce_worker_start(stage, reader)
+        return make_loader(reader, self.samplers[stage], self.options, transform=self.transform)
+
+    def _announce_worker_start(self, stage: str, reader: Any) -> None:
+        """One line (rank 0, once a stage) when this stage's first batch waits seconds for workers
+        that start from the fork server and open the table themselves, so nobody waits in silence."""
+        workers = self.options.num_workers
+        if not workers or stage in self._announced or worker_start_method(reader, self.options) == "fork":
+            return
+        self._announced.add(stage)
+        method = worker_start_method(reader, self.options)
+        if isinstance(reader, StagedBatchDataset):
+            what, opens = "read the stage", ""
+        else:
+            why = "staging='off'" if self.options.staging == "off" else "the split is not staged"
+            what, opens = f"read table {self.source.name!r} themselves ({why})", ", then opens the table"
+        rank_zero_info(
+            f"lance-lightning: {stage} starts {workers} DataLoader worker(s) with {method!r} that {what}: its "
+            f"first batch comes after they start (several seconds: each imports torch and your script{opens})"
+        )
 
     def _follow_table_updates(self) -> None:
         """At a new epoch, with ``table_updates="next_epoch"``: move every stage to the latest version."""
@@ -476,6 +566,33 @@ class LanceDataModule(pl.LightningDataModule):
         return {
             name: describe_column(schema.field(name)) for name in check_columns(self.source.name, schema, self.columns)
         }
+
+
+def _is_lancedb_table(value: Any) -> bool:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return False
+    import lancedb
+
+    return isinstance(value, lancedb.table.Table)
+
+
+def _warn_unused_share(spec: Any) -> None:
+    """A warning (not an error: sub-sampling a table is a use) when split fractions sum below 1."""
+    fractions = getattr(spec, "fractions", None)
+    if not fractions:
+        return
+    total = sum(fractions)
+    if total < 1 - 1e-9:
+        listing = ", ".join(f"{n}={f:g}" for n, f in zip(spec.names, fractions))
+        rank_zero_warn(
+            f"the splits ({listing}) add up to {total:g}: {1 - total:.3g} of the filtered table "
+            f"({(1 - total) * 100:.3g}% of its rows) is in no split and never read. Make the fractions add up "
+            "to 1 to use every row, or keep this to train on a sample of the table."
+        )
+
+
+def _name_of(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 def _absolute_if_local(uri: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from .batch_keys import keyed
 from .batches import BatchGroup
 from .dataset import LanceBatchDataset, StagedBatchDataset
 from .options import DataOptions
@@ -92,6 +93,7 @@ def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: 
         dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=options.pin_memory, **kwargs
     )
     loader.read_ahead = 0 if workers else options.read_ahead
+    loader.batch_keys = options.batch_keys
     return loader
 
 
@@ -105,6 +107,8 @@ class LanceDataLoader(DataLoader):
 
     read_ahead = 0
     """With no workers: batches read ahead on a background thread (:func:`_reading_ahead`)."""
+    batch_keys: tuple[str, ...] | None = None
+    """Each batch as the tuple of these keys (:mod:`.batch_keys`); None: the dict."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -166,9 +170,9 @@ class LanceDataLoader(DataLoader):
             items = taken(_naming_dead_workers(items))
         elif self.read_ahead:
             items = _reading_ahead(items, self.read_ahead)
-        if getattr(self.sampler, "group_batches", 1) == 1:
-            return items
-        return (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+        if getattr(self.sampler, "group_batches", 1) != 1:
+            items = (batch for item in items for batch in (item if isinstance(item, BatchGroup) else (item,)))
+        return items if self.batch_keys is None else keyed(items, self.batch_keys)
 
 
 def _reading_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -353,7 +353,12 @@ class DataOptions:
         resume=RECUT,
         why="how the epoch's order is cut into batches: the rows not yet read are cut into the new batches",
     )
-    seed: int = setting(0, resume=REFUSED, why="a random split's rows and every shuffled epoch's order")
+    seed: int | None = setting(
+        None,
+        resume=REFUSED,
+        why="a random split's rows and every shuffled epoch's order (None: the seed seed_everything set, else 0; "
+        "the resolved seed is what the checkpoint records)",
+    )
     num_workers: int = setting(0, resume=EXACT, why="how the batches are read, not which")
     shuffle: ShuffleMode = setting("uniform", resume=REFUSED, why="the epoch's order")
     drop_last: bool = setting(
@@ -370,6 +375,9 @@ class DataOptions:
         compare=False,
     )
     transform: Any = setting(None, resume=EXACT, why="what a batch becomes, not which rows it holds", compare=False)
+    batch_keys: tuple[str, ...] | None = setting(
+        None, resume=EXACT, why="the batch's shape (a tuple of these keys or a dict), not which rows it holds"
+    )
     nulls: Literal["raise", "mask"] = setting("raise", resume=EXACT, why="what a null becomes, not which rows")
     version: int | None = setting(
         None,
@@ -425,7 +433,7 @@ class DataOptions:
         checked = {
             "batch_size": as_rows("batch_size", self.batch_size),
             "eval_batch_size": as_rows("eval_batch_size", self.eval_batch_size, optional=True),
-            "seed": as_seed("seed", self.seed),
+            "seed": None if self.seed is None else as_seed("seed", self.seed),
             "num_workers": as_int("num_workers", self.num_workers, minimum=0),
             "shuffle": as_choice("shuffle", self.shuffle, order_names()),
             "drop_last": as_bool("drop_last", self.drop_last),
@@ -448,6 +456,7 @@ class DataOptions:
             "cache_max_bytes": as_optional_int("cache_max_bytes", self.cache_max_bytes, minimum=1),
             "staging": as_choice("staging", self.staging, STAGING_MODES),
             "columns": as_names("columns", self.columns),
+            "batch_keys": as_names("batch_keys", self.batch_keys, what="batch keys (column names)"),
             "filter": as_str("filter", self.filter, what="an SQL predicate"),
             "stage_splits": as_mapping(
                 "stage_splits", self.stage_splits, what="stage name to split name (str)", values=str
@@ -472,6 +481,8 @@ class DataOptions:
                 f"staging='off' reads the table, but {asked} is a setting of the stages (lance_lightning/stage): "
                 "pass staging='auto' or 'always' with it, or leave it out"
             )
+        if checked["batch_keys"] == ():
+            raise SettingError("batch_keys must name at least one key (a tuple comes out), or be None (the dict)")
         unknown = sorted(set(checked["stage_splits"]) - set(STAGES))
         if unknown:
             raise SettingError(f"stage_splits names unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")

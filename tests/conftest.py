@@ -114,3 +114,10 @@ def run_cli(tmp_path):
         )
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _no_global_seed(monkeypatch):
+    """A datamodule with ``seed=None`` follows ``seed_everything`` (``PL_GLOBAL_SEED``): a test that
+    ran it in this process (``train(cfg)``) must not change the data order of the tests after it."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)

@@ -59,9 +59,17 @@ class MLPClassifier(pl.LightningModule):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features.flatten(1).float())
 
-    def _step(self, batch: dict[str, Any], stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
-        labels = batch[self.hparams.label_key].long()
-        logits = self(batch[self.hparams.input_key])
+    def _unpack(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """(inputs, labels): from a dict by ``input_key``/``label_key``, or a tuple ``(x, y)``
+        (``data.batch_keys=[image, label]``)."""
+        if isinstance(batch, (tuple, list)):
+            return batch[0], (batch[1] if len(batch) > 1 else None)
+        return batch[self.hparams.input_key], batch.get(self.hparams.label_key)
+
+    def _step(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
+        features, labels = self._unpack(batch)
+        labels = labels.long()
+        logits = self(features)
         loss = self.loss(logits, labels)
         accuracy(logits, labels)
         on_step = stage == "train"
@@ -80,7 +88,7 @@ class MLPClassifier(pl.LightningModule):
         self._step(batch, "test", self.test_acc)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self(batch[self.hparams.input_key]).argmax(dim=1)
+        return self(self._unpack(batch)[0]).argmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

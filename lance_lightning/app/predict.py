@@ -22,7 +22,8 @@ from omegaconf import MISSING, DictConfig
 from ..writer import LancePredictionWriter
 from .config import JobConfig, check_config
 from .demo import ensure_demo
-from .train import CONFIG_PATH, _one_job_of_many, _pin_argv_to_this_job, instantiate_group
+from .errors import reported_errors
+from .train import CONFIG_PATH, _one_job_of_many, _pin_argv_to_this_job, build_datamodule, instantiate_group
 
 CONFIG_NAME = "predict"
 
@@ -60,7 +61,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             "the predict job writes its predictions with a LancePredictionWriter, and the callbacks have none: "
             "use callbacks=writer (conf/callbacks/writer.yaml)"
         )
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     model = load_model(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -79,7 +80,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 def main(cfg: DictConfig) -> None:
     """The ``lance-lightning-predict`` console script."""
     _pin_argv_to_this_job()
-    with _one_job_of_many():
+    with reported_errors("lance-lightning-predict"), _one_job_of_many():
         predict(cfg)
 
 

@@ -24,9 +24,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, read_write
 
+from ..datamodule import LanceDataModule
 from .callbacks import ShardPlanLogger
 from .config import check_config  # importing config registers the schemas in Hydra's ConfigStore
 from .demo import ensure_demo
+from .errors import reported_errors
 
 # The repository's conf/, found from this file (``../conf``). An absolute path: Hydra would
 # read a relative one as a Python package ("lance_lightning/../conf") under a console script.
@@ -41,6 +43,15 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
+def build_datamodule(node: DictConfig) -> Any:
+    """The ``data`` node instantiated; a :class:`LanceDataModule`'s table and columns checked now,
+    in the main job, so a wrong name is reported before any Trainer or worker starts."""
+    datamodule = instantiate(node)
+    if isinstance(datamodule, LanceDataModule):
+        datamodule.check_table()
+    return datamodule
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit then test as ``cfg`` says; return the test metrics (``{"test/acc": ..., ...}``)."""
     check_config(cfg)
@@ -51,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # The demo reads in the main process on purpose (worker start-up costs more than it saves).
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     model = instantiate(cfg.model)
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not any(isinstance(c, ShardPlanLogger) for c in callbacks):
@@ -118,7 +129,7 @@ def _one_job_of_many() -> Iterator[None]:
 def main(cfg: DictConfig) -> None:
     """The ``lance-lightning-train`` console script."""
     _pin_argv_to_this_job()
-    with _one_job_of_many():
+    with reported_errors("lance-lightning-train"), _one_job_of_many():
         train(cfg)
 
 

@@ -46,9 +46,7 @@ class SequentialSplit(SizedSplit):
         }
 
 
-def sequential_counts(
-    num_rows: int, fractions: tuple[float, ...] | None, counts: tuple[int, ...] | None
-) -> list[int]:
+def sequential_counts(num_rows: int, fractions: tuple[float, ...] | None, counts: tuple[int, ...] | None) -> list[int]:
     """Rows in each split, as lancedb's permutation builder sizes them (``SplitSizes::to_counts``):
     counts as given; fractions each rounded half away from zero, then rows taken off (or, when the
     fractions add up to the whole table, given) one split at a time from the first until they sum

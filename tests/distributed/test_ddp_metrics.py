@@ -54,8 +54,7 @@ def evaluation(tmp_path_factory):
     script = load_script()
     single = {"uri": uri, "table": TABLE, "out": str(root), "data": DATA}
     reference = {
-        run["tag"]: script.run_one(single, {**run, "tag": f"single-{run['tag']}", "devices": 1})
-        for run in RUNS
+        run["tag"]: script.run_one(single, {**run, "tag": f"single-{run['tag']}", "devices": 1}) for run in RUNS
     }
     return uri, spec, reference, Expected(uri, DATA)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,3 +125,49 @@ def test_ddp_sim_inside_a_sweep(tiny, run_cli, tmp_path):
     for job, batches in ((0, [5, 5]), (1, [3, 3])):
         assert hparams(sweep_dir / str(job))["shard_plan"]["train"]["batches_per_rank"] == batches
         assert (sweep_dir / str(job) / "train_ddp_process_1.log").exists()
+
+
+def run_quietly(args: list[str], cwd: Path, *, full_error: bool) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "lance_lightning.app.train", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_a_wrong_table_name_is_one_line_without_a_traceback(digits_db, tmp_path):
+    """Issue 30: "no table 'digit' ... tables there: 'digits'" came under 30-67 lines of traceback,
+    raised inside fit; now it is the whole of stderr's last line, before any Trainer starts."""
+    uri, _ = digits_db(50)
+    args = [f"data.uri={uri}", "data.table=digit", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_quietly(args, tmp_path, full_error=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "GPU available" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lance-lightning-train: error: ") and "'digit'" in last and "'digits'" in last, last
+    assert "HYDRA_FULL_ERROR=1" in last
+    full = run_quietly(args, tmp_path, full_error=True)
+    assert full.returncode == 1 and "Traceback" in full.stderr
+
+
+def test_batch_keys_and_the_global_seed_from_the_command_line(tiny, run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            "-m",
+            "lance_lightning.app.train",
+            *tiny,
+            "data.columns=[image,label]",
+            "data.batch_keys=[image,label]",
+            "seed=7",
+            "data.seed=null",  # the demo config fixes its data seed; null follows the job's
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = hparams(run_dir)
+    assert logged["data_batch_keys"] == ["image", "label"]
+    assert (logged["data_seed"], logged["data_seed_from"]) == (7, "seed_everything")

@@ -15,7 +15,7 @@ from lance_lightning.convert import (
     UnsupportedColumnError,
     batch_keys,
     batch_to_tensors,
-    check_batch_keys,
+    check_key_collisions,
     describe_column,
 )
 
@@ -268,8 +268,8 @@ def test_batch_keys_name_every_mask_and_refuse_a_shared_key():
         with pytest.raises(
             BatchKeyCollisionError, match=rf"table 't': the nulls='mask' mask of column .* and column {clash.name!r}"
         ):
-            check_batch_keys("t", [*fields, clash], nulls="mask")
-        check_batch_keys("t", [*fields, clash], nulls="raise")
+            check_key_collisions("t", [*fields, clash], nulls="mask")
+        check_key_collisions("t", [*fields, clash], nulls="raise")
 
 
 @pytest.mark.parametrize("mask_first", [True, False])

@@ -48,6 +48,7 @@ CHANGES = {
     "eval_batch_size": ({}, {"eval_batch_size": 5}),
     "stage_splits": ({}, {"stage_splits": {"train": "val"}}),
     "transform": ({}, {"transform": "tests.helpers.double_x"}),
+    "batch_keys": ({}, {"batch_keys": ["id", "x"]}),  # tuples (id, x): ids() reads the first
     "nulls": ({}, {"nulls": "mask"}),
     "version": ({"version": 1}, {"version": 2}),
     "storage_options": ({}, {"storage_options": {"timeout": "30s"}}),
@@ -75,6 +76,10 @@ MORE = {
     "stage_splits-of-another-stage": ({}, {"stage_splits": {"val": "train", "train": "train"}}, {}, EXACT),
     "shuffle-block-to-uniform": ({}, {"shuffle": "uniform"}, BLOCK, REFUSED),
     "shuffle-uniform-to-none": ({}, {"shuffle": "none"}, {}, REFUSED),
+    # seed=None resolves to seed_everything's seed (none here: 0); the checkpoint records the resolved one
+    "seed-None-resumed-as-None": ({"seed": None}, {"seed": None}, {}, EXACT),
+    "seed-None-resumed-as-its-resolved-0": ({"seed": None}, {"seed": 0}, {}, EXACT),
+    "seed-None-resumed-as-another": ({"seed": None}, {"seed": 4}, {}, REFUSED),
     "batch_size-of-a-block-shuffle": ({}, {"batch_size": 4}, BLOCK, RECUT),
     "worker_settings-with-workers": (
         {},
@@ -120,7 +125,12 @@ def datamodule(uri: str, tmp_path, changes: dict) -> LanceDataModule:
 
 def rest_of_epoch(dm: LanceDataModule) -> list[list[int]]:
     """The ids of every batch the train loader yields from the position on."""
-    return [batch["id"].tolist() for batch in dm.train_dataloader()]
+    return [ids(batch) for batch in dm.train_dataloader()]
+
+
+def ids(batch) -> list[int]:
+    """A batch's ids: its "id" key, or the first of its ``batch_keys`` tuple (every cell puts "id" first)."""
+    return (batch[0] if isinstance(batch, tuple) else batch["id"]).tolist()
 
 
 def checkpoint(dm: LanceDataModule) -> dict:
