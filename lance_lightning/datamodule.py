@@ -438,8 +438,11 @@ class LanceDataModule(pl.LightningDataModule):
         """The settings a resume must not change (:meth:`.DataOptions.identity`), as this run resolved them."""
         splits = self.split_spec.identity() if self.split_spec else None
         train = self._train_split_name()
+        sampler = self.samplers.get("train")
+        # the order the train sampler really reads: "none" where the Trainer overfits batches, whatever `shuffle` says
+        order = {} if sampler is None else {"shuffle": sampler.shuffle_mode}
         return self.options.identity(
-            table=self.source.name, splits=splits, version=self.source.version, stage_splits=train
+            table=self.source.name, splits=splits, version=self.source.version, stage_splits=train, **order
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -292,3 +292,16 @@ def test_a_resume_with_drop_last_changed_recuts_the_rest_of_the_epoch(make_table
     assert resumed[:12] == reference.seen[:12]  # epoch 0: the same rows, without the 4-row batch
     epoch1 = resumed[12:]
     assert len(epoch1) == 12 and {len(b) for b in epoch1} == {8} and len({i for b in epoch1 for i in b}) == 96
+
+
+def test_a_checkpoint_records_the_order_the_trainer_read_not_the_shuffle_setting(make_table, tmp_path):
+    """overfit_batches reads the train split in table order whatever `shuffle` says: a resume without it
+    would go on in the shuffled order at the checkpoint's row, so the checkpoint records "none"."""
+    uri, _ = make_table("toy", 100)
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        trainer(tmp_path, overfit_batches=4, callbacks=[SaveThenStop(2, ckpt)]).fit(
+            Recorder(), datamodule=datamodule(uri)
+        )
+    with pytest.raises(ResumeRefusedError, match=r"shuffle: the checkpoint's 'none', now 'uniform'"):
+        trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri), ckpt_path=ckpt)
