@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME
-from lance_lightning.writer_fragments import lance_module
+from lance_lightning.writer.fragments import lance_module
 from tests.distributed._ddp import NUM_ROWS, ROOT, TABLE, clean_env, make_table, run_processes
 from tests.distributed.scripts.writer_ddp import outputs_for
 

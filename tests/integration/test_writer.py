@@ -18,11 +18,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lance_lightning import LanceDataModule, LancePredictionWriter, writer_rewrite
-from lance_lightning import writer as writer_module
+from lance_lightning import LanceDataModule, LancePredictionWriter
 from lance_lightning.source import list_table_names
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME, PredictionWriteError, TableMovedError
-from lance_lightning.writer_fragments import FILES_LIST, lance_module
+from lance_lightning.writer import callback as writer_module
+from lance_lightning.writer import rewrite as writer_rewrite
+from lance_lightning.writer.fragments import FILES_LIST, lance_module
 from tests.conftest import toy_table
 
 ROWS = 203  # odd: the last batch is short
@@ -434,7 +435,7 @@ def test_key_columns_read_from_one_forward_scan_equal_takes_by_address(tmp_path)
     the same values as a take by address, over fragments and deleted rows, whatever the batches."""
     import lance
 
-    from lance_lightning.writer_table import KeysInOrder
+    from lance_lightning.writer.table import KeysInOrder
 
     db = lancedb.connect(tmp_path / "db")
     table = db.create_table("t", pa.table({"id": np.arange(500), "name": [f"n{i}" for i in range(500)]}))

@@ -22,7 +22,7 @@ the pinned version, adds them to the fragments. So:
 Used when ``import lance`` works (``pip install pylance``, or ``lancedb[pylance]``), the
 columns are new, the table has no stable row ids (its ``_rowid`` is the row address) and its
 field ids are the ones a schema conversion gives; otherwise the writer falls back to the
-rewrite of :mod:`.writer_rewrite` and says why.
+rewrite of :mod:`.rewrite` and says why.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .source import TableSource
-from .writer_stage import PredictionWriteError, TableMovedError
+from ..source import TableSource
+from .stage import PredictionWriteError, TableMovedError
 
 _LISTS = "data-files"
 """What the names of a run's lists of data files start with (:func:`files_list`, :data:`FILES_LIST`)."""
@@ -299,7 +299,7 @@ def write_share(
     plan: FragmentPlan, staged: Any, fragments: Sequence[int], files_list: Path
 ) -> tuple[dict[int, Any], int]:
     """Write the data files of ``fragments`` (consecutive ids) from every rank's staged rows
-    (a :class:`~.writer_stage._Staged`); returns ``(files by fragment, rows written)``. On an
+    (a :class:`~.stage._Staged`); returns ``(files by fragment, rows written)``. On an
     error the files written so far are removed."""
     if not fragments:
         return {}, 0

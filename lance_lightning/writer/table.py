@@ -11,7 +11,7 @@ Before that commit nothing is a table version. A killed run leaves data files th
 refers to: the next run removes them (all of the dataset directory when the run was creating the
 table and no version exists there; the files listed as written otherwise). Without pylance the
 writer stages the predictions and calls lancedb's ``create_table`` after the loop instead
-(:func:`.writer_rewrite.commit_table`).
+(:func:`.rewrite.commit_table`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .source import TableSource
-from .writer_fragments import QUEUE_BATCHES, files_list, listed_files, read_list, remove_files
-from .writer_stage import KEY_ROWID, PredictionWriteError
+from ..source import TableSource
+from .fragments import QUEUE_BATCHES, files_list, listed_files, read_list, remove_files
+from .stage import KEY_ROWID, PredictionWriteError
 
 CREATING = "creating.json"
 """In the staging directory: the dataset a run creates, written before its first data file."""

@@ -9,14 +9,14 @@ Three steps, one owner each:
    own ``batch_indices`` are not used: our loader hands out whole batches, which Lightning
    cannot see into, and it keeps every index of the epoch in memory.
 2. **Writing as it goes** (nothing is held in memory beyond a few batches). With pylance
-   installed and new columns (:mod:`.writer_fragments`): one rank writes each fragment's new
+   installed and new columns (:mod:`.fragments`): one rank writes each fragment's new
    data file itself, in a background thread, during the loop; under DDP each rank stages its
-   batches in an Arrow IPC file (:mod:`.writer_stage`); after a barrier each rank writes the
+   batches in an Arrow IPC file (:mod:`.stage`); after a barrier each rank writes the
    data files of its share of the fragments from every rank's staged batches, all at once.
    Without pylance every rank stages.
 3. **One commit.** After a barrier in ``on_predict_end``, rank 0 commits: a lance ``Merge``
    of the new data files on the pinned version (row addresses and indexes kept, conflicts
-   refused), or, as a fallback, a rewrite of the table (:mod:`.writer_rewrite`: addresses
+   refused), or, as a fallback, a rewrite of the table (:mod:`.rewrite`: addresses
    change, indexes refused unless ``drop_indexes=True``). Either way the columns appear at one
    new version. Rows the run did not predict (a ``filter``, a ``predict`` split,
    ``limit_predict_batches``) get nulls. The outcome is broadcast, so every rank returns or
@@ -25,7 +25,7 @@ Three steps, one owner each:
 ``LancePredictionWriter(table="preds")`` writes a new table instead: key columns
 (``source_rowid``, the row's ``_rowid`` in the version read, plus ``id`` when the table has one) and
 the outputs, for the predicted rows only. With pylance every rank writes its rows into the new
-table's data files during the loop and rank 0 commits them all at once (:mod:`.writer_table`);
+table's data files during the loop and rank 0 commits them all at once (:mod:`.table`);
 without it the ranks stage them and rank 0 calls ``create_table`` after the loop.
 
 A run killed before the commit leaves the table as it was. The next run writing the same target
@@ -51,9 +51,9 @@ import pyarrow as pa
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .sharding import rank_batch_bounds, take_padded
-from .source import TableSource, connect, is_local_uri, list_table_names
-from .writer_fragments import (
+from ..sharding import rank_batch_bounds, take_padded
+from ..source import TableSource, connect, is_local_uri, list_table_names
+from .fragments import (
     BackgroundColumnWriter,
     FragmentColumnWriter,
     FragmentPlan,
@@ -66,7 +66,7 @@ from .writer_fragments import (
     remove_unreferenced,
     write_share,
 )
-from .writer_rewrite import (
+from .rewrite import (
     _check_indexes,
     _check_new_columns,
     _table_moved,
@@ -75,7 +75,7 @@ from .writer_rewrite import (
     commit_table,
     new_table_schema,
 )
-from .writer_stage import (
+from .stage import (
     KEY_ROWID,
     ROWID,
     STAGING_DIRNAME,
@@ -88,7 +88,7 @@ from .writer_stage import (
     prediction_arrays,
     rank_record,
 )
-from .writer_table import CREATING, NewTableWriter, clean_interrupted, commit_new_table, dataset_uri, has_versions
+from .table import CREATING, NewTableWriter, clean_interrupted, commit_new_table, dataset_uri, has_versions
 
 __all__ = [
     "KEY_ROWID",
@@ -233,7 +233,7 @@ class LancePredictionWriter(BasePredictionWriter):
             )
         directory = self._staging_directory(target, trainer.world_size)
         lance = lance_module()
-        # a new table with pylance: every rank streams its rows into this dataset (writer_table)
+        # a new table with pylance: every rank streams its rows into this dataset (writer.table)
         new_table_uri = None
         if target.table is not None and lance is not None:
             new_table_uri = dataset_uri(target.source.open().uri, target.table)
