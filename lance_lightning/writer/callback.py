@@ -669,12 +669,16 @@ def _end_staging(directory: Path, lock: FileLock | None) -> None:
 
 
 def _named(err: BaseException, run: _Run) -> BaseException:
-    """``err`` as a :class:`PredictionWriteError` that names what the run writes (table, columns)."""
-    if isinstance(err, PredictionWriteError) and repr(run.target.table or run.target.source.name) in str(err):
-        return err
-    named = PredictionWriteError(
-        f"writing {run.what} failed: {type(err).__name__}: {err}. The predictions were not committed"
-    )
+    """``err`` as a :class:`PredictionWriteError` (of its own class, when it is one) that names what
+    the run writes: the table and the columns."""
+    if isinstance(err, PredictionWriteError):
+        if run.what in str(err):
+            return err
+        named = type(err)(f"writing {run.what} was refused: {err}")
+    else:
+        named = PredictionWriteError(
+            f"writing {run.what} failed: {type(err).__name__}: {err}. The predictions were not committed"
+        )
     named.__cause__ = err
     return named
 
