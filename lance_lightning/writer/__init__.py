@@ -12,6 +12,7 @@ One owner a step (see :mod:`.callback` for the whole flow):
 """
 
 from .callback import LancePredictionWriter
+from .lock import StagingBusyError
 from .stage import KEY_ROWID, STAGING_DIRNAME, PredictionWriteError, TableMovedError, prediction_arrays
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "STAGING_DIRNAME",
     "LancePredictionWriter",
     "PredictionWriteError",
+    "StagingBusyError",
     "TableMovedError",
     "prediction_arrays",
 ]
