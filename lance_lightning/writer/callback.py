@@ -28,9 +28,14 @@ the outputs, for the predicted rows only. With pylance every rank writes its row
 table's data files during the loop and rank 0 commits them all at once (:mod:`.table`);
 without it the ranks stage them and rank 0 calls ``create_table`` after the loop.
 
-A run killed before the commit leaves the table as it was. The next run writing the same target
-removes its staging files and the data files it had written into the table (listed in the
-staging directory before they were opened), keeping any that a version refers to.
+Every rank holds a lock on the run's staging files from its start to its end (:mod:`.lock`): a
+second run writing the same target meanwhile is refused (``StagingBusyError``), and nothing of a
+live run is ever taken for an interrupted run's. A run killed before the commit leaves the table
+as it was; its locks die with it, and the next run writing the same target removes its staging
+files and the data files it had written into the table (listed in the staging directory before
+they were opened), keeping any that a version refers to. The threads that write data files during
+the loop (:mod:`.feed`) hand every error to the loop: the run ends with a ``PredictionWriteError``
+naming the table and the columns, and nothing waits on a thread that has stopped.
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ class _Run:
     new_table_uri: str | None = None  # a new table, pylance: the dataset every rank writes into
     table_writer: NewTableWriter | None = None  # ... during the loop, from the first batch on
     lock: FileLock | None = None  # this rank's lock on its staging files (lock.py), held to the end
-    what: str = ""  # the target in words, for errors: "column(s) ['score'] of table 'rows'"
+    what: str = ""  # the target in words, for errors: "column(s) 'score' of table 'rows'"
 
     def batch_rows(self, start: int, stop: int) -> BatchRows:
         return BatchRows(self.rows, self.order, start, stop, self.num_rows)
@@ -471,8 +476,7 @@ class LancePredictionWriter(BasePredictionWriter):
             local = err
             self._abort(run)
         except BaseException:
-            self._abort(run)
-            self._release(run, trainer.is_global_zero)
+            self._stop(run)
             raise
         staged = trainer.strategy.reduce_boolean_decision(local is None, all=True)  # the "staged" barrier
         if not staged:
@@ -517,7 +521,7 @@ class LancePredictionWriter(BasePredictionWriter):
         run wrote (each was listed before it was opened; files a version refers to are kept)."""
         try:
             if run.streamer is not None:
-                run.streamer.abort()
+                run.streamer.abort(remove=False)  # its files go below, unless a version refers to them
             source = run.target.source
             if run.table_writer is not None:
                 clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
@@ -614,8 +618,11 @@ class LancePredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         run, self._run = self._run, None
-        if run is None:
-            return
+        if run is not None:
+            self._stop(run)
+
+    def _stop(self, run: _Run) -> None:
+        """The run stops on this rank before its commit: its own files go, and its lock."""
         self._abort(run)
         if run.world_size == 1:  # no other rank writes there: what it began goes now, not at the next run
             self._discard(run)

@@ -216,15 +216,17 @@ class FragmentColumnWriter:
             self._close()
         return self.files
 
-    def abort(self) -> None:
-        """Close and delete this writer's files (nothing refers to them: no commit was made)."""
+    def abort(self, *, remove: bool = True) -> None:
+        """Close this writer's files and delete them (``remove``: no commit was tried, so nothing
+        refers to them; after a failed commit the caller removes only those no version names)."""
         try:
             if self._writer is not None:
                 self._writer.close()
         except Exception:  # noqa: BLE001 - best effort: the file is removed below
             pass
         self._writer = None
-        remove_files(self.paths, self.plan.storage_options)
+        if remove:
+            remove_files(self.paths, self.plan.storage_options)
 
 
 class BackgroundColumnWriter:
@@ -250,9 +252,10 @@ class BackgroundColumnWriter:
         """Wait for every data file; returns them by fragment."""
         return self._feed.finish()
 
-    def abort(self) -> None:
+    def abort(self, *, remove: bool = True) -> None:
+        """Stop the thread, close the files and (``remove``) delete them."""
         self._feed.abort()
-        self.writer.abort()
+        self.writer.abort(remove=remove)
 
 
 def fragment_shares(physical_rows: Mapping[int, int], world_size: int) -> list[list[int]]:
