@@ -254,7 +254,8 @@ class LancePredictionWriter(BasePredictionWriter):
             try:
                 lock = self._begin(target, directory, what, new_table_uri)
             except Exception as err:  # every rank raises it, below
-                refusal, failure = f"{type(err).__name__}: {err}", err
+                failure = err if isinstance(err, PredictionWriteError) else _start_failed(err, what, directory)
+                refusal = f"{type(failure).__name__}: {failure}"
         refusal = trainer.strategy.broadcast(refusal, src=0)  # also the start barrier
         if refusal is not None:
             if failure is not None:
@@ -673,6 +674,16 @@ def _end_staging(directory: Path, lock: FileLock | None) -> None:
         lock.release(remove=True)
     with contextlib.suppress(OSError):
         directory.parent.rmdir()
+
+
+def _start_failed(err: BaseException, what: str, directory: Path) -> PredictionWriteError:
+    """An error preparing the staging files (a read-only or full disk), naming the target."""
+    failed = PredictionWriteError(
+        f"could not prepare the staging files for writing {what} in {directory}: {type(err).__name__}: {err}. "
+        "Nothing was written"
+    )
+    failed.__cause__ = err
+    return failed
 
 
 def _named(err: BaseException, run: _Run) -> BaseException:
