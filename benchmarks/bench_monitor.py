@@ -48,7 +48,7 @@ from bench_throughput import DM_SPLITS, THROUGHPUT_COLUMNS, ensure_table  # noqa
 
 from lance_lightning.app.models import MLPClassifier  # noqa: E402
 from lance_lightning.datamodule import LanceDataModule  # noqa: E402
-from lance_lightning.monitor import LoaderMonitor, _StageClock, _wrap_fetch  # noqa: E402
+from lance_lightning.monitor.callback import LoaderMonitor, _StageClock, _wrap_fetch  # noqa: E402
 from lance_lightning.timing import LoaderTiming  # noqa: E402
 
 warnings.filterwarnings("ignore")

@@ -18,10 +18,10 @@ in each round; the medians are reported, with the spread (min..max) of the total
 * ``new columns``: ``LancePredictionWriter(column="pred")``: with pylance, the new column's data
   files written during the loop by a background thread, then one metadata-only ``Merge`` commit;
   without it, staging during the loop and a commit that rewrites the table (see
-  lance_lightning/writer_fragments.py and writer_rewrite.py);
+  lance_lightning/writer/fragments.py and writer/rewrite.py);
 * ``new table``: ``LancePredictionWriter(table="preds")``: ``source_rowid``, ``id`` (read beside
   each batch) and the outputs; with pylance written into the new table's data files during the
-  loop by a background thread, then one ``Overwrite`` commit (lance_lightning/writer_table.py);
+  loop by a background thread, then one ``Overwrite`` commit (lance_lightning/writer/table.py);
   without it, staging during the loop and one ``create_table`` after it.
 
 Columns: total (the ``trainer.predict`` call), loop (first to last batch, staging included),

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME
-from lance_lightning.writer_fragments import lance_module
+from lance_lightning.writer.fragments import lance_module
 from tests.distributed._ddp import NUM_ROWS, ROOT, TABLE, clean_env, make_table, run_processes
 from tests.distributed.scripts.writer_ddp import outputs_for
 
@@ -155,7 +155,7 @@ def test_sigkill_mid_predict_leaves_the_tables_then_a_rerun_writes_them(tmp_path
     no new table; one rerun of both cleans up what they left and writes every row once."""
     uri = make_table(tmp_path)
     column_staging = Path(uri) / STAGING_DIRNAME / f"{TABLE}.columns-score"
-    table_staging = Path(uri) / STAGING_DIRNAME / f"{TABLE}.table-preds"
+    table_staging = Path(uri) / STAGING_DIRNAME / "new-table-preds"
     dataset = Path(uri) / "preds.lance"
     column_run = {"writer": {"column": "score"}, "output": "score"}
     table_run = {"writer": {"column": "klass", "table": "preds"}, "output": "klass"}
@@ -169,7 +169,9 @@ def test_sigkill_mid_predict_leaves_the_tables_then_a_rerun_writes_them(tmp_path
     )
     table = lancedb.connect(uri).open_table(TABLE)
     assert table.version == 1 and table.schema.names == ["id", "x", "y"] and table.count_rows() == NUM_ROWS
-    assert sorted(p.name for p in column_staging.iterdir()) == ["rank-00000.arrow.partial", "rank-00001.arrow.partial"]
+    staged = sorted(p.name for p in column_staging.iterdir())
+    assert staged == ["rank-00000.arrow.partial", "rank-00001.arrow.partial", "rank-00001.lock"]  # rank 0: beside it
+    assert column_staging.with_name(column_staging.name + ".lock").exists()
 
     lance = lance_module()
     if lance is not None:  # without pylance the ranks stage a new table's rows and write it after the loop

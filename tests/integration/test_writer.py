@@ -18,11 +18,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lance_lightning import LanceDataModule, LancePredictionWriter, writer_rewrite
-from lance_lightning import writer as writer_module
+from lance_lightning import LanceDataModule, LancePredictionWriter
 from lance_lightning.source import list_table_names
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME, PredictionWriteError, TableMovedError
-from lance_lightning.writer_fragments import FILES_LIST, lance_module
+from lance_lightning.writer import callback as writer_module
+from lance_lightning.writer import rewrite as writer_rewrite
+from lance_lightning.writer.fragments import FILES_LIST, lance_module
 from tests.conftest import toy_table
 
 ROWS = 203  # odd: the last batch is short
@@ -434,7 +435,7 @@ def test_key_columns_read_from_one_forward_scan_equal_takes_by_address(tmp_path)
     the same values as a take by address, over fragments and deleted rows, whatever the batches."""
     import lance
 
-    from lance_lightning.writer_table import KeysInOrder
+    from lance_lightning.writer.table import KeysInOrder
 
     db = lancedb.connect(tmp_path / "db")
     table = db.create_table("t", pa.table({"id": np.arange(500), "name": [f"n{i}" for i in range(500)]}))
@@ -541,3 +542,25 @@ def test_a_rewrite_lance_refuses_is_a_clear_error_and_leaves_the_table(tmp_path)
     table = lancedb.connect(uri).open_table("t")
     assert table.version == 2
     assert table.to_arrow()["p"].to_pylist() == (np.arange(40) % 5).tolist()
+
+
+def test_a_run_writing_what_a_live_run_writes_is_refused_and_leaves_its_files(rows):
+    """Issue 29: the second run took the first one's live staging directory for an interrupted run's
+    and deleted its data files. A live run's lock (here held by this process, as a run would) refuses it."""
+    from lance_lightning.writer.lock import StagingBusyError, lock_run
+
+    uri, table = rows
+    live = table_dir(uri) / "rows.columns-score"
+    lock, _ = lock_run(live, "column(s) 'score' of table 'rows'")
+    try:
+        live.mkdir()
+        (live / "data-files-00000.txt").write_text(f"{Path(uri) / 'rows.lance' / 'data' / 'live.lance'}\n")
+        with pytest.raises(StagingBusyError, match=r"writing column\(s\) 'score' of table 'rows' now \(pid"):
+            predict(uri, LancePredictionWriter(column="score"), output="score")
+        assert (live / "data-files-00000.txt").exists()  # the live run's files are left alone
+        table.checkout_latest()
+        assert table.version == 1
+    finally:
+        lock.release(remove=True)
+    predict(uri, LancePredictionWriter(column="score"), output="score")  # that run ended: its files go
+    assert not live.exists()

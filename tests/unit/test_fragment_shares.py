@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from lance_lightning.writer_fragments import fragment_shares
+from lance_lightning.writer.fragments import fragment_shares
 
 
 def check(physical_rows: dict[int, int], world_size: int) -> list[list[int]]:

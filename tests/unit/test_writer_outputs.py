@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lance_lightning.writer_stage import PredictionWriteError, prediction_arrays
+from lance_lightning.writer.stage import PredictionWriteError, prediction_arrays
 
 
 def test_a_dict_gives_one_column_per_key_named_as_asked():

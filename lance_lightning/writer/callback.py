@@ -9,14 +9,14 @@ Three steps, one owner each:
    own ``batch_indices`` are not used: our loader hands out whole batches, which Lightning
    cannot see into, and it keeps every index of the epoch in memory.
 2. **Writing as it goes** (nothing is held in memory beyond a few batches). With pylance
-   installed and new columns (:mod:`.writer_fragments`): one rank writes each fragment's new
+   installed and new columns (:mod:`.fragments`): one rank writes each fragment's new
    data file itself, in a background thread, during the loop; under DDP each rank stages its
-   batches in an Arrow IPC file (:mod:`.writer_stage`); after a barrier each rank writes the
+   batches in an Arrow IPC file (:mod:`.stage`); after a barrier each rank writes the
    data files of its share of the fragments from every rank's staged batches, all at once.
    Without pylance every rank stages.
 3. **One commit.** After a barrier in ``on_predict_end``, rank 0 commits: a lance ``Merge``
    of the new data files on the pinned version (row addresses and indexes kept, conflicts
-   refused), or, as a fallback, a rewrite of the table (:mod:`.writer_rewrite`: addresses
+   refused), or, as a fallback, a rewrite of the table (:mod:`.rewrite`: addresses
    change, indexes refused unless ``drop_indexes=True``). Either way the columns appear at one
    new version. Rows the run did not predict (a ``filter``, a ``predict`` split,
    ``limit_predict_batches``) get nulls. The outcome is broadcast, so every rank returns or
@@ -25,16 +25,22 @@ Three steps, one owner each:
 ``LancePredictionWriter(table="preds")`` writes a new table instead: key columns
 (``source_rowid``, the row's ``_rowid`` in the version read, plus ``id`` when the table has one) and
 the outputs, for the predicted rows only. With pylance every rank writes its rows into the new
-table's data files during the loop and rank 0 commits them all at once (:mod:`.writer_table`);
+table's data files during the loop and rank 0 commits them all at once (:mod:`.table`);
 without it the ranks stage them and rank 0 calls ``create_table`` after the loop.
 
-A run killed before the commit leaves the table as it was. The next run writing the same target
-removes its staging files and the data files it had written into the table (listed in the
-staging directory before they were opened), keeping any that a version refers to.
+Every rank holds a lock on the run's staging files from its start to its end (:mod:`.lock`): a
+second run writing the same target meanwhile is refused (``StagingBusyError``), and nothing of a
+live run is ever taken for an interrupted run's. A run killed before the commit leaves the table
+as it was; its locks die with it, and the next run writing the same target removes its staging
+files and the data files it had written into the table (listed in the staging directory before
+they were opened), keeping any that a version refers to. The threads that write data files during
+the loop (:mod:`.feed`) hand every error to the loop: the run ends with a ``PredictionWriteError``
+naming the table and the columns, and nothing waits on a thread that has stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -51,9 +57,9 @@ import pyarrow as pa
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .sharding import rank_batch_bounds, take_padded
-from .source import TableSource, connect, is_local_uri, list_table_names
-from .writer_fragments import (
+from ..sharding import rank_batch_bounds, take_padded
+from ..source import TableSource, connect, is_local_uri, list_table_names
+from .fragments import (
     BackgroundColumnWriter,
     FragmentColumnWriter,
     FragmentPlan,
@@ -66,7 +72,8 @@ from .writer_fragments import (
     remove_unreferenced,
     write_share,
 )
-from .writer_rewrite import (
+from .lock import FileLock, lock_rank, lock_run
+from .rewrite import (
     _check_indexes,
     _check_new_columns,
     _table_moved,
@@ -75,7 +82,7 @@ from .writer_rewrite import (
     commit_table,
     new_table_schema,
 )
-from .writer_stage import (
+from .stage import (
     KEY_ROWID,
     ROWID,
     STAGING_DIRNAME,
@@ -88,7 +95,7 @@ from .writer_stage import (
     prediction_arrays,
     rank_record,
 )
-from .writer_table import CREATING, NewTableWriter, clean_interrupted, commit_new_table, dataset_uri, has_versions
+from .table import CREATING, NewTableWriter, clean_interrupted, commit_new_table, dataset_uri, has_versions
 
 __all__ = [
     "KEY_ROWID",
@@ -121,6 +128,8 @@ class _Run:
     share_plan: FragmentPlan | None = None  # more ranks, new columns: the plan of the shares written after the loop
     new_table_uri: str | None = None  # a new table, pylance: the dataset every rank writes into
     table_writer: NewTableWriter | None = None  # ... during the loop, from the first batch on
+    lock: FileLock | None = None  # this rank's lock on its staging files (lock.py), held to the end
+    what: str = ""  # the target in words, for errors: "column(s) 'score' of table 'rows'"
 
     def batch_rows(self, start: int, stop: int) -> BatchRows:
         return BatchRows(self.rows, self.order, start, stop, self.num_rows)
@@ -232,40 +241,43 @@ class LancePredictionWriter(BasePredictionWriter):
                 "memory; pass return_predictions=False"
             )
         directory = self._staging_directory(target, trainer.world_size)
+        what = self._what(target)
         lance = lance_module()
-        # a new table with pylance: every rank streams its rows into this dataset (writer_table)
+        # a new table with pylance: every rank streams its rows into this dataset (writer.table)
         new_table_uri = None
         if target.table is not None and lance is not None:
             new_table_uri = dataset_uri(target.source.open().uri, target.table)
+        lock: FileLock | None = None
+        refusal: str | None = None
+        failure: BaseException | None = None
         if trainer.is_global_zero:
-            if directory.exists():
-                size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-                rank_zero_info(f"removing staging files of an interrupted run ({size:,} bytes): {directory}")
-                if target.table is None:
-                    removed = remove_unreferenced(directory, target.source.open())
-                elif lance is not None:
-                    removed = clean_interrupted(lance, directory, target.source.storage_options)
-                else:
-                    removed = 0
-                if removed:
-                    rank_zero_info(f"removed {removed} data file(s) an interrupted run had written")
-                shutil.rmtree(directory)
-            directory.mkdir(parents=True)
-            if new_table_uri is not None:
-                new = not has_versions(lance, new_table_uri, target.source.storage_options)
-                (directory / CREATING).write_text(json.dumps({"uri": new_table_uri, "new": new}))
-        trainer.strategy.barrier("lance_prediction_writer_start")
+            try:
+                lock = self._begin(target, directory, what, new_table_uri)
+            except Exception as err:  # every rank raises it, below
+                failure = err if isinstance(err, PredictionWriteError) else _start_failed(err, what, directory)
+                refusal = f"{type(failure).__name__}: {failure}"
+        refusal = trainer.strategy.broadcast(refusal, src=0)  # also the start barrier
+        if refusal is not None:
+            if failure is not None:
+                raise failure
+            raise PredictionWriteError(f"rank 0 could not start writing {what}: {refusal}")
         visible = directory.is_dir()  # made by rank 0: every rank writes into it, and rank 0 reads it all
         if not trainer.strategy.reduce_boolean_decision(visible, all=True):
             if trainer.is_global_zero:
-                _remove_staging(directory)
+                _end_staging(directory, lock)
             raise PredictionWriteError(
                 f"the writer's staging directory {directory} (made by rank 0) is not there on every rank (rank "
                 f"{trainer.global_rank}: {'there' if visible else 'missing'}): every rank writes into it and rank 0 "
                 "reads all of it. Pass the writer a staging_dir on a file system every node reaches"
             )
+        if not trainer.is_global_zero:  # rank 0's lock keeps every other run out of the directory meanwhile
+            lock = lock_rank(directory, trainer.global_rank)
         bounds = np.asarray(rank_batch_bounds(sampler.plan(), rank=sampler.rank), dtype=np.int64).reshape(-1, 2)
         if len(bounds) and bounds[-1, 1] > sampler.num_rows:
+            if trainer.is_global_zero:
+                _end_staging(directory, lock)
+            elif lock is not None:
+                lock.release()
             raise PredictionWriteError("the predict epoch pads rows; the writer needs every row once")
         self._run = _Run(
             target=target,
@@ -278,7 +290,46 @@ class LancePredictionWriter(BasePredictionWriter):
             written=np.zeros(len(bounds), dtype=bool),
             world_size=trainer.world_size,
             new_table_uri=new_table_uri,
+            lock=lock,
+            what=what,
         )
+
+    def _begin(self, target: _Target, directory: Path, what: str, new_table_uri: str | None) -> FileLock:
+        """Rank 0: lock the run's staging directory (refused while another live run holds it), remove
+        what an ended run left there, and make it anew. Returns the lock, held until the run ends."""
+        lock, leftover = lock_run(directory, what)
+        try:
+            if leftover:
+                size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+                rank_zero_info(f"removing staging files of an interrupted run ({size:,} bytes): {directory}")
+                lance = lance_module()
+                storage_options = target.source.storage_options
+                if target.table is None:
+                    removed = remove_unreferenced(directory, target.source.open(), storage_options)
+                elif lance is not None:
+                    removed = clean_interrupted(lance, directory, storage_options)
+                else:
+                    removed = 0
+                if removed:
+                    rank_zero_info(f"removed {removed} data file(s) an interrupted run had written")
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+            if new_table_uri is not None:
+                new = not has_versions(lance_module(), new_table_uri, target.source.storage_options)
+                (directory / CREATING).write_text(json.dumps({"uri": new_table_uri, "new": new}))
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    def _what(self, target: _Target) -> str:
+        """The run's target in words, for its errors."""
+        name = target.source.name
+        if target.table is not None:
+            return f"table {target.table!r} (predictions of table {name!r})"
+        if self.column is None:
+            return f"the dict output's columns of table {name!r}"
+        return f"column(s) {self.column!r} of table {name!r}"
 
     def _target(self, source: TableSource) -> _Target:
         if source.version is None:
@@ -326,8 +377,9 @@ class LancePredictionWriter(BasePredictionWriter):
                 f"table {source.name!r} is not in a local directory ({source.uri}): give the writer a staging_dir "
                 "that every rank can reach (a shared file system)"
             )
-        what = f"table-{target.table}" if target.table else f"columns-{self.column or 'dict'}"
-        return (base / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source.name}.{what}")).absolute()
+        # named by what the run writes: two runs writing the same target share the name, and its lock
+        what = f"new-table-{target.table}" if target.table else f"{source.name}.columns-{self.column or 'dict'}"
+        return (base / re.sub(r"[^A-Za-z0-9_.-]", "_", what)).absolute()
 
     # -- each batch ---------------------------------------------------------------------------
 
@@ -367,7 +419,9 @@ class LancePredictionWriter(BasePredictionWriter):
                     rank_zero_info(f"LancePredictionWriter: the commit rewrites the table: {why}")
                     _check_indexes(table, drop_indexes=self.drop_indexes)
                 elif run.world_size == 1:
-                    run.streamer = BackgroundColumnWriter(FragmentColumnWriter(plan, files_list(run.directory, 0)))
+                    run.streamer = BackgroundColumnWriter(
+                        FragmentColumnWriter(plan, files_list(run.directory, 0)), run.what
+                    )
             else:
                 clash = sorted(set(columns) & set(run.target.keys))
                 if clash:
@@ -384,6 +438,7 @@ class LancePredictionWriter(BasePredictionWriter):
                         run.target.keys,
                         run.directory,
                         trainer.global_rank,
+                        run.what,
                     )
         rows = run.batch_rows(start, stop)
         if run.streamer is not None:
@@ -395,7 +450,12 @@ class LancePredictionWriter(BasePredictionWriter):
             check_same_outputs(run.table_writer.schema, run.table_writer.outputs, columns)
             run.table_writer.write(rows, {name: values for name, (values, _) in columns.items()})
         else:
-            run.stage.write(rows(), columns)
+            try:
+                run.stage.write(rows(), columns)
+            except PredictionWriteError:
+                raise
+            except Exception as err:  # a full disk, a lost mount: say what was being written
+                raise _named(err, run) from err
         run.written[batch_idx] = True
 
     # -- end: one commit ------------------------------------------------------------------------
@@ -406,16 +466,27 @@ class LancePredictionWriter(BasePredictionWriter):
             return
         self._run = None
         streamed = None
+        local: BaseException | None = None
         try:
             if run.streamer is not None:
                 streamed = run.streamer.finish()
             if run.table_writer is not None:
                 run.table_writer.finish()
             run.stage.finish(int(run.written.sum()))
-        except BaseException:
+        except Exception as err:  # every rank learns of it at the next collective: none waits for this one
+            local = err
             self._abort(run)
+        except BaseException:
+            self._stop(run)
             raise
-        trainer.strategy.barrier("lance_prediction_writer_staged")
+        staged = trainer.strategy.reduce_boolean_decision(local is None, all=True)  # the "staged" barrier
+        if not staged:
+            if trainer.is_global_zero:
+                self._discard(run)
+            self._release(run, trainer.is_global_zero)
+            if local is not None:
+                raise _named(local, run)
+            raise PredictionWriteError(f"writing {run.what} failed on another rank: nothing was committed")
         if run.shared:
             self._write_share(run, trainer.global_rank)  # every rank at once; never raises: rank 0 reads the outcome
             trainer.strategy.barrier("lance_prediction_writer_shares")
@@ -425,19 +496,15 @@ class LancePredictionWriter(BasePredictionWriter):
             try:
                 outcome = {"ok": self._commit(run, trainer.world_size, streamed)}
             except Exception as err:  # every rank raises it, below
-                failure = err
-                outcome = {"error": f"{type(err).__name__}: {err}"}
-                if run.streamer is not None:
-                    run.streamer.writer.abort()  # no version refers to its files
-                if run.table_writer is not None:
-                    clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
-                if run.shared:  # every rank's data files (listed before they were opened)
-                    remove_unreferenced(run.directory, run.target.source.open())
-            finally:
-                _remove_staging(run.directory)
+                failure = _named(err, run)
+                outcome = {"error": str(failure)}
+                self._discard(run)
         else:
             outcome = {}
-        outcome = trainer.strategy.broadcast(outcome, src=0)
+        try:
+            outcome = trainer.strategy.broadcast(outcome, src=0)
+        finally:
+            self._release(run, trainer.is_global_zero)
         if failure is not None:
             raise failure
         if "error" in outcome:
@@ -448,6 +515,30 @@ class LancePredictionWriter(BasePredictionWriter):
             f"LancePredictionWriter: {written['rows']:,} rows of {', '.join(written['columns'])} written to table "
             f"{written['table']!r}, version {written['version']}"
         )
+
+    @staticmethod
+    def _discard(run: _Run) -> None:
+        """Rank 0, once no rank writes any more and nothing was committed: remove every data file the
+        run wrote (each was listed before it was opened; files a version refers to are kept)."""
+        try:
+            if run.streamer is not None:
+                run.streamer.abort(remove=False)  # its files go below, unless a version refers to them
+            source = run.target.source
+            if run.table_writer is not None:
+                clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
+            elif run.target.table is None:
+                remove_unreferenced(run.directory, source.open(), source.storage_options)
+        except Exception as err:  # noqa: BLE001 - the next run writing this target removes them
+            rank_zero_warn(f"LancePredictionWriter: could not remove the data files of this failed run: {err}")
+
+    @staticmethod
+    def _release(run: _Run, rank_zero: bool) -> None:
+        """The run has ended on this rank: rank 0 removes the staging directory and its lock; the
+        other ranks let go of theirs."""
+        if rank_zero:
+            _end_staging(run.directory, run.lock)
+        elif run.lock is not None:
+            run.lock.release()
 
     def _commit(self, run: _Run, world_size: int, streamed: dict[int, Any] | None) -> dict[str, Any]:
         target = run.target
@@ -528,13 +619,17 @@ class LancePredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         run, self._run = self._run, None
-        if run is None:
-            return
+        if run is not None:
+            self._stop(run)
+
+    def _stop(self, run: _Run) -> None:
+        """The run stops on this rank before its commit: its own files go, and its lock."""
         self._abort(run)
         if run.world_size == 1:  # no other rank writes there: what it began goes now, not at the next run
-            if run.table_writer is not None:  # a new table that never got a version is not left listed
-                clean_interrupted(run.table_writer.lance, run.directory, run.table_writer.storage_options)
-            _remove_staging(run.directory)
+            self._discard(run)
+            self._release(run, True)
+        elif run.lock is not None:  # the other ranks may still write: the next run cleans up once they are gone
+            run.lock.release()
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -570,6 +665,40 @@ def _collect_shares(directory: Path, world_size: int) -> tuple[dict[int, Any], i
             files[int(fragment)] = data_file_from_json(record)
         rows += outcome["rows"]
     return files, rows, by_rank
+
+
+def _end_staging(directory: Path, lock: FileLock | None) -> None:
+    """Remove a run's staging directory, then its lock (while held), then the base if empty."""
+    _remove_staging(directory)
+    if lock is not None:
+        lock.release(remove=True)
+    with contextlib.suppress(OSError):
+        directory.parent.rmdir()
+
+
+def _start_failed(err: BaseException, what: str, directory: Path) -> PredictionWriteError:
+    """An error preparing the staging files (a read-only or full disk), naming the target."""
+    failed = PredictionWriteError(
+        f"could not prepare the staging files for writing {what} in {directory}: {type(err).__name__}: {err}. "
+        "Nothing was written"
+    )
+    failed.__cause__ = err
+    return failed
+
+
+def _named(err: BaseException, run: _Run) -> BaseException:
+    """``err`` as a :class:`PredictionWriteError` (of its own class, when it is one) that names what
+    the run writes: the table and the columns."""
+    if isinstance(err, PredictionWriteError):
+        if run.what in str(err):
+            return err
+        named = type(err)(f"writing {run.what} was refused: {err}")
+    else:
+        named = PredictionWriteError(
+            f"writing {run.what} failed: {type(err).__name__}: {err}. The predictions were not committed"
+        )
+    named.__cause__ = err
+    return named
 
 
 def _opens(db: Any, name: str) -> bool:

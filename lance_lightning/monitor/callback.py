@@ -30,7 +30,7 @@ What is measured, and where (Lightning 2.x loops):
   ``data/{val,test}_wait_fraction`` and ``..._rows_per_s`` once an evaluation run, reduced the
   same way (every rank ends each run once, whatever its batch count). The progress bar shows
   ``data/wait_fraction`` (Lightning's progress bar dict, which keeps a value between logs).
-* **read vs transform**: ``LanceDataModule``'s datasets get a :class:`~.timing.LoaderTiming`
+* **read vs transform**: ``LanceDataModule``'s datasets get a :class:`~lance_lightning.timing.LoaderTiming`
   (``dataset.timing``), which sums, per process (DataLoader workers included), the time of each
   ``dataset[index]`` and of the transform inside it. With a transform, ``data/transform_fraction``
   (the transform's share of the time to make a batch, since the last log; the largest among the
@@ -50,8 +50,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .monitor_advice import _ranks, _timing, advice, read_path
-from .monitor_clock import (
+from ..timing import LoaderTiming
+from .advice import _ranks, _timing, advice, read_path
+from .clock import (
     Window,
     _has_workers,
     _loops,
@@ -62,7 +63,6 @@ from .monitor_clock import (
     _wrap_fetch,
     batch_rows,
 )
-from .timing import LoaderTiming
 
 __all__ = ["LoaderBottleneckWarning", "LoaderMonitor", "batch_rows", "read_path"]
 

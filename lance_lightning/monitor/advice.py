@@ -1,6 +1,6 @@
 """What :class:`~lance_lightning.monitor.LoaderMonitor` says in words: how a datamodule's stage reads its
 batches (:func:`read_path`) and what it can change to wait less (:func:`advice`). Pure text from the
-datamodule's settings and the dataset's :class:`~.timing.LoaderTiming`; no clocks, no Lightning.
+datamodule's settings and the dataset's :class:`~lance_lightning.timing.LoaderTiming`; no clocks, no Lightning.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .timing import LoaderTiming
+from ..timing import LoaderTiming
 
 __all__ = ["advice", "read_path"]
 
@@ -18,9 +18,12 @@ def _is_lance(dm: Any) -> bool:
 
 
 def _is_staged(dm: Any, stage: str) -> bool:
-    from .dataset import StagedBatchDataset
+    """Whether ``stage``'s dataset gathers from a stage: it holds a :class:`~..stage.StagedRows`
+    (the value type below both the readers and this module, so the monitor never imports them)."""
+    from ..stage.reader import StagedRows
 
-    return isinstance((getattr(dm, "datasets", None) or {}).get(stage), StagedBatchDataset)
+    dataset = (getattr(dm, "datasets", None) or {}).get(stage)
+    return isinstance(getattr(dataset, "staged", None), StagedRows)
 
 
 def _transform_name(fn: Any) -> str:

@@ -11,15 +11,13 @@ Before that commit nothing is a table version. A killed run leaves data files th
 refers to: the next run removes them (all of the dataset directory when the run was creating the
 table and no version exists there; the files listed as written otherwise). Without pylance the
 writer stages the predictions and calls lancedb's ``create_table`` after the loop instead
-(:func:`.writer_rewrite.commit_table`).
+(:func:`.rewrite.commit_table`).
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import shutil
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .source import TableSource
-from .writer_fragments import QUEUE_BATCHES, files_list, listed_files, read_list, remove_files
-from .writer_stage import KEY_ROWID, PredictionWriteError
+from ..source import TableSource
+from .feed import Feed
+from .fragments import files_list, listed_files, read_list, referenced_files, remove_files
+from .stage import KEY_ROWID, PredictionWriteError
 
 CREATING = "creating.json"
 """In the staging directory: the dataset a run creates, written before its first data file."""
-_END = object()
 
 
 def dataset_uri(source_table_uri: str, name: str) -> str:
@@ -69,12 +67,7 @@ def clean_interrupted(lance: Any, directory: Path, storage_options: dict | None)
     paths = listed_files(directory)
     if not paths:
         return 0
-    used: set[str] = set()
-    if committed:
-        dataset = lance.dataset(uri, storage_options=storage_options)
-        for version in dataset.versions():
-            old = lance.dataset(uri, version=version["version"], storage_options=storage_options)
-            used |= {f.path for fragment in old.get_fragments() for f in fragment.metadata.files}
+    used = referenced_files(lance, uri, storage_options) if committed else set()
     stale = [p for p in paths if p.rsplit("/", 1)[-1] not in used]
     remove_files(stale, storage_options)
     return len(stale)
@@ -136,6 +129,7 @@ class NewTableWriter:
         keys: Sequence[str],
         directory: Path,
         rank: int,
+        what: str,
     ) -> None:
         self.lance, self.source, self.uri, self.schema = lance, source, uri, schema
         self.storage_options = dict(source.storage_options) if source.storage_options else None
@@ -147,18 +141,13 @@ class NewTableWriter:
         if self.extra_keys:  # read beside the batches, from one forward scan of the pinned version
             pinned = lance.dataset(source.open().uri, version=source.version, storage_options=self.storage_options)
             self._keys = KeysInOrder(pinned, self.extra_keys)
-        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
-        self._fragments: list[Any] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="lance-prediction-table-writer", daemon=True)
-        self._thread.start()
+        self.what = what
+        self._feed = Feed(self._consume, name="lance-prediction-table-writer", what=what)
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            rows, outputs = item
+    def _batches(
+        self, items: Iterator[tuple[Callable[[], np.ndarray], dict[str, pa.Array]]]
+    ) -> Iterator[pa.RecordBatch]:
+        for rows, outputs in items:
             addresses = rows()
             columns: dict[str, pa.Array] = {}
             if KEY_ROWID in self.schema.names:
@@ -168,47 +157,31 @@ class NewTableWriter:
             columns |= outputs
             yield pa.RecordBatch.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
 
-    def _work(self) -> None:
-        listing = _listing(files_list(self.directory, self.rank), self.uri)
-        try:
-            reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
-            self._fragments = self.lance.fragment.write_fragments(
-                reader,
-                self.uri,
-                schema=self.schema,
-                mode="overwrite",  # the files of a new schema (committed as an Overwrite): no check against the old
-                progress=listing,
-                storage_options=self.storage_options,
-            )
-        except BaseException as err:  # noqa: BLE001 - raised in the predict loop
-            self._error = err
-            while self._queue.get() is not _END:  # let the loop go on (and end) without blocking
-                pass
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise PredictionWriteError(f"writing the predictions table failed: {self._error}") from self._error
+    def _consume(self, items: Iterator[Any]) -> list[Any]:
+        reader = pa.RecordBatchReader.from_batches(self.schema, self._batches(items))
+        return self.lance.fragment.write_fragments(
+            reader,
+            self.uri,
+            schema=self.schema,
+            mode="overwrite",  # the files of a new schema (committed as an Overwrite): no check against the old
+            progress=_listing(files_list(self.directory, self.rank), self.uri),
+            storage_options=self.storage_options,
+        )
 
     def write(self, rows: Callable[[], np.ndarray], outputs: dict[str, pa.Array]) -> None:
         """Queue one batch: ``rows()`` gives its row addresses (called on the writing thread)."""
-        self._raise()
-        self._queue.put((rows, outputs))
+        self._feed.put((rows, outputs))
         self.rows += len(next(iter(outputs.values())))
 
     def finish(self) -> None:
         """Wait for the data files and leave their fragments for rank 0's commit."""
-        self._queue.put(_END)
-        self._thread.join()
-        self._raise()
+        fragments = self._feed.finish()
         fragments_file(self.directory, self.rank).write_text(
-            json.dumps({"rows": self.rows, "fragments": [f.to_json() for f in self._fragments]})
+            json.dumps({"rows": self.rows, "fragments": [f.to_json() for f in fragments]})
         )
 
     def abort(self) -> None:
-        if self._thread.is_alive():
-            self._error = self._error or PredictionWriteError("aborted")
-            self._queue.put(_END)
-            self._thread.join()
+        self._feed.abort()
         # this rank's files (the others' are theirs to remove)
         remove_files(read_list(files_list(self.directory, self.rank)), self.storage_options)
 

@@ -3,7 +3,7 @@
 ``commit_columns`` streams the pinned version of the table in scan order, joins each chunk with
 the staged rows and writes it back with one ``overwrite``: the new columns appear at exactly one
 new version, but every column is rewritten, row addresses change and indexes are dropped (refused
-unless ``drop_indexes=True``). It is the fallback of :mod:`.writer_fragments` (pylance absent,
+unless ``drop_indexes=True``). It is the fallback of :mod:`.fragments` (pylance absent,
 an existing column replaced, stable row ids). ``commit_table`` writes a new keyed table.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .source import TableSource, connect, version_time
-from .writer_stage import (
+from ..source import TableSource, connect, version_time
+from .stage import (
     _RESERVED,
     COMMIT_CHUNK_ROWS,
     KEY_ROWID,
