@@ -196,8 +196,19 @@ def read_manifest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return meta, None
 
 
+def changed_since_fill(rel: str, want: dict[str, Any], st: os.stat_result) -> str | None:
+    """How the file ``rel`` (stat ``st``) differs from what the fill wrote, by size and modification
+    time (``mtime_ns``; a manifest written before fills recorded it: size only), or None."""
+    if st.st_size != want["bytes"]:
+        return f"file {rel} has {st.st_size:,} bytes, {want['bytes']:,} were written"
+    mtime = want.get("mtime_ns")
+    if mtime is not None and st.st_mtime_ns != mtime:
+        return f"file {rel} was modified after the fill (modification time {st.st_mtime_ns} ns, the fill's {mtime} ns)"
+    return None
+
+
 def check_sizes(path: Path, meta: dict[str, Any]) -> str | None:
-    """Cheap check (names and sizes): what is wrong, or None."""
+    """Cheap check (names, sizes and modification times): what is wrong, or None."""
     files: dict[str, dict[str, Any]] = meta["files"]
     present = set(stage_files(path))
     missing = sorted(set(files) - present)
@@ -207,9 +218,9 @@ def check_sizes(path: Path, meta: dict[str, Any]) -> str | None:
     if extra:
         return f"file {extra[0]} was not written by the fill"
     for rel, want in files.items():
-        size = (path / rel).stat().st_size
-        if size != want["bytes"]:
-            return f"file {rel} has {size:,} bytes, {want['bytes']:,} were written"
+        problem = changed_since_fill(rel, want, (path / rel).stat())
+        if problem is not None:
+            return problem
     return None
 
 

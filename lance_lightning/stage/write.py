@@ -201,4 +201,11 @@ def write_files(
     for name in (ARROW_FILE, SCHEMA_FILE):
         if (target / name).exists():
             crcs[name] = store.crc32_file(target / name)
-    return {rel: {"bytes": (target / rel).stat().st_size, store.CHECKSUM: crc} for rel, crc in sorted(crcs.items())}
+    return {rel: _entry(target / rel, crc) for rel, crc in sorted(crcs.items())}
+
+
+def _entry(path: Path, crc: list[str]) -> dict[str, Any]:
+    """A file's manifest entry, once it is closed: size, modification time (what readers check at
+    every batch, :mod:`.reader`) and the CRC-32 of each segment (checked at setup)."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, store.CHECKSUM: crc}

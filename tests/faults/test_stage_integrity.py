@@ -9,6 +9,7 @@ once with a :class:`StageWarning` naming it; a reader that meets the damage late
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -75,23 +76,28 @@ def test_a_sound_stage_is_verified_and_reused_without_a_copy(staged):
     assert again == path and messages == [] and fill_id(path) == before
 
 
-def overwrite_middle(target: Path) -> None:
-    size = target.stat().st_size
-    with open(target, "r+b") as fh:  # 64 KiB of other bytes, same size, in the middle of the data
-        fh.seek(size // 4)
+def overwrite_middle(target: Path, *, keep_mtime: bool = False) -> None:
+    """64 KiB of other bytes, same size, in the middle of the data; ``keep_mtime``: the modification
+    time put back as the fill left it (what only the CRC-32 finds)."""
+    before = target.stat()
+    with open(target, "r+b") as fh:
+        fh.seek(before.st_size // 4)
         fh.write(np.random.default_rng(1).integers(0, 256, 65536, dtype=np.uint8).tobytes())
-    assert target.stat().st_size == size
+    if keep_mtime:
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size
 
 
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        ("overwrite", r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)"),
+        ("overwrite", r"file col-1\.npy was modified after the fill \(modification time \d+ ns, the fill's \d+ ns\)"),
+        ("overwrite-keep-mtime", r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)"),
         ("truncate", r"file col-1\.npy has [\d,]+ bytes, [\d,]+ were written"),
         ("delete", r"file col-1\.npy is missing"),
         ("extra", r"file stray\.npy was not written by the fill"),
         ("manifest", r"manifest\.json is missing"),
-        ("schema", r"file schema\.arrow does not hold what was written"),
+        ("schema", r"file schema\.arrow was modified after the fill"),
         ("lease", r"\.lease file is missing"),
     ],
 )
@@ -99,8 +105,8 @@ def test_a_damaged_stage_is_never_served_but_rebuilt_once_with_a_warning(staged,
     stage, path = staged
     before = fill_id(path)
     target = path / "col-1.npy"
-    if damage == "overwrite":
-        overwrite_middle(target)
+    if damage.startswith("overwrite"):
+        overwrite_middle(target, keep_mtime=damage == "overwrite-keep-mtime")
     elif damage == "truncate":
         with open(target, "r+b") as fh:
             fh.truncate(target.stat().st_size // 2)
@@ -164,7 +170,7 @@ def test_every_segment_is_checked_and_a_damaged_one_is_named(make_table, tmp_pat
     x = files["col-1.npy"]
     assert len(x["crc32"]) == -(-x["bytes"] // 50_000) > 10
     assert verify_stage(path) is None
-    overwrite_middle(path / "col-1.npy")  # 64 KiB from byte size // 4: segments 2 and 3
+    overwrite_middle(path / "col-1.npy", keep_mtime=True)  # 64 KiB from byte size // 4: segments 2 and 3
     start = (x["bytes"] // 4) // 50_000 * 50_000
     problem = verify_stage(path)
     assert problem is not None and f"file col-1.npy does not hold what was written (bytes {start:,}-" in problem
