@@ -92,7 +92,10 @@ def overwrite_middle(target: Path, *, keep_mtime: bool = False) -> None:
     ("damage", "problem"),
     [
         ("overwrite", r"file col-1\.npy was modified after the fill \(modification time \d+ ns, the fill's \d+ ns\)"),
-        ("overwrite-keep-mtime", r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)"),
+        (
+            "overwrite-keep-mtime",
+            r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)",
+        ),
         ("truncate", r"file col-1\.npy has [\d,]+ bytes, [\d,]+ were written"),
         ("delete", r"file col-1\.npy is missing"),
         ("extra", r"file stray\.npy was not written by the fill"),
