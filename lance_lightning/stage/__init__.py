@@ -23,6 +23,7 @@ from .reader import StagedRows
 from .store import (
     Lease,
     StageBudgetError,
+    StageDiskError,
     StageError,
     StageWarning,
     budget_problem,
@@ -38,6 +39,7 @@ __all__ = [
     "LAYOUTS",
     "Lease",
     "StageBudgetError",
+    "StageDiskError",
     "StageError",
     "StageWarning",
     "StagedRows",

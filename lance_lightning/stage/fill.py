@@ -133,6 +133,7 @@ class _Job:
     progress: bool
     layout: str
     setting: str  # the name of the budget setting, for messages
+    root_setting: str  # the name of the setting of where stages live, for messages
 
     @property
     def tmp(self) -> Path:
@@ -152,15 +153,16 @@ def ensure_stage(
     progress: bool = True,
     layout: str = "flat",
     budget_setting: str = "stage_budget_bytes",
+    root_setting: str = "cache",
 ) -> Path:
     """The stage of these rows, filled now unless another process of the node did; verified (full
     CRC-32) before it is returned. A stage that fails verification is removed and rebuilt once, with a
     :class:`StageWarning`. This process keeps a lease on the returned stage (nothing evicts it) until
     :func:`release_stage`. Raises :class:`StageBudgetError` when it does not fit ``budget_bytes``
-    after evicting least-recently-used stages not in use. ``table`` is ``source`` opened at its
-    pinned version (opened here when None)."""
+    after evicting least-recently-used stages not in use, and :class:`StageDiskError` (one of
+    those, and a :class:`StageError`) when ``root`` cannot be written or its disk fills up during
+    the fill. ``table`` is ``source`` opened at its pinned version (opened here when None)."""
     root = Path(root if root is not None else store.default_stage_root()).expanduser().absolute()
-    root.mkdir(parents=True, exist_ok=True)
     row_ids = np.sort(np.asarray(row_ids, dtype=np.uint64))
     if len(row_ids) > 1 and not np.all(row_ids[1:] > row_ids[:-1]):
         raise ValueError(f"split {split_name!r}: row ids must be distinct")
@@ -180,7 +182,20 @@ def ensure_stage(
         progress=progress,
         layout=layout,
         setting=budget_setting,
+        root_setting=root_setting,
     )
+    try:
+        return _ensure(job)
+    except OSError as err:
+        problem = store.disk_error(err, root, job.what, root_setting)
+        if problem is None:
+            raise
+        raise problem from err
+
+
+def _ensure(job: _Job) -> Path:
+    final, root = job.final, job.root
+    root.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
         ready, seen, problem = _use_existing(final)
         if ready:
@@ -228,7 +243,7 @@ def _discard_broken(job: _Job, problem: str | None) -> None:
     warnings.warn(
         f"lance-lightning stage {str(where)!r} ({job.what}) is not used: {problem}. It is rebuilt from the table now.",
         StageWarning,
-        stacklevel=3,  # the caller of ensure_stage
+        stacklevel=4,  # the caller of ensure_stage
     )
     store.remove_stage(final, job.root)
 
@@ -322,6 +337,15 @@ def _fill_in_budget(job: _Job, table: Any, needed: int, bar: Progress) -> dict[s
     limit = None if job.budget is None else job.budget - others
     try:
         meta = _fill(job.source, table, job.row_ids, job.columns, job.tmp, _manifest(job), bar, limit)
+    except OSError as err:
+        detail = (
+            f", after {bar.rows:,} of {len(job.row_ids):,} rows ({bar.bytes:,} bytes; estimated from the table's "
+            f"first rows: {needed:,} bytes for the whole split)"
+        )
+        problem = store.disk_error(err, job.root, job.what, job.root_setting, detail)
+        if problem is None:
+            raise
+        raise problem from err
     except OverBudget:
         problem = (
             f"the estimate was low: after {bar.rows:,} of {len(job.row_ids):,} rows it had copied {bar.bytes:,} "

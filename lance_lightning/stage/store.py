@@ -6,6 +6,7 @@ Pure bookkeeping of the files; what goes into a stage is :mod:`.fill`, how it is
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -46,6 +47,44 @@ class StageError(RuntimeError):
 
 class StageBudgetError(ValueError):
     """The stage would not fit the staging budget, even after evicting every stage not in use."""
+
+
+class StageDiskError(StageBudgetError, StageError):
+    """The directory where stages live cannot take this stage: read-only, not writable, or its disk
+    filled up during the fill. A :class:`StageBudgetError` (default staging reads the table instead,
+    with a warning) and a :class:`StageError` (what staging that was asked for raises)."""
+
+
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def root_settings(root: Path, setting: str) -> str:
+    """Where stages live and the settings that choose it, for messages."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (
+        f"stages live in {setting}= (here {str(root)!r}; default $XDG_CACHE_HOME/lance-lightning/stages, "
+        f"XDG_CACHE_HOME={'unset: ~/.cache' if xdg is None else repr(xdg)})"
+    )
+
+
+def disk_error(err: OSError, root: Path, what: str, setting: str, detail: str = "") -> StageDiskError | None:
+    """The :class:`StageDiskError` for an ``OSError`` met while placing a stage under ``root``
+    (None: not a problem of the disk there)."""
+    reason = err.strerror or str(err)
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    if err.errno in NOT_WRITABLE:
+        problem = f"the stage directory cannot be written: {reason}{where}"
+        fix = f"point {setting}= or XDG_CACHE_HOME at a writable node-local directory"
+    elif err.errno in NO_ROOM:
+        problem = f"the disk ran out of room during the fill{detail}: {reason}{where}"
+        fix = f"free space there, point {setting}= or XDG_CACHE_HOME at a disk with room, lower cache_max_bytes"
+    else:
+        return None
+    return StageDiskError(
+        f"cannot stage {what}: {problem}. {root_settings(root, setting)}. To stage it, {fix}; or set "
+        "staging='off' to read the table."
+    )
 
 
 class StageWarning(UserWarning):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from lance_lightning.source import TableSource
@@ -209,3 +210,88 @@ def test_a_stage_file_without_room_fails_before_a_byte_is_copied(small_disk):
     writer.write(values)
     writer.close()
     assert np.array_equal(np.load(small_disk / "y.npy"), values)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only file system (tmpfs mounted ``ro``), where this machine lets the tests mount one."""
+    import subprocess
+
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {made.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def short_then_long_names(num_rows: int) -> pa.Table:
+    """``id`` and ``name``: the first 1,024 rows (what the size estimate samples) 8-byte names,
+    the rest 1,000 bytes: the estimate is ~130 kB, the stage ~2 MB."""
+    names = [f"row-{i:04d}" if i < 1024 else f"{i:04d}" + "x" * 996 for i in range(num_rows)]
+    return pa.table({"id": np.arange(num_rows, dtype=np.int64), "name": names})
+
+
+def setup_capturing(dm) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    return [str(w.message) for w in caught]
+
+
+def assert_names_the_disk_and_settings(message: str, root: Path, problem: str) -> None:
+    for part in ("split 'train'", "table 'toy'", str(root), problem, "cache=", "XDG_CACHE_HOME", "staging='off'"):
+        assert part in message, (part, message)
+
+
+def test_a_disk_that_fills_during_the_fill_falls_back_to_the_table_or_names_it(make_table, small_disk, monkeypatch):
+    """The size estimate (from the table's first rows) is too low and the disk fills mid-fill: by
+    default the split is read from the table, with one warning naming the stage, the split, the disk
+    and the settings; ``staging='always'`` raises a ``StageDiskError`` (a StageError) saying it."""
+    from lance_lightning import LanceDataModule
+    from lance_lightning.dataset import LanceBatchDataset
+
+    uri, _ = make_table("toy", short_then_long_names(3000))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(small_disk))
+    root = small_disk / "lance-lightning" / "stages"
+    settings = {"columns": ["id", "name"], "batch_size": 100, "cache_max_bytes": 10**9}
+
+    dm = LanceDataModule(uri, "toy", **settings)
+    messages = [m for m in setup_capturing(dm) if "not staged" in m]
+    assert len(messages) == 1, messages
+    assert_names_the_disk_and_settings(messages[0], root, "No space left on device")
+    assert "the disk ran out of room during the fill, after" in messages[0]
+    assert isinstance(dm.datasets["train"], LanceBatchDataset)
+    ids = sorted(i for b in dm.train_dataloader() for i in b["id"].tolist())
+    assert len(ids) == len(set(ids)) == len(dm.split_rows("train"))  # every row of the split, once
+    assert not list(root.glob(".tmp-*")) and store.stages(root) == []  # no partial stage left
+
+    with pytest.raises(StageError) as raised:  # a StageDiskError
+        LanceDataModule(uri, "toy", staging="always", **settings).setup("fit")
+    assert_names_the_disk_and_settings(str(raised.value), root, "No space left on device")
+
+
+def test_a_read_only_stage_directory_falls_back_to_the_table_or_names_it(make_table, read_only_dir, monkeypatch):
+    """Default staging reads the table, with one warning naming the directory and the settings that
+    choose it; staging that was asked for raises a :class:`StageError` naming them."""
+    from lance_lightning import LanceDataModule
+    from lance_lightning.dataset import LanceBatchDataset
+
+    uri, _ = make_table("toy", 500)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only_dir))
+    root = read_only_dir / "lance-lightning" / "stages"
+    dm = LanceDataModule(uri, "toy", columns=["id", "x"], batch_size=50)
+    messages = [m for m in setup_capturing(dm) if "not staged" in m]
+    assert len(messages) == 1, messages
+    assert_names_the_disk_and_settings(messages[0], root, "Read-only file system")
+    assert isinstance(dm.datasets["train"], LanceBatchDataset)
+    assert sum(len(b["id"]) for b in dm.train_dataloader()) == len(dm.split_rows("train"))
+
+    for explicit in ({"staging": "always"}, {"cache": str(read_only_dir / "stages")}):
+        with pytest.raises(StageError) as raised:
+            LanceDataModule(uri, "toy", columns=["id", "x"], batch_size=50, **explicit).setup("fit")
+        where = root if "staging" in explicit else read_only_dir / "stages"
+        assert_names_the_disk_and_settings(str(raised.value), where, "Read-only file system")
