@@ -17,7 +17,7 @@ directory; :class:`StagedRows` reads it by split position in any process (it pic
   page cache; ``prefault=True`` reads every page at open (``in_memory``).
 """
 
-from .fill import ensure_stage, release_stage
+from .fill import ensure_stage, hold_again, release_stage
 from .plan import LAYOUTS, column_plan, estimate_stage_bytes
 from .reader import StagedRows
 from .store import (
@@ -50,6 +50,7 @@ __all__ = [
     "ensure_stage",
     "estimate_stage_bytes",
     "fits",
+    "hold_again",
     "lease",
     "release_stage",
     "stage_key",

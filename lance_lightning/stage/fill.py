@@ -262,6 +262,32 @@ def _keep(path: Path, held: store.Lease) -> None:
         old.release()
 
 
+def hold_again(reader: Any) -> bool:
+    """For a later ``setup`` of a datamodule whose reader of a split was built by an earlier one:
+    True when ``reader`` reads no stage, or this process holds its stage again (a lease taken
+    anew) and its files are still the fill's (names, sizes, modification times). False when the
+    stage is gone (another job evicted it once this one released it, or it was cleared) or damaged:
+    the caller builds the reader again, which stages the split again (a damaged stage is rebuilt
+    with a :class:`StageWarning`)."""
+    rows = getattr(reader, "staged", None)
+    if rows is None:
+        return True
+    path = Path(rows.path)
+    held = _try_lease(path)
+    if held is None:
+        return False
+    try:
+        meta, _ = store.read_manifest(path)
+        fine = meta is not None and store.check_sizes(path, meta) is None
+    except OSError:
+        fine = False
+    if not fine:
+        held.release()
+        return False
+    _keep(path, held)
+    return True
+
+
 def release_stage(path: str | os.PathLike[str]) -> None:
     """Drop the lease :func:`ensure_stage` left this process holding on ``path`` (readers keep theirs)."""
     held = _held.pop(str(Path(path)), None)

@@ -152,7 +152,8 @@ def write_files(
     flat = {name: _NpyWriter(target / s["file"], np.dtype(s["dtype"]), (n, *s["shape"])) for name, s in plan.items()}
     validity: dict[str, np.ndarray] = {}
     others = pa.schema([f for f in schema if f.name not in plan])
-    arrow = pa.ipc.new_file(str(target / ARROW_FILE), others) if len(others) else None
+    sink = pa.OSFile(str(target / ARROW_FILE), "wb") if len(others) else None
+    arrow = pa.ipc.new_file(sink, others) if sink is not None else None
     pending: list[pa.RecordBatch] = []
     pending_bytes = done = 0
 
@@ -190,7 +191,10 @@ def write_files(
     finally:
         crcs = {plan[name]["file"]: w.close() for name, w in flat.items()}
         if arrow is not None:
-            arrow.close()
+            try:
+                arrow.close()
+            finally:
+                sink.close()  # also when the writer's close fails (a full disk): no file left open
     if done != n:
         raise TableChangedError(f"staged {done:,} rows of a {n:,}-row split")
     for name, valid in validity.items():

@@ -193,7 +193,8 @@ def small_disk(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        if subprocess.run(["umount", str(mount)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)  # never leave it mounted
 
 
 def test_a_stage_file_without_room_fails_before_a_byte_is_copied(small_disk):
@@ -225,7 +226,8 @@ def read_only_dir(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        if subprocess.run(["umount", str(mount)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)  # never leave it mounted
 
 
 def short_then_long_names(num_rows: int) -> pa.Table:

@@ -13,6 +13,7 @@ tests/faults/test_stage_integrity.py.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -300,10 +301,12 @@ def test_a_stage_corrupted_after_setup_is_rebuilt_by_the_next_setup(make_table, 
     off.setup("fit")
     _, path = staged_train(uri, root)
     target = path / "col-1.npy"  # x: 500 × 4 float32 after a 128-byte header
-    size = target.stat().st_size
-    with open(target, "r+b") as fh:  # other bytes, same size: only the checksum can tell
+    stat = target.stat()
+    size = stat.st_size
+    with open(target, "r+b") as fh:  # other bytes, same size, modification time put back: only the checksum can tell
         fh.seek(size // 2)
         fh.write(np.random.default_rng(1).integers(0, 256, 1024, dtype=np.uint8).tobytes())
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert target.stat().st_size == size
     before = fill_id(path)
     second = datamodule(uri, splits={"train": 1.0}, cache=str(root))
@@ -317,6 +320,31 @@ def test_a_stage_corrupted_after_setup_is_rebuilt_by_the_next_setup(make_table, 
     assert second.datasets["train"].staged.path == path and fill_id(path) != before
     assert epochs(second, 2) == epochs(off, 2)
     assert_rows_are_the_tables(second)
+
+
+def test_a_second_fit_after_another_job_evicted_the_released_stage_stages_it_again(make_table, tmp_path):
+    """``teardown`` lets go of the stage; another job evicts it (what eviction does: remove a stage
+    no process holds); the next ``fit`` and ``validate`` of the same datamodule stage the splits
+    again instead of failing on a stage that is gone."""
+    from lance_lightning.stage import store
+
+    uri, _ = make_table("toy", 400)
+    dm = datamodule(uri, staging="always", cache=str(tmp_path / "stages"))
+    model = Recorder()
+    trainer(tmp_path, max_epochs=1).fit(model, dm)
+    first = [sorted(b) for b in model.seen]
+    paths = {stage: dm.datasets[stage].staged.path for stage in ("train", "val")}
+    for path in paths.values():  # the other job's eviction: refused for a stage some process holds
+        assert store._free_if_unused(path) is not None and not path.exists()
+    model = Recorder()
+    trainer(tmp_path, max_epochs=1).fit(model, dm)
+    assert [sorted(b) for b in model.seen] and all(p.exists() for p in paths.values())
+    assert sorted(i for b in model.seen for i in b) == sorted(i for b in first for i in b)
+    assert_rows_are_the_tables(dm)
+    store._free_if_unused(paths["val"])
+    trainer(tmp_path).validate(model, dm, verbose=False)
+    assert paths["val"].exists()
+    assert_rows_are_the_tables(dm, "val")
 
 
 # -- (8) exact resume mid-epoch on a staged split, with workers ------------------------------------
