@@ -197,8 +197,11 @@ def _ensure(job: _Job) -> Path:
     final, root = job.final, job.root
     root.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
+        first_user = not store.in_use(final)  # another rank (or job) of this node holds it: it said so
         ready, seen, problem = _use_existing(final)
         if ready:
+            if first_user:
+                _announce(job, "reused: filled earlier, verified now")
             return final
         with store.root_lock(root):
             now, _ = store.read_manifest(final)
@@ -327,15 +330,13 @@ def _fill_locked(job: _Job) -> None:
         shutil.rmtree(job.tmp, ignore_errors=True)
         raise
     seconds = time.monotonic() - started
-    log.info(
-        "staged %s: %s rows, %s bytes in %.1fs (%.0f MB/s) at %s",
-        job.what,
-        f"{len(job.row_ids):,}",
-        f"{meta['bytes']:,}",
-        seconds,
-        meta["bytes"] / max(seconds, 1e-9) / 1e6,
-        job.final,
-    )
+    _announce(job, f"filled now in {seconds:.1f}s, {meta['bytes'] / max(seconds, 1e-9) / 1e6:.0f} MB/s")
+
+
+def _announce(job: _Job, how: str) -> None:
+    """The one line a node's log gets about a stage: what, how big, where. Said by the process that
+    fills it, or by the first that reuses it (the other ranks of the node find it held: silent)."""
+    log.info("stage of %s: %s bytes at %s (%s)", job.what, f"{store.directory_bytes(job.final):,}", job.final, how)
 
 
 def _manifest(job: _Job) -> dict[str, Any]:
@@ -344,7 +345,7 @@ def _manifest(job: _Job) -> dict[str, Any]:
     return {
         "format": store.STAGE_FORMAT,
         "layout": job.layout,
-        "uri": scrub(source.uri, source.storage_options),
+        "uri": scrub(store.table_location(source.uri), source.storage_options),
         "table": source.name,
         "version": source.version,
         "version_time": source.version_time,

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -97,6 +98,23 @@ def default_stage_root() -> Path:
     return Path(base) / "lance-lightning" / "stages"
 
 
+def table_location(uri: str) -> str:
+    """The database location a stage is keyed by: one spelling per place, so that ``data//db``,
+    ``./data/db`` and ``/abs/data/db`` (and ``file://`` of it) share one stage. A local path becomes
+    absolute, with symbolic links resolved; an object-store URI keeps its scheme (lower case),
+    bucket, query and every key segment (``.`` and ``..`` are names in a bucket), and loses only
+    empty segments and a trailing ``/`` (the stores read ``a//b/`` as ``a/b``). ``memory://`` as is."""
+    uri = str(uri)
+    if uri.startswith("memory://"):
+        return uri
+    parsed = urlsplit(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return os.path.realpath(os.path.expanduser(path))
+    path = re.sub(r"/+", "/", parsed.path).rstrip("/")
+    return urlunsplit((parsed.scheme.lower(), parsed.netloc, path, parsed.query, parsed.fragment))
+
+
 def stage_key(
     source: Any, columns: Sequence[str], row_ids: np.ndarray, *, filter: str | None, layout: str = "flat"
 ) -> str:
@@ -108,7 +126,7 @@ def stage_key(
     payload = {
         "format": STAGE_FORMAT,
         "layout": layout,
-        "uri": source.uri,
+        "uri": table_location(source.uri),
         "endpoint": storage_endpoint(source.storage_options),
         "table": source.name,
         "version": source.version,
@@ -398,7 +416,7 @@ def stages(root: Path) -> list[Path]:
         return []
 
 
-def _free_if_unused(path: Path) -> int | None:
+def free_if_unused(path: Path) -> int | None:
     """Remove ``path`` if no process holds its lease; the bytes freed, or None when in use."""
     try:
         fd = os.open(path / LEASE_FILE, os.O_RDONLY)
@@ -468,20 +486,42 @@ def default_budget_bytes(root: str | os.PathLike[str] | None = None, share: floa
     return int(share * (shutil.disk_usage(probe).free + directory_bytes(root)))
 
 
+def table_exists(meta: dict[str, Any]) -> bool | None:
+    """Whether the table a stage copied still exists: looked up on disk for a local database
+    (``<location>/<table>.lance``); False for a ``memory://`` table (it lives as long as the
+    process that made it, which then holds the stage); None (unknown) for an object store."""
+    location, table = meta.get("uri"), meta.get("table")
+    if not isinstance(location, str) or not isinstance(table, str):
+        return None
+    if location.startswith("memory://"):
+        return False
+    if "://" in location and not location.startswith("file://"):
+        return None
+    return os.path.isdir(os.path.join(table_location(location), f"{table}.lance"))
+
+
+def _table_known(path: Path) -> bool:
+    """False when the stage's table is known to be gone (its stage is evicted first)."""
+    meta, _ = read_manifest(path)
+    return meta is None or table_exists(meta) is not False
+
+
 def evict_for(root: Path, needed_bytes: int, budget_bytes: int | None, *, keep: Path) -> list[Path]:
-    """Under the root lock: remove least-recently-used stages not in use (never ``keep``) until
-    ``needed_bytes`` fits beside the rest. Returns what was removed."""
+    """Under the root lock: remove stages not in use (never ``keep``) until ``needed_bytes`` fits
+    beside the rest: first those whose table no longer exists (:func:`table_exists`), then the
+    least recently used. Returns what was removed."""
     removed: list[Path] = []
     if budget_bytes is None:
         return removed
-    others = sorted((p for p in stages(root) if p != keep), key=last_used)
-    used = sum(directory_bytes(p) for p in others)
-    for path in others:
+    others = sorted((_table_known(p), last_used(p), p) for p in stages(root) if p != keep)
+    used = sum(directory_bytes(p) for _, _, p in others)
+    for known, _, path in others:
         if used + needed_bytes <= budget_bytes:
             break
-        freed = _free_if_unused(path)
+        freed = free_if_unused(path)
         if freed is not None:
-            log.info("evicted stage %s (%s bytes, least recently used)", path, f"{freed:,}")
+            why = "least recently used" if known else "its table no longer exists"
+            log.info("evicted stage %s (%s bytes, %s)", path, f"{freed:,}", why)
             used -= freed
             removed.append(path)
     return removed

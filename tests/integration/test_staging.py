@@ -335,13 +335,13 @@ def test_a_second_fit_after_another_job_evicted_the_released_stage_stages_it_aga
     first = [sorted(b) for b in model.seen]
     paths = {stage: dm.datasets[stage].staged.path for stage in ("train", "val")}
     for path in paths.values():  # the other job's eviction: refused for a stage some process holds
-        assert store._free_if_unused(path) is not None and not path.exists()
+        assert store.free_if_unused(path) is not None and not path.exists()
     model = Recorder()
     trainer(tmp_path, max_epochs=1).fit(model, dm)
     assert [sorted(b) for b in model.seen] and all(p.exists() for p in paths.values())
     assert sorted(i for b in model.seen for i in b) == sorted(i for b in first for i in b)
     assert_rows_are_the_tables(dm)
-    store._free_if_unused(paths["val"])
+    store.free_if_unused(paths["val"])
     trainer(tmp_path).validate(model, dm, verbose=False)
     assert paths["val"].exists()
     assert_rows_are_the_tables(dm, "val")
