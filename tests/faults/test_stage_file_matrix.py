@@ -14,16 +14,20 @@ cheap cells run by default; the rest are ``long``.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
+import torch
 
 from lance_lightning import LanceDataModule, assembly
 from lance_lightning.stage import StageError, StageWarning
 from tests.conftest import toy_table
+from tests.helpers import quiet_trainer
 
 NUM_ROWS, DIM = 3000, 16
 COLUMNS = ["id", "x", "name"]  # id -> col-0.npy, x -> col-1.npy, name -> rows.arrow
@@ -142,3 +146,37 @@ def test_a_damaged_stage_file_is_rebuilt_or_refused_never_served(table_rows, mon
     for part in (str(path), "split 'train'", "table 'toy'", FILES[kind]):
         assert part in message, (part, message)
     first.teardown("fit")
+
+
+class ChecksRows(pl.LightningModule):
+    """Trains on ``x``; every batch it is given is checked against the table's rows first."""
+
+    def __init__(self, x: np.ndarray, names: list[str], change: Callable[[], None]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(DIM, 1)
+        self.x, self.names, self.change, self.steps = x, names, change, 0
+
+    def training_step(self, batch, batch_idx):
+        assert_rows_are_the_tables(batch, self.x, self.names)
+        self.steps += 1
+        if self.steps == 2:
+            self.change()
+        return self.layer(batch["x"]).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.long), 2])
+def test_a_fit_whose_stage_changes_in_place_stops_with_a_stage_error(table_rows, tmp_path, workers):
+    """The reported run: bytes of the stage changed in place (same size) mid-fit; the rows came back
+    changed (NaN) and the fit finished. Now the fit stops at the first batch gathered after the
+    change, with a StageError naming the stage; every batch trained on was the table's."""
+    uri, x, names = table_rows
+    dm = datamodule(uri, workers)
+    dm.setup("fit")
+    target = dm.datasets["train"].staged.path / FILES["flat"]
+    model = ChecksRows(x, names, lambda: change_in_place(target))
+    with pytest.raises(StageError, match=re.escape(str(target.parent))):
+        quiet_trainer(tmp_path, max_epochs=3, num_sanity_val_steps=0, limit_val_batches=0).fit(model, dm)
+    assert model.steps >= 2
