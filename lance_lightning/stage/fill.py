@@ -201,7 +201,7 @@ def _ensure(job: _Job) -> Path:
         ready, seen, problem = _use_existing(final)
         if ready:
             if first_user:
-                _announce(job, "reused: filled earlier, verified now")
+                _announce_reuse(job)
             return final
         with store.root_lock(root):
             now, _ = store.read_manifest(final)
@@ -330,13 +330,23 @@ def _fill_locked(job: _Job) -> None:
         shutil.rmtree(job.tmp, ignore_errors=True)
         raise
     seconds = time.monotonic() - started
-    _announce(job, f"filled now in {seconds:.1f}s, {meta['bytes'] / max(seconds, 1e-9) / 1e6:.0f} MB/s")
+    # the node's one line about this stage (what, size, where); tests and benchmarks parse its args
+    log.info(
+        "staged %s: %s rows, %s bytes in %.1fs (%.0f MB/s) at %s",
+        job.what,
+        f"{len(job.row_ids):,}",
+        f"{meta['bytes']:,}",
+        seconds,
+        meta["bytes"] / max(seconds, 1e-9) / 1e6,
+        job.final,
+    )
 
 
-def _announce(job: _Job, how: str) -> None:
-    """The one line a node's log gets about a stage: what, how big, where. Said by the process that
-    fills it, or by the first that reuses it (the other ranks of the node find it held: silent)."""
-    log.info("stage of %s: %s bytes at %s (%s)", job.what, f"{store.directory_bytes(job.final):,}", job.final, how)
+def _announce_reuse(job: _Job) -> None:
+    """The node's one line about a stage filled earlier: what, how big, where. Said by the first
+    process of the node that takes it (the other ranks find it held: silent)."""
+    size = store.directory_bytes(job.final)
+    log.info("reusing the stage of %s: %s bytes at %s (filled earlier, verified now)", job.what, f"{size:,}", job.final)
 
 
 def _manifest(job: _Job) -> dict[str, Any]:

@@ -439,8 +439,8 @@ def test_fill_is_quiet_off_a_tty_and_logs_once(tmp_path, make_table, capfd, capl
         path = ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", split_name="train")
         ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / "stages", split_name="train")
     assert capfd.readouterr().err == ""
-    staged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage of ")]
-    assert len(staged) == 1 and "500 rows" in staged[0] and str(path) in staged[0] and "filled now" in staged[0]
+    staged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("staged ")]
+    assert len(staged) == 1 and "500 rows" in staged[0] and str(path) in staged[0]
     meta = json.loads((path / "manifest.json").read_text())
     assert meta["rows"] == 500 and meta["split"] == "train" and meta["table"] == "toy" and meta["version"] == 1
     assert meta["version_time"] == source.version_time and meta["columns"] == ["id", "x"]
@@ -576,18 +576,19 @@ def test_a_node_logs_where_it_staged_what_once(tmp_path, make_table, caplog):
     root = tmp_path / "stages"
 
     def said() -> list[str]:
-        out = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage of ")]
+        out = [r.getMessage() for r in caplog.records if "stage" in r.getMessage() and " at " in r.getMessage()]
         caplog.clear()
         return out
 
     with caplog.at_level(logging.INFO, logger="lance_lightning.stage"):
         path = ensure_stage(source, table, ids, ["id", "x"], root=root, split_name="train")
         first = said()
-        assert len(first) == 1 and "filled now" in first[0] and str(path) in first[0] and " bytes at " in first[0]
+        assert len(first) == 1 and first[0].startswith("staged split 'train'") and str(path) in first[0]
         release_stage(path)
         ensure_stage(source, table, ids, ["id", "x"], root=root, split_name="train")
         again = said()
-        assert len(again) == 1 and "reused" in again[0] and "split 'train'" in again[0]
+        assert len(again) == 1 and again[0].startswith("reusing the stage of split 'train'"), again
+        assert str(path) in again[0] and " bytes at " in again[0]
         release_stage(path)
         holder = hold(path)  # the rank that filled it
         try:
