@@ -187,7 +187,7 @@ def ensure_stage(
     try:
         return _ensure(job)
     except OSError as err:
-        problem = store.disk_error(err, root, job.what, root_setting)
+        problem = store.disk_error(err, root, job.what, root_setting, budget_setting=budget_setting)
         if problem is None:
             raise
         raise problem from err
@@ -379,7 +379,7 @@ def _fill_in_budget(job: _Job, table: Any, needed: int, bar: Progress) -> dict[s
             f", after {bar.rows:,} of {len(job.row_ids):,} rows ({bar.bytes:,} bytes; estimated from the table's "
             f"first rows: {needed:,} bytes for the whole split)"
         )
-        problem = store.disk_error(err, job.root, job.what, job.root_setting, detail)
+        problem = store.disk_error(err, job.root, job.what, job.root_setting, detail, budget_setting=job.setting)
         if problem is None:
             raise
         raise problem from err

@@ -69,17 +69,23 @@ def root_settings(root: Path, setting: str) -> str:
     )
 
 
-def disk_error(err: OSError, root: Path, what: str, setting: str, detail: str = "") -> StageDiskError | None:
+def disk_error(
+    err: OSError, root: Path, what: str, setting: str, detail: str = "", budget_setting: str = "cache_max_bytes"
+) -> StageDiskError | None:
     """The :class:`StageDiskError` for an ``OSError`` met while placing a stage under ``root``
     (None: not a problem of the disk there)."""
     reason = err.strerror or str(err)
-    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    name = getattr(err, "filename", None)
+    where = f" ({name})" if name else ""
     if err.errno in NOT_WRITABLE:
+        target = Path(name).absolute() if name else None
+        if target is None or not (target == root or root in target.parents or target in root.parents):
+            return None  # not about the stage directory (e.g. reading the table was refused)
         problem = f"the stage directory cannot be written: {reason}{where}"
         fix = f"point {setting}= or XDG_CACHE_HOME at a writable node-local directory"
     elif err.errno in NO_ROOM:
         problem = f"the disk ran out of room during the fill{detail}: {reason}{where}"
-        fix = f"free space there, point {setting}= or XDG_CACHE_HOME at a disk with room, lower cache_max_bytes"
+        fix = f"free space there, point {setting}= or XDG_CACHE_HOME at a disk with room, lower {budget_setting}"
     else:
         return None
     return StageDiskError(
