@@ -345,7 +345,8 @@ def _fill_locked(job: _Job) -> None:
 def _announce_reuse(job: _Job) -> None:
     """The node's one line about a stage filled earlier: what, how big, where. Said by the first
     process of the node that takes it (the other ranks find it held: silent)."""
-    size = store.directory_bytes(job.final)
+    meta, _ = store.read_manifest(job.final)
+    size = meta["bytes"] if meta is not None and isinstance(meta.get("bytes"), int) else store.directory_bytes(job.final)
     log.info("reusing the stage of %s: %s bytes at %s (filled earlier, verified now)", job.what, f"{size:,}", job.final)
 
 
