@@ -346,7 +346,9 @@ def _announce_reuse(job: _Job) -> None:
     """The node's one line about a stage filled earlier: what, how big, where. Said by the first
     process of the node that takes it (the other ranks find it held: silent)."""
     meta, _ = store.read_manifest(job.final)
-    size = meta["bytes"] if meta is not None and isinstance(meta.get("bytes"), int) else store.directory_bytes(job.final)
+    size = (meta or {}).get("bytes")
+    if not isinstance(size, int):
+        size = store.directory_bytes(job.final)
     log.info("reusing the stage of %s: %s bytes at %s (filled earlier, verified now)", job.what, f"{size:,}", job.final)
 
 
