@@ -3,6 +3,8 @@ eviction never removes a stage in use, one copy in memory for all processes (PSS
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from lance_lightning.app.stages import main as stages_main
 from lance_lightning.convert import batch_to_tensors
 from lance_lightning.reads import scan_with_row_ids
 from lance_lightning.source import TableSource
@@ -450,15 +453,12 @@ def test_fill_is_quiet_off_a_tty_and_logs_once(tmp_path, make_table, capfd, capl
 
 
 def stages_cli(root: Path, *args: str) -> str:
-    """The console script's module in a subprocess (what ``lance-lightning-stages`` runs)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "lance_lightning.app.stages", "--cache", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """What ``lance-lightning-stages --cache root *args`` prints (its ``main``, in this process; the
+    console script's own process is run by test_clear_needs_what_to_clear)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert stages_main(["--cache", str(root), *args]) == 0
+    return out.getvalue()
 
 
 def age(path: Path, days: float) -> None:
