@@ -24,7 +24,6 @@ directory; :class:`StagedRows` reads it by split position in any process (it pic
 
 from .fill import ensure_stage, hold_again, release_stage
 from .plan import LAYOUTS, column_plan, estimate_stage_bytes
-from .reader import StagedRows
 from .store import (
     Lease,
     StageBudgetError,
@@ -61,3 +60,13 @@ __all__ = [
     "stage_key",
     "verify_stage",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """:class:`StagedRows` is imported when first asked for: it needs torch, which listing or
+    clearing stages (``lance-lightning-stages``) does not."""
+    if name == "StagedRows":
+        from .reader import StagedRows
+
+        return StagedRows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
