@@ -40,6 +40,7 @@ from .splits import (
     parse_split_spec,
     whole_table_row_ids,
 )
+from .stage import hold_again
 from .state import TrainState
 
 
@@ -310,7 +311,8 @@ class LanceDataModule(pl.LightningDataModule):
 
     def _build_stage(self, stage: str, scan_ids: assembly.ScanIds) -> None:
         name = self.split_for_stage(stage)
-        if name is None or (stage in self.samplers and self.samplers[stage].num_replicas == self.world_size):
+        built = stage in self.samplers and self.samplers[stage].num_replicas == self.world_size
+        if name is None or (built and hold_again(self.datasets[stage])):  # a stage evicted since: staged again
             return
         split = self.split_rows(name)  # never empty: check_stage_splits and split_rows refuse that
         assembly.check_eval_split(stage, name, len(split), self.world_size)

@@ -4,8 +4,8 @@ Takes the same config and overrides as ``lance-lightning-train`` and prints the 
 version and schema with the tensor each selected column becomes, each split's row count and
 label balance (``inspect.label_column``), and for the configured world size
 (``trainer.devices x trainer.num_nodes``, or ``inspect.world_size``) each rank's batches
-per epoch and the rows padded or dropped to keep ranks in step. Nothing is trained and no
-process group is started.
+per epoch and the rows padded or dropped to keep ranks in step. Nothing is trained, no process
+group is started, and no stage is filled (the splits are read from the table).
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from .demo import ensure_demo
 from .report import format_report, label_balance, resolve_world_size, shard_plan, split_sizes
 from .train import CONFIG_NAME, CONFIG_PATH
 
+READ_THE_TABLE = {"staging": "off", "cache": None, "in_memory": False, "num_workers": 0}
+"""The data settings :func:`inspect` replaces: it fills no stage, starts no worker."""
+
 
 def inspect(cfg: DictConfig) -> dict[str, Any]:
     """Set up the datamodule of ``cfg`` (no Trainer) and return what the report shows."""
@@ -36,7 +39,9 @@ def inspect(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"inspect.world_size must be a whole number of ranks >= 1, got {world_size!r}")
     label_column = options.get("label_column")
 
-    dm = instantiate(cfg.data)
+    # a look, not a run: splits read from the table, so that no stage is filled (or evicted for
+    # one) and no worker or fork server starts; the plan is the same however the rows are read
+    dm = instantiate(cfg.data, **READ_THE_TABLE)
     dm.setup()  # no Trainer: rank 0 of 1; the plan below uses the configured world size
     table = dm.source.open()
     balance = None

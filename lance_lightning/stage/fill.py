@@ -133,6 +133,7 @@ class _Job:
     progress: bool
     layout: str
     setting: str  # the name of the budget setting, for messages
+    root_setting: str  # the name of the setting of where stages live, for messages
 
     @property
     def tmp(self) -> Path:
@@ -152,15 +153,16 @@ def ensure_stage(
     progress: bool = True,
     layout: str = "flat",
     budget_setting: str = "stage_budget_bytes",
+    root_setting: str = "cache",
 ) -> Path:
     """The stage of these rows, filled now unless another process of the node did; verified (full
     CRC-32) before it is returned. A stage that fails verification is removed and rebuilt once, with a
     :class:`StageWarning`. This process keeps a lease on the returned stage (nothing evicts it) until
     :func:`release_stage`. Raises :class:`StageBudgetError` when it does not fit ``budget_bytes``
-    after evicting least-recently-used stages not in use. ``table`` is ``source`` opened at its
-    pinned version (opened here when None)."""
+    after evicting least-recently-used stages not in use, and :class:`StageDiskError` (one of
+    those, and a :class:`StageError`) when ``root`` cannot be written or its disk fills up during
+    the fill. ``table`` is ``source`` opened at its pinned version (opened here when None)."""
     root = Path(root if root is not None else store.default_stage_root()).expanduser().absolute()
-    root.mkdir(parents=True, exist_ok=True)
     row_ids = np.sort(np.asarray(row_ids, dtype=np.uint64))
     if len(row_ids) > 1 and not np.all(row_ids[1:] > row_ids[:-1]):
         raise ValueError(f"split {split_name!r}: row ids must be distinct")
@@ -180,10 +182,26 @@ def ensure_stage(
         progress=progress,
         layout=layout,
         setting=budget_setting,
+        root_setting=root_setting,
     )
+    try:
+        return _ensure(job)
+    except OSError as err:
+        problem = store.disk_error(err, root, job.what, root_setting, budget_setting=budget_setting)
+        if problem is None:
+            raise
+        raise problem from err
+
+
+def _ensure(job: _Job) -> Path:
+    final, root = job.final, job.root
+    root.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
+        first_user = not store.in_use(final)  # another rank (or job) of this node holds it: it said so
         ready, seen, problem = _use_existing(final)
         if ready:
+            if first_user:
+                _announce_reuse(job)
             return final
         with store.root_lock(root):
             now, _ = store.read_manifest(final)
@@ -228,7 +246,7 @@ def _discard_broken(job: _Job, problem: str | None) -> None:
     warnings.warn(
         f"lance-lightning stage {str(where)!r} ({job.what}) is not used: {problem}. It is rebuilt from the table now.",
         StageWarning,
-        stacklevel=3,  # the caller of ensure_stage
+        stacklevel=4,  # the caller of ensure_stage
     )
     store.remove_stage(final, job.root)
 
@@ -245,6 +263,32 @@ def _keep(path: Path, held: store.Lease) -> None:
     _held[str(path)] = held
     if old is not None:
         old.release()
+
+
+def hold_again(reader: Any) -> bool:
+    """For a later ``setup`` of a datamodule whose reader of a split was built by an earlier one:
+    True when ``reader`` reads no stage, or this process holds its stage again (a lease taken
+    anew) and its files are still the fill's (names, sizes, modification times). False when the
+    stage is gone (another job evicted it once this one released it, or it was cleared) or damaged:
+    the caller builds the reader again, which stages the split again (a damaged stage is rebuilt
+    with a :class:`StageWarning`)."""
+    rows = getattr(reader, "staged", None)
+    if rows is None:
+        return True
+    path = Path(rows.path)
+    held = _try_lease(path)
+    if held is None:
+        return False
+    try:
+        meta, _ = store.read_manifest(path)
+        fine = meta is not None and store.check_sizes(path, meta) is None
+    except OSError:
+        fine = False
+    if not fine:
+        held.release()
+        return False
+    _keep(path, held)
+    return True
 
 
 def release_stage(path: str | os.PathLike[str]) -> None:
@@ -286,6 +330,7 @@ def _fill_locked(job: _Job) -> None:
         shutil.rmtree(job.tmp, ignore_errors=True)
         raise
     seconds = time.monotonic() - started
+    # the node's one line about this stage (what, size, where); tests and benchmarks parse its args
     log.info(
         "staged %s: %s rows, %s bytes in %.1fs (%.0f MB/s) at %s",
         job.what,
@@ -297,13 +342,23 @@ def _fill_locked(job: _Job) -> None:
     )
 
 
+def _announce_reuse(job: _Job) -> None:
+    """The node's one line about a stage filled earlier: what, how big, where. Said by the first
+    process of the node that takes it (the other ranks find it held: silent)."""
+    meta, _ = store.read_manifest(job.final)
+    size = (meta or {}).get("bytes")
+    if not isinstance(size, int):
+        size = store.directory_bytes(job.final)
+    log.info("reusing the stage of %s: %s bytes at %s (filled earlier, verified now)", job.what, f"{size:,}", job.final)
+
+
 def _manifest(job: _Job) -> dict[str, Any]:
     """What ``manifest.json`` says about the copy (before its files are known); no secrets."""
     source = job.source
     return {
         "format": store.STAGE_FORMAT,
         "layout": job.layout,
-        "uri": scrub(source.uri, source.storage_options),
+        "uri": scrub(store.table_location(source.uri), source.storage_options),
         "table": source.name,
         "version": source.version,
         "version_time": source.version_time,
@@ -322,6 +377,15 @@ def _fill_in_budget(job: _Job, table: Any, needed: int, bar: Progress) -> dict[s
     limit = None if job.budget is None else job.budget - others
     try:
         meta = _fill(job.source, table, job.row_ids, job.columns, job.tmp, _manifest(job), bar, limit)
+    except OSError as err:
+        detail = (
+            f", after {bar.rows:,} of {len(job.row_ids):,} rows ({bar.bytes:,} bytes; estimated from the table's "
+            f"first rows: {needed:,} bytes for the whole split)"
+        )
+        problem = store.disk_error(err, job.root, job.what, job.root_setting, detail, budget_setting=job.setting)
+        if problem is None:
+            raise
+        raise problem from err
     except OverBudget:
         problem = (
             f"the estimate was low: after {bar.rows:,} of {len(job.row_ids):,} rows it had copied {bar.bytes:,} "

@@ -25,13 +25,15 @@ _WIDEN = {np.dtype(str(arrow)): torch_dtype_to_numpy(dt) for arrow, dt in WIDENE
 the same way whether a batch is read from the table or from a stage."""
 
 
-def _map(path: Path, prefault: bool) -> mmap.mmap:
+def _map(path: Path, prefault: bool) -> tuple[mmap.mmap, os.stat_result]:
+    """The file mapped read-only, and its ``fstat`` (the inode that was mapped)."""
     flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
         mm = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     if prefault and hasattr(mm, "madvise"):
         mm.madvise(mmap.MADV_WILLNEED)
-    return mm
+    return mm, st
 
 
 def _npy(mm: mmap.mmap) -> np.ndarray:
@@ -87,10 +89,30 @@ class StagedRows:
         what = ""
         if meta is not None:
             what = f" (split {meta.get('split')!r} of table {meta.get('table')!r}, version {meta.get('version')})"
+        if not self.path.is_dir():
+            return StageError(
+                f"stage {str(self.path)!r} is gone: removed (evicted by another job to make room, cleared, or "
+                "deleted) while this job did not hold it. The next setup stages the split again."
+            )
         return StageError(
-            f"stage {str(self.path)!r}{what} is damaged: {problem}. "
+            f"stage {str(self.path)!r}{what} is damaged: {problem}. No row of it is served. "
             "The next setup rebuilds it; or delete that directory."
         )
+
+    def _check(self) -> None:
+        """What every read promises: each mapped file is still the one the fill wrote (same inode,
+        size and modification time), checked before and after each gather (one ``stat`` a file,
+        ~2.4 us here: +14 us on a 92 us gather of 1,024 rows of 520 B). Changes made through the
+        file system (writes, truncation, replacement, deletion) are found; bytes changed without
+        touching the modification time are not (the CRC-32 at setup finds those)."""
+        for full, rel, want in self._stamps:
+            try:
+                st = os.stat(full)
+            except OSError as err:
+                raise self._damaged(f"file {rel} was removed after setup ({err.strerror})", self.meta) from None
+            if (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) != want:
+                problem = store.changed_since_fill(rel, self.meta["files"][rel], st)
+                raise self._damaged(problem or f"file {rel} was replaced after setup", self.meta)
 
     def _open(self) -> None:
         if self._pid == os.getpid():
@@ -109,6 +131,7 @@ class StagedRows:
         try:
             self.schema = pa.ipc.read_schema(pa.py_buffer((self.path / SCHEMA_FILE).read_bytes()))
             self._maps: list[mmap.mmap] = []
+            self._stamps: list[tuple[str, str, tuple[int, int, int, int]]] = []
             self._flat: dict[str, tuple[dict[str, Any], np.ndarray, np.ndarray | None]] = {}
             for name, spec in meta["flat"].items():
                 values = self._npy(spec["file"])
@@ -116,8 +139,7 @@ class StagedRows:
                 valid = self._npy(valid_file) if valid_file in meta["files"] else None
                 self._flat[name] = (spec, values, valid)
             if ARROW_FILE in meta["files"]:
-                mm = _map(self.path / ARROW_FILE, self.prefault)
-                self._maps.append(mm)
+                mm = self._map(ARROW_FILE)
                 reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm)))
                 self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
                 self._arrow = pa.Table.from_batches(self._batches, schema=reader.schema)
@@ -129,11 +151,25 @@ class StagedRows:
             raise self._damaged(f"{type(err).__name__}: {err}", meta) from err
         self.num_rows_ = int(meta["rows"])
         self._pid = os.getpid()
+        try:
+            self._check()
+        except StageError:
+            self.close()
+            raise
+
+    def _map(self, rel: str) -> mmap.mmap:
+        """Map file ``rel``, remembering what :meth:`_check` compares: the mapped file's inode, the
+        size and modification time the fill recorded (older manifests: those found now)."""
+        full = str(self.path / rel)
+        mm, st = _map(Path(full), self.prefault)
+        self._maps.append(mm)
+        want = self.meta["files"][rel]
+        mtime = want.get("mtime_ns", st.st_mtime_ns)
+        self._stamps.append((full, rel, (st.st_ino, st.st_dev, int(want["bytes"]), int(mtime))))
+        return mm
 
     def _npy(self, rel: str) -> np.ndarray:
-        mm = _map(self.path / rel, self.prefault)
-        self._maps.append(mm)
-        return _npy(mm)
+        return _npy(self._map(rel))
 
     def close(self) -> None:
         """Drop the mappings and the lease (the object opens again on next use)."""
@@ -171,6 +207,7 @@ class StagedRows:
     def take(self, positions: Any) -> pa.Table:
         """The rows at ``positions`` (split positions; any order, repeats allowed), as Arrow."""
         self._open()
+        self._check()
         pos = self._positions(positions)
         taken = self._take_arrow(pos) if self._arrow is not None else None
         columns = []
@@ -180,6 +217,7 @@ class StagedRows:
                 columns.append(_to_arrow(field, np.take(values, pos, axis=0), None if valid is None else valid[pos]))
             else:
                 columns.append(taken.column(field.name))
+        self._check()  # the bytes just copied are the fill's
         return pa.Table.from_arrays(columns, schema=self.schema)
 
     def _take_arrow(self, pos: np.ndarray) -> pa.Table:
@@ -204,8 +242,9 @@ class StagedRows:
         return gathered.take(pa.array(inverse))
 
     def slice(self, lo: int, hi: int) -> pa.Table:
-        """Rows ``lo:hi``, zero-copy (views of the mapped files)."""
+        """Rows ``lo:hi``, zero-copy (views of the mapped files: checked now, not when read later)."""
         self._open()
+        self._check()
         lo, hi = max(0, lo), min(hi, self.num_rows_)
         hi = max(lo, hi)
         columns = []
@@ -234,6 +273,7 @@ class StagedRows:
         import torch
 
         self._open()
+        self._check()  # before touching the mappings: a truncated file would fault (SIGBUS)
         pos = self._positions(positions)
         if out_shared is None:
             from torch.utils.data import get_worker_info
@@ -262,6 +302,7 @@ class StagedRows:
             elif nulls == "mask" and field.nullable:  # as convert: the same keys whether or not rows hold a null
                 out[f"{name}_valid"] = torch.ones(len(pos), dtype=torch.bool)
             out[name] = _gather(values, pos, out_shared, allocate)
+        self._check()  # and after: the bytes just gathered are the fill's
         return out
 
 

@@ -6,6 +6,7 @@ Pure bookkeeping of the files; what goes into a stage is :mod:`.fill`, how it is
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -19,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -48,6 +50,50 @@ class StageBudgetError(ValueError):
     """The stage would not fit the staging budget, even after evicting every stage not in use."""
 
 
+class StageDiskError(StageBudgetError, StageError):
+    """The directory where stages live cannot take this stage: read-only, not writable, or its disk
+    filled up during the fill. A :class:`StageBudgetError` (default staging reads the table instead,
+    with a warning) and a :class:`StageError` (what staging that was asked for raises)."""
+
+
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def root_settings(root: Path, setting: str) -> str:
+    """Where stages live and the settings that choose it, for messages."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (
+        f"stages live in {setting}= (here {str(root)!r}; default $XDG_CACHE_HOME/lance-lightning/stages, "
+        f"XDG_CACHE_HOME={'unset: ~/.cache' if xdg is None else repr(xdg)})"
+    )
+
+
+def disk_error(
+    err: OSError, root: Path, what: str, setting: str, detail: str = "", budget_setting: str = "cache_max_bytes"
+) -> StageDiskError | None:
+    """The :class:`StageDiskError` for an ``OSError`` met while placing a stage under ``root``
+    (None: not a problem of the disk there)."""
+    reason = err.strerror or str(err)
+    name = getattr(err, "filename", None)
+    where = f" ({name})" if name else ""
+    if err.errno in NOT_WRITABLE:
+        target = Path(name).absolute() if name else None
+        if target is None or not (target == root or root in target.parents or target in root.parents):
+            return None  # not about the stage directory (e.g. reading the table was refused)
+        problem = f"the stage directory cannot be written: {reason}{where}"
+        fix = f"point {setting}= or XDG_CACHE_HOME at a writable node-local directory"
+    elif err.errno in NO_ROOM:
+        problem = f"the disk ran out of room during the fill{detail}: {reason}{where}"
+        fix = f"free space there, point {setting}= or XDG_CACHE_HOME at a disk with room, lower {budget_setting}"
+    else:
+        return None
+    return StageDiskError(
+        f"cannot stage {what}: {problem}. {root_settings(root, setting)}. To stage it, {fix}; or set "
+        "staging='off' to read the table."
+    )
+
+
 class StageWarning(UserWarning):
     """A stage failed verification and is rebuilt from the table."""
 
@@ -56,6 +102,23 @@ def default_stage_root() -> Path:
     """``$XDG_CACHE_HOME/lance-lightning/stages``, or ``~/.cache/lance-lightning/stages``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "lance-lightning" / "stages"
+
+
+def table_location(uri: str) -> str:
+    """The database location a stage is keyed by: one spelling per place, so that ``data//db``,
+    ``./data/db`` and ``/abs/data/db`` (and ``file://`` of it) share one stage. A local path becomes
+    absolute, with symbolic links resolved; an object-store URI keeps its scheme (lower case),
+    bucket, query and every key segment (``.`` and ``..`` are names in a bucket), and loses only
+    empty segments and a trailing ``/`` (the stores read ``a//b/`` as ``a/b``). ``memory://`` as is."""
+    uri = str(uri)
+    if uri.startswith("memory://"):
+        return uri
+    parsed = urlsplit(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return os.path.realpath(os.path.expanduser(path))
+    path = re.sub(r"/+", "/", parsed.path).rstrip("/")
+    return urlunsplit((parsed.scheme.lower(), parsed.netloc, path, parsed.query, parsed.fragment))
 
 
 def stage_key(
@@ -69,7 +132,7 @@ def stage_key(
     payload = {
         "format": STAGE_FORMAT,
         "layout": layout,
-        "uri": source.uri,
+        "uri": table_location(source.uri),
         "endpoint": storage_endpoint(source.storage_options),
         "table": source.name,
         "version": source.version,
@@ -196,8 +259,19 @@ def read_manifest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return meta, None
 
 
+def changed_since_fill(rel: str, want: dict[str, Any], st: os.stat_result) -> str | None:
+    """How the file ``rel`` (stat ``st``) differs from what the fill wrote, by size and modification
+    time (``mtime_ns``; a manifest written before fills recorded it: size only), or None."""
+    if st.st_size != want["bytes"]:
+        return f"file {rel} has {st.st_size:,} bytes, {want['bytes']:,} were written"
+    mtime = want.get("mtime_ns")
+    if mtime is not None and st.st_mtime_ns != mtime:
+        return f"file {rel} was modified after the fill (modification time {st.st_mtime_ns} ns, the fill's {mtime} ns)"
+    return None
+
+
 def check_sizes(path: Path, meta: dict[str, Any]) -> str | None:
-    """Cheap check (names and sizes): what is wrong, or None."""
+    """Cheap check (names, sizes and modification times): what is wrong, or None."""
     files: dict[str, dict[str, Any]] = meta["files"]
     present = set(stage_files(path))
     missing = sorted(set(files) - present)
@@ -207,9 +281,9 @@ def check_sizes(path: Path, meta: dict[str, Any]) -> str | None:
     if extra:
         return f"file {extra[0]} was not written by the fill"
     for rel, want in files.items():
-        size = (path / rel).stat().st_size
-        if size != want["bytes"]:
-            return f"file {rel} has {size:,} bytes, {want['bytes']:,} were written"
+        problem = changed_since_fill(rel, want, (path / rel).stat())
+        if problem is not None:
+            return problem
     return None
 
 
@@ -348,7 +422,7 @@ def stages(root: Path) -> list[Path]:
         return []
 
 
-def _free_if_unused(path: Path) -> int | None:
+def free_if_unused(path: Path) -> int | None:
     """Remove ``path`` if no process holds its lease; the bytes freed, or None when in use."""
     try:
         fd = os.open(path / LEASE_FILE, os.O_RDONLY)
@@ -418,20 +492,42 @@ def default_budget_bytes(root: str | os.PathLike[str] | None = None, share: floa
     return int(share * (shutil.disk_usage(probe).free + directory_bytes(root)))
 
 
+def table_exists(meta: dict[str, Any]) -> bool | None:
+    """Whether the table a stage copied still exists: looked up on disk for a local database
+    (``<location>/<table>.lance``); False for a ``memory://`` table (it lives as long as the
+    process that made it, which then holds the stage); None (unknown) for an object store."""
+    location, table = meta.get("uri"), meta.get("table")
+    if not isinstance(location, str) or not isinstance(table, str):
+        return None
+    if location.startswith("memory://"):
+        return False
+    if "://" in location and not location.startswith("file://"):
+        return None
+    return os.path.isdir(os.path.join(table_location(location), f"{table}.lance"))
+
+
+def _table_known(path: Path) -> bool:
+    """False when the stage's table is known to be gone (its stage is evicted first)."""
+    meta, _ = read_manifest(path)
+    return meta is None or table_exists(meta) is not False
+
+
 def evict_for(root: Path, needed_bytes: int, budget_bytes: int | None, *, keep: Path) -> list[Path]:
-    """Under the root lock: remove least-recently-used stages not in use (never ``keep``) until
-    ``needed_bytes`` fits beside the rest. Returns what was removed."""
+    """Under the root lock: remove stages not in use (never ``keep``) until ``needed_bytes`` fits
+    beside the rest: first those whose table no longer exists (:func:`table_exists`), then the
+    least recently used. Returns what was removed."""
     removed: list[Path] = []
     if budget_bytes is None:
         return removed
-    others = sorted((p for p in stages(root) if p != keep), key=last_used)
-    used = sum(directory_bytes(p) for p in others)
-    for path in others:
+    others = sorted((_table_known(p), last_used(p), p) for p in stages(root) if p != keep)
+    used = sum(directory_bytes(p) for _, _, p in others)
+    for known, _, path in others:
         if used + needed_bytes <= budget_bytes:
             break
-        freed = _free_if_unused(path)
+        freed = free_if_unused(path)
         if freed is not None:
-            log.info("evicted stage %s (%s bytes, least recently used)", path, f"{freed:,}")
+            why = "least recently used" if known else "its table no longer exists"
+            log.info("evicted stage %s (%s bytes, %s)", path, f"{freed:,}", why)
             used -= freed
             removed.append(path)
     return removed

@@ -152,7 +152,8 @@ def write_files(
     flat = {name: _NpyWriter(target / s["file"], np.dtype(s["dtype"]), (n, *s["shape"])) for name, s in plan.items()}
     validity: dict[str, np.ndarray] = {}
     others = pa.schema([f for f in schema if f.name not in plan])
-    arrow = pa.ipc.new_file(str(target / ARROW_FILE), others) if len(others) else None
+    sink = pa.OSFile(str(target / ARROW_FILE), "wb") if len(others) else None
+    arrow = pa.ipc.new_file(sink, others) if sink is not None else None
     pending: list[pa.RecordBatch] = []
     pending_bytes = done = 0
 
@@ -190,7 +191,10 @@ def write_files(
     finally:
         crcs = {plan[name]["file"]: w.close() for name, w in flat.items()}
         if arrow is not None:
-            arrow.close()
+            try:
+                arrow.close()
+            finally:
+                sink.close()  # also when the writer's close fails (a full disk): no file left open
     if done != n:
         raise TableChangedError(f"staged {done:,} rows of a {n:,}-row split")
     for name, valid in validity.items():
@@ -201,4 +205,11 @@ def write_files(
     for name in (ARROW_FILE, SCHEMA_FILE):
         if (target / name).exists():
             crcs[name] = store.crc32_file(target / name)
-    return {rel: {"bytes": (target / rel).stat().st_size, store.CHECKSUM: crc} for rel, crc in sorted(crcs.items())}
+    return {rel: _entry(target / rel, crc) for rel, crc in sorted(crcs.items())}
+
+
+def _entry(path: Path, crc: list[str]) -> dict[str, Any]:
+    """A file's manifest entry, once it is closed: size, modification time (what readers check at
+    every batch, :mod:`.reader`) and the CRC-32 of each segment (checked at setup)."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, store.CHECKSUM: crc}

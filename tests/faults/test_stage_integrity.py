@@ -9,6 +9,7 @@ once with a :class:`StageWarning` naming it; a reader that meets the damage late
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from lance_lightning.source import TableSource
@@ -75,23 +77,31 @@ def test_a_sound_stage_is_verified_and_reused_without_a_copy(staged):
     assert again == path and messages == [] and fill_id(path) == before
 
 
-def overwrite_middle(target: Path) -> None:
-    size = target.stat().st_size
-    with open(target, "r+b") as fh:  # 64 KiB of other bytes, same size, in the middle of the data
-        fh.seek(size // 4)
+def overwrite_middle(target: Path, *, keep_mtime: bool = False) -> None:
+    """64 KiB of other bytes, same size, in the middle of the data; ``keep_mtime``: the modification
+    time put back as the fill left it (what only the CRC-32 finds)."""
+    before = target.stat()
+    with open(target, "r+b") as fh:
+        fh.seek(before.st_size // 4)
         fh.write(np.random.default_rng(1).integers(0, 256, 65536, dtype=np.uint8).tobytes())
-    assert target.stat().st_size == size
+    if keep_mtime:
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size
 
 
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        ("overwrite", r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)"),
+        ("overwrite", r"file col-1\.npy was modified after the fill \(modification time \d+ ns, the fill's \d+ ns\)"),
+        (
+            "overwrite-keep-mtime",
+            r"file col-1\.npy does not hold what was written \(bytes [\d,-]+: crc32 \w+, recorded \w+\)",
+        ),
         ("truncate", r"file col-1\.npy has [\d,]+ bytes, [\d,]+ were written"),
         ("delete", r"file col-1\.npy is missing"),
         ("extra", r"file stray\.npy was not written by the fill"),
         ("manifest", r"manifest\.json is missing"),
-        ("schema", r"file schema\.arrow does not hold what was written"),
+        ("schema", r"file schema\.arrow was modified after the fill"),
         ("lease", r"\.lease file is missing"),
     ],
 )
@@ -99,8 +109,8 @@ def test_a_damaged_stage_is_never_served_but_rebuilt_once_with_a_warning(staged,
     stage, path = staged
     before = fill_id(path)
     target = path / "col-1.npy"
-    if damage == "overwrite":
-        overwrite_middle(target)
+    if damage.startswith("overwrite"):
+        overwrite_middle(target, keep_mtime=damage == "overwrite-keep-mtime")
     elif damage == "truncate":
         with open(target, "r+b") as fh:
             fh.truncate(target.stat().st_size // 2)
@@ -164,7 +174,7 @@ def test_every_segment_is_checked_and_a_damaged_one_is_named(make_table, tmp_pat
     x = files["col-1.npy"]
     assert len(x["crc32"]) == -(-x["bytes"] // 50_000) > 10
     assert verify_stage(path) is None
-    overwrite_middle(path / "col-1.npy")  # 64 KiB from byte size // 4: segments 2 and 3
+    overwrite_middle(path / "col-1.npy", keep_mtime=True)  # 64 KiB from byte size // 4: segments 2 and 3
     start = (x["bytes"] // 4) // 50_000 * 50_000
     problem = verify_stage(path)
     assert problem is not None and f"file col-1.npy does not hold what was written (bytes {start:,}-" in problem
@@ -183,7 +193,8 @@ def small_disk(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        if subprocess.run(["umount", str(mount)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)  # never leave it mounted
 
 
 def test_a_stage_file_without_room_fails_before_a_byte_is_copied(small_disk):
@@ -200,3 +211,89 @@ def test_a_stage_file_without_room_fails_before_a_byte_is_copied(small_disk):
     writer.write(values)
     writer.close()
     assert np.array_equal(np.load(small_disk / "y.npy"), values)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only file system (tmpfs mounted ``ro``), where this machine lets the tests mount one."""
+    import subprocess
+
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {made.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)  # never leave it mounted
+
+
+def short_then_long_names(num_rows: int) -> pa.Table:
+    """``id`` and ``name``: the first 1,024 rows (what the size estimate samples) 8-byte names,
+    the rest 1,000 bytes: the estimate is ~130 kB, the stage ~2 MB."""
+    names = [f"row-{i:04d}" if i < 1024 else f"{i:04d}" + "x" * 996 for i in range(num_rows)]
+    return pa.table({"id": np.arange(num_rows, dtype=np.int64), "name": names})
+
+
+def setup_capturing(dm) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    return [str(w.message) for w in caught]
+
+
+def assert_names_the_disk_and_settings(message: str, root: Path, problem: str) -> None:
+    for part in ("split 'train'", "table 'toy'", str(root), problem, "cache=", "XDG_CACHE_HOME", "staging='off'"):
+        assert part in message, (part, message)
+
+
+def test_a_disk_that_fills_during_the_fill_falls_back_to_the_table_or_names_it(make_table, small_disk, monkeypatch):
+    """The size estimate (from the table's first rows) is too low and the disk fills mid-fill: by
+    default the split is read from the table, with one warning naming the stage, the split, the disk
+    and the settings; ``staging='always'`` raises a ``StageDiskError`` (a StageError) saying it."""
+    from lance_lightning import LanceDataModule
+    from lance_lightning.dataset import LanceBatchDataset
+
+    uri, _ = make_table("toy", short_then_long_names(3000))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(small_disk))
+    root = small_disk / "lance-lightning" / "stages"
+    settings = {"columns": ["id", "name"], "batch_size": 100, "cache_max_bytes": 10**9}
+
+    dm = LanceDataModule(uri, "toy", **settings)
+    messages = [m for m in setup_capturing(dm) if "not staged" in m]
+    assert len(messages) == 1, messages
+    assert_names_the_disk_and_settings(messages[0], root, "No space left on device")
+    assert "the disk ran out of room during the fill, after" in messages[0]
+    assert isinstance(dm.datasets["train"], LanceBatchDataset)
+    ids = sorted(i for b in dm.train_dataloader() for i in b["id"].tolist())
+    assert len(ids) == len(set(ids)) == len(dm.split_rows("train"))  # every row of the split, once
+    assert not list(root.glob(".tmp-*")) and store.stages(root) == []  # no partial stage left
+
+    with pytest.raises(StageError) as raised:  # a StageDiskError
+        LanceDataModule(uri, "toy", staging="always", **settings).setup("fit")
+    assert_names_the_disk_and_settings(str(raised.value), root, "No space left on device")
+
+
+def test_a_read_only_stage_directory_falls_back_to_the_table_or_names_it(make_table, read_only_dir, monkeypatch):
+    """Default staging reads the table, with one warning naming the directory and the settings that
+    choose it; staging that was asked for raises a :class:`StageError` naming them."""
+    from lance_lightning import LanceDataModule
+    from lance_lightning.dataset import LanceBatchDataset
+
+    uri, _ = make_table("toy", 500)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only_dir))
+    root = read_only_dir / "lance-lightning" / "stages"
+    dm = LanceDataModule(uri, "toy", columns=["id", "x"], batch_size=50)
+    messages = [m for m in setup_capturing(dm) if "not staged" in m]
+    assert len(messages) == 1, messages
+    assert_names_the_disk_and_settings(messages[0], root, "Read-only file system")
+    assert isinstance(dm.datasets["train"], LanceBatchDataset)
+    assert sum(len(b["id"]) for b in dm.train_dataloader()) == len(dm.split_rows("train"))
+
+    for explicit in ({"staging": "always"}, {"cache": str(read_only_dir / "stages")}):
+        with pytest.raises(StageError) as raised:
+            LanceDataModule(uri, "toy", columns=["id", "x"], batch_size=50, **explicit).setup("fit")
+        where = root if "staging" in explicit else read_only_dir / "stages"
+        assert_names_the_disk_and_settings(str(raised.value), where, "Read-only file system")

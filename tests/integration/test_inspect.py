@@ -117,3 +117,13 @@ def test_console_entry_with_overrides(tiny, run_cli, tmp_path):
 def test_a_world_size_that_is_not_a_count_of_ranks_is_refused(tiny, world):
     with pytest.raises(ValueError, match=rf"inspect.world_size must be a whole number of ranks >= 1, got {world}"):
         inspect(compose_cfg([*tiny, f"inspect.world_size={world}"]))
+
+
+def test_inspect_fills_no_stage(tiny, tmp_path):
+    """The report is a look: even with ``cache=`` set (every split staged by a run), nothing is
+    written there, and the plan is the one the staged run would use."""
+    cache = tmp_path / "stages"
+    report = inspect(compose_cfg([*tiny, f"+data.cache={cache}", "data.num_workers=2"]))
+    assert report["splits"] == {"train": 160, "val": 20, "test": 20}
+    assert report["shard_plan"]["train"]["batches_per_rank"] == [10]
+    assert not cache.exists() or not any(cache.iterdir()), sorted(cache.rglob("*"))

@@ -3,8 +3,11 @@ eviction never removes a stage in use, one copy in memory for all processes (PSS
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from lance_lightning.app.stages import main as stages_main
 from lance_lightning.convert import batch_to_tensors
 from lance_lightning.reads import scan_with_row_ids
 from lance_lightning.source import TableSource
@@ -30,6 +34,7 @@ from lance_lightning.stage import (
     release_stage,
     stage_key,
 )
+from lance_lightning.stage.catalog import clear_stages, list_stages
 from tests.conftest import toy_table
 
 N = 600
@@ -442,3 +447,152 @@ def test_fill_is_quiet_off_a_tty_and_logs_once(tmp_path, make_table, capfd, capl
     meta = json.loads((path / "manifest.json").read_text())
     assert meta["rows"] == 500 and meta["split"] == "train" and meta["table"] == "toy" and meta["version"] == 1
     assert meta["version_time"] == source.version_time and meta["columns"] == ["id", "x"]
+
+
+# -- stages a user can see and manage (lance-lightning-stages) ------------------------------------------
+
+
+def stages_cli(root: Path, *args: str) -> str:
+    """What ``lance-lightning-stages --cache root *args`` prints (its ``main``, in this process; the
+    console script's own process is run by test_clear_needs_what_to_clear)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert stages_main(["--cache", str(root), *args]) == 0
+    return out.getvalue()
+
+
+def age(path: Path, days: float) -> None:
+    """Mark the stage last used ``days`` ago (its lease file's modification time)."""
+    then = time.time() - days * 86400
+    os.utime(path / ".lease", (then, then))
+
+
+def test_stages_are_listed_and_cleared_and_one_a_running_job_holds_survives(tmp_path, make_table):
+    uri, _ = make_table("toy", N)
+    lancedb.connect(uri).create_table("other", toy_table(200))
+    source, table = open_source(uri, "toy")
+    other_source, other = open_source(uri, "other")
+    ids, _ = table_rows(table, ["id"])
+    other_ids, _ = table_rows(other, ["id"])
+    root = tmp_path / "stages"
+    train = ensure_stage(source, table, ids[:400], ["id", "x"], root=root, split_name="train")
+    val = ensure_stage(source, table, ids[400:], ["id", "x"], root=root, split_name="val")
+    theirs = ensure_stage(other_source, other, other_ids, ["id"], root=root, split_name="train")
+    for path in (train, val, theirs):
+        release_stage(path)
+    age(val, 3)
+
+    listed = {s.path: s for s in list_stages(root)}
+    assert set(listed) == {train, val, theirs}
+    t = listed[train]
+    assert (t.table, t.version, t.split, t.rows, t.columns) == ("toy", 1, "train", 400, ["id", "x"])
+    assert t.bytes > 400 * 4 * 4 and t.table_exists is True and not t.held and t.problem is None
+    assert t.location == str(Path(uri).resolve())
+    text = stages_cli(root, "list")
+    for part in (
+        "TABLE",
+        "SPLIT",
+        "LAST USED",
+        "toy",
+        "other",
+        "train",
+        "val",
+        "(3.0 d ago)",
+        str(train),
+        "3 stage(s)",
+    ):
+        assert part in text, (part, text)
+
+    holder = hold(train)  # a running job reads train
+    try:
+        assert "held by a running job" in stages_cli(root, "list")
+        out = stages_cli(root, "clear", "--older-than", "2")  # val only: last used 3 days ago
+        assert not val.exists() and train.exists() and theirs.exists(), out
+        assert "1 stage(s) removed" in out
+        out = stages_cli(root, "clear", "--table", "other")
+        assert not theirs.exists() and train.exists(), out
+        (root / ".tmp-dead-fill").mkdir()  # what a fill that died left
+        out = stages_cli(root, "clear", "--all")
+        assert train.exists() and f"kept {train}: a running job holds it" in out and "1 held, kept" in out
+        assert not (root / ".tmp-dead-fill").exists()
+        assert [s.path for s in list_stages(root)] == [train]
+    finally:
+        release(holder)
+    removed, held = clear_stages(root)
+    assert [s.path for s in removed] == [train] and held == [] and list_stages(root) == []
+
+
+def test_clear_needs_what_to_clear(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "lance_lightning.app.stages", "--cache", str(tmp_path), "clear"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "clear needs --all, --table NAME or --older-than DAYS" in done.stderr
+
+
+def test_every_spelling_of_one_table_location_is_one_stage(tmp_path, make_table, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_table("toy", N)  # tmp_path / "db"
+    spellings = ["db", "./db", ".//db/", str(tmp_path / "db"), f"file://{tmp_path}/db", "db/../db"]
+    paths = set()
+    for uri in spellings:
+        source, table = open_source(uri, "toy")
+        ids, _ = table_rows(table, ["id"])
+        path = ensure_stage(source, table, ids, ["id"], root=tmp_path / "stages")
+        release_stage(path)
+        paths.add(path)
+    assert len(paths) == 1, paths
+
+
+def test_eviction_removes_the_stages_of_deleted_tables_first(tmp_path, make_table):
+    uri, _ = make_table("toy", 3000, dim=64)  # ~0.8 MB a stage of id + x
+    gone_db = tmp_path / "gone"
+    lancedb.connect(str(gone_db)).create_table("toy", toy_table(1000, dim=64))
+    source, table = open_source(uri, "toy")
+    gone_source, gone = open_source(str(gone_db), "toy")
+    ids, _ = table_rows(table, ["id"])
+    gone_ids, _ = table_rows(gone, ["id"])
+    root = tmp_path / "stages"
+    budget = int(2.5 * estimate_stage_bytes(table, ["id", "x"], 1000))
+    of_gone = ensure_stage(gone_source, gone, gone_ids, ["id", "x"], root=root, budget_bytes=budget)
+    old = ensure_stage(source, table, ids[:1000], ["id", "x"], root=root, budget_bytes=budget)
+    for path in (of_gone, old):
+        release_stage(path)
+    age(old, 5)  # the least recently used by far ...
+    lancedb.connect(str(gone_db)).drop_table("toy")  # ... but the other stage's table is gone
+    assert [s.table_exists for s in list_stages(root)] == [False, True]
+    new = ensure_stage(source, table, ids[1000:2000], ["id", "x"], root=root, budget_bytes=budget)
+    assert not of_gone.exists() and old.exists() and new.exists()
+
+
+def test_a_node_logs_where_it_staged_what_once(tmp_path, make_table, caplog):
+    """The filler says where it staged what; a later job reusing it says so once; a process that
+    finds another process of the node holding it (another rank) says nothing."""
+    uri, _ = make_table("toy", N)
+    source, table = open_source(uri, "toy")
+    ids, _ = table_rows(table, ["id"])
+    root = tmp_path / "stages"
+
+    def said() -> list[str]:
+        out = [r.getMessage() for r in caplog.records if "stage" in r.getMessage() and " at " in r.getMessage()]
+        caplog.clear()
+        return out
+
+    with caplog.at_level(logging.INFO, logger="lance_lightning.stage"):
+        path = ensure_stage(source, table, ids, ["id", "x"], root=root, split_name="train")
+        first = said()
+        assert len(first) == 1 and first[0].startswith("staged split 'train'") and str(path) in first[0]
+        release_stage(path)
+        ensure_stage(source, table, ids, ["id", "x"], root=root, split_name="train")
+        again = said()
+        assert len(again) == 1 and again[0].startswith("reusing the stage of split 'train'"), again
+        assert str(path) in again[0] and " bytes at " in again[0]
+        release_stage(path)
+        holder = hold(path)  # the rank that filled it
+        try:
+            ensure_stage(source, table, ids, ["id", "x"], root=root, split_name="train")
+            assert said() == []
+        finally:
+            release(holder)

@@ -13,6 +13,7 @@ tests/faults/test_stage_integrity.py.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -216,7 +217,7 @@ def skewed_table() -> pa.Table:
     return pa.table({"id": np.arange(SKEWED_ROWS, dtype=np.int64), "blob": pa.array(blobs, pa.binary())})
 
 
-def test_a_low_estimate_stops_the_copy_once_it_passes_the_budget(make_table, tmp_path):
+def test_a_low_estimate_stops_the_copy_once_it_passes_the_budget(make_table, tmp_path, monkeypatch):
     data = skewed_table()  # ~48 MB of blobs, estimated at ~150 KB
     uri, table = make_table("toy", data.slice(0, 1000))
     for start in range(1000, SKEWED_ROWS, 1000):  # four fragments: the copy reads one at a time
@@ -231,7 +232,10 @@ def test_a_low_estimate_stops_the_copy_once_it_passes_the_budget(make_table, tmp
     done = int(message.split("the estimate was low: after ")[1].split(" of ")[0].replace(",", ""))
     assert done < SKEWED_ROWS, message  # stopped while copying (measured: after 2,000 rows)
     assert [p.name for p in root.iterdir()] == [".lock"]  # no stage, no half-made copy
-    fallback = LanceDataModule(uri, "toy", **settings)  # default staging: read from the table instead
+    # default staging (the default root: this test's own, so that stages earlier tests of the session
+    # still hold do not count against its budget): read from the table instead
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    fallback = LanceDataModule(uri, "toy", **settings)
     with pytest.warns(UserWarning, match=r"split 'train' .*read from the table.*the estimate was low"):
         fallback.setup("fit")
     ids = sorted(i for b in fallback.train_dataloader() for i in b["id"].tolist())
@@ -300,10 +304,12 @@ def test_a_stage_corrupted_after_setup_is_rebuilt_by_the_next_setup(make_table, 
     off.setup("fit")
     _, path = staged_train(uri, root)
     target = path / "col-1.npy"  # x: 500 × 4 float32 after a 128-byte header
-    size = target.stat().st_size
-    with open(target, "r+b") as fh:  # other bytes, same size: only the checksum can tell
+    stat = target.stat()
+    size = stat.st_size
+    with open(target, "r+b") as fh:  # other bytes, same size, modification time put back: only the checksum can tell
         fh.seek(size // 2)
         fh.write(np.random.default_rng(1).integers(0, 256, 1024, dtype=np.uint8).tobytes())
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert target.stat().st_size == size
     before = fill_id(path)
     second = datamodule(uri, splits={"train": 1.0}, cache=str(root))
@@ -317,6 +323,31 @@ def test_a_stage_corrupted_after_setup_is_rebuilt_by_the_next_setup(make_table, 
     assert second.datasets["train"].staged.path == path and fill_id(path) != before
     assert epochs(second, 2) == epochs(off, 2)
     assert_rows_are_the_tables(second)
+
+
+def test_a_second_fit_after_another_job_evicted_the_released_stage_stages_it_again(make_table, tmp_path):
+    """``teardown`` lets go of the stage; another job evicts it (what eviction does: remove a stage
+    no process holds); the next ``fit`` and ``validate`` of the same datamodule stage the splits
+    again instead of failing on a stage that is gone."""
+    from lance_lightning.stage import store
+
+    uri, _ = make_table("toy", 400)
+    dm = datamodule(uri, staging="always", cache=str(tmp_path / "stages"))
+    model = Recorder()
+    trainer(tmp_path, max_epochs=1).fit(model, dm)
+    first = [sorted(b) for b in model.seen]
+    paths = {stage: dm.datasets[stage].staged.path for stage in ("train", "val")}
+    for path in paths.values():  # the other job's eviction: refused for a stage some process holds
+        assert store.free_if_unused(path) is not None and not path.exists()
+    model = Recorder()
+    trainer(tmp_path, max_epochs=1).fit(model, dm)
+    assert [sorted(b) for b in model.seen] and all(p.exists() for p in paths.values())
+    assert sorted(i for b in model.seen for i in b) == sorted(i for b in first for i in b)
+    assert_rows_are_the_tables(dm)
+    store.free_if_unused(paths["val"])
+    trainer(tmp_path).validate(model, dm, verbose=False)
+    assert paths["val"].exists()
+    assert_rows_are_the_tables(dm, "val")
 
 
 # -- (8) exact resume mid-epoch on a staged split, with workers ------------------------------------

@@ -107,8 +107,28 @@ def test_segment_crcs_fed_in_pieces_equal_the_files_segments(tmp_path, monkeypat
     for lo, hi in zip(cuts, cuts[1:]):
         crc.update(data[lo:hi])
     (tmp_path / "f").write_bytes(data)
-    want = [f"{zlib.crc32(data[i:i + 1000]):08x}" for i in range(0, 5500, 1000)]
+    want = [f"{zlib.crc32(data[i : i + 1000]):08x}" for i in range(0, 5500, 1000)]
     assert crc.hexes() == store.crc32_file(tmp_path / "f") == want
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert store.SegmentCrc().hexes() == store.crc32_file(empty) == ["00000000"]
+
+
+def test_the_table_location_has_one_spelling_a_place_and_keeps_what_object_stores_distinguish(tmp_path, monkeypatch):
+    from lance_lightning.stage.store import table_location
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    absolute = str((tmp_path / "data" / "lance_db").resolve())
+    for spelling in ("data//lance_db", "data/lance_db", "./data/lance_db/", "link/lance_db", f"file://{absolute}"):
+        assert table_location(spelling) == absolute, spelling
+    assert table_location("s3://bucket//db/") == table_location("S3://bucket/db") == "s3://bucket/db"
+    assert table_location("s3://bucket/a/../db") == "s3://bucket/a/../db"  # a key segment, not a parent
+    assert table_location("s3://bucket/db?region=x") == "s3://bucket/db?region=x"
+    assert table_location("memory://") == "memory://"
+    same = [stage_key(TableSource(u, "t", 1), ["a"], IDS, filter=None) for u in ("data//lance_db", absolute)]
+    assert same[0] == same[1]
+    assert stage_key(TableSource("s3://b/db", "t", 1), ["a"], IDS, filter=None) != stage_key(
+        TableSource("s3://b/db2", "t", 1), ["a"], IDS, filter=None
+    )
