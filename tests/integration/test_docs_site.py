@@ -61,7 +61,16 @@ def site(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_site_builds_strict_with_the_api_reference_and_the_plots(site):
     api = (site / "reference" / "api.html").read_text()
-    for name in ("LanceDataModule", "LancePredictionWriter", "LoaderMonitor", "TableChangedError"):
+    for name in (
+        "LanceDataModule",
+        "LancePredictionWriter",
+        "LoaderMonitor",
+        "TableChangedError",
+        "MissingTableError",
+        "ResumeRefusedError",
+        "BatchKeysError",
+        "StagingBusyError",
+    ):
         assert re.search(rf'id="lance_lightning\.[a-z_.]+\.{name}"', api), name
     assert "batch_size" in api  # the parameters come from the docstrings
     figures = _figures_module().FIGURES
@@ -128,6 +137,19 @@ def test_every_figure_comes_from_a_committed_record():
     # leave a fresh clone without it).
     untracked = {f"docs/performance/records/{p.name}" for p in RECORDS} - set(tracked)
     assert not untracked, f"records not committed: {sorted(untracked)}"
+
+
+def test_the_resume_page_states_every_setting_as_declared():
+    """docs/concepts/resume.md's table gives each setting the outcome ``options.py`` declares for it."""
+    from lance_lightning.options import resume_rules
+
+    page = (DOCS / "concepts" / "resume.md").read_text().split("## Every setting, on resume", 1)[1]
+    stated = {}
+    for names, outcome in re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| (exact|re-cut|refused) \|", page, re.M):
+        for name in re.findall(r"`(\w+)`", names):
+            stated[name] = outcome
+    declared = {name: rule.kind for name, rule in resume_rules().items()}
+    assert stated == declared
 
 
 def test_readme_example_is_the_getting_started_script():

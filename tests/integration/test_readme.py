@@ -148,7 +148,6 @@ def test_own_table_example_trains_and_prints_its_result(example_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="batch_keys lands with h-front", strict=False)
 def test_batch_keys_block_unpacks_a_tuple(example_dir):
     where, first = example_dir
     assert first.returncode == 0, first.stderr[-3000:]
