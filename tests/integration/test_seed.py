@@ -59,7 +59,7 @@ def test_the_seed_is_in_the_checkpoint_and_a_resume_under_another_seed_is_refuse
     assert ckpt["LanceDataModule"]["identity"]["seed"] == 4 and ckpt["datamodule_hyper_parameters"]["data_seed"] == 4
     pl.seed_everything(9)
     again = LanceDataModule(uri, "toy", splits=SPLITS, batch_size=8)
-    with pytest.raises(ValueError, match=r"seed: checkpoint 4 != now 9"):
+    with pytest.raises(ValueError, match=r"seed: the checkpoint's 4, now 9"):
         best = trainer.checkpoint_callback.best_model_path
         quiet_trainer(tmp_path, max_epochs=2).fit(Recorder(), datamodule=again, ckpt_path=best)
 

@@ -23,7 +23,7 @@ import torch
 from lance_lightning.app.stages import main as stages_main
 from lance_lightning.convert import batch_to_tensors
 from lance_lightning.reads import scan_with_row_ids
-from lance_lightning.source import TableSource
+from lance_lightning.source import TableChangedError, TableSource
 from lance_lightning.stage import (
     StageBudgetError,
     StagedRows,
@@ -225,10 +225,12 @@ def test_any_change_of_table_version_columns_filter_or_split_is_a_new_stage(tmp_
     assert source3.version == 1 and source3.version_time != source.version_time
     assert stage_key(source3, ["id", "x"], ids, filter=None) != key
     root = tmp_path / "stages"
-    first = ensure_stage(source, None, ids, ["id", "x"], root=root)  # opened here: now the recreated table...
-    assert first.exists()  # (the old data's key: a new stage of the new data, never the old one)
+    # the old source opens only the version it pinned: the recreated table's version 1 is refused, so no
+    # stage under the old key ever holds the new rows
+    with pytest.raises(TableChangedError, match="dropped and recreated"):
+        ensure_stage(source, None, ids, ["id", "x"], root=root)
+    assert not [p for p in root.iterdir() if p.is_dir()]  # the root holds its lock file only
     again = ensure_stage(source3, table3, ids, ["id", "x"], root=root)
-    assert again != first
     assert StagedRows(again).slice(0, 100).column("x").equals(toy_table(100, seed=5).column("x"))
 
 
@@ -249,7 +251,7 @@ def test_a_pickled_reader_is_its_path_and_reads_the_same_rows_in_another_process
 FILL = """
 import logging, sys, json
 import lancedb, numpy as np
-from lance_lightning.source import TableSource
+from lance_lightning.source import TableChangedError, TableSource
 from lance_lightning.stage import ensure_stage, StagedRows
 fills = []
 class Count(logging.Handler):
