@@ -111,7 +111,7 @@ def main() -> float:
                 .distance_type("cosine")
                 .where(f"id != {query_id}", prefilter=True)
                 .limit(NEIGHBOURS)
-                .select(["id", "label"])
+                .select(["id", "label", "_distance"])  # naming _distance keeps lance from warning once a query
                 .to_arrow()
             )
             vote = Counter(found["label"].to_pylist()).most_common(1)[0][0]

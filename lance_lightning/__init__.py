@@ -10,6 +10,16 @@ Everything else lives in its module (``lance_lightning.sharding``, ``.splits``, 
 import importlib
 
 _WHERE = {
+    # the errors a user may catch: each names the table, column, split, stage or setting at fault
+    "BatchKeyCollisionError": "convert",
+    "BatchKeysError": "batch_keys",
+    "MissingTableError": "source",
+    "PredictionWriteError": "writer",
+    "ResumeRefusedError": "state",
+    "StageDiskError": "stage",
+    "StageError": "stage",
+    "StagingBusyError": "writer",
+    "TableMovedError": "writer",
     "DataOptions": "options",
     "LanceBatchDataset": "dataset",
     "LanceBatchSampler": "sampler",
@@ -20,7 +30,7 @@ _WHERE = {
     "SequentialLanceBatchSampler": "sampler",
     "SettingError": "options",
     "SplitSpecError": "splits",
-    "TableChangedError": "dataset",
+    "TableChangedError": "source",
     "TableSource": "source",
     "UnsupportedColumnError": "convert",
 }

@@ -532,7 +532,7 @@ def resume_rules() -> dict[str, OnResume]:
 
 def check_resume_declarations(record: type) -> None:
     """Refuse a settings record with a field that does not declare what a change on resume does:
-    a new setting cannot be added without deciding (see notes/resume.md)."""
+    a new setting cannot be added without deciding (docs/contributing.md, "A new setting")."""
     missing = [f.name for f in fields(record) if not isinstance(f.metadata.get("resume"), OnResume)]
     if missing:
         raise TypeError(

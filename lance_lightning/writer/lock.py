@@ -1,6 +1,6 @@
 """The lock every rank of a predict run holds on its staging files, for the run's whole life.
 
-A run's staging directory (``<base>/<table>.columns-<column>``, ``<base>/<table>.table-<name>``)
+A run's staging directory (``<base>/<table>.columns-<column>``, ``<base>/new-table-<name>``)
 is found by name: what the run is writing. A second run writing the same thing at the same time
 must not take the first one's live files for what an interrupted run left (and delete them), so:
 
