@@ -114,6 +114,7 @@ def check_topology(records, environment: str) -> None:
         assert (record["node_rank"], record["local_rank"]) == divmod(rank, 2)
 
 
+@pytest.mark.long
 def test_two_nodes_torchrun_fit(two_nodes_torchrun):
     uri, spec = two_nodes_torchrun
     records = load_records(spec, "fit", 4)
@@ -121,6 +122,7 @@ def test_two_nodes_torchrun_fit(two_nodes_torchrun):
     check_fit(records, expected_for(uri, {}))
 
 
+@pytest.mark.long
 def test_two_nodes_torchrun_validate_and_predict(two_nodes_torchrun):
     uri, spec = two_nodes_torchrun
     expected = expected_for(uri, {})
@@ -133,6 +135,7 @@ def test_two_nodes_torchrun_validate_and_predict(two_nodes_torchrun):
     check_stage(predict, expected, "predict", epochs=1)
 
 
+@pytest.mark.long
 def test_two_nodes_slurm_fit(tmp_path):
     """The variables srun sets for 2 nodes x 2 tasks: Lightning's SLURMEnvironment gives the topology."""
     uri = make_table(tmp_path)

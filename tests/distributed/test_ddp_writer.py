@@ -149,6 +149,7 @@ def test_every_row_written_once_by_two_ranks(tmp_path):
     assert not (Path(uri) / STAGING_DIRNAME).exists()
 
 
+@pytest.mark.long
 def test_sigkill_mid_predict_leaves_the_tables_then_a_rerun_writes_them(tmp_path):
     """A 2-rank run SIGKILLed while adding a column, another while writing a new table (both ranks
     stream its rows into its data files during the loop): each leaves the table read as it was and

@@ -18,7 +18,7 @@ import pytest
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_ddp.py"
 ROWS, BATCH, SAVE_STEP = 101, 8, 3
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.long]
 
 
 def run(uri, out, tag, devices, save_step=-1, ckpt_in="-", ckpt_out="-") -> list[list[list[int]]]:

@@ -123,7 +123,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start_method", ["default", "forkserver"])  # default: a staged split, forked workers
+@pytest.mark.parametrize(
+    "start_method", ["default", pytest.param("forkserver", marks=pytest.mark.long)]
+)  # default: a staged split, forked workers
 def test_sigkill_of_the_trainer_ends_its_fork_server_and_workers(make_table, tmp_path, start_method):
     uri, _ = make_table("toy", 200)
     script = tmp_path / "train.py"

@@ -250,6 +250,7 @@ def _fill(args) -> tuple[str, int]:
     return str(path), len(fills)
 
 
+@pytest.mark.long
 def test_concurrent_ranks_on_a_node_fill_the_stage_once(s3, s3_table, tmp_path):
     uri, _ = s3_table(3000)
     rows = np.arange(0, 3000, 2, dtype=np.uint64)
