@@ -167,7 +167,7 @@ class LanceDataLoader(DataLoader):
         """Batches one by one: a :class:`~.batches.BatchGroup` read together is handed out whole."""
         items = super().__iter__()
         if self.num_workers:
-            items = taken(_naming_dead_workers(items))
+            items = taken(_naming_dead_workers(items, self.dataset))
         elif self.read_ahead:
             items = _reading_ahead(items, self.read_ahead)
         if getattr(self.sampler, "group_batches", 1) != 1:
@@ -224,12 +224,21 @@ def _cuda_device_binder() -> Any:
     return lambda: torch.cuda.set_device(index)
 
 
-def _naming_dead_workers(items: Any) -> Any:
-    """``items``, where a worker killed while handing over a batch (its shared-memory connection
-    reset) is reported as such instead of as a bare ``ConnectionResetError`` / ``EOFError``."""
+def _naming_dead_workers(items: Any, dataset: Any) -> Any:
+    """``items``, where a worker that died is reported by its cause where it can be found: a stage
+    whose files changed under the worker (a file truncated under a gather kills it with SIGBUS,
+    which DataLoader reports as a lack of shared memory) raises the :class:`~.stage.StageError`
+    naming the stage and the file; a worker killed while handing over a batch (its shared-memory
+    connection reset) says so instead of a bare ``ConnectionResetError`` / ``EOFError``."""
     try:
         yield from items
-    except (ConnectionError, EOFError) as err:
+    except (ConnectionError, EOFError, RuntimeError) as err:
+        staged = getattr(dataset, "staged", None) if isinstance(dataset, StagedBatchDataset) else None
+        damage = staged.damage() if staged is not None else None
+        if damage is not None:
+            raise damage from err
+        if isinstance(err, RuntimeError):
+            raise
         raise RuntimeError(
             f"a DataLoader worker died while handing over a batch ({type(err).__name__}: {err}): it was "
             "killed (the OOM killer, a SIGKILL) or crashed. Check the worker's memory use and the system log; "

@@ -114,6 +114,20 @@ class StagedRows:
                 problem = store.changed_since_fill(rel, self.meta["files"][rel], st)
                 raise self._damaged(problem or f"file {rel} was replaced after setup", self.meta)
 
+    def damage(self) -> StageError | None:
+        """What is wrong with the stage's files now, by name, size and modification time against
+        its manifest, as the error a read would raise; None when they are the fill's. For a process
+        that does not read the stage itself: the loader asks when a worker reading it died (a file
+        truncated under a worker's gather kills it with SIGBUS before any check can run)."""
+        meta, problem = store.read_manifest(self.path)
+        if meta is None:
+            return self._damaged(problem or "no manifest")
+        try:
+            problem = store.check_sizes(self.path, meta)
+        except OSError as err:
+            problem = f"a file cannot be read: {err}"
+        return None if problem is None else self._damaged(problem, meta)
+
     def _open(self) -> None:
         if self._pid == os.getpid():
             return

@@ -3,7 +3,7 @@
 A real on-disk table, a real ``LanceDataModule`` that stages its train split, its real DataLoader
 (forked workers at ``num_workers=2``). One file of the stage is truncated, extended, changed in place
 (same size) or deleted, either between two setups or after the epoch's first batch. The promise
-(notes/stage.md): before setup, the stage is rebuilt once with a :class:`StageWarning` naming it;
+(docs/concepts/staging.md): before setup, the stage is rebuilt once with a :class:`StageWarning` naming it;
 after setup, a :class:`StageError` naming the stage at the first batch gathered after the change
 (batches gathered before it are the fill's bytes). Never a row that differs from the table's.
 
