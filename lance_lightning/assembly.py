@@ -272,11 +272,19 @@ come fewer at a time, so that a group never costs gigabytes of memory."""
 def group_batches(
     options: DataOptions, order: str, batch_size: int, *, staged: bool = False, row_bytes: int = 0
 ) -> int:
-    """Consecutive batches read together: what the order says (a block window, ~16k sequential
-    rows, one scattered batch); from a stage, with workers, ~16k rows a hand-over (one
-    shared-memory block, not one a batch). Either way no more than :data:`READ_GROUP_BYTES` of
-    rows of ``row_bytes`` (the batches and their order stay the same: only how many are read at
-    once changes)."""
+    """Consecutive batches read together, and handed over together by a worker (the batches and
+    their order stay the same: only how many are read at once changes).
+
+    ``read_group_rows`` where set. With a ``transform``, one batch: the transform (a decode) is
+    the cost, not the read, and a group would be transformed whole before its first batch is
+    handed over (a first batch seconds late, batches in bursts, a group of decoded images held in
+    memory). Otherwise what the order says (a block window, ~16k sequential rows, one scattered
+    batch); from a stage, with workers, ~16k rows a hand-over (one shared-memory block, not one a
+    batch). Either way no more than :data:`READ_GROUP_BYTES` of rows of ``row_bytes``."""
+    if options.read_group_rows is not None:
+        return max(1, options.read_group_rows // batch_size)
+    if options.transform is not None:
+        return 1
     if staged:
         group = 1 if not options.num_workers else max(1, SEQUENTIAL_READ_ROWS // batch_size)
     else:

@@ -93,6 +93,12 @@ class LanceDataModule(pl.LightningDataModule):
             step runs (2 by default; 0: each batch is read when the step asks for it). Lance's
             reads, NumPy's gathers and file reads release the GIL, so an accelerator's step hides
             them. Workers prefetch on their own (``prefetch_factor``): ignored with workers.
+        read_group_rows: rows a worker reads, and hands over, at once (whole batches; the batches
+            and their order stay the same). None (default): one batch at a time when a
+            ``transform`` is set (each batch reaches the step as soon as it is made: a decode is
+            the cost there, not the read); otherwise what the read path does best (~16k rows of a
+            stage per shared-memory hand-over, a block window, one scattered batch), at most
+            64 MiB of rows.
         block_size, window_blocks: the ``"block"`` shuffle's parameters (rows a block, blocks
             a window); see :class:`lance_lightning.orders.BlockOrder`.
         resume: ``"exact"`` (default): a checkpoint's data state must match the settings it records
@@ -146,6 +152,7 @@ class LanceDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         read_ahead: int = 2,
+        read_group_rows: int | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         window_blocks: int = DEFAULT_WINDOW_BLOCKS,
         resume: Literal["exact", "fresh"] = "exact",

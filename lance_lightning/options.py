@@ -396,6 +396,9 @@ class DataOptions:
     pin_memory: bool = setting(False, resume=EXACT, why="where a batch's memory lives")
     prefetch_factor: int | None = setting(None, resume=EXACT, why="how far workers read ahead")
     read_ahead: int = setting(2, resume=EXACT, why="how far the main process reads ahead")
+    read_group_rows: int | None = setting(
+        None, resume=EXACT, why="how many rows a worker reads and hands over at once, not which rows or their order"
+    )
     block_size: int = setting(
         DEFAULT_BLOCK_SIZE,
         resume=REFUSED,
@@ -446,6 +449,7 @@ class DataOptions:
             "pin_memory": as_bool("pin_memory", self.pin_memory),
             "prefetch_factor": as_optional_int("prefetch_factor", self.prefetch_factor, minimum=1),
             "read_ahead": as_int("read_ahead", self.read_ahead, minimum=0),
+            "read_group_rows": as_optional_int("read_group_rows", self.read_group_rows, minimum=1),
             "block_size": as_rows("block_size", self.block_size),
             "window_blocks": as_int("window_blocks", self.window_blocks, minimum=1),
             "resume": as_choice("resume", self.resume, RESUMES),

@@ -67,3 +67,15 @@ def quiet_trainer(tmp_path, **settings) -> pl.Trainer:
         default_root_dir=tmp_path,
     )
     return pl.Trainer(**{**quiet, **settings})
+
+
+def logged_slow(batch: dict[str, Any]) -> dict[str, Any]:
+    """A transform with a decode's cost (20 ms a batch) that appends a line a call to the file
+    named by ``LL_TEST_TRANSFORM_LOG``: how many batches were made before one was handed over."""
+    import os
+    import time
+
+    time.sleep(0.02)
+    with open(os.environ["LL_TEST_TRANSFORM_LOG"], "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return batch

@@ -11,7 +11,8 @@ directory; :class:`StagedRows` reads it by split position in any process (it pic
 * Verified: every file's size, modification time and CRC-32 against ``manifest.json`` at
   ``ensure_stage``; a stage that fails (changed, truncated, missing or extra file, unfinished fill)
   is removed and rebuilt once with a :class:`StageWarning`. Every gather checks each mapped file's
-  inode, size and modification time before and after: a change raises :class:`StageError`.
+  size and modification time (``fstat`` of the descriptor it was mapped from) before and after: a
+  change raises :class:`StageError`.
 * Budget: before a fill, stages are evicted until the new one fits ``budget_bytes``: those whose
   table is gone first, then the least recently used; a stage some process holds a :class:`Lease`
   on is never evicted. When it cannot fit, :class:`StageBudgetError` (read from the table

@@ -5,7 +5,9 @@ A real on-disk table, a real ``LanceDataModule`` that stages its train split, it
 (same size) or deleted, either between two setups or after the epoch's first batch. The promise
 (docs/concepts/staging.md): before setup, the stage is rebuilt once with a :class:`StageWarning` naming it;
 after setup, a :class:`StageError` naming the stage at the first batch gathered after the change
-(batches gathered before it are the fill's bytes). Never a row that differs from the table's.
+(batches gathered before it are the fill's bytes); a file deleted after setup changes no byte a
+process maps, which reads on, and the next setup stages it again. Never a row that differs from the
+table's.
 
 A new file kind joins by one line in ``FILES``, a new damage by one function in ``DAMAGES``. The
 cheap cells run by default; the rest are ``long``.
@@ -139,6 +141,21 @@ def test_a_damaged_stage_file_is_rebuilt_or_refused_never_served(table_rows, mon
         assert len(rebuilt) == 1 and str(path) in rebuilt[0] and "rebuilt" in rebuilt[0], rebuilt
         assert read_epoch(dm, x, names, None) == split_rows  # the whole epoch, every row the table's
         dm.teardown("fit")
+        return
+    if damage == "deleted":
+        # the mapped file lives on until it is unmapped: a process that mapped it reads the fill's
+        # bytes on (checked row by row); one that opens the stage after the deletion (a worker whose
+        # first batch comes later) finds the file missing and raises; the next setup stages it again
+        try:
+            assert read_epoch(first, x, names, lambda: DAMAGES[damage](target)) == split_rows
+        except StageError as err:
+            assert workers and str(path) in str(err) and FILES[kind] in str(err) and "missing" in str(err), err
+        first.teardown("fit")
+        again = datamodule(uri, workers)
+        again.setup("fit")
+        assert (again.datasets["train"].staged.path / FILES[kind]).exists()
+        assert read_epoch(again, x, names, None) == split_rows
+        again.teardown("fit")
         return
     with pytest.raises(StageError) as raised:
         read_epoch(first, x, names, lambda: DAMAGES[damage](target))

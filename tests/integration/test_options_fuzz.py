@@ -163,6 +163,7 @@ def settings_of(places: dict[str, str]) -> dict[str, tuple[st.SearchStrategy, st
         "pin_memory": setting(st.booleans(), "yes"),
         "prefetch_factor": integer(1, 4),
         "read_ahead": integer(0, 4),
+        "read_group_rows": integer(1, 4096),
         "block_size": integer(1, 8192, 2**47, 2**48, 2**62),
         "window_blocks": integer(1, 64, 2**20, 2**51, 2**63 - 1),
         "resume": setting(st.sampled_from(["exact", "fresh"]), "EXACT"),

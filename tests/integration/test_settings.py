@@ -127,6 +127,7 @@ INTEGER_SETTINGS = {
     "cache_max_bytes": 10**6,
     "prefetch_factor": 2,
     "read_ahead": 3,
+    "read_group_rows": 64,
     "version": 1,
 }
 

@@ -33,7 +33,7 @@ from lance_lightning.options import (
 VALID = dict(
     batch_size=32, eval_batch_size=None, seed=0, num_workers=0, shuffle="uniform", drop_last=False, nulls="raise",
     version=None, multiprocessing_context=None, persistent_workers=True, pin_memory=False, prefetch_factor=None,
-    read_ahead=2,
+    read_ahead=2, read_group_rows=None,
     block_size=4096, window_blocks=8, resume="exact", table_updates="pin", in_memory=False,
     memory_budget_bytes=2**30, cache=None, cache_max_bytes=None, columns=None, filter=None, stage_splits=None,
 )

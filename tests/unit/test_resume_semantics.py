@@ -58,6 +58,7 @@ CHANGES = {
     "pin_memory": ({}, {"pin_memory": True}),
     "prefetch_factor": ({}, {"prefetch_factor": 4}),
     "read_ahead": ({}, {"read_ahead": 0}),
+    "read_group_rows": ({}, {"read_group_rows": 16}),
     "block_size": ({}, {"block_size": 16}, BLOCK),
     "window_blocks": ({}, {"window_blocks": 3}, BLOCK),
     "resume": ({"resume": "fresh"}, {"resume": "exact"}),  # only the resumed run's value counts
