@@ -299,11 +299,13 @@ def build_sampler(
     overfitting: bool = False,
     staged: bool = False,
     row_bytes: Callable[[], int] | None = None,
+    weights: Callable[[], np.ndarray] | None = None,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order.
     ``row_bytes()``: the reader's bytes a row, which bounds how many batches are read at once; asked
-    only where several would be (a table reader learns it with a read)."""
+    only where several would be (a table reader learns it with a read). ``weights()``: the train
+    split's weights (:mod:`.weights`), asked only where the order draws by them."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
     order = "none" if ordered else options.shuffle
@@ -312,6 +314,14 @@ def build_sampler(
     if group > 1 and row_bytes is not None:
         group = group_batches(options, order, batch_size, staged=staged, row_bytes=row_bytes())
     sampler_class = SequentialLanceBatchSampler if ordered else LanceBatchSampler
+    weighted = {}
+    if get_order(order).weighted:
+        assert weights is not None, "a weighted order needs the split's weights"
+        weighted = {
+            "weights": weights(),
+            "samples_per_epoch": options.samples_per_epoch,
+            "replacement": options.weight_replacement,
+        }
     return sampler_class(
         num_rows,
         batch_size=batch_size,
@@ -325,6 +335,7 @@ def build_sampler(
         window_blocks=options.window_blocks,
         group_batches=group,
         position=position if training else None,
+        **weighted,
     )
 
 
