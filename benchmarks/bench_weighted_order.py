@@ -1,10 +1,12 @@
-"""What a weighted epoch order costs: seconds to make one epoch's order, bytes held a row, peak bytes.
+"""What a weighted epoch order costs: seconds to its first slice and to every position of an epoch,
+bytes held a row, peak bytes a row.
 
 No table: the order is a pure function of (weights, seed, epoch). For each row count and mode it
-makes ``--epochs`` epochs' orders and reports the median time, the bytes the order holds
-(``order.nbytes``: positions + weights) and the peak of NumPy allocations while one is made
-(``tracemalloc``, which NumPy reports to), each per split row. Compare with the rows' own bytes
-(520 B a row in bench_throughput.py's table).
+makes ``--epochs`` epochs' orders and reports the median time to the first 16,384 positions (what an
+epoch's first batch waits for) and to every position of the epoch, 16,384 at a time as the sampler
+asks, the bytes the order holds (``order.nbytes``) and the peak of NumPy allocations while one is
+made (``tracemalloc``, which NumPy reports to), each per split row. Compare with the rows' own bytes
+(520 B a row in bench_throughput.py's table) and with a staged read (about 0.28 us a row there).
 
     python benchmarks/bench_weighted_order.py --rows 1000000,10000000
 """
@@ -41,19 +43,28 @@ def measure(rows: int, mode: dict, epochs: int) -> dict[str, float]:
     kw = dict(mode)
     if "samples" in kw:
         kw["samples"] = int(kw["samples"] * np.count_nonzero(weights))
-    times = []
+    first, whole = [], []
     for epoch in range(epochs):
         t0 = time.perf_counter()
         order = WeightedOrder(weights, seed=0, epoch=epoch, **kw)
-        order.positions(np.arange(min(16384, order.num_rows)))
-        times.append(time.perf_counter() - t0)
+        for start in range(0, order.num_rows, 16384):
+            order.positions(np.arange(start, min(order.num_rows, start + 16384)))
+            if not start:
+                first.append(time.perf_counter() - t0)
+        whole.append(time.perf_counter() - t0)
     held = order.nbytes
     del order
     tracemalloc.start()
     order = WeightedOrder(weights, seed=0, epoch=epochs, **kw)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"s": statistics.median(times), "held": held / rows, "peak": peak / rows, "draws": order.num_rows}
+    return {
+        "first": statistics.median(first),
+        "s": statistics.median(whole),
+        "held": held / rows,
+        "peak": peak / rows,
+        "draws": order.num_rows,
+    }
 
 
 def uniform_slice_s(rows: int, epochs: int) -> float:
@@ -74,14 +85,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     print(f"bench_weighted_order.py at commit {_commit()}; {args.epochs} epochs a cell, median")
-    print("| rows | mode | draws | s an epoch's order | bytes held a row | peak bytes a row while made |")
-    print("|---|---|---|---|---|---|")
+    print("| rows | mode | draws | s to the first 16k | s a whole epoch | us a draw | B held a row | peak B a row |")
+    print("|---|---|---|---|---|---|---|---|")
     for rows in [int(r) for r in args.rows.split(",")]:
         for name, mode in MODES.items():
             m = measure(rows, mode, args.epochs)
-            print(f"| {rows:,} | {name} | {m['draws']:,} | {m['s']:.2f} | {m['held']:.1f} | {m['peak']:.1f} |")
+            print(
+                f"| {rows:,} | {name} | {m['draws']:,} | {m['first']:.3f} | {m['s']:.3f} | "
+                f"{1e6 * m['s'] / max(m['draws'], 1):.3f} | {m['held']:.1f} | {m['peak']:.1f} |"
+            )
         uniform = uniform_slice_s(rows, args.epochs)
-        print(f"| {rows:,} | uniform (Feistel, every position, for scale) | {rows:,} | {uniform:.2f} | 0 | 0 |")
+        print(
+            f"| {rows:,} | uniform (Feistel, for scale) | {rows:,} | | {uniform:.3f} | "
+            f"{1e6 * uniform / rows:.3f} | 0 | 0 |"
+        )
 
 
 if __name__ == "__main__":

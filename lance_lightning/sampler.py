@@ -13,8 +13,7 @@ registry); this class only holds the values it needs.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -124,7 +123,6 @@ class LanceBatchSampler(DistributedSampler):
         self.group_batches = group_batches
         self.position = position if position is not None else TrainPosition()
         self._order: tuple[tuple[int, int, int], EpochOrder] | None = None
-        self._ahead: _Ahead | None = None
 
     # The position lives in one TrainPosition (lance_lightning/state.py), shared with the datamodule.
     @property
@@ -203,41 +201,23 @@ class LanceBatchSampler(DistributedSampler):
         )
 
     def epoch_order(self) -> EpochOrder:
-        """This epoch's order (all ranks alike), evaluated slice by slice: never held whole.
-
-        An order made whole (:attr:`.EpochOrder.made_whole`, the weighted one: a sort of the split)
-        is made for the next epoch too, on a thread while this one is read, so that an epoch's first
-        batch does not wait for its order (two epochs' orders are then held).
-        """
+        """This epoch's order (all ranks alike), evaluated slice by slice: never held whole."""
         key = (self.epoch, self.order_world_size, self.order_batch_size)
         if self._order is None or self._order[0] != key:
-            ahead, self._ahead = self._ahead, None
-            order = ahead.result() if ahead is not None and ahead.key == key else self._make_order(key)
+            order = self.order_class.create(
+                self.split_rows,
+                seed=self.seed,
+                epoch=self.epoch,
+                block_size=self.block_size,
+                window_blocks=self.window_blocks,
+                streams=self.order_world_size,
+                batch_size=self.order_batch_size,
+                weights=self.weights,
+                samples=self.samples_per_epoch,
+                replacement=self.replacement,
+            )
             self._order = (key, order)
-            if self.order_class.made_whole:
-                following = (key[0] + 1, *key[1:])
-                self._ahead = _Ahead(following, lambda: self._make_order(following))
         return self._order[1]
-
-    def _make_order(self, key: tuple[int, int, int]) -> EpochOrder:
-        epoch, world_size, batch_size = key
-        return self.order_class.create(
-            self.split_rows,
-            seed=self.seed,
-            epoch=epoch,
-            block_size=self.block_size,
-            window_blocks=self.window_blocks,
-            streams=world_size,
-            batch_size=batch_size,
-            weights=self.weights,
-            samples=self.samples_per_epoch,
-            replacement=self.replacement,
-        )
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_ahead"] = None  # a thread's result: made again where needed
-        return state
 
     def rows_consumed_after(self, batches: int) -> int:
         """Rows of the epoch order consumed once every rank has read ``batches`` batches.
@@ -307,33 +287,6 @@ class LanceBatchSampler(DistributedSampler):
             "order_world_size": self.order_world_size,
             "order_batch_size": self.order_batch_size,
         }
-
-
-class _Ahead:
-    """The next epoch's order, made on a daemon thread (NumPy's sort releases the GIL); never
-    joined at exit. :meth:`result` waits for it, and raises what making it raised."""
-
-    def __init__(self, key: tuple[int, int, int], make: Callable[[], EpochOrder]) -> None:
-        self.key = key
-        self._done = threading.Event()
-        self._value: EpochOrder | None = None
-        self._error: BaseException | None = None
-        threading.Thread(target=self._run, args=(make,), name="lance-next-order", daemon=True).start()
-
-    def _run(self, make: Callable[[], EpochOrder]) -> None:
-        try:
-            self._value = make()
-        except BaseException as err:  # noqa: BLE001 - raised again in the thread that asks
-            self._error = err
-        finally:
-            self._done.set()
-
-    def result(self) -> EpochOrder:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
 
 
 class SequentialLanceBatchSampler(LanceBatchSampler, SequentialSampler):

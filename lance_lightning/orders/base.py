@@ -48,9 +48,6 @@ class EpochOrder:
     this order's positions depend on. A checkpoint records them while this order is the ``shuffle``,
     and a resume that changes one is refused (it would continue the epoch in another order)."""
 
-    made_whole: ClassVar[bool] = False
-    """True: :meth:`create` computes the whole epoch (a sort), not slices on demand; the sampler
-    then makes the next epoch's order ahead, on a thread."""
     weighted: ClassVar[bool] = False
     """True: the order draws rows by a weight a row (``create(..., weights=...)``), and an epoch holds
     as many rows as it draws, not the split's row count."""

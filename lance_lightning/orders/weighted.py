@@ -1,22 +1,26 @@
 """``shuffle="weighted"``: each epoch draws the split's rows with probability proportional to a weight.
 
-Without replacement (the default) the epoch is a *weighted permutation* (Efraimidis–Spirakis):
-row ``i`` gets the key ``E_i / w_i`` with ``E_i`` exponential from ``rng(seed, epoch, 2)``, and the
-epoch reads the rows in increasing key order, the first ``samples`` of them (default: every row of
-weight > 0). A row of weight 0 has key ``inf`` and is never drawn. Its first draw is row ``i`` with
-probability ``w_i / sum(w)``; each later draw the same among the rows not yet drawn.
+Every draw is a function of ``(seed, epoch, row)`` or ``(seed, epoch, draw)`` alone: a uniform
+``U`` from a keyed 64-bit mix (splitmix64's finalizer) of the counter, keyed by
+``seed_sequence(seed, epoch, 2)``, so any row's or draw's value is computed again on demand.
 
-With replacement, the epoch is ``samples`` independent draws by inverse CDF: ``U * sum(w)`` looked up
-with ``np.searchsorted`` in the ``float64`` cumulative sum of the weights.
+* **Without replacement** (the default), the epoch is a *weighted permutation*
+  (Efraimidis–Spirakis): row ``i`` gets the key ``-log(U_i) / w_i`` and the epoch reads the rows in
+  increasing key order, the first ``samples`` of them (default: every row of weight > 0). The first
+  row is ``i`` with probability ``w_i / sum(w)``, each later one the same among the rows left; a row
+  of weight 0 has key ``inf`` and is never drawn. Sorting every key at the start of each epoch would
+  cost about as much as reading the epoch's rows from a stage (75 ms at 900k rows), so the order is
+  sorted in two steps: at the start of the epoch, one pass puts the rows in buckets by the top 16
+  bits of their key (a float64's sign, exponent and 4 mantissa bits: bucket order is key order) with
+  NumPy's radix sort, and each bucket (a few thousand rows) is sorted by the whole key, computed
+  again, the first time the epoch reaches it. The result is exactly ``argsort(keys, stable)``.
+* **With replacement**, draw ``k`` is the row ``searchsorted(cumsum(w), U_k * sum(w))`` (inverse
+  CDF over the float64 cumulative sum): computed slice by slice, nothing made ahead.
 
-Unlike ``uniform``, a weighted order cannot be computed slice by slice: it is computed once an epoch
-(``O(n log n)``) and held. What it costs a split row: the weights (8 bytes, ``float64``) and the
-epoch's positions (4 bytes, ``int32`` below 2**31 rows, else 8) for as long as the epoch lasts,
-12 bytes in all (120 MB at 10M rows); while an epoch's order is made, 16 more bytes a row for a
-moment (the keys and ``argsort``'s ``int64`` result). The sampler makes the next epoch's order on a
-thread while an epoch is read (:attr:`~.base.EpochOrder.made_whole`), so two epochs' positions are
-held: 16 bytes a split row in all (160 MB at 10M rows). Only the training process holds them:
-workers receive positions batch by batch.
+Memory a split row, in the training process only (workers receive positions batch by batch):
+without replacement the weights (8 bytes, float64) and the epoch's positions (4 bytes, int32 below
+2**31 rows, else 8): 12 bytes (120 MB at 10M rows), plus about 30 bytes a row for a moment while an
+epoch's buckets are made; with replacement the cumulative weights: 8 bytes.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .base import EpochOrder, rng
+from .base import EpochOrder, seed_sequence
 
 WEIGHTED_STREAM = 2
-"""The ``rng(seed, epoch, 2)`` stream of the weighted draws (other orders use 0 and 1)."""
+"""The ``seed_sequence(seed, epoch, 2)`` stream of the weighted draws (other orders use 0 and 1)."""
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_TOP_BITS = np.uint64(48)  # a key's bucket: its top 16 bits
+_LARGEST = np.finfo(np.float64).max
 
 
 def positive_rows(weights: np.ndarray) -> int:
@@ -54,40 +62,59 @@ def epoch_draws(weights: np.ndarray, samples: int | None, replacement: bool) -> 
     return int(samples)
 
 
+def uniforms(key: np.uint64, counters: np.ndarray) -> np.ndarray:
+    """``U`` in ``(0, 1)`` (float64, 53 bits) for each counter: splitmix64's finalizer of
+    ``counter * golden + key``; a pure function of the key and the counter."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(counters, dtype=np.uint64) * _GOLDEN + key
+        z ^= z >> np.uint64(30)
+        z *= _MIX1
+        z ^= z >> np.uint64(27)
+        z *= _MIX2
+        z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
 class WeightedOrder(EpochOrder):
     """One epoch's weighted draws of a split's rows (see the module docstring)."""
 
     name = "weighted"
     weighted = True
-    made_whole = True
-    settings = ("weight_column", "balance_column", "samples_per_epoch", "weight_replacement")
 
     def __init__(
         self, weights: np.ndarray, *, seed: int, epoch: int, samples: int | None = None, replacement: bool = False
     ) -> None:
         w = np.asarray(weights, dtype=np.float64)
         assert w.ndim == 1 and np.all(np.isfinite(w)) and np.all(w >= 0), "weights are checked at setup"
-        draws = epoch_draws(w, samples, replacement)
-        self.num_rows = draws
+        self.num_rows = epoch_draws(w, samples, replacement)
         self.split_rows = len(w)
+        self.replacement = replacement
+        self.key = seed_sequence(seed, epoch, WEIGHTED_STREAM).generate_state(1, dtype=np.uint64)[0]
+        if replacement:
+            self.cumulative = np.cumsum(w)
+            self.last = int(np.flatnonzero(w)[-1]) if self.num_rows else 0
+            return
         self.weights = w
-        generator = rng(seed, epoch, WEIGHTED_STREAM)
-        dtype = np.int32 if len(w) < 2**31 else np.int64
-        if replacement and draws:
-            cumulative = np.cumsum(w)
-            drawn = np.searchsorted(cumulative, generator.random(draws) * cumulative[-1], side="right")
-            # U * total may round up to total: the last row of weight > 0 (never a weight-0 row)
-            drawn = np.minimum(drawn, int(np.flatnonzero(w)[-1]))
-        else:
-            keys = generator.standard_exponential(len(w))
-            with np.errstate(divide="ignore"):
-                keys /= w  # in place (8 bytes a row less at the peak); weight 0: inf, after every drawn row
-            if draws < len(w):
-                drawn = np.argpartition(keys, draws - 1)[:draws] if draws else np.empty(0, np.int64)
-                drawn = drawn[np.argsort(keys[drawn], kind="stable")]
-            else:
-                drawn = np.argsort(keys, kind="stable")
-        self.order = drawn.astype(dtype)
+        keys = self._keys(np.arange(len(w), dtype=np.int64))
+        buckets = (keys.view(np.uint64) >> _TOP_BITS).astype(np.uint16)
+        del keys
+        self.order = np.argsort(buckets, kind="stable").astype(np.int32 if len(w) < 2**31 else np.int64)
+        counts = np.bincount(buckets, minlength=1 << 16)
+        del buckets
+        self.bounds = np.concatenate([[0], np.cumsum(counts[counts > 0])]).astype(np.int64)
+        self.sorted = np.zeros(len(self.bounds) - 1, dtype=bool)
+
+    def _keys(self, rows: np.ndarray) -> np.ndarray:
+        """``-log(U_row) / w_row`` (weight 0: inf; a positive weight's key capped below inf)."""
+        keys = np.log(uniforms(self.key, rows))
+        np.negative(keys, out=keys)
+        weights = self.weights[rows]
+        with np.errstate(divide="ignore", over="ignore"):
+            keys /= weights
+        overflow = np.isinf(keys) & (weights > 0)
+        if overflow.any():  # a weight below ~1e-300: drawn after every other row of weight > 0
+            keys[overflow] = _LARGEST
+        return keys
 
     @classmethod
     def create(
@@ -109,8 +136,33 @@ class WeightedOrder(EpochOrder):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the epoch's positions and the weights."""
-        return self.order.nbytes + self.weights.nbytes
+        """Bytes held: the epoch's positions and the weights (the cumulative weights with replacement)."""
+        if self.replacement:
+            return self.cumulative.nbytes
+        return self.order.nbytes + self.weights.nbytes + self.bounds.nbytes + self.sorted.nbytes
+
+    def _sort_bucket(self, bucket: int) -> None:
+        lo, hi = int(self.bounds[bucket]), int(self.bounds[bucket + 1])
+        rows = self.order[lo:hi]
+        self.order[lo:hi] = rows[np.argsort(self._keys(rows))]  # ties (keys equal to 53 bits): never in practice
+        self.sorted[bucket] = True
 
     def positions(self, indices: np.ndarray) -> np.ndarray:
-        return self.order[np.asarray(indices, dtype=np.int64)].astype(np.int64)
+        index = np.asarray(indices, dtype=np.int64)
+        if self.replacement:
+            if not len(index):
+                return index
+            targets = uniforms(self.key, index) * self.cumulative[-1]
+            ascending = np.argsort(targets)  # sorted look-ups walk the cumulative weights in order: 2x faster
+            drawn = np.empty(len(index), dtype=np.int64)
+            drawn[ascending] = np.searchsorted(self.cumulative, targets[ascending], side="right")
+            return np.minimum(drawn, self.last)  # U * total may round up to total: the last row of weight > 0
+        if len(index):
+            lo, hi = int(index.min()), int(index.max())
+            if hi - lo < 2 * len(index):  # a run of the epoch (the sampler's slices): its buckets in between
+                touched = np.arange(*(np.searchsorted(self.bounds, [lo, hi], side="right") + [-1, 0]))
+            else:  # scattered (padding wraps to the epoch's start): only the buckets hit
+                touched = np.unique(np.searchsorted(self.bounds, index, side="right") - 1)
+            for bucket in touched[~self.sorted[touched]].tolist():
+                self._sort_bucket(bucket)
+        return self.order[index].astype(np.int64)

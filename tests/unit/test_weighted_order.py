@@ -83,9 +83,28 @@ def test_the_order_is_a_function_of_seed_and_epoch_only():
 
 
 def test_what_the_order_holds_a_row():
-    order = WeightedOrder(np.ones(1000), seed=0, epoch=0)
-    assert order.order.dtype == np.int32 and order.nbytes == 1000 * (4 + 8)  # positions + float64 weights
-    assert order.positions(np.array([0, 999])).dtype == np.int64
+    rows = 100_000
+    order = WeightedOrder(np.random.default_rng(0).random(rows), seed=0, epoch=0)
+    assert order.order.dtype == np.int32  # positions (int32) + float64 weights + a few hundred buckets
+    assert rows * (4 + 8) < order.nbytes < rows * (4 + 8) + 8 * 2**16
+    assert order.positions(np.array([0, rows - 1])).dtype == np.int64
+    with_replacement = WeightedOrder(np.ones(rows), seed=0, epoch=0, replacement=True)
+    assert with_replacement.nbytes == rows * 8  # the cumulative weights; draws computed slice by slice
+
+
+def test_the_buckets_sorted_as_read_give_exactly_the_sorted_keys():
+    weights = np.random.default_rng(1).random(20_000) * 50
+    weights[::7] = 0
+    weights[5] = 1e-310  # a key that would overflow to inf: after every other row of weight > 0
+    order = WeightedOrder(weights, seed=4, epoch=9)
+    assert len(order.bounds) > 10
+    keys = order._keys(np.arange(len(weights)))
+    expected = np.argsort(keys, kind="stable")[: order.num_rows]
+    # read back to front in scattered slices: each bucket sorted the first time it is touched
+    got = np.empty(order.num_rows, dtype=np.int64)
+    for chunk in np.array_split(np.random.default_rng(2).permutation(order.num_rows), 37):
+        got[chunk] = order.positions(chunk)
+    assert got.tolist() == expected.tolist() and got[-1] == 5 and order.sorted[: len(order.sorted) - 1].all()
 
 
 def test_epoch_draws_and_its_refusals():
