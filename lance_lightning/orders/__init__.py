@@ -4,7 +4,7 @@
 * ``uniform`` (:class:`UniformOrder`): a keyed Feistel permutation, any position computed alone.
 * ``block`` (:class:`BlockOrder`): shuffled blocks dealt per rank, rows mixed within windows.
 * ``weighted`` (:class:`WeightedOrder`): rows drawn with probability proportional to a weight a
-  row (``weight_column`` / ``balance_column``), with or without replacement; held whole an epoch.
+  row (``weight_column`` / ``balance_column``), with or without replacement; sorted as it is read.
 
 Each order says how it is built (:meth:`~.base.EpochOrder.create`), how many batches a worker
 reads together (:meth:`~.base.EpochOrder.group_batches`) and whether those reads are contiguous

@@ -159,7 +159,7 @@ class WeightedOrder(EpochOrder):
             return np.minimum(drawn, self.last)  # U * total may round up to total: the last row of weight > 0
         if len(index):
             lo, hi = int(index.min()), int(index.max())
-            if hi - lo < 2 * len(index):  # a run of the epoch (the sampler's slices): its buckets in between
+            if hi - lo < 64 * len(index):  # a rank's slices of a stretch of the epoch: the buckets in between
                 touched = np.arange(*(np.searchsorted(self.bounds, [lo, hi], side="right") + [-1, 0]))
             else:  # scattered (padding wraps to the epoch's start): only the buckets hit
                 touched = np.unique(np.searchsorted(self.bounds, index, side="right") - 1)
