@@ -13,14 +13,16 @@ Every draw is a function of ``(seed, epoch, row)`` or ``(seed, epoch, draw)`` al
   sorted in two steps: at the start of the epoch, one pass puts the rows in buckets by the top 16
   bits of their key (a float64's sign, exponent and 4 mantissa bits: bucket order is key order) with
   NumPy's radix sort, and each bucket (a few thousand rows) is sorted by the whole key, computed
-  again, the first time the epoch reaches it. The result is exactly ``argsort(keys, stable)``.
-* **With replacement**, draw ``k`` is the row ``searchsorted(cumsum(w), U_k * sum(w))`` (inverse
-  CDF over the float64 cumulative sum): computed slice by slice, nothing made ahead.
+  again, the first time the epoch reaches it. The result is the keys in increasing order (equal keys,
+  which 53-bit ``U`` makes all but impossible, in a fixed order).
+* **With replacement**, draw ``k`` is the row ``searchsorted(cumsum(w), U_k * sum(w), "right")``
+  (inverse CDF over the float64 cumulative sum), found from a guide table (the row at each
+  ``1 / rows`` of the total) in a few steps: computed slice by slice, nothing made ahead.
 
 Memory a split row, in the training process only (workers receive positions batch by batch):
 without replacement the weights (8 bytes, float64) and the epoch's positions (4 bytes, int32 below
 2**31 rows, else 8): 12 bytes (120 MB at 10M rows), plus about 30 bytes a row for a moment while an
-epoch's buckets are made; with replacement the cumulative weights: 8 bytes.
+epoch's buckets are made; with replacement the cumulative weights and the guide: 12 bytes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _TOP_BITS = np.uint64(48)  # a key's bucket: its top 16 bits
 _LARGEST = np.finfo(np.float64).max
+GUIDE_STEPS = 8
+"""Steps a draw with replacement walks from its guide cell before a binary search takes over."""
+
+
+def _positions_dtype(rows: int) -> type:
+    return np.int32 if rows < 2**31 else np.int64
 
 
 def positive_rows(weights: np.ndarray) -> int:
@@ -93,12 +101,20 @@ class WeightedOrder(EpochOrder):
         if replacement:
             self.cumulative = np.cumsum(w)
             self.last = int(np.flatnonzero(w)[-1]) if self.num_rows else 0
+            # guide[j]: the rows whose cumulative weight is in a cell (of rows cells of the total)
+            # before cell j; a look-up walks from its cell's guide a few steps instead of a binary search
+            rows = max(len(w), 1)
+            total = self.cumulative[-1] if self.num_rows else 1.0  # no draw: a guide never read
+            cells = np.minimum((self.cumulative * (rows / total)).astype(np.int64), rows - 1)
+            counts = np.bincount(cells, minlength=rows)
+            del cells
+            self.guide = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(_positions_dtype(len(w)))
             return
         self.weights = w
         keys = self._keys(np.arange(len(w), dtype=np.int64))
         buckets = (keys.view(np.uint64) >> _TOP_BITS).astype(np.uint16)
         del keys
-        self.order = np.argsort(buckets, kind="stable").astype(np.int32 if len(w) < 2**31 else np.int64)
+        self.order = np.argsort(buckets, kind="stable").astype(_positions_dtype(len(w)))
         counts = np.bincount(buckets, minlength=1 << 16)
         del buckets
         self.bounds = np.concatenate([[0], np.cumsum(counts[counts > 0])]).astype(np.int64)
@@ -136,10 +152,29 @@ class WeightedOrder(EpochOrder):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the epoch's positions and the weights (the cumulative weights with replacement)."""
+        """Bytes held: the epoch's positions and the weights (with replacement the cumulative weights
+        and their guide)."""
         if self.replacement:
-            return self.cumulative.nbytes
+            return self.cumulative.nbytes + self.guide.nbytes
         return self.order.nbytes + self.weights.nbytes + self.bounds.nbytes + self.sorted.nbytes
+
+    def _draw(self, targets: np.ndarray) -> np.ndarray:
+        """The first row whose cumulative weight is above each target: ``searchsorted(side="right")``,
+        walked from the guide of the cell before the target's (a whole cell's width from it: rounding
+        never puts that guide past the row)."""
+        cumulative, rows = self.cumulative, len(self.cumulative)
+        cell = np.minimum((targets * (rows / cumulative[-1])).astype(np.int64), rows - 1)
+        drawn = self.guide[np.maximum(cell - 1, 0)].astype(np.int64)
+        for _ in range(GUIDE_STEPS):
+            np.minimum(drawn, rows - 1, out=drawn)
+            behind = cumulative[drawn] <= targets
+            if not behind.any():
+                break
+            drawn[behind] += 1
+        else:  # a cell of many light rows: a binary search for what is left
+            behind = cumulative[np.minimum(drawn, rows - 1)] <= targets
+            drawn[behind] = np.searchsorted(cumulative, targets[behind], side="right")
+        return np.minimum(drawn, self.last)  # U * total may round up to total: the last row of weight > 0
 
     def _sort_bucket(self, bucket: int) -> None:
         lo, hi = int(self.bounds[bucket]), int(self.bounds[bucket + 1])
@@ -152,11 +187,7 @@ class WeightedOrder(EpochOrder):
         if self.replacement:
             if not len(index):
                 return index
-            targets = uniforms(self.key, index) * self.cumulative[-1]
-            ascending = np.argsort(targets)  # sorted look-ups walk the cumulative weights in order: 2x faster
-            drawn = np.empty(len(index), dtype=np.int64)
-            drawn[ascending] = np.searchsorted(self.cumulative, targets[ascending], side="right")
-            return np.minimum(drawn, self.last)  # U * total may round up to total: the last row of weight > 0
+            return self._draw(uniforms(self.key, index) * self.cumulative[-1])
         if len(index):
             lo, hi = int(index.min()), int(index.max())
             if hi - lo < 64 * len(index):  # a rank's slices of a stretch of the epoch: the buckets in between

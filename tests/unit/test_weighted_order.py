@@ -89,7 +89,21 @@ def test_what_the_order_holds_a_row():
     assert rows * (4 + 8) < order.nbytes < rows * (4 + 8) + 8 * 2**16
     assert order.positions(np.array([0, rows - 1])).dtype == np.int64
     with_replacement = WeightedOrder(np.ones(rows), seed=0, epoch=0, replacement=True)
-    assert with_replacement.nbytes == rows * 8  # the cumulative weights; draws computed slice by slice
+    assert with_replacement.nbytes == rows * (8 + 4)  # cumulative weights + guide; draws slice by slice
+
+
+@pytest.mark.parametrize("skew", [0.0, 3.0, 12.0])
+def test_a_draw_with_replacement_is_the_binary_search_of_its_target(skew):
+    # weights from equal to very uneven (e**12 apart: cells of many light rows), with zeros
+    rng = np.random.default_rng(int(skew))
+    weights = np.exp(rng.standard_normal(5000) * skew)
+    weights[rng.random(5000) < 0.2] = 0
+    order = WeightedOrder(weights, seed=1, epoch=2, samples=20_000, replacement=True)
+    targets = np.r_[rng.random(20_000), 0.0, 1 - 2**-53, order.cumulative[:50] / order.cumulative[-1]]
+    targets = targets * order.cumulative[-1]
+    expected = np.minimum(np.searchsorted(order.cumulative, targets, side="right"), order.last)
+    assert order._draw(targets).tolist() == expected.tolist()
+    assert weights[order.positions(np.arange(order.num_rows))].min() > 0
 
 
 def test_the_buckets_sorted_as_read_give_exactly_the_sorted_keys():
@@ -105,6 +119,13 @@ def test_the_buckets_sorted_as_read_give_exactly_the_sorted_keys():
     for chunk in np.array_split(np.random.default_rng(2).permutation(order.num_rows), 37):
         got[chunk] = order.positions(chunk)
     assert got.tolist() == expected.tolist() and got[-1] == 5 and order.sorted[: len(order.sorted) - 1].all()
+
+
+def test_an_empty_epoch():
+    for kw in ({}, {"replacement": True}):
+        for weights in (np.zeros(0), np.zeros(3)):
+            order = WeightedOrder(weights, seed=0, epoch=0, **kw)
+            assert order.num_rows == 0 and order.positions(np.zeros(0, np.int64)).tolist() == []
 
 
 def test_epoch_draws_and_its_refusals():
