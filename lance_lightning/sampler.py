@@ -201,7 +201,8 @@ class LanceBatchSampler(DistributedSampler):
         )
 
     def epoch_order(self) -> EpochOrder:
-        """This epoch's order (all ranks alike), evaluated slice by slice: never held whole."""
+        """This epoch's order (all ranks alike), evaluated slice by slice (the weighted order holds the
+        epoch's positions: :mod:`.orders.weighted`)."""
         key = (self.epoch, self.order_world_size, self.order_batch_size)
         if self._order is None or self._order[0] != key:
             order = self.order_class.create(

@@ -89,7 +89,7 @@ def test_what_the_order_holds_a_row():
     assert rows * (4 + 8) < order.nbytes < rows * (4 + 8) + 8 * 2**16
     assert order.positions(np.array([0, rows - 1])).dtype == np.int64
     with_replacement = WeightedOrder(np.ones(rows), seed=0, epoch=0, replacement=True)
-    assert with_replacement.nbytes == rows * (8 + 4)  # cumulative weights + guide; draws slice by slice
+    assert with_replacement.nbytes == rows * (8 + 8 + 4)  # weights, cumulative weights, guide
 
 
 @pytest.mark.parametrize("skew", [0.0, 3.0, 12.0])
