@@ -92,6 +92,18 @@ def check_train_split(
         )
 
 
+def check_weighted_epoch(sampler: LanceBatchSampler, options: DataOptions, *, split_name: str, world_size: int) -> None:
+    """Refuse a weighted epoch that ``drop_last`` would leave empty: fewer draws than one global step."""
+    step = options.batch_size * world_size
+    if sampler.weights is not None and options.drop_last and sampler.num_rows < step:
+        raise SplitSpecError(
+            f"the weighted epoch of split {split_name!r} draws {sampler.num_rows} rows (samples_per_epoch="
+            f"{options.samples_per_epoch}; {int(np.count_nonzero(sampler.weights))} rows of weight > 0), fewer than "
+            f"batch_size {options.batch_size} × {world_size} rank(s) = {step}: drop_last=True would train 0 steps. "
+            "Use drop_last=False, a smaller batch_size or more samples_per_epoch"
+        )
+
+
 def check_eval_split(stage: str, name: str, num_rows: int, world_size: int) -> None:
     """Refuse an evaluation split with fewer rows than ranks: a rank with no batch would hang the rest."""
     if stage != "train" and num_rows < world_size:

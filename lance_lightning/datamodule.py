@@ -358,6 +358,9 @@ class LanceDataModule(pl.LightningDataModule):
             weights=lambda: self._split_weights(split),
         )
         if stage == "train":
+            assembly.check_weighted_epoch(
+                self.samplers[stage], self.options, split_name=name, world_size=self.world_size
+            )
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))

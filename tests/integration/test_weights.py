@@ -179,3 +179,12 @@ def test_resume_with_changed_weight_settings_is_refused_naming_each(make_table, 
         )
     with pytest.raises(ResumeRefusedError, match=named):
         trainer(tmp_path).fit(Recorder(), datamodule=datamodule(uri, tmp_path, **second), ckpt_path=ckpt)
+
+
+def test_a_weighted_epoch_that_drop_last_would_empty_is_refused(make_table, tmp_path):
+    from lance_lightning.splits import SplitSpecError
+
+    uri, _ = make_table("toy", weighted_table())
+    dm = datamodule(uri, tmp_path, weight_column="w", samples_per_epoch=5, drop_last=True)
+    with pytest.raises(SplitSpecError, match=r"draws 5 rows \(samples_per_epoch=5; 75 rows of weight > 0\)"):
+        dm.setup("fit")
