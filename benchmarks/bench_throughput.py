@@ -272,6 +272,7 @@ def reader_datamodule(
     in_memory: bool = False,
     multiprocessing_context: str | None = None,
     read_ahead: int = 2,
+    **settings: Any,
 ) -> Reader:
     from lance_lightning.dataset import StagedBatchDataset
 
@@ -290,6 +291,7 @@ def reader_datamodule(
         in_memory=in_memory,
         multiprocessing_context=multiprocessing_context,
         read_ahead=read_ahead,
+        **settings,
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -415,6 +417,16 @@ SPECS: list[Spec] = [
         for w in (0, 2)
     ),
     *(Spec(f"block-w{w}", "LanceDataModule `block`", w, _dm("block", w)) for w in (0, 2)),
+    *(
+        Spec(
+            f"weighted-w{w}",
+            "LanceDataModule `weight_column='label'` (weighted permutation, staged)",
+            w,
+            _dm("uniform", w, weight_column="label"),
+            staged=True,
+        )
+        for w in (0, 2)
+    ),
     Spec("none-w0", "LanceDataModule `none`", 0, _dm("none", 0)),
     *(
         Spec(

@@ -92,6 +92,18 @@ def check_train_split(
         )
 
 
+def check_weighted_epoch(sampler: LanceBatchSampler, options: DataOptions, *, split_name: str, world_size: int) -> None:
+    """Refuse a weighted epoch that ``drop_last`` would leave empty: fewer draws than one global step."""
+    step = options.batch_size * world_size
+    if sampler.weights is not None and options.drop_last and sampler.num_rows < step:
+        raise SplitSpecError(
+            f"the weighted epoch of split {split_name!r} draws {sampler.num_rows} rows (samples_per_epoch="
+            f"{options.samples_per_epoch}; {int(np.count_nonzero(sampler.weights))} rows of weight > 0), fewer than "
+            f"batch_size {options.batch_size} × {world_size} rank(s) = {step}: drop_last=True would train 0 steps. "
+            "Use drop_last=False, a smaller batch_size or more samples_per_epoch"
+        )
+
+
 def check_eval_split(stage: str, name: str, num_rows: int, world_size: int) -> None:
     """Refuse an evaluation split with fewer rows than ranks: a rank with no batch would hang the rest."""
     if stage != "train" and num_rows < world_size:
@@ -307,11 +319,13 @@ def build_sampler(
     overfitting: bool = False,
     staged: bool = False,
     row_bytes: Callable[[], int] | None = None,
+    weights: Callable[[], np.ndarray] | None = None,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order.
     ``row_bytes()``: the reader's bytes a row, which bounds how many batches are read at once; asked
-    only where several would be (a table reader learns it with a read)."""
+    only where several would be (a table reader learns it with a read). ``weights()``: the train
+    split's weights (:mod:`.weights`), asked only where the order draws by them."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
     order = "none" if ordered else options.shuffle
@@ -320,6 +334,14 @@ def build_sampler(
     if group > 1 and row_bytes is not None:
         group = group_batches(options, order, batch_size, staged=staged, row_bytes=row_bytes())
     sampler_class = SequentialLanceBatchSampler if ordered else LanceBatchSampler
+    weighted = {}
+    if get_order(order).weighted:
+        assert weights is not None, "a weighted order needs the split's weights"
+        weighted = {
+            "weights": weights(),
+            "samples_per_epoch": options.samples_per_epoch,
+            "replacement": options.weight_replacement,
+        }
     return sampler_class(
         num_rows,
         batch_size=batch_size,
@@ -333,6 +355,7 @@ def build_sampler(
         window_blocks=options.window_blocks,
         group_batches=group,
         position=position if training else None,
+        **weighted,
     )
 
 

@@ -42,6 +42,7 @@ from .splits import (
 )
 from .stage import hold_again
 from .state import TrainState
+from .weights import split_weights
 
 
 class LanceDataModule(pl.LightningDataModule):
@@ -124,6 +125,17 @@ class LanceDataModule(pl.LightningDataModule):
             node-local directory; setting it stages every split (remote tables read once).
         cache_max_bytes: the staging budget: stages beyond it are evicted least-recently-used
             (never one a running job reads). Default: half the free space where stages live.
+        weight_column: a numeric column; each train epoch draws rows with probability proportional
+            to it (``shuffle`` becomes ``"weighted"``, :class:`lance_lightning.orders.WeightedOrder`).
+            Read once at setup from the pinned version; a null, NaN, infinite or negative weight, or
+            all weights 0, is refused naming the column, the count of bad rows and one of them.
+            Weight 0: never drawn.
+        balance_column: class balance: a row weighs ``1 / count`` of its value of this column in
+            the train split (times ``weight_column``'s where both are set).
+        samples_per_epoch: rows a weighted epoch draws (None: every row of weight > 0); what
+            ``len()`` of the train loader counts.
+        weight_replacement: draw ``samples_per_epoch`` rows with replacement (a row may come several
+            times an epoch); False (default): a weighted permutation, every row at most once.
     """
 
     def __init__(
@@ -162,6 +174,10 @@ class LanceDataModule(pl.LightningDataModule):
         cache: str | None = None,
         cache_max_bytes: int | None = None,
         staging: Literal["auto", "always", "off"] = "auto",
+        weight_column: str | None = None,
+        balance_column: str | None = None,
+        samples_per_epoch: int | None = None,
+        weight_replacement: bool = False,
     ) -> None:
         super().__init__()
         if table is None and _is_lancedb_table(uri):  # LanceDataModule(table): the open table
@@ -346,11 +362,31 @@ class LanceDataModule(pl.LightningDataModule):
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
             staged=isinstance(reader, StagedBatchDataset),
             row_bytes=reader.row_bytes,
+            weights=lambda: self._split_weights(split),
         )
         if stage == "train":
+            assembly.check_weighted_epoch(
+                self.samplers[stage], self.options, split_name=name, world_size=self.world_size
+            )
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))
+
+    def _split_weights(self, split: SplitRows) -> np.ndarray:
+        """The train split's weights (``weight_column`` / ``balance_column``), read from the pinned version."""
+        own = split.source == self.source
+        table = self._table() if own else split.source.open()
+        with notice_if_slow(
+            f"lance-lightning: reading the weights of split {split.name!r} of table {split.source.name!r}"
+        ):
+            return split_weights(
+                table,
+                split.row_ids,
+                table_name=split.source.name,
+                version=split.source.version,
+                weight_column=self.options.weight_column,
+                balance_column=self.options.balance_column,
+            )
 
     def _check_batch_keys(self, stage: str, split_name: str, reader: Any, rows: int) -> None:
         """Read a batch of 2 rows (through the transform) and refuse ``batch_keys`` it lacks."""

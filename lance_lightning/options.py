@@ -429,6 +429,29 @@ class DataOptions:
     staging: Literal["auto", "always", "off"] = setting(
         "auto", resume=EXACT, why="whether rows are read from a stage or the table: the same rows either way"
     )
+    weight_column: str | None = setting(
+        None,
+        resume=REFUSED,
+        why="the weighted shuffle's weights (a numeric column of the table), so which rows each epoch draws",
+    )
+    balance_column: str | None = setting(
+        None,
+        resume=REFUSED,
+        why="the weighted shuffle's class balance (weight 1 / the count of the row's value in the train split), so "
+        "which rows each epoch draws",
+    )
+    samples_per_epoch: int | None = setting(
+        None,
+        resume=REFUSED,
+        why="how many rows the weighted shuffle draws an epoch (None: every row of weight > 0), so the epoch's "
+        "length and rows",
+    )
+    weight_replacement: bool = setting(
+        False,
+        resume=REFUSED,
+        why="whether the weighted shuffle draws with replacement (a row may come several times an epoch), so the "
+        "epoch's rows",
+    )
 
     def __post_init__(self) -> None:
         if self.multiprocessing_context == "fork":
@@ -459,6 +482,10 @@ class DataOptions:
             "cache": as_path("cache", self.cache),
             "cache_max_bytes": as_optional_int("cache_max_bytes", self.cache_max_bytes, minimum=1),
             "staging": as_choice("staging", self.staging, STAGING_MODES),
+            "weight_column": as_str("weight_column", self.weight_column, what="a numeric column name"),
+            "balance_column": as_str("balance_column", self.balance_column, what="a column name"),
+            "samples_per_epoch": as_optional_int("samples_per_epoch", self.samples_per_epoch, minimum=1),
+            "weight_replacement": as_bool("weight_replacement", self.weight_replacement),
             "columns": as_names("columns", self.columns),
             "batch_keys": as_names("batch_keys", self.batch_keys, what="batch keys (column names)"),
             "filter": as_str("filter", self.filter, what="an SQL predicate"),
@@ -485,6 +512,7 @@ class DataOptions:
                 f"staging='off' reads the table, but {asked} is a setting of the stages (lance_lightning/stage): "
                 "pass staging='auto' or 'always' with it, or leave it out"
             )
+        checked["shuffle"] = weighted_shuffle(checked)
         if checked["batch_keys"] == ():
             raise SettingError("batch_keys must name at least one key (a tuple comes out), or be None (the dict)")
         unknown = sorted(set(checked["stage_splits"]) - set(STAGES))
@@ -527,6 +555,33 @@ class DataOptions:
         return frozenset(
             name for name, rule in resume_rules().items() if rule.follows_checkpoint and getattr(self, name) is None
         )
+
+
+WEIGHT_SETTINGS = ("weight_column", "balance_column", "samples_per_epoch", "weight_replacement")
+"""The settings of the ``weighted`` shuffle (:class:`~.orders.WeightedOrder`)."""
+
+
+def weighted_shuffle(checked: Mapping[str, Any]) -> str:
+    """The shuffle of checked settings: ``weighted`` where weights are asked for (``weight_column`` or
+    ``balance_column`` with the default ``uniform``); refuses weights with a shuffle that cannot use
+    them, and weight settings without weights."""
+    shuffle = checked["shuffle"]
+    weighs = [name for name in ("weight_column", "balance_column") if checked[name] is not None]
+    others = [name for name in ("samples_per_epoch",) if checked[name] is not None]
+    others += ["weight_replacement"] if checked["weight_replacement"] else []
+    if weighs and shuffle not in ("uniform", "weighted"):
+        raise SettingError(
+            f"{' and '.join(weighs)} draw rows by weight (shuffle='weighted'), which shuffle={shuffle!r} does not: "
+            "leave shuffle at 'uniform' (the default) or set it to 'weighted', or leave out "
+            f"{' and '.join(weighs)}"
+        )
+    if not weighs and (shuffle == "weighted" or others):
+        asked = ", ".join([*(["shuffle='weighted'"] if shuffle == "weighted" else []), *others])
+        raise SettingError(
+            f"{asked} needs weights a row: set weight_column (a numeric column of the table) or balance_column "
+            "(a label column: weight 1 / the count of its value in the train split)"
+        )
+    return "weighted" if weighs else shuffle
 
 
 def resume_rules() -> dict[str, OnResume]:

@@ -21,7 +21,7 @@ from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .batches import BatchGroup
-from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, get_order
+from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, epoch_draws, get_order
 from .sharding import ShardPlan, plan_epoch, rank_batch_bounds, take_padded_many
 from .state import TrainPosition
 
@@ -46,6 +46,10 @@ class LanceBatchSampler(DistributedSampler):
         block_size, window_blocks: the ``block`` shuffle (see :class:`.orders.BlockOrder`).
         group_batches: yield this many consecutive batches at a time as one
             :class:`~.batches.BatchGroup` (read together in range scans); 1 yields plain batches.
+        weights, samples_per_epoch, replacement: the ``weighted`` shuffle's draws (see
+            :class:`.orders.WeightedOrder`): one weight (>= 0, finite) a split row; an epoch is
+            ``samples_per_epoch`` draws (None: every row of weight > 0), and :attr:`num_rows` is
+            that count, not the split's.
     """
 
     def __init__(
@@ -63,6 +67,9 @@ class LanceBatchSampler(DistributedSampler):
         window_blocks: int = DEFAULT_WINDOW_BLOCKS,
         group_batches: int = 1,
         position: TrainPosition | None = None,
+        weights: np.ndarray | None = None,
+        samples_per_epoch: int | None = None,
+        replacement: bool = False,
     ) -> None:
         # The public entry point: what a caller can get wrong fails here, clearly; the orders
         # and lance_lightning.sharding below only assert (the datamodule's options are valid already).
@@ -74,6 +81,12 @@ class LanceBatchSampler(DistributedSampler):
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got rank={rank}")
         if group_batches < 1:
             raise ValueError(f"group_batches must be >= 1, got {group_batches}")
+        weighted = weights is not None or samples_per_epoch is not None or replacement
+        if weighted and not self.order_class.weighted:
+            raise ValueError(
+                f"weights, samples_per_epoch and replacement are settings of a weighted order (shuffle='weighted'), "
+                f"not of shuffle={shuffle!r}"
+            )
         # DistributedSampler.__init__ would query torch.distributed; set its fields directly.
         self.dataset = None
         if isinstance(addresses, (int, np.integer)):
@@ -81,6 +94,22 @@ class LanceBatchSampler(DistributedSampler):
         else:
             self.addresses = np.asarray(addresses)
             self._num_rows = len(self.addresses)
+        self.split_rows = self._num_rows
+        """Rows of the split (what positions index); :attr:`num_rows` is the rows of an epoch."""
+        self.weights = self.samples_per_epoch = None
+        self.replacement = bool(replacement)
+        if self.order_class.weighted:
+            w = np.ones(self.split_rows) if weights is None else np.asarray(weights, dtype=np.float64)
+            if w.ndim != 1 or len(w) != self.split_rows:
+                raise ValueError(f"weights must be one a split row ({self.split_rows}), got shape {w.shape}")
+            if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
+                raise ValueError("weights must be finite and >= 0 (see lance_lightning.weights.check_weights)")
+            if samples_per_epoch is not None and (
+                not isinstance(samples_per_epoch, (int, np.integer)) or samples_per_epoch < 0
+            ):
+                raise ValueError(f"samples_per_epoch must be an integer >= 0 or None, got {samples_per_epoch!r}")
+            self.weights, self.samples_per_epoch = w, samples_per_epoch
+            self._num_rows = epoch_draws(w, samples_per_epoch, self.replacement)
         self.batch_size = batch_size
         self.num_replicas = num_replicas
         self.rank = rank
@@ -158,6 +187,7 @@ class LanceBatchSampler(DistributedSampler):
 
     @property
     def num_rows(self) -> int:
+        """Rows of an epoch: the split's, or a weighted order's draws."""
         return self._num_rows
 
     def plan(self) -> ShardPlan:
@@ -171,17 +201,21 @@ class LanceBatchSampler(DistributedSampler):
         )
 
     def epoch_order(self) -> EpochOrder:
-        """This epoch's order (all ranks alike), evaluated slice by slice: never held whole."""
+        """This epoch's order (all ranks alike), evaluated slice by slice (the weighted order holds the
+        epoch's positions: :mod:`.orders.weighted`)."""
         key = (self.epoch, self.order_world_size, self.order_batch_size)
         if self._order is None or self._order[0] != key:
             order = self.order_class.create(
-                self.num_rows,
+                self.split_rows,
                 seed=self.seed,
                 epoch=self.epoch,
                 block_size=self.block_size,
                 window_blocks=self.window_blocks,
                 streams=self.order_world_size,
                 batch_size=self.order_batch_size,
+                weights=self.weights,
+                samples=self.samples_per_epoch,
+                replacement=self.replacement,
             )
             self._order = (key, order)
         return self._order[1]
@@ -213,7 +247,7 @@ class LanceBatchSampler(DistributedSampler):
         batches = (
             self._addressed(positions)
             for chunk in range(0, len(bounds), self._batches_a_call)
-            for positions in take_padded_many(order, bounds[chunk : chunk + self._batches_a_call], self.num_rows)
+            for positions in take_padded_many(order, bounds[chunk : chunk + self._batches_a_call], order.num_rows)
         )
         if self.group_batches == 1:
             yield from batches

@@ -70,8 +70,9 @@ __all__ = [
 
 def epoch_order(num_rows: int, **kwargs: Any) -> np.ndarray:
     """The whole order of :func:`order_for` as an ``int64`` array (8 bytes a row: for tests and
-    small splits; the sampler evaluates slices instead)."""
-    return order_for(num_rows, **kwargs).positions(np.arange(num_rows, dtype=np.int64))
+    small splits; the sampler evaluates slices instead). A weighted order's is its draws long."""
+    order = order_for(num_rows, **kwargs)
+    return order.positions(np.arange(order.num_rows, dtype=np.int64))
 
 
 @dataclass(frozen=True)

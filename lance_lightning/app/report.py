@@ -25,6 +25,7 @@ MAX_LABELS_SHOWN = 20
 def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
     """Per stage set up in ``dm``: how its split is cut into batches on each of ``world_size`` ranks.
 
+    ``rows`` is an epoch's rows: the split's ``split_rows``, or the draws of a weighted shuffle.
     ``batches_per_rank`` and ``rows_per_rank`` are lists indexed by rank; ``padded_rows`` are
     read twice (training, drop_last=False), ``dropped_rows`` not at all (drop_last=True).
     """
@@ -41,6 +42,7 @@ def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
         out[stage] = {
             "split": dm.split_for_stage(stage),
             "rows": sampler.num_rows,
+            "split_rows": sampler.split_rows,
             "world_size": world_size,
             "batch_size": sampler.batch_size,
             "shuffle": sampler.shuffle_mode,
@@ -140,8 +142,11 @@ def format_report(
             extra.append(f"{p['padded_rows']} row(s) read twice to even out ranks")
         if p["dropped_rows"]:
             extra.append(f"{p['dropped_rows']} row(s) dropped (drop_last)")
+        rows = f"{p['rows']:,} rows"
+        if p.get("split_rows", p["rows"]) != p["rows"] or p["shuffle"] == "weighted":
+            rows = f"{p['rows']:,} samples an epoch (of {p['split_rows']:,} rows)"
         lines.append(
-            f"  {stage:<8} split {p['split']!r}: {p['rows']:,} rows, batch {p['batch_size']}, "
+            f"  {stage:<8} split {p['split']!r}: {rows}, batch {p['batch_size']}, "
             f"shuffle {p['shuffle']}" + (f"; {'; '.join(extra)}" if extra else "; no padding, nothing dropped")
         )
         lines += _rank_lines(p["batches_per_rank"], p["rows_per_rank"])

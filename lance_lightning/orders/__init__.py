@@ -3,6 +3,8 @@
 * ``none`` (:class:`SequentialOrder`): table order.
 * ``uniform`` (:class:`UniformOrder`): a keyed Feistel permutation, any position computed alone.
 * ``block`` (:class:`BlockOrder`): shuffled blocks dealt per rank, rows mixed within windows.
+* ``weighted`` (:class:`WeightedOrder`): rows drawn with probability proportional to a weight a
+  row (``weight_column`` / ``balance_column``), with or without replacement; sorted as it is read.
 
 Each order says how it is built (:meth:`~.base.EpochOrder.create`), how many batches a worker
 reads together (:meth:`~.base.EpochOrder.group_batches`) and whether those reads are contiguous
@@ -14,10 +16,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from .base import SEQUENTIAL_READ_ROWS, EpochOrder, rng, seed_sequence
 from .block import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, BlockOrder, window_rows
 from .none import SequentialOrder
 from .uniform import FEISTEL_ROUNDS, UniformOrder
+from .weighted import WeightedOrder, epoch_draws, positive_rows
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -30,9 +35,12 @@ __all__ = [
     "SequentialOrder",
     "ShuffleMode",
     "UniformOrder",
+    "WeightedOrder",
+    "epoch_draws",
     "get_order",
     "order_for",
     "order_names",
+    "positive_rows",
     "register",
     "rng",
     "seed_sequence",
@@ -56,10 +64,11 @@ def register(order: type[EpochOrder]) -> type[EpochOrder]:
 register(SequentialOrder)
 register(UniformOrder)
 register(BlockOrder)
+register(WeightedOrder)
 
 SHUFFLE_MODES: tuple[str, ...] = tuple(ORDERS)
 """The built-in shuffle modes (orders registered later are in :func:`order_names`)."""
-ShuffleMode = Literal[SHUFFLE_MODES]  # type: ignore[valid-type]  # Literal["none", "uniform", "block"]
+ShuffleMode = Literal[SHUFFLE_MODES]  # type: ignore[valid-type]  # Literal["none", "uniform", "block", "weighted"]
 
 
 def order_names() -> tuple[str, ...]:
@@ -85,11 +94,16 @@ def order_for(
     window_blocks: int = DEFAULT_WINDOW_BLOCKS,
     streams: int = 1,
     batch_size: int = 1,
+    weights: np.ndarray | None = None,
+    samples: int | None = None,
+    replacement: bool = False,
 ) -> EpochOrder:
     """Epoch ``epoch``'s order of shuffle mode ``mode``: an object that computes any slice of it.
 
     ``streams`` (the world size) and ``batch_size`` are what the epoch is dealt for (the
     ``block`` order gives each rank its own blocks); orders that do not deal ignore them.
+    ``weights``, ``samples``, ``replacement``: the ``weighted`` order's draws (``num_rows`` is then
+    the split's row count, and the order's own ``num_rows`` the draws).
     """
     assert num_rows >= 0, f"num_rows must be >= 0, got {num_rows}"
     return get_order(mode).create(
@@ -100,4 +114,7 @@ def order_for(
         window_blocks=window_blocks,
         streams=streams,
         batch_size=batch_size,
+        weights=weights,
+        samples=samples,
+        replacement=replacement,
     )

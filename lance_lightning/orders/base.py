@@ -48,7 +48,13 @@ class EpochOrder:
     this order's positions depend on. A checkpoint records them while this order is the ``shuffle``,
     and a resume that changes one is refused (it would continue the epoch in another order)."""
 
+    weighted: ClassVar[bool] = False
+    """True: the order draws rows by a weight a row (``create(..., weights=...)``), and an epoch holds
+    as many rows as it draws, not the split's row count."""
+
     num_rows: int
+    """Rows of the epoch (what ``positions`` takes indices below); the split's row count, except
+    for a weighted order (its draws)."""
     nbytes: int = 0
     """Bytes the order holds (reported by the datamodule's memory report)."""
 
@@ -63,8 +69,14 @@ class EpochOrder:
         window_blocks: int,
         streams: int,
         batch_size: int,
+        weights: np.ndarray | None = None,
+        samples: int | None = None,
+        replacement: bool = False,
     ) -> EpochOrder:
         """Epoch ``epoch``'s order; every order gets every setting and uses the ones it needs.
+
+        ``weights`` (one a split row), ``samples`` and ``replacement``: the draws of a
+        :attr:`weighted` order (see :class:`~.weighted.WeightedOrder`); the others get None.
 
         ``streams`` and ``batch_size`` are the world size and per-rank batch size the epoch is
         dealt for (an order may deal rows per rank, as :class:`~.block.BlockOrder` does).

@@ -72,8 +72,27 @@ class BlockOrder(EpochOrder):
         self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     @classmethod
-    def create(cls, num_rows: int, **settings: int) -> BlockOrder:
-        return cls(num_rows, **settings)  # every setting is one of this order's
+    def create(
+        cls,
+        num_rows: int,
+        *,
+        seed: int,
+        epoch: int,
+        block_size: int,
+        window_blocks: int,
+        streams: int,
+        batch_size: int,
+        **_: object,
+    ) -> BlockOrder:
+        return cls(
+            num_rows,
+            seed=seed,
+            epoch=epoch,
+            block_size=block_size,
+            window_blocks=window_blocks,
+            streams=streams,
+            batch_size=batch_size,
+        )
 
     @classmethod
     def group_batches(cls, batch_size: int, *, block_size: int, window_blocks: int) -> int:

@@ -173,17 +173,20 @@ class Expected:
         self.dm.setup()  # every stage, world size 1
         # the id at each position of each stage's split (what the samplers yield)
         self.ids = {
-            stage: self.dm.datasets[stage][np.arange(sampler.num_rows)]["id"].tolist()
+            stage: self.dm.datasets[stage][np.arange(sampler.split_rows)]["id"].tolist()
             for stage, sampler in self.dm.samplers.items()
         }
 
     def stage_ids(self, stage: str) -> list[int]:
-        return self.ids[stage]
+        """The ids an epoch of ``stage`` reads: its split's, or those of weight > 0 (weighted shuffle)."""
+        weights = self.dm.samplers[stage].weights
+        ids = self.ids[stage]
+        return ids if weights is None else [i for i, w in zip(ids, weights.tolist()) if w > 0]
 
     def batches(self, stage: str, *, rank: int, world_size: int, epoch: int) -> list[list[int]]:
         base = self.dm.samplers[stage]
         sampler = LanceBatchSampler(
-            base.num_rows,
+            base.split_rows,
             batch_size=base.batch_size,
             num_replicas=world_size,
             rank=rank,
@@ -193,6 +196,9 @@ class Expected:
             even=base.even,
             block_size=base.block_size,
             window_blocks=base.window_blocks,
+            weights=base.weights,
+            samples_per_epoch=base.samples_per_epoch,
+            replacement=base.replacement,
         )
         sampler.set_epoch(epoch)
         ids = self.ids[stage]

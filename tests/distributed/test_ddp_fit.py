@@ -35,6 +35,8 @@ FIT_RUNS = [
         # windows of 3 batches: each worker reads a window as one group, the loader hands out batches
         "data": {"drop_last": True, "shuffle": "block", "block_size": 4, "window_blocks": 6, **WORKERS},
     },
+    # weights y = id % 3: a third of the rows weigh 0 and are never read
+    {"tag": "weighted-workers-2", "use_distributed_sampler": True, "data": {"weight_column": "y", **WORKERS}},
 ]
 for _run in FIT_RUNS:
     _run.update(action="fit", devices=2, epochs=2)
@@ -80,6 +82,22 @@ def test_two_process_fit(two_process_fit, run):
     assert {r["strategy"] for r in records} == {"DDPStrategy"}
     assert {r["cluster_environment"] for r in records} == {"LightningEnvironment"}
     check_fit(records, expected_for(uri, run))
+
+
+def test_weighted_ranks_read_disjoint_rows_of_weight_above_zero(two_process_fit):
+    """Equal batch counts, no row twice in an epoch, none of weight 0: checked by check_fit's rules
+    against the rows of weight > 0; here what the weights add: the epoch is those rows, not the split."""
+    uri, spec = two_process_fit
+    records = load_records(spec, "weighted-workers-2", 2)
+    run = next(r for r in FIT_RUNS if r["tag"] == "weighted-workers-2")
+    positive = expected_for(uri, run).stage_ids("train")
+    assert 0 < len(positive) < 151
+    for epoch in ("0", "1"):
+        batches = [r["seen"]["train"][epoch] for r in records]
+        assert len(batches[0]) == len(batches[1])
+        ids = [i for rank in batches for batch in rank for i in batch]
+        assert set(ids) == set(positive) and all(i % 3 for i in ids)  # the train rows with y != 0
+        assert len(ids) - len(positive) < 2  # at most world_size - 1 padded rows read twice
 
 
 def test_order_depends_on_seed_and_epoch_only(two_process_fit):

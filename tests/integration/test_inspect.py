@@ -127,3 +127,13 @@ def test_inspect_fills_no_stage(tiny, tmp_path):
     assert report["splits"] == {"train": 160, "val": 20, "test": 20}
     assert report["shard_plan"]["train"]["batches_per_rank"] == [10]
     assert not cache.exists() or not any(cache.iterdir()), sorted(cache.rglob("*"))
+
+
+def test_a_weighted_shuffle_shows_the_samples_an_epoch(tiny):
+    overrides = [*tiny, "trainer=ddp_sim", "data.balance_column=label", "data.samples_per_epoch=50"]
+    report = inspect(compose_cfg(overrides))
+    plan = report["shard_plan"]["train"]
+    assert (plan["rows"], plan["split_rows"], plan["shuffle"]) == (50, 160, "weighted")
+    assert plan["batches_per_rank"] == [2, 2] and plan["rows_per_rank"] == [25, 25]  # 50 over 2 ranks of 16
+    text = render(report)
+    assert "train    split 'train': 50 samples an epoch (of 160 rows), batch 16, shuffle weighted" in text

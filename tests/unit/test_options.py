@@ -31,11 +31,31 @@ from lance_lightning.options import (
 )
 
 VALID = dict(
-    batch_size=32, eval_batch_size=None, seed=0, num_workers=0, shuffle="uniform", drop_last=False, nulls="raise",
-    version=None, multiprocessing_context=None, persistent_workers=True, pin_memory=False, prefetch_factor=None,
-    read_ahead=2, read_group_rows=None,
-    block_size=4096, window_blocks=8, resume="exact", table_updates="pin", in_memory=False,
-    memory_budget_bytes=2**30, cache=None, cache_max_bytes=None, columns=None, filter=None, stage_splits=None,
+    batch_size=32,
+    eval_batch_size=None,
+    seed=0,
+    num_workers=0,
+    shuffle="uniform",
+    drop_last=False,
+    nulls="raise",
+    version=None,
+    multiprocessing_context=None,
+    persistent_workers=True,
+    pin_memory=False,
+    prefetch_factor=None,
+    read_ahead=2,
+    read_group_rows=None,
+    block_size=4096,
+    window_blocks=8,
+    resume="exact",
+    table_updates="pin",
+    in_memory=False,
+    memory_budget_bytes=2**30,
+    cache=None,
+    cache_max_bytes=None,
+    columns=None,
+    filter=None,
+    stage_splits=None,
 )
 
 
@@ -164,8 +184,14 @@ def test_shown_cuts_long_values():
 
 def test_options_normalize_and_freeze(tmp_path):
     options = DataOptions(
-        **{**VALID, "batch_size": np.int64(8), "seed": np.uint64(3), "cache": tmp_path, "columns": ["id"],
-           "stage_splits": {"val": "holdout"}}
+        **{
+            **VALID,
+            "batch_size": np.int64(8),
+            "seed": np.uint64(3),
+            "cache": tmp_path,
+            "columns": ["id"],
+            "stage_splits": {"val": "holdout"},
+        }
     )
     assert type(options.batch_size) is int and type(options.seed) is int
     assert options.cache == str(tmp_path) and options.columns == ("id",) and options.stage_splits == {"val": "holdout"}
@@ -180,7 +206,7 @@ def test_options_normalize_and_freeze(tmp_path):
     [
         ("multiprocessing_context", "fork", r"^multiprocessing_context='fork' is refused: lancedb's native runtime"),
         ("multiprocessing_context", "thread", "multiprocessing_context must be one of 'forkserver', 'spawn' or None"),
-        ("shuffle", "random", "shuffle must be one of 'none', 'uniform', 'block', got 'random'"),
+        ("shuffle", "random", "shuffle must be one of 'none', 'uniform', 'block', 'weighted', got 'random'"),
         ("stage_splits", {"valid": "val"}, r"stage_splits names unknown stage\(s\) \['valid'\]"),
         ("stage_splits", "val", r"stage_splits must be a mapping"),
         ("version", 0, "version must be an integer >= 1, got 0"),
@@ -240,7 +266,8 @@ def test_the_hydra_data_schema_has_every_setting_with_its_default():
     for field in dataclasses.fields(DataOptions):
         assert field.name in schema.keys
     assert node.batch_size == 32 and node.shuffle == "uniform" and node.block_size == DataOptions().block_size
-    assert set(schema.choices["shuffle"]) == {"uniform", "block", "none"}
+    assert set(schema.choices["shuffle"]) == {"uniform", "block", "none", "weighted"}
+    assert node.weight_column is None and node.samples_per_epoch is None and node.weight_replacement is False
     assert schema.choices["resume"] == ("exact", "fresh")
 
 

@@ -20,6 +20,7 @@ from lance_lightning.orders import (
     SequentialOrder,
     ShuffleMode,
     UniformOrder,
+    WeightedOrder,
     get_order,
     order_for,
     order_names,
@@ -46,11 +47,12 @@ def scratch_registry(monkeypatch):
 
 
 def test_registered_names_are_the_public_lists():
-    assert order_names() == SHUFFLE_MODES == ("none", "uniform", "block")
+    assert order_names() == SHUFFLE_MODES == ("none", "uniform", "block", "weighted")
     assert typing.get_args(ShuffleMode) == SHUFFLE_MODES  # the Literal the datamodule and Hydra schema use
     assert sharding.SHUFFLE_MODES is SHUFFLE_MODES and sharding.ShuffleMode is ShuffleMode
     assert [get_order(name).name for name in SHUFFLE_MODES] == list(SHUFFLE_MODES)
     assert (get_order("none"), get_order("uniform"), get_order("block")) == (SequentialOrder, UniformOrder, BlockOrder)
+    assert get_order("weighted") is WeightedOrder
     # Names code imported from the single-file orders.py keep working.
     assert FEISTEL_ROUNDS == 4 and callable(rng) and callable(seed_sequence) and window_rows(10, 3, 8) == 32
     assert sharding.order_for is order_for and sharding.window_rows is window_rows
@@ -58,7 +60,7 @@ def test_registered_names_are_the_public_lists():
 
 @pytest.mark.parametrize("bad", ["random", "Uniform", "", None, 1])
 def test_an_unknown_mode_names_the_valid_ones(bad):
-    valid = "valid modes are none, uniform, block"
+    valid = "valid modes are none, uniform, block, weighted"
     with pytest.raises(ValueError, match=f"unknown shuffle mode {bad!r}; {valid}"):
         get_order(bad)
     with pytest.raises(ValueError, match=valid):
@@ -70,8 +72,8 @@ def test_an_unknown_mode_names_the_valid_ones(bad):
 def test_how_each_order_reads():
     # uniform: scattered rows, a take a batch; block: a window's batches (contiguous runs);
     # none: ~16k rows of table order a read.
-    assert [get_order(m).shuffles for m in SHUFFLE_MODES] == [False, True, True]
-    assert [get_order(m).contiguous for m in SHUFFLE_MODES] == [True, False, True]
+    assert [get_order(m).shuffles for m in SHUFFLE_MODES] == [False, True, True, True]
+    assert [get_order(m).contiguous for m in SHUFFLE_MODES] == [True, False, True, False]
     kw = dict(block_size=4096, window_blocks=8)
     assert UniformOrder.group_batches(64, **kw) == 1
     assert BlockOrder.group_batches(64, **kw) == 4096 * 8 // 64 == window_rows(4096, 8, 64) // 64

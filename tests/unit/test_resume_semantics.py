@@ -68,6 +68,11 @@ CHANGES = {
     "cache": ({}, {"cache": "{tmp}/stages"}),
     "cache_max_bytes": ({}, {"cache_max_bytes": 10**9}),
     "staging": ({}, {"staging": "off"}),
+    # the weighted shuffle: id and y are weights >= 0 (y is 0 for a third of the rows: never drawn)
+    "weight_column": ({}, {"weight_column": "y"}, {"weight_column": "id"}),
+    "balance_column": ({}, {"balance_column": "id"}, {"balance_column": "y"}),
+    "samples_per_epoch": ({"samples_per_epoch": 60}, {"samples_per_epoch": 40}, {"weight_column": "id"}),
+    "weight_replacement": ({}, {"weight_replacement": True}, {"weight_column": "id"}),
 }
 # more changes a setting's declaration covers: (setting, the checkpoint's, the resumed run's, both, outcome)
 MORE = {
@@ -82,6 +87,9 @@ MORE = {
     "seed-None-resumed-as-its-resolved-0": ({"seed": None}, {"seed": 0}, {}, EXACT),
     "seed-None-resumed-as-another": ({"seed": None}, {"seed": 4}, {}, REFUSED),
     "batch_size-of-a-block-shuffle": ({}, {"batch_size": 4}, BLOCK, RECUT),
+    "batch_size-of-a-weighted-shuffle": ({}, {"batch_size": 4}, {"weight_column": "y"}, RECUT),
+    "staging-of-a-weighted-shuffle": ({}, {"staging": "off"}, {"weight_column": "y", "samples_per_epoch": 30}, EXACT),
+    "balance_column-added-to-weights": ({}, {"balance_column": "y"}, {"weight_column": "id"}, REFUSED),
     "worker_settings-with-workers": (
         {},
         {"prefetch_factor": 4, "persistent_workers": False},
@@ -217,8 +225,16 @@ def test_the_declarations():
         "version",
         "block_size",
         "window_blocks",
+        "weight_column",
+        "balance_column",
+        "samples_per_epoch",
+        "weight_replacement",
     }
     assert DataOptions(shuffle="block", block_size=16).identity()["block_size"] == 16
+    # weight_column asks for the weighted shuffle: both recorded (a uniform run records None, False)
+    weighted = DataOptions(weight_column="w", samples_per_epoch=5).identity()
+    assert (weighted["shuffle"], weighted["weight_column"], weighted["samples_per_epoch"]) == ("weighted", "w", 5)
+    assert DataOptions().identity()["weight_column"] is None and DataOptions().identity()["weight_replacement"] is False
     assert DataOptions(block_size=16).identity()["block_size"] is None  # uniform: plays no part
 
 

@@ -1,10 +1,11 @@
 """Standalone DDP run for the resume tests: fit, record each rank's batches, maybe checkpoint.
 
-usage: python tests/distributed/scripts/resume_ddp.py URI OUT_DIR TAG DEVICES SAVE_STEP CKPT_IN CKPT_OUT
+usage: python tests/distributed/scripts/resume_ddp.py URI OUT_DIR TAG DEVICES SAVE_STEP CKPT_IN CKPT_OUT [DATA_JSON]
 SAVE_STEP > 0 saves CKPT_OUT after that many steps, mid-epoch, and writes each rank's batches so
 far to ``TAG-before_rank{r}.json``; the run goes on to the end of both epochs (``TAG_rank{r}.json``),
 so one run is both an uninterrupted reference and the source of a checkpoint (what a preempted job
-leaves is the same file). CKPT_IN "-" starts from scratch.
+leaves is the same file). CKPT_IN "-" starts from scratch. DATA_JSON: more datamodule settings
+(e.g. ``{"weight_column": "w"}``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class SaveAndRecord(pl.Callback):
 
 def main() -> None:
     uri, out_dir, tag, devices, save_step, ckpt_in, ckpt_out = sys.argv[1:8]
+    data = json.loads(sys.argv[8]) if len(sys.argv) > 8 else {}
     devices, save_step = int(devices), int(save_step)
     record = Path(out_dir, tag + "_rank{rank}.json")
     before = Path(out_dir, tag + "-before_rank{rank}.json")
@@ -54,7 +56,7 @@ def main() -> None:
         default_root_dir=out_dir,
     )
     model = Recorder()
-    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=5)
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=5, **data)
     trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_in == "-" else ckpt_in)
     Path(str(record).format(rank=trainer.global_rank)).write_text(json.dumps(model.seen))
     # Leave the process group together: exiting with gloo's threads still up can abort a rank.
