@@ -35,7 +35,11 @@ Like with like: each (reader, round) runs in a fresh subprocess that first impor
 PIL, lightning, lancedb and lance_lightning (what a training script holds), rounds interleaved;
 one epoch of every row. Per run: ``setup s`` (constructor to a ready loader; for ``lance`` the stage
 fill: the stage root ``--dir/xdg-cache`` is emptied at the start of every round), ``first batch s``
-(``iter()`` to the first batch), images/s (rows / first ``next()`` to the last batch), the gaps the
+(``iter()`` to the first batch), images/s (rows / ``iter()`` to the last batch: worker start-up and
+the first batch are inside, as in ``bench_throughput.py``'s first epoch; a loader whose ``iter()``
+starts its workers (fork server) and one whose first ``next()`` waits for them are timed alike),
+images/s after the first batch (the rest of the epoch: a loader that hands batches over in groups
+decoded the next ones while the first was awaited, so this overstates its pace), the gaps the
 consumer sees between batches (mean, p50, p99), the main process's peak RSS (``VmHWM`` of the
 subprocess at the end: imports, setup and the epoch) and the DataLoader workers' peak total RSS
 (``psutil`` sum over the descendants every 10 ms; forked pages shared with the parent count in
@@ -449,7 +453,7 @@ def child(key: str, ctx: Ctx) -> dict[str, Any]:
         setup = time.perf_counter() - t0
         t_iter = time.perf_counter()
         it = iter(loader)
-        t_next = time.perf_counter()
+        t_first_next = time.perf_counter()
         first = next(it)
         stamps = [time.perf_counter()]
         rows = len(first["label"])
@@ -467,7 +471,8 @@ def child(key: str, ctx: Ctx) -> dict[str, Any]:
         "rows": rows,
         "setup_s": setup,
         "first_batch_s": stamps[0] - t_iter,
-        "images_per_s": rows / (stamps[-1] - t_next),
+        "images_per_s": rows / (stamps[-1] - t_iter),
+        "iter_s": t_first_next - t_iter,
         "images_per_s_after_first": (rows - len(first["label"])) / (stamps[-1] - stamps[0])
         if len(stamps) > 1
         else None,
@@ -613,12 +618,13 @@ def summarize(results: dict[str, list[dict[str, Any]]], workers: int, workload: 
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    width = spec.split(",")[0].split(".")[0]
+    return ("-".rjust(int(width)) if width.isdigit() else "-") if v is None else format(v, spec)
 
 
 def print_table(rows: list[dict[str, Any]], unit: str) -> None:
     head = (
-        f"{'reader':58} {unit + '/s':>8} {'min-max':>13} {'x dec':>6} {'setup s':>7} {'1st s':>6} "
+        f"{'reader':58} {unit + '/s':>8} {'min-max':>13} {'x dec':>6} {'after 1st':>9} {'setup s':>7} {'1st s':>6} "
         f"{'gap p50':>7} {'p99 ms':>7} {'RSS MB':>9} {'wrk MB':>7}"
     )
     print(head)
@@ -629,6 +635,7 @@ def print_table(rows: list[dict[str, Any]], unit: str) -> None:
         print(
             f"{r['reader'][:58]:58} {r['images_per_s']:8,.0f} "
             f"{r['images_per_s_min']:6,.0f}-{r['images_per_s_max']:<6,.0f} {_fmt(r['x_decode'], '6.2f')} "
+            f"{_fmt(r['images_per_s_after_first'], '9,.0f')} "
             f"{_fmt(r['setup_s'], '7.2f')} {_fmt(r['first_batch_s'], '6.2f')} {_fmt(r['gap_p50_ms'], '7.1f')} "
             f"{_fmt(r['gap_p99_ms'], '7.1f')} {r['peak_rss_mb_min']:4.0f}-{r['peak_rss_mb']:<4.0f} "
             f"{_fmt(r['workers_peak_rss_mb'], '7.0f')}"
@@ -653,6 +660,7 @@ def make_record(
             "label": f"× {'decode' if unit == 'images' else 'padding'} limit ({args.workers} processes)",
             "format": "ratio",
         },
+        {"key": "images_per_s_after_first", "label": f"{unit}/s after the first batch", "format": "rate"},
         {"key": "first_batch_s", "label": "first batch s", "format": "seconds"},
         {"key": "setup_s", "label": "setup s", "format": "seconds"},
         {"key": "gap_p50_ms", "label": "gap p50 ms", "format": "float1"},
@@ -688,8 +696,9 @@ def make_record(
         "setup": (
             f"{what}; batch {args.batch_size}, {args.workers} DataLoader workers, the same decode function "
             f"in every reader's workers (benchmarks/image_decode.py); each reader in a fresh process, "
-            f"{args.rounds} rounds interleaved; {unit}/s over one epoch from the first next() (medians); memory: "
-            "the main process's VmHWM (largest over rounds) and the workers' summed RSS sampled every 10 ms"
+            f"{args.rounds} rounds interleaved; {unit}/s over one epoch from iter() (worker start and first "
+            "batch included) to the last batch, and after the first batch (medians); memory: the main process's "
+            "VmHWM (largest over rounds) and the workers' summed RSS sampled every 10 ms"
         ),
         "columns": columns,
         "rows": out_rows,
