@@ -542,8 +542,11 @@ def machine() -> str:
         pylance = f", pylance {lance.__version__}"
     except ImportError:
         pylance = ""
+    cpu = platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     return (
-        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"{os.cpu_count()} cores ({cpu}), "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
         f"torch {torch.__version__}, lancedb {lancedb.__version__}{pylance}"
     )
