@@ -456,16 +456,18 @@ def child(key: str, ctx: Ctx) -> dict[str, Any]:
         t_first_next = time.perf_counter()
         first = next(it)
         stamps = [time.perf_counter()]
-        rows = len(first["label"])
+        rows, label_sum = len(first["label"]), int(first["label"].sum())
         for batch in it:
             stamps.append(time.perf_counter())
             rows += len(batch["label"])
+            label_sum += int(batch["label"].sum())  # every row once: the labels add up to the table's
         del it
     column = first["image" if ctx.workload == "images" else "tokens"]
     if ctx.workload == "images":
         assert column.dtype.is_floating_point is False and tuple(column.shape[1:]) == (3, SIDE, SIDE), column.shape
-    if rows != ctx.rows:
-        raise SystemExit(f"{key}: read {rows} rows of {ctx.rows}")
+    expected = int(np.load(Path(ctx.path) / "files" / "labels.npy").sum())
+    if rows != ctx.rows or label_sum != expected:
+        raise SystemExit(f"{key}: read {rows} rows of {ctx.rows}, labels summing to {label_sum}, not {expected}")
     gaps = np.diff(stamps) * 1e3
     return {
         "rows": rows,
@@ -627,7 +629,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def print_table(rows: list[dict[str, Any]], unit: str) -> None:
     head = (
-        f"{'reader':58} {unit + '/s':>8} {'min-max':>13} {'x dec':>6} {'after 1st':>9} {'setup s':>7} {'1st s':>6} "
+        f"{'reader':58} {unit + '/s':>9} {'min-max':>19} {'x dec':>6} {'after 1st':>9} {'setup s':>7} {'1st s':>6} "
         f"{'gap p50':>7} {'p99 ms':>7} {'RSS MB':>9} {'wrk MB':>7}"
     )
     print(head)
@@ -636,8 +638,8 @@ def print_table(rows: list[dict[str, Any]], unit: str) -> None:
             print(f"{r['reader'][:58]:58} failed: {r['error'].splitlines()[-1][:200]}")
             continue
         print(
-            f"{r['reader'][:58]:58} {r['images_per_s']:8,.0f} "
-            f"{r['images_per_s_min']:6,.0f}-{r['images_per_s_max']:<6,.0f} {_fmt(r['x_decode'], '6.2f')} "
+            f"{r['reader'][:58]:58} {r['images_per_s']:9,.0f} "
+            f"{r['images_per_s_min']:9,.0f}-{r['images_per_s_max']:<9,.0f} {_fmt(r['x_decode'], '6.2f')} "
             f"{_fmt(r['images_per_s_after_first'], '9,.0f')} "
             f"{_fmt(r['setup_s'], '7.2f')} {_fmt(r['first_batch_s'], '6.2f')} {_fmt(r['gap_p50_ms'], '7.1f')} "
             f"{_fmt(r['gap_p99_ms'], '7.1f')} {r['peak_rss_mb_min']:4.0f}-{r['peak_rss_mb']:<4.0f} "
