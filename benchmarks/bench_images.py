@@ -6,7 +6,8 @@ Run by hand from the repository root, in a venv with the ``bench`` extra (``litd
     python benchmarks/bench_images.py                               # 50,000 images, 3 rounds, 2 workers
     python benchmarks/bench_images.py --rows 5000 --rounds 1        # smoke check (~2 min)
     python benchmarks/bench_images.py --workload tokens             # list<int32> rows, padded a batch
-    python benchmarks/bench_images.py --record docs/performance/records/images_50k.json   # the docs record
+    python benchmarks/bench_images.py --json /tmp/images.json --record docs/performance/records/images_50k.json
+    python benchmarks/bench_images.py --summarize /tmp/images.json --record ...   # table/record from saved results
 
 The workload is made locally once and cached in ``--dir`` (default ``/tmp/lance_lightning_bench_images``):
 ``--rows`` random 128x128 crops (random horizontal and vertical flips) of the two photos scikit-learn
@@ -43,7 +44,8 @@ decoded the next ones while the first was awaited, so this overstates its pace),
 consumer sees between batches (mean, p50, p99), the main process's peak RSS (``VmHWM`` of the
 subprocess at the end: imports, setup and the epoch) and the DataLoader workers' peak total RSS
 (``psutil`` sum over the descendants every 10 ms; forked pages shared with the parent count in
-each). The table gives medians over rounds (min-max for images/s) and the load average.
+each). The table gives medians over rounds (min-max for images/s; ``x dec``: each run over the same
+round's decode limit, then the median, since the load drifts between rounds) and the load average.
 """
 
 from __future__ import annotations
@@ -581,9 +583,11 @@ def _named(spec: Spec, workload: str, workers: int) -> tuple[str, str]:
 
 
 def summarize(results: dict[str, list[dict[str, Any]]], workers: int, workload: str) -> list[dict[str, Any]]:
-    """Medians over rounds, a row a reader, ``x_decode`` against the W-process decode limit."""
+    """Medians over rounds, a row a reader; ``x_decode``: the median over rounds of the reader's
+    images/s over the same round's W-process decode limit."""
     rows = []
-    limit = _median([r.get("images_per_s") for r in results.get("decode", []) if "error" not in r])
+    # x decode limit: each run against its own round's decode limit (the load drifts between rounds), median
+    limit = {r["round"]: r["images_per_s"] for r in results.get("decode", []) if "error" not in r}
     for spec in SPECS:
         runs = [r for r in results.get(spec.key, []) if "error" not in r]
         name, short = _named(spec, workload, workers)
@@ -601,7 +605,7 @@ def summarize(results: dict[str, list[dict[str, Any]]], workers: int, workload: 
             "images_per_s": rate,
             "images_per_s_min": min(r["images_per_s"] for r in runs),
             "images_per_s_max": max(r["images_per_s"] for r in runs),
-            "x_decode": rate / limit if limit else None,
+            "x_decode": _median([r["images_per_s"] / limit[r["round"]] for r in runs if r["round"] in limit]),
             "rounds": len(runs),
         }
         for name in (
@@ -724,7 +728,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="every round's raw results and the summary")
     parser.add_argument("--record", type=Path, help="write the docs record (docs/performance/records/<name>.json)")
     parser.add_argument("--note", action="append", default=[], help="a note for the record (repeatable)")
+    parser.add_argument("--summarize", type=Path, help="run nothing: the table (and --record) from a --json file")
     args = parser.parse_args()
+    if args.summarize:
+        return resummarize(args)
 
     keys = [s.key for s in SPECS if s.key in (TOKEN_READERS if args.workload == "tokens" else [x.key for x in SPECS])]
     if args.only:
@@ -791,9 +798,24 @@ def main() -> None:
         "notes": notes,
     }
     if args.json:
-        args.json.write_text(json.dumps({"info": info, "results": results, "summary": rows, **extra}, indent=1))
+        raw = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "info": info}
+        args.json.write_text(json.dumps({**raw, "results": results, "summary": rows, **extra}, indent=1))
     if args.record:
         args.record.write_text(json.dumps(make_record(args, rows, info, extra), indent=1) + "\n")
+        print(f"record written to {args.record}")
+
+
+def resummarize(args: argparse.Namespace) -> None:
+    """The table, and the record with ``--record``, from the raw results a ``--json`` run saved."""
+    data = json.loads(args.summarize.read_text())
+    for name in ("workload", "rows", "rounds", "workers", "batch_size"):  # the run's, where it saved them
+        setattr(args, name, data.get("args", {}).get(name, getattr(args, name)))
+    rows = summarize(data["results"], args.workers, args.workload)
+    print_table(rows, "img" if args.workload == "images" else "row")
+    extra = {k: data[k] for k in ("commit", "machine", "load_before", "load_after")}
+    extra["notes"] = data["notes"] + list(args.note)
+    if args.record:
+        args.record.write_text(json.dumps(make_record(args, rows, data["info"], extra), indent=1) + "\n")
         print(f"record written to {args.record}")
 
 
