@@ -165,11 +165,50 @@ def shuffle_quality() -> bytes:
     return _svg(fig)
 
 
+def images_by_reader() -> bytes:
+    """Three panels a reader, heavy rows (JPEG crops decoded in the loader): images/s against the
+    decode limit, first-batch seconds, peak RSS of the main process."""
+    plt = _pyplot()
+    record = load(IMAGES_RECORD)
+    rows = sorted(record["rows"], key=lambda r: r["images_per_s"])
+    labels = [r["short"] for r in rows]
+    decode = [r for r in rows if r["short"].startswith("decode limit")]
+    limit = max(decode, key=lambda r: r["workers"])["images_per_s"] if decode else None
+    colors = ["#8c8c8c" if r["short"].startswith("decode limit") else "#4c72b0" for r in rows]
+    colors = ["#dd8452" if r["short"].startswith("lance-lightning") else c for r, c in zip(rows, colors)]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 0.42 * len(rows) + 1.2), sharey=True, layout="constrained")
+    panels = [
+        ("images_per_s", "images/s (median)", _rate),
+        ("first_batch_s", "first batch s (median)", lambda v: f"{v:.2f}"),
+        ("peak_rss_mb", "peak RSS MB, main process", lambda v: f"{v:,.0f}"),
+    ]
+    for ax, (key, title, fmt) in zip(axes, panels):
+        values = [r.get(key) for r in rows]
+        ax.barh(labels, [v or 0 for v in values], color=colors)
+        top = max((v for v in values if v is not None), default=1)
+        for i, v in enumerate(values):
+            ax.text((v or 0) + top * 0.02, i, "n/a" if v is None else fmt(v), va="center", fontsize=8)
+        ax.set_xlim(right=top * 1.35)
+        ax.set_title(title)
+    if limit:
+        axes[0].axvline(limit, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle(f"{record['title']} (orange: lance-lightning; grey: the decode alone; dashed: decode limit)")
+    return _svg(fig)
+
+
+IMAGES_RECORD = "images_50k"
+
+
 FIGURES: dict[str, tuple[Callable[[], bytes], str, str]] = {
     # name: (plot, the record it draws, alt text)
     "throughput_by_reader": (throughput_by_reader, "throughput_1m", "Rows per second of every reader at 1M rows"),
     "throughput_by_size": (throughput_by_size, "throughput_by_size", "Rows per second at 1M and 10M rows"),
     "shuffle_quality": (shuffle_quality, "shuffle_quality", "How random a batch is under each shuffle mode"),
+    "images_by_reader": (
+        images_by_reader,
+        IMAGES_RECORD,
+        "Images per second, first batch and main-process memory of every reader, JPEG crops decoded in the loader",
+    ),
 }
 
 
