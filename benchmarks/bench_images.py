@@ -419,6 +419,8 @@ class WorkerMemory:
         import psutil
 
         self.me, self.interval, self.peak = psutil.Process(), interval, 0
+        self.reading = False  # set once the loader is built: from then on the main process is sampled too
+        self.main_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -430,6 +432,9 @@ class WorkerMemory:
                     with contextlib.suppress(Exception):
                         total += child.memory_info().rss
             self.peak = max(self.peak, total)
+            if self.reading:
+                with contextlib.suppress(Exception):
+                    self.main_peak = max(self.main_peak, self.me.memory_info().rss)
 
     def __enter__(self) -> WorkerMemory:
         self._thread.start()
@@ -453,6 +458,7 @@ def child(key: str, ctx: Ctx) -> dict[str, Any]:
         t0 = time.perf_counter()
         loader = BUILDERS[key](ctx)
         setup = time.perf_counter() - t0
+        workers.reading = True
         t_iter = time.perf_counter()
         it = iter(loader)
         t_first_next = time.perf_counter()
@@ -484,6 +490,7 @@ def child(key: str, ctx: Ctx) -> dict[str, Any]:
         "gap_p50_ms": float(np.percentile(gaps, 50)) if len(gaps) else None,
         "gap_p99_ms": float(np.percentile(gaps, 99)) if len(gaps) else None,
         "peak_rss_mb": _status_kb("self", "VmHWM") / 1024,
+        "epoch_rss_mb": workers.main_peak / 2**20,
         "rss_start_mb": rss_start,
         "workers_peak_rss_mb": workers.peak / 2**20,
         "batch_shape": list(column.shape),
@@ -622,6 +629,7 @@ def summarize(results: dict[str, list[dict[str, Any]]], workers: int, workload: 
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
         row["peak_rss_mb_min"] = min(r["peak_rss_mb"] for r in runs)
         row["workers_peak_rss_mb"] = max((r.get("workers_peak_rss_mb") or 0) for r in runs) or None
+        row["epoch_rss_mb"] = max((r.get("epoch_rss_mb") or 0) for r in runs) or None
         rows.append(row)
     return rows
 
@@ -634,7 +642,7 @@ def _fmt(v: float | None, spec: str) -> str:
 def print_table(rows: list[dict[str, Any]], unit: str) -> None:
     head = (
         f"{'reader':58} {unit + '/s':>9} {'min-max':>19} {'x dec':>6} {'after 1st':>9} {'setup s':>7} {'1st s':>6} "
-        f"{'gap p50':>7} {'p99 ms':>7} {'RSS MB':>9} {'wrk MB':>7}"
+        f"{'gap p50':>7} {'p99 ms':>7} {'RSS MB':>9} {'epoch':>6} {'wrk MB':>7}"
     )
     print(head)
     for r in rows:
@@ -647,7 +655,7 @@ def print_table(rows: list[dict[str, Any]], unit: str) -> None:
             f"{_fmt(r['images_per_s_after_first'], '9,.0f')} "
             f"{_fmt(r['setup_s'], '7.2f')} {_fmt(r['first_batch_s'], '6.2f')} {_fmt(r['gap_p50_ms'], '7.1f')} "
             f"{_fmt(r['gap_p99_ms'], '7.1f')} {r['peak_rss_mb_min']:4.0f}-{r['peak_rss_mb']:<4.0f} "
-            f"{_fmt(r['workers_peak_rss_mb'], '7.0f')}"
+            f"{_fmt(r.get('epoch_rss_mb'), '6.0f')} {_fmt(r['workers_peak_rss_mb'], '7.0f')}"
         )
 
 
@@ -675,6 +683,7 @@ def make_record(
         {"key": "gap_p50_ms", "label": "gap p50 ms", "format": "float1"},
         {"key": "gap_p99_ms", "label": "gap p99 ms", "format": "float1"},
         {"key": "peak_rss_mb", "label": "peak RSS MB, main process", "format": "int"},
+        {"key": "epoch_rss_mb", "label": "main process RSS MB while reading", "format": "int"},
         {"key": "workers_peak_rss_mb", "label": "workers' peak RSS MB", "format": "int"},
     ]
     out_rows = []
@@ -682,7 +691,7 @@ def make_record(
         if "error" in r:
             continue
         row = {c["key"]: r.get(c["key"]) for c in columns}
-        for k in ("peak_rss_mb", "workers_peak_rss_mb"):
+        for k in ("peak_rss_mb", "epoch_rss_mb", "workers_peak_rss_mb"):
             # the decode limit's process holds every row's bytes: its memory is no loader's
             row[k] = round(row[k]) if row[k] is not None and not r["key"].startswith("decode") else None
         row["short"] = r["short"]
@@ -782,7 +791,9 @@ def main() -> None:
     rows = summarize(results, args.workers, args.workload)
     print()
     print_table(rows, "img" if args.workload == "images" else "row")
-    print(f"load before {load_before:.2f}, after {os.getloadavg()}; RSS MB: main process VmHWM, min-max over rounds")
+    print(
+        f"load before {load_before:.2f}, after {os.getloadavg()}; RSS MB: main process VmHWM, min-max over rounds; epoch: its largest RSS while reading (after setup)"
+    )
     notes = list(args.note)
     for r in rows:
         if "error" in r:
