@@ -737,6 +737,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="every round's raw results and the summary")
     parser.add_argument("--record", type=Path, help="write the docs record (docs/performance/records/<name>.json)")
     parser.add_argument("--note", action="append", default=[], help="a note for the record (repeatable)")
+    parser.add_argument(
+        "--keep-stage",
+        action="store_true",
+        help="keep the lance reader's stage between rounds (the first round fills it; later rounds reuse it, "
+        "as every run after the first does): the training process's memory without the fill",
+    )
     parser.add_argument("--summarize", type=Path, help="run nothing: the table (and --record) from a --json file")
     args = parser.parse_args()
     if args.summarize:
@@ -778,7 +784,8 @@ def main() -> None:
     ctx = Ctx(str(path), args.workload, args.rows, args.batch_size, args.workers, args.seed)
     results: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(args.rounds):
-        shutil.rmtree(cache, ignore_errors=True)  # the lance reader's stage is filled in its setup every round
+        if not args.keep_stage or round_ == 0:
+            shutil.rmtree(cache, ignore_errors=True)  # the lance reader's stage is filled in its setup every round
         for key in keys:
             got = run_child(key, ctx, env)
             got["round"] = round_
@@ -792,7 +799,8 @@ def main() -> None:
     print()
     print_table(rows, "img" if args.workload == "images" else "row")
     print(
-        f"load before {load_before:.2f}, after {os.getloadavg()}; RSS MB: main process VmHWM, min-max over rounds; epoch: its largest RSS while reading (after setup)"
+        f"load before {load_before:.2f}, after {os.getloadavg()}; RSS MB: main process VmHWM, min-max over rounds;",
+        "epoch: its largest RSS while reading (after setup)",
     )
     notes = list(args.note)
     for r in rows:

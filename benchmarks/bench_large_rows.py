@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "lance_lightning_large_rows"))
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--record", default=None, help="write the docs record (docs/performance/records/large_rows.json)"
+    )
     args = parser.parse_args()
     cache = str(Path(args.dir) / "stages")
     results = []
@@ -124,6 +127,52 @@ def main() -> None:
     print(f"bench_large_rows.py at {commit()}, {args.rounds} rounds, medians; {args.mib} MiB a table")
     if args.json:
         Path(args.json).write_text(json.dumps({"commit": commit(), "args": vars(args), "rows": results}, indent=1))
+    if args.record:
+        Path(args.record).write_text(json.dumps(record(args, results), indent=1, ensure_ascii=False) + "\n")
+
+
+def record(args: argparse.Namespace, results: list[dict]) -> dict:
+    """The docs record (``docs/performance/records/*.json``, drawn by ``make_figures.py``)."""
+    import datetime
+    import os
+
+    rows = [
+        {
+            "row_kib": f"{r['row_bytes'] / 1024:,.0f} KiB",
+            "rows": r["rows"],
+            "batch": r["batch"],
+            "workers": r["workers"],
+            "table_mib_s": round(r["table_mib_s"], 1),
+            "stage_mib_s": round(r["stage_mib_s"], 1),
+            "stage_over_table": round(r["stage_over_table"], 2),
+        }
+        for r in results
+    ]
+    return {
+        "title": "Large rows: an exact shuffle read from the table against the stage",
+        "command": (
+            f"python benchmarks/bench_large_rows.py --sizes {args.sizes} --mib {args.mib} "
+            f"--rounds {args.rounds} --workers {args.workers}"
+        ),
+        "commit": commit(),
+        "published": {"commit": "", "date": datetime.date.today().isoformat()},
+        "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} after the run",
+        "setup": (
+            f"{args.mib} MiB of incompressible binary rows a table; one uniform epoch a reader, timed from the first "
+            f"next(); batches of about {args.batch_mib:g} MiB (at most 256 rows); medians of {args.rounds} rounds"
+        ),
+        "columns": [
+            {"key": "row_kib", "label": "row", "format": "text"},
+            {"key": "rows", "label": "rows", "format": "int"},
+            {"key": "batch", "label": "batch rows", "format": "int"},
+            {"key": "workers", "label": "workers", "format": "int"},
+            {"key": "table_mib_s", "label": "from the table MiB/s", "format": "float1"},
+            {"key": "stage_mib_s", "label": "from the stage MiB/s", "format": "float1"},
+            {"key": "stage_over_table", "label": "stage / table", "format": "ratio"},
+        ],
+        "rows": rows,
+        "notes": [],
+    }
 
 
 if __name__ == "__main__":
