@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -188,3 +189,34 @@ def test_a_weighted_epoch_that_drop_last_would_empty_is_refused(make_table, tmp_
     dm = datamodule(uri, tmp_path, weight_column="w", samples_per_epoch=5, drop_last=True)
     with pytest.raises(SplitSpecError, match=r"draws 5 rows \(samples_per_epoch=5; 75 rows of weight > 0\)"):
         dm.setup("fit")
+
+
+class ReweighAfterEpoch(pl.Callback):
+    """At the end of epoch 0, writes new weights into the table (a new version): rows 0-49 keep
+    their weight, rows 50-99 weigh 0, as a curriculum callback that writes last epoch's losses would."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.table.update(where="id >= 50", values={"w": 0.0})
+
+
+HASH = {"kind": "hash", "columns": ["id"], "weights": {"train": 1}}
+
+
+@pytest.mark.parametrize("table_updates", ["pin", "next_epoch"])
+def test_weights_written_between_epochs_steer_the_next_epoch_only_when_followed(make_table, tmp_path, table_updates):
+    """The curriculum loop: weights re-read at the epoch boundary at the new version with
+    ``table_updates="next_epoch"`` (never mid-epoch), the pinned ones kept with ``"pin"``."""
+    rows = weighted_table()
+    uri, table = make_table("toy", rows.set_column(rows.schema.get_field_index("w"), "w", pa.array(np.ones(ROWS))))
+    recorder = Recorder()
+    dm = datamodule(uri, tmp_path, splits=HASH, weight_column="w", table_updates=table_updates)
+    run = trainer(tmp_path, callbacks=[ReweighAfterEpoch(table)], reload_dataloaders_every_n_epochs=1)
+    run.fit(recorder, datamodule=dm)
+    first = [i for batch in recorder.seen[:13] for i in batch]
+    later = [i for batch in recorder.seen[13:] for i in batch]
+    assert sorted(first) == list(range(ROWS))  # epoch 0: the weights it started with, every row once
+    assert sorted(later) == (list(range(50)) if table_updates == "next_epoch" else list(range(ROWS)))
