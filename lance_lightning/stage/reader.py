@@ -124,27 +124,25 @@ class StagedRows:
         its manifest, as the error a read would raise; None when they are the fill's. For a process
         that does not read the stage itself: the loader asks when a worker reading it died (a file
         truncated under a worker's gather kills it with SIGBUS before any check can run)."""
+        return self._checked_manifest()[1]
+
+    def _checked_manifest(self) -> tuple[dict[str, Any] | None, StageError | None]:
+        """The manifest, and what is wrong with the files against it (None: nothing)."""
         meta, problem = store.read_manifest(self.path)
         if meta is None:
-            return self._damaged(problem or "no manifest")
+            return None, self._damaged(problem or "no manifest")
         try:
             problem = store.check_sizes(self.path, meta)
         except OSError as err:
             problem = f"a file cannot be read: {err}"
-        return None if problem is None else self._damaged(problem, meta)
+        return meta, None if problem is None else self._damaged(problem, meta)
 
     def _open(self) -> None:
         if self._pid == os.getpid():
             return
-        meta, problem = store.read_manifest(self.path)
-        if meta is None:
-            raise self._damaged(problem or "no manifest")
-        try:
-            problem = store.check_sizes(self.path, meta)
-        except OSError as err:
-            problem = f"a file cannot be read: {err}"
-        if problem is not None:
-            raise self._damaged(problem, meta)
+        meta, damage = self._checked_manifest()
+        if damage is not None:
+            raise damage
         self._lease = store.Lease(self.path)
         self.meta = meta
         try:
