@@ -48,8 +48,8 @@ class RowValueWriter(pl.Callback):
     """Writes a per-row value of each training step into a table column at every epoch's end.
 
     Args:
-        column: the numeric column of the datamodule's table that receives the values (e.g. the
-            ``weight_column``). It must exist; its type is kept.
+        column: the numeric column that receives the values (e.g. the ``weight_column``), in the
+            table the train split reads. It must exist; its type is kept.
         key: a column that identifies a row uniquely (e.g. ``id``); the datamodule must read it
             (``columns=[..., key]``) so that every batch carries it.
         output: the key of the training step's output dict whose tensor holds one value per row
@@ -57,6 +57,9 @@ class RowValueWriter(pl.Callback):
         transform: applied to the epoch's values (a float64 numpy array) before they are written,
             e.g. ``lambda loss: loss + 0.1`` so that weights stay above 0. The results must be
             finite.
+        every_n_epochs: write at the end of every n-th epoch only (epochs n-1, 2n-1, ...), with the
+            values of that epoch: each write is a new table version, which a datamodule following
+            the table reads again (its split's row addresses, and its stage when staged).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class RowValueWriter(pl.Callback):
         key: str = "id",
         output: str = "row_loss",
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        every_n_epochs: int = 1,
     ) -> None:
         for name, value in (("column", column), ("key", key), ("output", output)):
             if not isinstance(value, str) or not value:
@@ -73,6 +77,9 @@ class RowValueWriter(pl.Callback):
             raise RowValueError(f"RowValueWriter: column and key are both {column!r}; the key is never written")
         if transform is not None and not callable(transform):
             raise RowValueError(f"RowValueWriter: transform must be callable, got {transform!r}")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise RowValueError(f"RowValueWriter: every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
+        self.every_n_epochs = every_n_epochs
         self.column = column
         self.key = key
         self.output = output
@@ -85,8 +92,8 @@ class RowValueWriter(pl.Callback):
     # --- checks, once a fit -------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Checks, before the first batch, that the datamodule's table has ``column`` (numeric) and
-        ``key`` and that the datamodule reads ``key``."""
+        """Checks, before the first batch, that the table the train split reads has ``column``
+        (numeric) and ``key``, and that the datamodule reads ``key``."""
         if stage != "fit":
             return
         dm = trainer.datamodule
@@ -96,6 +103,9 @@ class RowValueWriter(pl.Callback):
                 f"RowValueWriter writes into the table of a LanceDataModule; the Trainer's datamodule is "
                 f"{type(dm).__name__ if dm is not None else 'None'} (pass datamodule=LanceDataModule(...) to fit)"
             )
+        train = dm.split_for_stage("train") if getattr(dm, "splits", None) is not None else None
+        if train is not None:  # the table the train split reads (another one with splits of kind "tables")
+            source = dm.split_rows(train).source
         schema = source.pinned(None).open().schema
         names = schema.names
         for role, name in (("column", self.column), ("key", self.key)):
@@ -121,12 +131,17 @@ class RowValueWriter(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._keys, self._values = [], []
 
+    def _writes(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
     # --- collect ------------------------------------------------------------------------------
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Keeps this batch's (key, value) pairs, on the CPU."""
+        """Keeps this batch's (key, value) pairs, on the CPU (in the epochs that write)."""
+        if not self._writes(trainer):
+            return
         if not isinstance(outputs, Mapping) or self.output not in outputs:
             found = f"a dict with keys {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else "a tensor"
             raise RowValueError(
@@ -155,6 +170,8 @@ class RowValueWriter(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Gathers every rank's pairs onto rank 0, which writes them in one commit; then every rank
         returns, or raises rank 0's error."""
+        if not self._writes(trainer):
+            return
         local = (
             np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=np.int64),
             np.concatenate(self._values) if self._values else np.zeros(0),

@@ -113,6 +113,17 @@ def test_rows_not_drawn_keep_their_value_and_a_transform_is_applied(make_table, 
     assert len(set(model.seen[0])) < ROWS  # some rows were never drawn in epoch 0
 
 
+def test_every_n_epochs_writes_only_that_epochs_values(make_table, tmp_path):
+    uri, table = table_with_w(make_table)
+    start = table.version
+    writer = RowValueWriter(column="w", every_n_epochs=2)
+    model = fit(uri, tmp_path, writer, weight_column="w", table_updates="next_epoch")
+    assert sorted(model.seen[1]) == list(range(ROWS))  # epoch 0 wrote nothing: epoch 1 drew every row
+    assert writer.versions == [start + 1]
+    table.checkout_latest()
+    assert column(table, "w") == {i: (i + 1001.0 if i < 50 else 0.0) for i in range(ROWS)}  # epoch 1's values
+
+
 def test_a_missing_output_or_key_is_refused_naming_it(make_table, tmp_path):
     uri, _ = table_with_w(make_table)
     with pytest.raises(RowValueError, match=r"training_step must return a dict with 'loss_per_row' .*column 'w'"):
@@ -137,3 +148,16 @@ def test_values_that_are_not_finite_are_refused_and_the_table_kept(make_table, t
         fit(uri, tmp_path, writer)
     table.checkout_latest()
     assert table.version == version
+
+
+def test_with_tables_splits_the_values_go_into_the_table_the_train_split_reads(make_table, tmp_path):
+    uri, other = table_with_w(make_table)  # "toy", the datamodule's own table, is not read
+    rows = toy_table(ROWS).append_column("w", pa.array(np.ones(ROWS)))
+    _, train = make_table("train_rows", rows)
+    writer = RowValueWriter(column="w")
+    tables = {"kind": "tables", "tables": {"train": "train_rows"}}
+    fit(uri, tmp_path, writer, splits=tables, weight_column="w", table_updates="next_epoch")
+    train.checkout_latest()
+    other.checkout_latest()
+    assert column(train, "w") == {i: (i + 1001.0 if i < 50 else 0.0) for i in range(ROWS)}
+    assert column(other, "w") == {i: 1.0 for i in range(ROWS)}
