@@ -140,7 +140,7 @@ class RowValueWriter(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Keeps this batch's (key, value) pairs, on the CPU (in the epochs that write)."""
-        if not self._writes(trainer):
+        if not self._writes(trainer) or outputs is None:  # None: the step skipped this batch
             return
         if not isinstance(outputs, Mapping) or self.output not in outputs:
             found = f"a dict with keys {', '.join(map(repr, outputs))}" if isinstance(outputs, Mapping) else "a tensor"
