@@ -2,7 +2,8 @@
 
 The public API: :class:`LanceDataModule` (splits, DDP shards, exact shuffle and resume),
 :class:`LancePredictionWriter` (``trainer.predict`` outputs back into the table),
-:class:`LoaderMonitor` (is the loader the bottleneck?), and for use without a datamodule
+:class:`LoaderMonitor` (is the loader the bottleneck?), :class:`RowValueWriter` (a per-row value of
+training, e.g. the loss, written back each epoch: a curriculum), and for use without a datamodule
 :class:`LanceBatchDataset` with :class:`LanceBatchSampler` / :class:`SequentialLanceBatchSampler`.
 Everything else lives in its module (``lance_lightning.sharding``, ``.splits``, ``.orders``...).
 """
@@ -16,6 +17,7 @@ _WHERE = {
     "MissingTableError": "source",
     "PredictionWriteError": "writer",
     "ResumeRefusedError": "state",
+    "RowValueError": "curriculum",
     "StageDiskError": "stage",
     "StageError": "stage",
     "StagingBusyError": "writer",
@@ -27,6 +29,7 @@ _WHERE = {
     "LancePredictionWriter": "writer",
     "LanceSourceError": "source",
     "LoaderMonitor": "monitor",
+    "RowValueWriter": "curriculum",
     "SequentialLanceBatchSampler": "sampler",
     "SettingError": "options",
     "SplitSpecError": "splits",
