@@ -67,7 +67,7 @@ class LanceDataModule(pl.LightningDataModule):
             one take of scattered rows), ``"block"`` (shuffled blocks of ``block_size``
             consecutive rows, each rank's blocks read in range scans and mixed ``window_blocks``
             at a time: several times faster) or ``"none"`` (table order, range scans).
-            Evaluation stages always read in table order. See the README for what each costs.
+            Evaluation stages always read in table order. What each costs: docs/concepts/shuffle.md.
         drop_last: training only; see :mod:`lance_lightning.sharding` for the exact rule.
         eval_batch_size: batch size for val/test/predict (``batch_size`` when None).
         stage_splits: which split each stage reads, e.g. ``{"val": "holdout"}``. Defaults:
@@ -596,7 +596,7 @@ class LanceDataModule(pl.LightningDataModule):
         """Bytes of row index this process holds, by holder: each split's rows, each stage's
         offset map (also what every DataLoader worker of that stage holds), each sampler's order.
 
-        None grows with the number of workers; none is 8 bytes a row (see the README, "Memory").
+        None grows with the number of workers; none is 8 bytes a row (docs/concepts/shuffle.md).
         """
         out = {f"split {name}": split.rows.nbytes for name, split in (self.splits or {}).items()}
         if self._whole_table is not None:
