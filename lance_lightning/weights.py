@@ -83,16 +83,20 @@ def class_balance(labels: pa.Array, *, column: str, table: str, row_ids: np.ndar
     return 1.0 / counts[indices]
 
 
-def read_column(table: Any, column: str, row_ids: np.ndarray, *, table_name: str, version: int | None) -> pa.Array:
-    """Column ``column`` of the rows ``row_ids`` (sorted row addresses) of the open, pinned ``table``."""
-    if column not in table.schema.names:
-        raise WeightError(
-            f"column {column!r} is not in table {table_name!r}; its columns are {', '.join(table.schema.names)}"
-        )
-    scanned = scan_with_row_ids(table, [column])
+def read_columns(
+    table: Any, columns: list[str], row_ids: np.ndarray, *, table_name: str, version: int | None
+) -> dict[str, pa.Array]:
+    """Columns ``columns`` of the rows ``row_ids`` (sorted row addresses) of the open, pinned
+    ``table``, read in one scan."""
+    for column in columns:
+        if column not in table.schema.names:
+            raise WeightError(
+                f"column {column!r} is not in table {table_name!r}; its columns are {', '.join(table.schema.names)}"
+            )
+    scanned = scan_with_row_ids(table, columns)
     scan_ids = scanned.column("_rowid").to_numpy().astype(np.uint64, copy=False)
-    offsets = offsets_of(row_ids, scan_ids, table_name=table_name, version=version)
-    return scanned.column(column).combine_chunks().take(pa.array(offsets))
+    offsets = pa.array(offsets_of(row_ids, scan_ids, table_name=table_name, version=version))
+    return {column: scanned.column(column).combine_chunks().take(offsets) for column in columns}
 
 
 def split_weights(
@@ -107,11 +111,12 @@ def split_weights(
     """The train split's weights (one a row of ``row_ids``, in that order), checked: ``weight_column``'s
     values, times ``1 / count`` of ``balance_column``'s value where that is set."""
     assert weight_column is not None or balance_column is not None
+    wanted = list(dict.fromkeys(c for c in (weight_column, balance_column) if c is not None))
+    read = read_columns(table, wanted, row_ids, table_name=table_name, version=version)  # one scan for both
     weights = np.ones(len(row_ids))
     if weight_column is not None:
-        values = read_column(table, weight_column, row_ids, table_name=table_name, version=version)
-        weights = check_weights(values, column=weight_column, table=table_name, row_ids=row_ids)
+        weights = check_weights(read[weight_column], column=weight_column, table=table_name, row_ids=row_ids)
     if balance_column is not None:
-        labels = read_column(table, balance_column, row_ids, table_name=table_name, version=version)
+        labels = read[balance_column]
         weights = weights * class_balance(labels, column=balance_column, table=table_name, row_ids=row_ids)
     return weights
