@@ -233,8 +233,7 @@ def _naming_dead_workers(items: Any, dataset: Any) -> Any:
     try:
         yield from items
     except (ConnectionError, EOFError, RuntimeError) as err:
-        staged = getattr(dataset, "staged", None) if isinstance(dataset, StagedBatchDataset) else None
-        damage = staged.damage() if staged is not None else None
+        damage = dataset.staged.damage() if isinstance(dataset, StagedBatchDataset) else None
         if damage is not None:
             raise damage from err
         if isinstance(err, RuntimeError):
