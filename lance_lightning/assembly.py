@@ -18,7 +18,7 @@ import numpy as np
 
 from .dataset import LanceBatchDataset, StagedBatchDataset, offset_map
 from .options import STAGES, DataOptions
-from .orders import SEQUENTIAL_READ_ROWS, get_order
+from .orders import SEQUENTIAL_READ_ROWS, MixturePlan, get_order
 from .reads import scan_row_ids
 from .sampler import LanceBatchSampler, SequentialLanceBatchSampler
 from .source import TableSource
@@ -275,6 +275,51 @@ def build_reader(
     return table_reader(options, split, columns=columns, transform=transform, table=table, scan_ids=scan_ids)
 
 
+def build_mixture_reader(
+    options: DataOptions,
+    sources: Sequence[SplitRows],
+    *,
+    columns: list[str],
+    split_name: str,
+    transform: Any,
+    own_source: Any,
+    table: Any,
+    scan_ids: ScanIds,
+    warn: Callable[[str], None],
+) -> tuple[Any, MixturePlan]:
+    """The train stage's reader of a mixture (each source read by its own reader: its stage where
+    staging applies and it fits, else its table) and the plan its order draws by."""
+    from .mix.reader import SOURCE_KEY, MixtureBatchDataset
+
+    if SOURCE_KEY in columns:
+        raise SplitSpecError(
+            f"a mixture adds each row's source to its batch as {SOURCE_KEY!r}, which is also a column read from table "
+            f"{own_source.name!r}: leave that column out of columns (or rename it in the table)"
+        )
+    assert options.mix is not None
+    readers = [
+        build_reader(
+            options,
+            rows,
+            stage="train",
+            columns=columns,
+            split_name=f"{split_name}[mix {spec.name}]",
+            transform=None,
+            table=table if rows.source == own_source else None,
+            scan_ids=scan_ids,
+            warn=warn,
+        )
+        for spec, rows in zip(options.mix, sources)
+    ]
+    plan = MixturePlan(
+        sizes=tuple(len(rows) for rows in sources),
+        proportions=tuple(spec.proportion for spec in options.mix),
+        samples=options.samples_per_epoch,
+        batching=options.mix_batching,
+    )
+    return MixtureBatchDataset(readers, [spec.name for spec in options.mix], transform=transform), plan
+
+
 READ_GROUP_BYTES = 64 * 2**20
 """The most rows that are read together for several batches take (a worker's hand-over, one range
 scan), unless one batch is larger: a block window of 32k rows of 520 B fits; rows of an image each
@@ -320,15 +365,17 @@ def build_sampler(
     staged: bool = False,
     row_bytes: Callable[[], int] | None = None,
     weights: Callable[[], np.ndarray] | None = None,
+    mixture: MixturePlan | None = None,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order.
     ``row_bytes()``: the reader's bytes a row, which bounds how many batches are read at once; asked
     only where several would be (a table reader learns it with a read). ``weights()``: the train
-    split's weights (:mod:`.weights`), asked only where the order draws by them."""
+    split's weights (:mod:`.weights`), asked only where the order draws by them. ``mixture``: the
+    train stage's sources (``num_rows``: their rows together), drawn by the mixture order."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
-    order = "none" if ordered else options.shuffle
+    order = "none" if ordered else ("mixture" if mixture is not None else options.shuffle)
     batch_size = options.batch_rows(stage)
     group = group_batches(options, order, batch_size, staged=staged)
     if group > 1 and row_bytes is not None:
@@ -342,6 +389,8 @@ def build_sampler(
             "samples_per_epoch": options.samples_per_epoch,
             "replacement": options.weight_replacement,
         }
+    if get_order(order).mixes:
+        weighted = {"mixture": mixture}
     return sampler_class(
         num_rows,
         batch_size=batch_size,

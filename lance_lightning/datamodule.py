@@ -132,10 +132,20 @@ class LanceDataModule(pl.LightningDataModule):
             Weight 0: never drawn.
         balance_column: class balance: a row weighs ``1 / count`` of its value of this column in
             the train split (times ``weight_column``'s where both are set).
-        samples_per_epoch: rows a weighted epoch draws (None: every row of weight > 0); what
-            ``len()`` of the train loader counts.
+        samples_per_epoch: rows a weighted epoch draws (None: every row of weight > 0), or a
+            mixture's epoch holds (None: one pass over its first source); what ``len()`` of the
+            train loader counts.
         weight_replacement: draw ``samples_per_epoch`` rows with replacement (a row may come several
             times an epoch); False (default): a weighted permutation, every row at most once.
+        mix: train on several sources at set proportions: a mapping of source name to
+            ``{"proportion": p, "split": ..., "table": ..., "uri": ..., "filter": ...}`` (or a
+            list of those with a ``name``). A source is rows of this table's train split (or of
+            another ``split``), or of another ``table`` (in this database or at ``uri``), cut by
+            ``filter``. Each epoch holds each source's exact count; each batch carries a
+            ``source`` tensor (the source's index). See docs/guides/mixtures.md.
+        mix_batching: where the sources go: ``"mixed"`` (default: random positions),
+            ``"stratified"`` (every global step holds each source's share within one row) or
+            ``"source"`` (every batch holds one source).
     """
 
     def __init__(
@@ -178,6 +188,8 @@ class LanceDataModule(pl.LightningDataModule):
         balance_column: str | None = None,
         samples_per_epoch: int | None = None,
         weight_replacement: bool = False,
+        mix: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None = None,
+        mix_batching: Literal["mixed", "stratified", "source"] = "mixed",
     ) -> None:
         super().__init__()
         if table is None and _is_lancedb_table(uri):  # LanceDataModule(table): the open table
@@ -221,6 +233,8 @@ class LanceDataModule(pl.LightningDataModule):
         self.splits: dict[str, SplitRows] | None = None
         self._whole_table: SplitRows | None = None
         self.datasets: dict[str, Any] = {}
+        self.mix_sources: list[SplitRows] | None = None
+        """The train stage's ``mix`` sources as resolved at setup (rows of pinned tables), in ``mix``'s order."""
         self.samplers: dict[str, LanceBatchSampler] = {}
         self.rank, self.world_size = 0, 1
         self._announced: set[str] = set()
@@ -335,34 +349,40 @@ class LanceDataModule(pl.LightningDataModule):
     def _build_stage(self, stage: str, scan_ids: assembly.ScanIds) -> None:
         name = self.split_for_stage(stage)
         built = stage in self.samplers and self.samplers[stage].num_replicas == self.world_size
-        if name is None or (built and hold_again(self.datasets[stage])):  # a stage evicted since: staged again
+        readers = getattr(self.datasets.get(stage), "readers", [self.datasets.get(stage)])  # a mixture's: each source's
+        if name is None or (built and all(hold_again(r) for r in readers)):  # a stage evicted since: staged again
             return
         split = self.split_rows(name)  # never empty: check_stage_splits and split_rows refuse that
         assembly.check_eval_split(stage, name, len(split), self.world_size)
-        self.datasets[stage] = assembly.build_reader(
-            self.options,
-            split,
-            stage=stage,
-            warn=rank_zero_warn,
-            columns=self.columns,
-            split_name=name,
-            transform=self.transform,
-            table=self._open_table if split.source == self.source else None,
-            scan_ids=scan_ids,
-        )
+        mixture = None
+        if stage == "train" and self.options.mix is not None:
+            self.datasets[stage], mixture = self._mixture_reader(name, scan_ids)
+        else:
+            self.datasets[stage] = assembly.build_reader(
+                self.options,
+                split,
+                stage=stage,
+                warn=rank_zero_warn,
+                columns=self.columns,
+                split_name=name,
+                transform=self.transform,
+                table=self._open_table if split.source == self.source else None,
+                scan_ids=scan_ids,
+            )
         trainer = self._trainer()
         reader = self.datasets[stage]
         self.samplers[stage] = assembly.build_sampler(
             self.options,
             stage,
-            len(split),
+            len(reader),
             rank=self.rank,
             world_size=self.world_size,
             position=self.position,
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
-            staged=isinstance(reader, StagedBatchDataset),
+            staged=reader.reads_stage,
             row_bytes=reader.row_bytes,
             weights=lambda: self._split_weights(split),
+            mixture=mixture,
         )
         if stage == "train":
             assembly.check_weighted_epoch(
@@ -371,6 +391,33 @@ class LanceDataModule(pl.LightningDataModule):
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))
+
+    def _mixture_reader(self, train_split: str, scan_ids: assembly.ScanIds) -> tuple[Any, Any]:
+        """The train stage's reader of the ``mix`` sources (resolved now, at the pinned versions) and its plan."""
+        from .mix.resolve import resolve_sources
+
+        assert self.options.mix is not None and self.splits is not None
+        sources = resolve_sources(
+            self.options.mix,
+            source=self.source,
+            table=self._table(),
+            splits=self.splits,
+            train_split=train_split,
+            columns=self.columns,
+            filter=self.options.filter,
+        )
+        self.mix_sources = sources
+        return assembly.build_mixture_reader(
+            self.options,
+            sources,
+            columns=self.columns,
+            split_name=train_split,
+            transform=self.transform,
+            own_source=self.source,
+            table=self._open_table,
+            scan_ids=scan_ids,
+            warn=rank_zero_warn,
+        )
 
     def _split_weights(self, split: SplitRows) -> np.ndarray:
         """The train split's weights (``weight_column`` / ``balance_column``), read from the pinned version."""
@@ -398,8 +445,7 @@ class LanceDataModule(pl.LightningDataModule):
         """Let go of the stages this process reads (their leases): once no running job holds a
         stage, a later job may evict it to make room. The readers reopen them if used again."""
         for reader in self.datasets.values():
-            if isinstance(reader, StagedBatchDataset):
-                reader.close()
+            reader.close()
 
     def split_for_stage(self, stage: str) -> str | None:
         """The split name that ``stage`` reads, or None if it has none (no dataloader)."""
@@ -485,7 +531,11 @@ class LanceDataModule(pl.LightningDataModule):
         train = self._train_split_name()
         sampler = self.samplers.get("train")
         # the order the train sampler really reads: "none" where the Trainer overfits batches, whatever `shuffle` says
-        order = {} if sampler is None else {"shuffle": sampler.shuffle_mode}
+        # (a mixture's order is recorded by its own settings, mix and mix_batching)
+        mode = (
+            None if sampler is None else (self.options.shuffle if sampler.order_class.mixes else sampler.shuffle_mode)
+        )
+        order = {} if mode is None else {"shuffle": mode}
         return self.options.identity(
             table=self.source.name, splits=splits, version=self.source.version, stage_splits=train, **order
         )

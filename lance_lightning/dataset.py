@@ -162,6 +162,23 @@ class BatchReader(Dataset):
         """About how many bytes a row of this split takes once read (0: unknown)."""
         return 0
 
+    @property
+    def reads_stage(self) -> bool:
+        """True when every batch is a gather from node-local stages: its workers never open a
+        table (so they may fork, :func:`.loader.worker_start_method`)."""
+        return False
+
+    def table_sources(self) -> list[TableSource]:
+        """The tables this reader opens to read a batch (none for a staged reader)."""
+        return []
+
+    def damage(self) -> BaseException | None:
+        """A stage this reader maps that changed under it, as the error to raise (None: none)."""
+        return None
+
+    def close(self) -> None:
+        """Let go of what this process holds to read (a stage's mappings and lease)."""
+
     def _getitem(self, index: Any) -> Any:
         raise NotImplementedError
 
@@ -224,6 +241,9 @@ class LanceBatchDataset(BatchReader):
         state["_table"] = None
         state["_pid"] = None
         return state
+
+    def table_sources(self) -> list[TableSource]:
+        return [self.source]
 
     def table(self) -> Any:
         """This process's handle to the pinned table, opened on first use after a fork or pickle."""
@@ -305,6 +325,13 @@ class StagedBatchDataset(BatchReader):
 
     def row_bytes(self) -> int:
         return -(-self.staged.nbytes // max(1, self.num_rows))
+
+    @property
+    def reads_stage(self) -> bool:
+        return True
+
+    def damage(self) -> BaseException | None:
+        return self.staged.damage()
 
     def close(self) -> None:
         """Drop this process's mappings of the stage and its leases (reopened on next use)."""

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .batch_keys import keyed
 from .batches import BatchGroup
-from .dataset import LanceBatchDataset, StagedBatchDataset
+from .dataset import StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
 from .slots import WorkerSlots, taken, worker_slots
@@ -56,7 +56,7 @@ def worker_start_method(dataset: Any, options: DataOptions) -> str:
     user's script, Lightning and lancedb included (~6 s on 2 cores)."""
     if options.multiprocessing_context is not None:
         return options.multiprocessing_context
-    if isinstance(dataset, StagedBatchDataset) and sys.platform.startswith("linux"):
+    if getattr(dataset, "reads_stage", False) and sys.platform.startswith("linux"):
         return "fork"
     return "forkserver"
 
@@ -64,8 +64,10 @@ def worker_start_method(dataset: Any, options: DataOptions) -> str:
 def make_loader(dataset: Any, sampler: Any, options: DataOptions, *, transform: Any) -> LanceDataLoader:
     """The loader of one stage: ``sampler`` yields whole batches, ``dataset`` reads them."""
     workers = options.num_workers
-    source = dataset.source if isinstance(dataset, LanceBatchDataset) else None  # staged ones reopen nothing
-    if workers and source is not None and is_memory_uri(source.uri):
+    sources = dataset.table_sources() if workers and hasattr(dataset, "table_sources") else []  # staged: none
+    memory = [s for s in sources if is_memory_uri(s.uri)]
+    if memory:
+        source = memory[0]
         raise LanceSourceError(
             f"table {source.name!r} is in an in-memory database ({source.uri}): "
             f"num_workers={workers} worker processes cannot reopen it. Use num_workers=0, "
@@ -233,7 +235,7 @@ def _naming_dead_workers(items: Any, dataset: Any) -> Any:
     try:
         yield from items
     except (ConnectionError, EOFError, RuntimeError) as err:
-        damage = dataset.staged.damage() if isinstance(dataset, StagedBatchDataset) else None
+        damage = dataset.damage() if hasattr(dataset, "damage") else None
         if damage is not None:
             raise damage from err
         if isinstance(err, RuntimeError):

@@ -36,7 +36,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode, get_order, order_names
+from .mix.spec import MixSpecError, SourceSpec, parse_mix
+from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, MIX_BATCHING, ShuffleMode, get_order, order_names
 
 INT64_MAX = 2**63 - 1
 ROW_LIMIT = 2**48
@@ -300,6 +301,10 @@ def _train_split(options: DataOptions) -> str | None:
     return options.stage_splits.get("train")
 
 
+def _mix_identity(options: DataOptions) -> list[dict[str, Any]] | None:
+    return None if options.mix is None else [source.identity() for source in options.mix]
+
+
 def _order_setting(name: str) -> Callable[[DataOptions], Any]:
     """The setting ``name`` while the ``shuffle`` order depends on it (:attr:`.EpochOrder.settings`), else None."""
 
@@ -443,14 +448,28 @@ class DataOptions:
     samples_per_epoch: int | None = setting(
         None,
         resume=REFUSED,
-        why="how many rows the weighted shuffle draws an epoch (None: every row of weight > 0), so the epoch's "
-        "length and rows",
+        why="how many rows an epoch of the weighted shuffle draws (None: every row of weight > 0), or an epoch of a "
+        "mixture holds (None: one pass over its first source), so the epoch's length and rows",
     )
     weight_replacement: bool = setting(
         False,
         resume=REFUSED,
         why="whether the weighted shuffle draws with replacement (a row may come several times an epoch), so the "
         "epoch's rows",
+    )
+
+    mix: tuple[SourceSpec, ...] | None = setting(
+        None,
+        resume=REFUSED,
+        why="the train stage's sources and their proportions, so which rows each epoch holds",
+        recorded=_mix_identity,
+        compare=False,
+    )
+    mix_batching: Literal["mixed", "stratified", "source"] = setting(
+        "mixed",
+        resume=REFUSED,
+        why="where a mixture's sources go in the epoch (mixed, stratified per global step, one source a batch), so "
+        "the epoch's order",
     )
 
     def __post_init__(self) -> None:
@@ -486,6 +505,8 @@ class DataOptions:
             "balance_column": as_str("balance_column", self.balance_column, what="a column name"),
             "samples_per_epoch": as_optional_int("samples_per_epoch", self.samples_per_epoch, minimum=1),
             "weight_replacement": as_bool("weight_replacement", self.weight_replacement),
+            "mix": _as_mix(self.mix),
+            "mix_batching": as_choice("mix_batching", self.mix_batching, MIX_BATCHING),
             "columns": as_names("columns", self.columns),
             "batch_keys": as_names("batch_keys", self.batch_keys, what="batch keys (column names)"),
             "filter": as_str("filter", self.filter, what="an SQL predicate"),
@@ -512,6 +533,7 @@ class DataOptions:
                 f"staging='off' reads the table, but {asked} is a setting of the stages (lance_lightning/stage): "
                 "pass staging='auto' or 'always' with it, or leave it out"
             )
+        check_mixture(checked)
         checked["shuffle"] = weighted_shuffle(checked)
         if checked["batch_keys"] == ():
             raise SettingError("batch_keys must name at least one key (a tuple comes out), or be None (the dict)")
@@ -561,13 +583,44 @@ WEIGHT_SETTINGS = ("weight_column", "balance_column", "samples_per_epoch", "weig
 """The settings of the ``weighted`` shuffle (:class:`~.orders.WeightedOrder`)."""
 
 
+def _as_mix(value: Any) -> tuple[SourceSpec, ...] | None:
+    if isinstance(value, tuple) and value and all(isinstance(v, SourceSpec) for v in value):
+        return value
+    try:
+        return parse_mix(value)
+    except MixSpecError as err:
+        raise SettingError(str(err)) from err
+
+
+def check_mixture(checked: Mapping[str, Any]) -> None:
+    """Refuse settings a mixture (``mix``) cannot honour, and mixture settings without one."""
+    if checked["mix"] is None:
+        if checked["mix_batching"] != "mixed":
+            raise SettingError(
+                f"mix_batching={checked['mix_batching']!r} lays out the sources of a mixture; set mix (the sources "
+                "and their proportions) or leave mix_batching out"
+            )
+        return
+    weighs = [name for name in ("weight_column", "balance_column", "weight_replacement") if checked[name]]
+    if weighs:
+        raise SettingError(
+            f"{' and '.join(weighs)} weigh the rows of one split; with mix (several sources) they are not supported: "
+            "give each source its proportion, or use weights without mix"
+        )
+    if checked["shuffle"] != "uniform":
+        raise SettingError(
+            f"shuffle={checked['shuffle']!r} orders one split; a mixture (mix) draws its sources in its own exact "
+            "order (mix_batching says how): leave shuffle at 'uniform'"
+        )
+
+
 def weighted_shuffle(checked: Mapping[str, Any]) -> str:
     """The shuffle of checked settings: ``weighted`` where weights are asked for (``weight_column`` or
     ``balance_column`` with the default ``uniform``); refuses weights with a shuffle that cannot use
     them, and weight settings without weights."""
     shuffle = checked["shuffle"]
     weighs = [name for name in ("weight_column", "balance_column") if checked[name] is not None]
-    others = [name for name in ("samples_per_epoch",) if checked[name] is not None]
+    others = [name for name in ("samples_per_epoch",) if checked[name] is not None and checked["mix"] is None]
     others += ["weight_replacement"] if checked["weight_replacement"] else []
     if weighs and shuffle not in ("uniform", "weighted"):
         raise SettingError(

@@ -21,7 +21,7 @@ from torch.utils.data import SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .batches import BatchGroup
-from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, epoch_draws, get_order
+from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, EpochOrder, MixturePlan, epoch_draws, get_order
 from .sharding import ShardPlan, plan_epoch, rank_batch_bounds, take_padded_many
 from .state import TrainPosition
 
@@ -50,6 +50,9 @@ class LanceBatchSampler(DistributedSampler):
             :class:`.orders.WeightedOrder`): one weight (>= 0, finite) a split row; an epoch is
             ``samples_per_epoch`` draws (None: every row of weight > 0), and :attr:`num_rows` is
             that count, not the split's.
+        mixture: the sources of a mixture (``shuffle="mixture"``, :class:`.orders.MixturePlan`):
+            positions number the sources' rows one after another (``addresses`` is their total),
+            and an epoch holds the rows the plan gives each source.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class LanceBatchSampler(DistributedSampler):
         weights: np.ndarray | None = None,
         samples_per_epoch: int | None = None,
         replacement: bool = False,
+        mixture: MixturePlan | None = None,
     ) -> None:
         # The public entry point: what a caller can get wrong fails here, clearly; the orders
         # and lance_lightning.sharding below only assert (the datamodule's options are valid already).
@@ -110,6 +114,17 @@ class LanceBatchSampler(DistributedSampler):
                 raise ValueError(f"samples_per_epoch must be an integer >= 0 or None, got {samples_per_epoch!r}")
             self.weights, self.samples_per_epoch = w, samples_per_epoch
             self._num_rows = epoch_draws(w, samples_per_epoch, self.replacement)
+        if self.order_class.mixes != (mixture is not None):
+            raise ValueError(
+                "a mixture plan goes with shuffle='mixture' (and only with it)"
+                if mixture is not None
+                else f"shuffle={shuffle!r} needs its mixture plan (mixture=MixturePlan(...))"
+            )
+        if mixture is not None and sum(mixture.sizes) != self.split_rows:
+            raise ValueError(
+                f"the mixture's sources hold {sum(mixture.sizes)} rows, the sampler was given {self.split_rows}"
+            )
+        self.mixture = mixture
         self.batch_size = batch_size
         self.num_replicas = num_replicas
         self.rank = rank
@@ -187,7 +202,10 @@ class LanceBatchSampler(DistributedSampler):
 
     @property
     def num_rows(self) -> int:
-        """Rows of an epoch: the split's, or a weighted order's draws."""
+        """Rows of an epoch: the split's, a weighted order's draws, or a mixture's rows (which
+        depend on the batch layout the epoch is dealt for where each batch holds one source)."""
+        if self.mixture is not None:
+            return int(self.mixture.counts(batch_size=self.order_batch_size, world_size=self.order_world_size).sum())
         return self._num_rows
 
     def plan(self) -> ShardPlan:
@@ -216,6 +234,7 @@ class LanceBatchSampler(DistributedSampler):
                 weights=self.weights,
                 samples=self.samples_per_epoch,
                 replacement=self.replacement,
+                mixture=self.mixture,
             )
             self._order = (key, order)
         return self._order[1]

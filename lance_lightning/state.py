@@ -157,6 +157,39 @@ def _quoted(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _sources_changed(then: Any, now: Any) -> str | None:
+    """How two recorded lists of named records (``mix``'s sources) differ, source by source and key
+    by key; None where either is not such a list."""
+
+    def named(value: Any) -> dict[str, dict[str, Any]] | None:
+        if not isinstance(value, list) or not all(isinstance(v, dict) and "name" in v for v in value):
+            return None
+        return {v["name"]: v for v in value}
+
+    old, new = named(then), named(now)
+    if old is None or new is None:
+        return None
+    out = [f"source {name!r} removed" for name in old if name not in new]
+    out += [f"source {name!r} added ({_quoted(new[name])})" for name in new if name not in old]
+    for name in (n for n in new if n in old):
+        out += [
+            f"source {name!r} {key}: the checkpoint's {_quoted(old[name].get(key))}, now {_quoted(new[name].get(key))}"
+            for key in sorted(set(old[name]) | set(new[name]))
+            if old[name].get(key) != new[name].get(key)
+        ]
+    if not out and list(old) != list(new):
+        out.append(f"sources reordered: the checkpoint's {list(old)}, now {list(new)}")
+    return ", ".join(out)
+
+
+def _change(name: str, then: Any, now: Any, *, unused: bool) -> str:
+    sources = None if unused else _sources_changed(then, now)
+    if sources is not None:
+        return sources
+    was = "unused by the checkpoint's run" if unused else f"the checkpoint's {_quoted(then)}"
+    return f"{was}, now {_quoted(now)}"
+
+
 def refuse_changed_settings(
     state: DataState, identity: dict[str, Any], *, follows: frozenset[str] = frozenset()
 ) -> None:
@@ -200,9 +233,8 @@ def refuse_changed_settings(
         return state.identity[name] is None and name in rules and rules[name].recorded is not None
 
     settings = "; ".join(
-        f"{name}: "
-        + ("unused by the checkpoint's run" if unused(name) else f"the checkpoint's {_quoted(state.identity[name])}")
-        + f", now {_quoted(identity[name])} ({rules[name].why if name in rules else 'which rows are read'})"
+        f"{name}: {_change(name, state.identity[name], identity[name], unused=unused(name))} "
+        f"({rules[name].why if name in rules else 'which rows are read'})"
         for name in changed
     )
     old = ", ".join(
@@ -210,7 +242,7 @@ def refuse_changed_settings(
         + (" or None" if name in rules and rules[name].follows_checkpoint else "")
         for name in changed
         if not unused(name)
-    )
+    ) or ", ".join(f"{name} left out" for name in changed)
     keep = state.table_version is not None and "version" not in changed
     pin = f" (with version={state.table_version} to keep reading the checkpoint's table version)" if keep else ""
     raise ResumeRefusedError(

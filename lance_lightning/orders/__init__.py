@@ -5,6 +5,8 @@
 * ``block`` (:class:`BlockOrder`): shuffled blocks dealt per rank, rows mixed within windows.
 * ``weighted`` (:class:`WeightedOrder`): rows drawn with probability proportional to a weight a
   row (``weight_column`` / ``balance_column``), with or without replacement; sorted as it is read.
+* ``mixture`` (:class:`MixtureOrder`): several sources at set proportions (``mix``), exact per
+  epoch; selected by setting ``mix``, not ``shuffle``.
 
 Each order says how it is built (:meth:`~.base.EpochOrder.create`), how many batches a worker
 reads together (:meth:`~.base.EpochOrder.group_batches`) and whether those reads are contiguous
@@ -20,6 +22,7 @@ import numpy as np
 
 from .base import SEQUENTIAL_READ_ROWS, EpochOrder, rng, seed_sequence
 from .block import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, BlockOrder, window_rows
+from .mixture import MIX_BATCHING, MixtureOrder, MixturePlan, mixture_counts
 from .none import SequentialOrder
 from .uniform import FEISTEL_ROUNDS, UniformOrder
 from .weighted import WeightedOrder, epoch_draws, positive_rows
@@ -27,17 +30,21 @@ from .weighted import WeightedOrder, epoch_draws, positive_rows
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_WINDOW_BLOCKS",
+    "MIX_BATCHING",
     "FEISTEL_ROUNDS",
     "SEQUENTIAL_READ_ROWS",
     "SHUFFLE_MODES",
     "BlockOrder",
     "EpochOrder",
+    "MixtureOrder",
+    "MixturePlan",
     "SequentialOrder",
     "ShuffleMode",
     "UniformOrder",
     "WeightedOrder",
     "epoch_draws",
     "get_order",
+    "mixture_counts",
     "order_for",
     "order_names",
     "positive_rows",
@@ -65,15 +72,18 @@ register(SequentialOrder)
 register(UniformOrder)
 register(BlockOrder)
 register(WeightedOrder)
+register(MixtureOrder)
 
-SHUFFLE_MODES: tuple[str, ...] = tuple(ORDERS)
-"""The built-in shuffle modes (orders registered later are in :func:`order_names`)."""
+SHUFFLE_MODES: tuple[str, ...] = tuple(name for name, order in ORDERS.items() if not order.mixes)
+"""The built-in shuffle modes (orders registered later are in :func:`order_names`); the mixture
+order is selected by the ``mix`` setting instead."""
 ShuffleMode = Literal[SHUFFLE_MODES]  # type: ignore[valid-type]  # Literal["none", "uniform", "block", "weighted"]
 
 
 def order_names() -> tuple[str, ...]:
-    """Every registered shuffle mode, those registered after import included."""
-    return tuple(ORDERS)
+    """Every registered shuffle mode, those registered after import included (not the mixture,
+    which ``mix`` selects)."""
+    return tuple(name for name, order in ORDERS.items() if not order.mixes)
 
 
 def get_order(name: str) -> type[EpochOrder]:
@@ -97,13 +107,15 @@ def order_for(
     weights: np.ndarray | None = None,
     samples: int | None = None,
     replacement: bool = False,
+    mixture: MixturePlan | None = None,
 ) -> EpochOrder:
     """Epoch ``epoch``'s order of shuffle mode ``mode``: an object that computes any slice of it.
 
     ``streams`` (the world size) and ``batch_size`` are what the epoch is dealt for (the
     ``block`` order gives each rank its own blocks); orders that do not deal ignore them.
     ``weights``, ``samples``, ``replacement``: the ``weighted`` order's draws (``num_rows`` is then
-    the split's row count, and the order's own ``num_rows`` the draws).
+    the split's row count, and the order's own ``num_rows`` the draws). ``mixture``: the
+    ``mixture`` order's sources (``num_rows`` is then their rows together).
     """
     assert num_rows >= 0, f"num_rows must be >= 0, got {num_rows}"
     return get_order(mode).create(
@@ -117,4 +129,5 @@ def order_for(
         weights=weights,
         samples=samples,
         replacement=replacement,
+        mixture=mixture,
     )

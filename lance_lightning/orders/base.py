@@ -9,7 +9,7 @@ functions of their arguments, the same in every process; the only randomness is
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,6 +52,11 @@ class EpochOrder:
     """True: the order draws rows by a weight a row (``create(..., weights=...)``), and an epoch holds
     as many rows as it draws, not the split's row count."""
 
+    mixes: ClassVar[bool] = False
+    """True: the order draws from several sources (``create(..., mixture=...)``, a
+    :class:`~.mixture.MixturePlan`); positions number the sources' rows one after another, and an
+    epoch holds the rows the plan says, not the sources' row count."""
+
     num_rows: int
     """Rows of the epoch (what ``positions`` takes indices below); the split's row count, except
     for a weighted order (its draws)."""
@@ -72,11 +77,13 @@ class EpochOrder:
         weights: np.ndarray | None = None,
         samples: int | None = None,
         replacement: bool = False,
+        mixture: Any = None,
     ) -> EpochOrder:
         """Epoch ``epoch``'s order; every order gets every setting and uses the ones it needs.
 
         ``weights`` (one a split row), ``samples`` and ``replacement``: the draws of a
         :attr:`weighted` order (see :class:`~.weighted.WeightedOrder`); the others get None.
+        ``mixture``: the sources of a :attr:`mixes` order (:class:`~.mixture.MixturePlan`).
 
         ``streams`` and ``batch_size`` are the world size and per-rank batch size the epoch is
         dealt for (an order may deal rows per rank, as :class:`~.block.BlockOrder` does).

@@ -73,7 +73,14 @@ CHANGES = {
     "balance_column": ({}, {"balance_column": "id"}, {"balance_column": "y"}),
     "samples_per_epoch": ({"samples_per_epoch": 60}, {"samples_per_epoch": 40}, {"weight_column": "id"}),
     "weight_replacement": ({}, {"weight_replacement": True}, {"weight_column": "id"}),
+    # a mixture: the train split's even ids and (a second source) its rows of id < 40
+    "mix": (
+        {},
+        {"mix": {"even": {"proportion": 2, "filter": "id % 2 = 0"}, "low": {"proportion": 1, "filter": "id < 40"}}},
+    ),
+    "mix_batching": ({}, {"mix_batching": "stratified"}, {"mix": {"a": {"proportion": 1}, "b": {"proportion": 1}}}),
 }
+MIX = {"mix": {"even": {"proportion": 2, "filter": "id % 2 = 0"}, "low": {"proportion": 1, "filter": "id < 40"}}}
 # more changes a setting's declaration covers: (setting, the checkpoint's, the resumed run's, both, outcome)
 MORE = {
     "version-follows-the-checkpoint": ({"version": 1}, {}, {}, EXACT),
@@ -90,6 +97,22 @@ MORE = {
     "batch_size-of-a-weighted-shuffle": ({}, {"batch_size": 4}, {"weight_column": "y"}, RECUT),
     "staging-of-a-weighted-shuffle": ({}, {"staging": "off"}, {"weight_column": "y", "samples_per_epoch": 30}, EXACT),
     "balance_column-added-to-weights": ({}, {"balance_column": "y"}, {"weight_column": "id"}, REFUSED),
+    "mix-a-proportion-changed": (
+        MIX,
+        {"mix": {"even": {"proportion": 3, "filter": "id % 2 = 0"}, "low": {"proportion": 1, "filter": "id < 40"}}},
+        {},
+        REFUSED,
+    ),
+    "mix-a-filter-changed": (
+        MIX,
+        {"mix": {"even": {"proportion": 2, "filter": "id % 2 = 1"}, "low": {"proportion": 1, "filter": "id < 40"}}},
+        {},
+        REFUSED,
+    ),
+    "mix-samples_per_epoch": ({}, {"samples_per_epoch": 50}, MIX, REFUSED),
+    "batch_size-of-a-mixture": ({}, {"batch_size": 4}, MIX, RECUT),
+    "staging-of-a-mixture": ({}, {"staging": "off"}, MIX, EXACT),
+    "stratified-mixture-at-another-batch_size": ({}, {"batch_size": 4}, {**MIX, "mix_batching": "stratified"}, RECUT),
     "worker_settings-with-workers": (
         {},
         {"prefetch_factor": 4, "persistent_workers": False},
@@ -162,9 +185,16 @@ def walk(uri: str, tmp_path, then: dict, now: dict, both: dict, expected: str) -
     after = datamodule(uri, tmp_path, {**both, **now})
     if expected == REFUSED:
         (name,) = {k for k in now if then.get(k) != now[k]} - {"batch_size"}
-        with pytest.raises(ResumeRefusedError, match=rf"{name}: the checkpoint's .*, now .*resume='fresh'") as err:
+        # mix is named source by source, key by key ("mix: source 'even' filter: the checkpoint's ..., now ...")
+        said = rf"{name}: (source '\w+' (added|removed|\w+: ))?(the checkpoint's .*|unused by the checkpoint's run), now .*resume='fresh'"
+        with pytest.raises(ResumeRefusedError, match=said) as err:
             after.load_state_dict(state)
-        assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in ("table", "splits", "stage_splits")
+        assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in (
+            "table",
+            "splits",
+            "stage_splits",
+            "mix",
+        )
         fresh = datamodule(uri, tmp_path, {**both, **now, "resume": "fresh"})
         with pytest.warns(UserWarning, match="resume='fresh'"):
             fresh.load_state_dict(state)  # the way out: the data afresh, with the new value
@@ -229,6 +259,8 @@ def test_the_declarations():
         "balance_column",
         "samples_per_epoch",
         "weight_replacement",
+        "mix",
+        "mix_batching",
     }
     assert DataOptions(shuffle="block", block_size=16).identity()["block_size"] == 16
     # weight_column asks for the weighted shuffle: both recorded (a uniform run records None, False)
