@@ -186,7 +186,8 @@ def walk(uri: str, tmp_path, then: dict, now: dict, both: dict, expected: str) -
     if expected == REFUSED:
         (name,) = {k for k in now if then.get(k) != now[k]} - {"batch_size"}
         # mix is named source by source, key by key ("mix: source 'even' filter: the checkpoint's ..., now ...")
-        said = rf"{name}: (source '\w+' (added|removed|\w+: ))?(the checkpoint's .*|unused by the checkpoint's run), now .*resume='fresh'"
+        was = r"(the checkpoint's .*|unused by the checkpoint's run)"
+        said = rf"{name}: (source '\w+' (added|removed|\w+: ))?{was}, now .*resume='fresh'"
         with pytest.raises(ResumeRefusedError, match=said) as err:
             after.load_state_dict(state)
         assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in (
