@@ -104,6 +104,20 @@ def check_weighted_epoch(sampler: LanceBatchSampler, options: DataOptions, *, sp
         )
 
 
+def check_mixture_epoch(sampler: LanceBatchSampler, options: DataOptions, *, world_size: int) -> None:
+    """Compute a mixture's epoch now (its counts: a source without a batch under
+    ``mix_batching='source'`` is refused at setup) and refuse one that ``drop_last`` would leave empty."""
+    if sampler.mixture is None:
+        return
+    rows, step = sampler.num_rows, options.batch_size * world_size
+    if options.drop_last and rows < step:
+        raise SplitSpecError(
+            f"the mixture's epoch holds {rows} rows (samples_per_epoch={options.samples_per_epoch}), fewer "
+            f"than batch_size {options.batch_size} × {world_size} rank(s) = {step}: drop_last=True would train 0 "
+            "steps. Use drop_last=False, a smaller batch_size or more samples_per_epoch"
+        )
+
+
 def check_eval_split(stage: str, name: str, num_rows: int, world_size: int) -> None:
     """Refuse an evaluation split with fewer rows than ranks: a rank with no batch would hang the rest."""
     if stage != "train" and num_rows < world_size:
@@ -316,6 +330,7 @@ def build_mixture_reader(
         proportions=tuple(spec.proportion for spec in options.mix),
         samples=options.samples_per_epoch,
         batching=options.mix_batching,
+        names=tuple(spec.name for spec in options.mix),
     )
     return MixtureBatchDataset(readers, [spec.name for spec in options.mix], transform=transform), plan
 

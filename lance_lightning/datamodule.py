@@ -388,6 +388,7 @@ class LanceDataModule(pl.LightningDataModule):
             assembly.check_weighted_epoch(
                 self.samplers[stage], self.options, split_name=name, world_size=self.world_size
             )
+            assembly.check_mixture_epoch(self.samplers[stage], self.options, world_size=self.world_size)
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))

@@ -64,8 +64,10 @@ def mixture_counts(
     batching: str = "mixed",
     batch_size: int = 1,
     world_size: int = 1,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Rows of each source in an epoch (see the module docstring). Pure.
+    """Rows of each source in an epoch (see the module docstring). Pure. ``names``: the
+    sources' names, for the error.
 
     Raises ValueError when ``batching="source"`` leaves a source without a single batch.
     """
@@ -77,13 +79,14 @@ def mixture_counts(
         counts = largest_remainder(samples, shares)
     if batching != "source":
         return counts
-    batches = int(counts.sum()) // batch_size if samples is not None else int(round(counts.sum() / batch_size))
+    batches = int(counts.sum()) // batch_size if samples is not None else int(np.floor(counts.sum() / batch_size + 0.5))
     batches = max(world_size, batches // world_size * world_size)
     chunks = largest_remainder(batches, shares)
     if not chunks.all():
         empty = int(np.flatnonzero(chunks == 0)[0])
+        name = names[empty] if names else empty
         raise ValueError(
-            f"mix_batching='source' gives source {empty} (proportion {shares[empty] / shares.sum():.4g}) no batch of "
+            f"mix_batching='source' gives source {name!r} (proportion {shares[empty] / shares.sum():.4g}) no batch of "
             f"the epoch's {batches} batches of {batch_size} rows: raise samples_per_epoch or its proportion, or use "
             "mix_batching='mixed' or 'stratified'"
         )
@@ -103,6 +106,8 @@ class MixturePlan:
     """Rows an epoch holds (``samples_per_epoch``); None: one pass over the first source."""
     batching: str = "mixed"
     """One of :data:`MIX_BATCHING`."""
+    names: tuple[str, ...] | None = None
+    """The sources' names (for messages only)."""
 
     def __post_init__(self) -> None:
         assert len(self.sizes) == len(self.proportions) >= 1, "one size and proportion a source"
@@ -123,6 +128,7 @@ class MixturePlan:
             batching=self.batching,
             batch_size=batch_size,
             world_size=world_size,
+            names=self.names,
         )
 
     def source_of(self, positions: np.ndarray) -> np.ndarray:

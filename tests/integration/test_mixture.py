@@ -1,0 +1,200 @@
+"""Mixtures (``mix``) on real tables and Trainers: each epoch's exact count a source, the three
+layouts, the ``source`` tensor, passes that continue across epochs, the same rows however read,
+exact mid-epoch resume, and each bad source named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from lance_lightning import LanceDataModule
+from lance_lightning.state import ResumeRefusedError
+from tests.conftest import toy_table
+from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
+
+MIX = {
+    "even": {"proportion": 0.5, "filter": "id % 2 = 0"},  # 50 rows: the epoch is one pass over them
+    "odd": {"proportion": 0.2, "filter": "id % 2 = 1 AND id < 30"},  # 15 rows, 20 an epoch: repeats
+    "other": {"proportion": 0.3, "table": "other"},  # 40 rows of another table, 30 an epoch
+}
+COUNTS = [50, 20, 30]
+
+
+def source_of(ids: np.ndarray) -> np.ndarray:
+    """Which source each id comes from, by the data alone."""
+    return np.where(ids >= 1000, 2, np.where(ids % 2 == 0, 0, 1))
+
+
+class SourceRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        assert batch["source"].dtype == torch.int64
+        self.sources.append(batch["source"].tolist())
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.fixture
+def tables(make_table):
+    uri, _ = make_table("toy", 100)
+    other = toy_table(40).set_column(0, "id", pa.array(np.arange(1000, 1040, dtype=np.int64)))
+    make_table("other", other)
+    return uri
+
+
+def datamodule(uri: str, tmp_path: Path, **kwargs) -> LanceDataModule:
+    settings = {"splits": {"train": 1.0}, "batch_size": 8, "seed": 5, "columns": ["id", "x", "y"], "mix": MIX}
+    settings.update(kwargs)
+    if settings.get("staging") != "off":
+        settings.setdefault("cache", str(tmp_path / "stages"))
+    return LanceDataModule(uri, "toy", **settings)
+
+
+def fit(uri: str, tmp_path: Path, epochs: int = 2, **kwargs) -> SourceRecorder:
+    model = SourceRecorder()
+    trainer = quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=epochs)
+    trainer.fit(model, datamodule=datamodule(uri, tmp_path, **kwargs))
+    return model
+
+
+def by_epoch(model: SourceRecorder, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for start in range(0, len(model.seen), batches):
+        ids = np.concatenate([np.asarray(b) for b in model.seen[start : start + batches]])
+        src = np.concatenate([np.asarray(b) for b in model.sources[start : start + batches]])
+        out.append((ids, src))
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("batching", ["mixed", "stratified"])
+def test_each_epoch_holds_each_source_s_exact_count_and_says_where_each_row_came_from(
+    tables, tmp_path, batching, num_workers
+):
+    model = fit(tables, tmp_path, mix_batching=batching, num_workers=num_workers)
+    epochs = by_epoch(model, batches=13)  # 100 rows of batch 8
+    assert len(epochs) == 2
+    for ids, src in epochs:
+        assert np.array_equal(src, source_of(ids))  # the source tensor tells each row's source
+        assert np.bincount(src, minlength=3).tolist() == COUNTS
+        assert sorted(ids[src == 0]) == list(range(0, 100, 2))  # one pass over the first source
+    # 20 draws an epoch of 15 rows: whole passes, each row once a pass
+    odd = [np.bincount(ids[src == 1], minlength=30)[1:30:2] for ids, src in epochs]
+    assert odd[0].min() == 1 and odd[0].max() == 2  # pass 0, then 5 rows of pass 1
+    assert (odd[0] + odd[1]).min() == 2 and (odd[0] + odd[1]).max() == 3  # passes 0 and 1, 10 rows of pass 2
+    first, second = (ids[src == 2] for ids, src in epochs)
+    assert len(set(first)) == 30  # below its size: no repeat inside the epoch ...
+    assert set(range(1000, 1040)) <= set(first) | set(second)  # ... and the pass goes on in the next
+    if batching == "stratified":
+        for batch in model.sources:
+            quota = len(batch) * np.asarray(COUNTS) / 100
+            assert np.all(np.abs(np.bincount(batch, minlength=3) - quota) < 1)
+
+
+def test_source_batching_gives_every_batch_one_source(tables, tmp_path):
+    model = fit(tables, tmp_path, mix_batching="source")
+    assert all(len(set(batch)) == 1 for batch in model.sources)
+    ids = np.concatenate([np.asarray(b) for b in model.seen])
+    src = np.concatenate([np.asarray(b) for b in model.sources])
+    assert np.array_equal(src, source_of(ids))
+    assert np.bincount(src, minlength=3).tolist() == [2 * 48, 2 * 24, 2 * 32]  # whole batches of 8
+
+
+def test_the_same_rows_in_the_same_order_from_stages_from_tables_and_with_workers(tables, tmp_path):
+    staged = fit(tables, tmp_path / "a", epochs=1)
+    assert fit(tables, tmp_path / "b", epochs=1, staging="off").seen == staged.seen
+    assert fit(tables, tmp_path / "c", epochs=1, num_workers=2).seen == staged.seen
+
+
+def test_a_transform_sees_the_whole_mixed_batch_with_its_sources(tables, tmp_path):
+    dm = datamodule(tables, tmp_path, transform="tests.helpers.double_x")
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["x_doubled"], batch["x"] * 2) and "source" in batch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("batching", ["mixed", "stratified"])
+def test_resume_mid_epoch_reads_what_an_uninterrupted_run_reads(tables, tmp_path, batching, num_workers):
+    reference = fit(tables, tmp_path, mix_batching=batching)
+    settings = {"mix_batching": batching, "num_workers": num_workers}
+    first = SourceRecorder()
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2, callbacks=[SaveThenStop(16, ckpt)]).fit(
+            first, datamodule=datamodule(tables, tmp_path, **settings)
+        )
+    second = SourceRecorder()
+    quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
+        second, datamodule=datamodule(tables, tmp_path, **settings), ckpt_path=ckpt
+    )
+    assert first.seen + second.seen == reference.seen
+    assert first.sources + second.sources == reference.sources
+
+
+def test_a_resume_with_a_changed_source_is_refused_naming_it(tables, tmp_path):
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2, callbacks=[SaveThenStop(3, ckpt)]).fit(
+            SourceRecorder(), datamodule=datamodule(tables, tmp_path)
+        )
+    changed = {**MIX, "odd": {"proportion": 0.4, "filter": "id % 2 = 1 AND id < 30"}}
+    with pytest.raises(ResumeRefusedError, match=r"mix: source 'odd' proportion: the checkpoint's 0.2, now 0.4"):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
+            SourceRecorder(), datamodule=datamodule(tables, tmp_path, mix=changed), ckpt_path=ckpt
+        )
+
+
+def test_samples_per_epoch_sets_the_epoch_and_each_source_gets_its_share(tables, tmp_path):
+    dm = datamodule(tables, tmp_path, samples_per_epoch=40)
+    dm.setup("fit")
+    src = np.concatenate([b["source"].numpy() for b in dm.train_dataloader()])
+    assert np.bincount(src, minlength=3).tolist() == [20, 8, 12]
+
+
+@pytest.mark.parametrize(
+    ("mix", "error", "message"),
+    [
+        ({"a": {"proportion": 1, "table": "nope"}}, "MissingTableError", r"nope"),
+        ({"a": {"proportion": 1, "split": "holdout"}}, "MixSpecError", r"source 'a' reads split 'holdout', which"),
+        ({"a": {"proportion": 1, "filter": "id < 0"}}, "SplitSpecError", r"mix source 'a' has no rows"),
+        ({"a": {"proportion": 1, "filter": "no_such = 1"}}, "LanceSourceError", r"no_such"),
+        (
+            {"a": {"proportion": 1}, "b": {"proportion": 1, "table": "narrow"}},
+            "MixSpecError",
+            r"'b' \(table 'narrow'\) has no column\(s\) \['x'\]",
+        ),
+        (
+            {"a": {"proportion": 1}, "b": {"proportion": 1, "table": "retyped"}},
+            "MixSpecError",
+            r"'b' \(table 'retyped'\) holds column\(s\) of another type.*'y': double here, int64",
+        ),
+        (
+            {"a": {"proportion": 0.99}, "b": {"proportion": 0.01, "filter": "id < 5"}},
+            "ValueError",
+            r"mix_batching='source' gives source 'b' \(proportion 0.01\) no batch",
+        ),
+    ],
+    ids=["unknown-table", "unknown-split", "empty-source", "bad-filter", "missing-column", "other-type", "no-batch"],
+)
+def test_a_bad_source_is_refused_at_setup_naming_it(tables, make_table, tmp_path, mix, error, message):
+    make_table("narrow", toy_table(10).select(["id", "y"]))
+    retyped = toy_table(10)
+    make_table("retyped", retyped.set_column(2, "y", retyped["y"].cast(pa.float64())))
+    dm = datamodule(tables, tmp_path, mix=mix, mix_batching="source" if error == "ValueError" else "mixed")
+    with pytest.raises(Exception, match=message) as err:
+        dm.setup("fit")
+    assert error in [c.__name__ for c in type(err.value).__mro__]
+
+
+def test_a_column_named_source_is_refused_naming_the_key(make_table, tmp_path):
+    uri, _ = make_table("toy", toy_table(20).append_column("source", pa.array(np.zeros(20, dtype=np.int64))))
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, mix={"a": {"proportion": 1}}, cache=str(tmp_path / "s"))
+    with pytest.raises(ValueError, match="adds each row's source to its batch as 'source', which is also a column"):
+        dm.setup("fit")
