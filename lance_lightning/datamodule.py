@@ -233,6 +233,7 @@ class LanceDataModule(pl.LightningDataModule):
         self.splits: dict[str, SplitRows] | None = None
         self._whole_table: SplitRows | None = None
         self.datasets: dict[str, Any] = {}
+        self._mix_pins: dict[str, dict[str, Any]] | None = None
         self.mix_sources: list[SplitRows] | None = None
         """The train stage's ``mix`` sources as resolved at setup (rows of pinned tables), in ``mix``'s order."""
         self.samplers: dict[str, LanceBatchSampler] = {}
@@ -393,6 +394,48 @@ class LanceDataModule(pl.LightningDataModule):
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))
 
+    def _mix_tables(self) -> dict[str, dict[str, Any]]:
+        """The version (and its commit time) of each ``mix`` source that reads another table."""
+        return {
+            rows.name: {"table": rows.source.name, "version": rows.source.version, "time": rows.source.version_time}
+            for rows in self.mix_sources or []
+            if (rows.source.uri, rows.source.name) != (self.source.uri, self.source.name)
+        }
+
+    def _pin_mix_tables(self, recorded: dict[str, dict[str, Any]] | None) -> None:
+        """Read the other tables of a mixture at the versions a checkpoint read (as the own table is)."""
+        if not recorded or not self.mix_sources or recorded == self._mix_tables():
+            return
+        moved = [f"{n} ({r['table']!r} version {r['version']})" for n, r in recorded.items()]
+        rank_zero_warn(
+            f"mix source table(s) have moved on since the checkpoint: this run reads {', '.join(moved)} as the "
+            "checkpoint did, so the interrupted epoch stays exactly the same"
+        )
+        self._mix_pins = recorded
+        self._rebuild_train_stage()
+
+    def _mix_tables_moved(self, trainer: Any) -> bool:
+        """Whether another table of the mixture has a newer version (rank 0's answer, on every rank)."""
+        pinned = self._mix_tables()
+        moved = False
+        if pinned and self.rank == 0:
+            assert self.mix_sources is not None
+            moved = any(
+                rows.source.pinned(None).open().version != rows.source.version
+                for rows in self.mix_sources
+                if rows.name in pinned
+            )
+        if pinned and self.world_size > 1:
+            moved = trainer.strategy.broadcast(moved, src=0)
+        return moved
+
+    def _rebuild_train_stage(self) -> None:
+        """Build the train stage's reader and sampler again (its sources re-resolved)."""
+        if "train" not in self.samplers:
+            return
+        del self.samplers["train"], self.datasets["train"]
+        self._build_stages(["train"])
+
     def _mixture_reader(self, train_split: str, scan_ids: assembly.ScanIds) -> tuple[Any, Any]:
         """The train stage's reader of the ``mix`` sources (resolved now, at the pinned versions) and its plan."""
         from .mix.resolve import resolve_sources
@@ -406,6 +449,7 @@ class LanceDataModule(pl.LightningDataModule):
             train_split=train_split,
             columns=self.columns,
             filter=self.options.filter,
+            versions=self._mix_pins,
         )
         self.mix_sources = sources
         return assembly.build_mixture_reader(
@@ -551,6 +595,7 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             sampler=self.samplers.get("train"),
             trainer=self._trainer(),
+            extra={"mix_tables": self._mix_tables()} if self.mix_sources else None,
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -572,6 +617,7 @@ class LanceDataModule(pl.LightningDataModule):
             )
             self._repin(state.table_version, reason="the checkpoint")
         state.check_same_table(self.source)
+        self._pin_mix_tables(state.extra.get("mix_tables"))
         self._pinned_epoch = state.train["epoch"] if state.train else 0
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
 
@@ -612,10 +658,15 @@ class LanceDataModule(pl.LightningDataModule):
         latest = self.source.pinned(None).open().version if self.rank == 0 else None
         if self.world_size > 1:
             latest = trainer.strategy.broadcast(latest, src=0)  # every rank must read the same version
+        moved = self._mix_tables_moved(trainer)
         self._pinned_epoch = trainer.current_epoch
         self.train_state.epoch_over()
         if latest != self.source.version:
+            self._mix_pins = None
             self._repin(latest)
+        elif moved:
+            self._mix_pins = None
+            self._rebuild_train_stage()
 
     def train_dataloader(self) -> DataLoader | list:
         self._follow_table_updates()

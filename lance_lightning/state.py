@@ -292,7 +292,14 @@ class TrainState:
     # -- saving ------------------------------------------------------------------------------
 
     def state_dict(
-        self, *, identity: dict[str, Any], source: Any, world_size: int, sampler: Any, trainer: Any
+        self,
+        *,
+        identity: dict[str, Any],
+        source: Any,
+        world_size: int,
+        sampler: Any,
+        trainer: Any,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The checkpoint's data entry. A finished epoch (every batch Lightning will run of it
         consumed, ``limit_train_batches`` included) is saved as the next epoch at row 0, since
@@ -319,6 +326,7 @@ class TrainState:
             table_version_time=source.version_time,
             world_size=world_size,
             train=train,
+            extra=dict(extra or {}),
         ).to_dict()
 
     @staticmethod

@@ -56,11 +56,13 @@ def resolve_sources(
     train_split: str,
     columns: Sequence[str],
     filter: str | None,
+    versions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[SplitRows]:
     """The rows of each source (in ``sources``' order), each a :class:`~.splits.SplitRows`
     named after the source. ``source``/``table``: the datamodule's pinned table; ``splits``: its
     splits; ``train_split``: the split a source without ``split`` or ``table`` reads; ``filter``:
-    the datamodule's filter (its splits are already cut by it)."""
+    the datamodule's filter (its splits are already cut by it); ``versions``: by source name, the
+    ``version`` (and its commit ``time``) to read another table at (a checkpoint's), else its latest."""
     wanted = {name: table.schema.field(name).type for name in columns}
     out = []
     for spec in sources:
@@ -79,12 +81,19 @@ def resolve_sources(
             where = f"split {name!r} of table {source.name!r}"
         else:
             uri = spec.uri if spec.uri is not None else source.uri
-            other = open_table(
-                uri, spec.table, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs
-            )
-            other_source = TableSource(
-                uri, spec.table, other.version, source.storage_options, source.connect_kwargs
-            ).stamped(other)
+            pin = (versions or {}).get(spec.name)
+            if pin is not None:  # the version a checkpoint read, and only that one (not a recreation's)
+                other_source = TableSource(
+                    uri, spec.table, pin["version"], source.storage_options, source.connect_kwargs, pin.get("time")
+                )
+                other = other_source.open()
+            else:
+                other = open_table(
+                    uri, spec.table, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs
+                )
+                other_source = TableSource(
+                    uri, spec.table, other.version, source.storage_options, source.connect_kwargs
+                ).stamped(other)
             check_source_columns(spec, spec.table, other.schema, wanted)
             check_filter(other, spec.filter)
             resolved = SplitRows(spec.name, other_source, whole_table_row_ids(other, spec.filter))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -198,3 +199,74 @@ def test_a_column_named_source_is_refused_naming_the_key(make_table, tmp_path):
     dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, mix={"a": {"proportion": 1}}, cache=str(tmp_path / "s"))
     with pytest.raises(ValueError, match="adds each row's source to its batch as 'source', which is also a column"):
         dm.setup("fit")
+
+
+def preempted_at(tables: str, tmp_path: Path, step: int, **settings) -> tuple[SourceRecorder, Path]:
+    first, ckpt = SourceRecorder(), tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2, callbacks=[SaveThenStop(step, ckpt)]).fit(
+            first, datamodule=datamodule(tables, tmp_path, **settings)
+        )
+    return first, ckpt
+
+
+def test_a_resume_reads_another_source_table_at_the_checkpoint_s_version_after_it_grew(tables, tmp_path):
+    """Rows appended to a source's table between the checkpoint and its resume would change that
+    source's permutation (it has more rows): the resumed run reads the version the checkpoint read."""
+    import lancedb
+
+    reference = fit(tables, tmp_path / "ref")
+    first, ckpt = preempted_at(tables, tmp_path, 16)
+    grown = toy_table(25).set_column(0, "id", pa.array(np.arange(2000, 2025, dtype=np.int64)))
+    lancedb.connect(tables).open_table("other").add(grown)
+    second = SourceRecorder()
+    with pytest.warns(
+        UserWarning, match=r"mix source table\(s\) have moved on since the checkpoint.*'other' version 1"
+    ):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
+            second, datamodule=datamodule(tables, tmp_path), ckpt_path=ckpt
+        )
+    assert first.seen + second.seen == reference.seen
+
+
+def test_a_resume_refuses_a_source_table_dropped_and_recreated_since_the_checkpoint(tables, tmp_path):
+    import lancedb
+
+    from lance_lightning.source import TableChangedError
+
+    _, ckpt = preempted_at(tables, tmp_path, 5)
+    db = lancedb.connect(tables)
+    db.drop_table("other")
+    db.create_table("other", toy_table(40).set_column(0, "id", pa.array(np.arange(3000, 3040, dtype=np.int64))))
+    with pytest.raises(TableChangedError, match=r"table 'other'.*changed under this run"):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
+            SourceRecorder(), datamodule=datamodule(tables, tmp_path), ckpt_path=ckpt
+        )
+
+
+class GrowOther(pl.Callback):
+    """At the end of epoch 0, appends rows 5000.. to the source table ``other``."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import lancedb
+
+        if trainer.current_epoch == 0:
+            rows = toy_table(40).set_column(0, "id", pa.array(np.arange(5000, 5040, dtype=np.int64)))
+            lancedb.connect(self.uri).open_table("other").add(rows)
+
+
+def test_with_next_epoch_updates_a_source_table_s_new_rows_join_from_the_next_epoch(tables, tmp_path):
+    model = SourceRecorder()
+    trainer = quiet_trainer(
+        tmp_path, limit_val_batches=0, max_epochs=3, callbacks=[GrowOther(tables)], reload_dataloaders_every_n_epochs=1
+    )
+    trainer.fit(model, datamodule=datamodule(tables, tmp_path, table_updates="next_epoch", splits=None))
+    epochs = by_epoch(model, batches=13)
+    assert not any(i >= 5000 for i in epochs[0][0])
+    later = np.concatenate([ids for ids, _ in epochs[1:]])
+    assert any(later >= 5000)
+    for _ids, src in epochs:
+        assert np.bincount(src, minlength=3).tolist() == COUNTS
