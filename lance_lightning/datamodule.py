@@ -30,7 +30,7 @@ from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .seeding import resolve_seed
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
-from .source import LanceSourceError, check_columns, is_local_uri, table_source
+from .source import LanceSourceError, check_columns, is_local_uri, open_other_table, table_pin, table_source
 from .splits import (
     WHOLE_TABLE,
     SplitRows,
@@ -40,6 +40,7 @@ from .splits import (
     parse_split_spec,
     whole_table_row_ids,
 )
+from .splits.tables import table_split
 from .stage import hold_again
 from .state import TrainState
 from .weights import split_weights
@@ -233,7 +234,8 @@ class LanceDataModule(pl.LightningDataModule):
         self.splits: dict[str, SplitRows] | None = None
         self._whole_table: SplitRows | None = None
         self.datasets: dict[str, Any] = {}
-        self._mix_pins: dict[str, dict[str, Any]] | None = None
+        self._pins: dict[str, dict[str, Any]] = {}
+        """Versions to read other tables at (``split:<name>`` / ``mix:<name>``): a checkpoint's."""
         self.mix_sources: list[SplitRows] | None = None
         """The train stage's ``mix`` sources as resolved at setup (rows of pinned tables), in ``mix``'s order."""
         self.samplers: dict[str, LanceBatchSampler] = {}
@@ -333,6 +335,10 @@ class LanceDataModule(pl.LightningDataModule):
             self.splits = build_splits(
                 self.source, table, self.split_spec, filter=self.options.filter, seed=self.options.seed
             )
+        for key, pin in self._pins.items():  # a tables split at the version a checkpoint read
+            name = key.partition(":")[2]
+            if key.startswith("split:") and name in self.splits:
+                self.splits[name] = table_split(name, self.source, pin["table"], self.options.filter, pin)
         self._whole_table = None
         assembly.check_stage_splits(self.source.name, self.splits, self.options)
         extra = {"table_version": self.source.version, "split_rows": {n: len(r) for n, r in self.splits.items()}}
@@ -394,47 +400,61 @@ class LanceDataModule(pl.LightningDataModule):
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))
 
-    def _mix_tables(self) -> dict[str, dict[str, Any]]:
-        """The version (and its commit time) of each ``mix`` source that reads another table."""
-        return {
-            rows.name: {"table": rows.source.name, "version": rows.source.version, "time": rows.source.version_time}
-            for rows in self.mix_sources or []
-            if (rows.source.uri, rows.source.name) != (self.source.uri, self.source.name)
+    def _other_tables(self) -> dict[str, dict[str, Any]]:
+        """Every other table this run reads (a ``tables`` split's, a ``mix`` source's), keyed
+        ``split:<name>`` / ``mix:<name>``, with the version it reads (:func:`.source.table_pin`)."""
+        own = (self.source.uri, self.source.name)
+        out = {
+            f"split:{name}": table_pin(rows.source)
+            for name, rows in (self.splits or {}).items()
+            if (rows.source.uri, rows.source.name) != own
         }
+        for rows in self.mix_sources or []:
+            if (rows.source.uri, rows.source.name) != own:
+                out[f"mix:{rows.name}"] = table_pin(rows.source)
+        return out
 
-    def _pin_mix_tables(self, recorded: dict[str, dict[str, Any]] | None) -> None:
-        """Read the other tables of a mixture at the versions a checkpoint read (as the own table is)."""
-        if not recorded or not self.mix_sources or recorded == self._mix_tables():
+    def _pin_other_tables(self, recorded: dict[str, dict[str, Any]] | None) -> None:
+        """Read the other tables at the versions a checkpoint read (as the own table is), so the
+        interrupted epoch stays exactly the same: rebuild what reads one that has moved on since."""
+        now = self._other_tables()
+        moved = {key: pin for key, pin in (recorded or {}).items() if key in now and now[key] != pin}
+        if not moved:
             return
-        moved = [f"{n} ({r['table']!r} version {r['version']})" for n, r in recorded.items()]
         rank_zero_warn(
-            f"mix source table(s) have moved on since the checkpoint: this run reads {', '.join(moved)} as the "
-            "checkpoint did, so the interrupted epoch stays exactly the same"
+            "table(s) read besides "
+            f"{self.source.name!r} have moved on since the checkpoint: this run reads "
+            + ", ".join(f"{pin['table']!r} version {pin['version']} ({key})" for key, pin in moved.items())
+            + " as the checkpoint did, so the interrupted epoch stays exactly the same"
         )
-        self._mix_pins = recorded
-        self._rebuild_train_stage()
+        self._pins = dict(recorded or {})
+        self._rebuild()
 
-    def _mix_tables_moved(self, trainer: Any) -> bool:
-        """Whether another table of the mixture has a newer version (rank 0's answer, on every rank)."""
-        pinned = self._mix_tables()
+    def _other_tables_moved(self, trainer: Any) -> bool:
+        """Whether another table this run reads has a newer version (rank 0's answer, on every rank)."""
+        pinned = self._other_tables()
         moved = False
         if pinned and self.rank == 0:
-            assert self.mix_sources is not None
             moved = any(
-                rows.source.pinned(None).open().version != rows.source.version
-                for rows in self.mix_sources
-                if rows.name in pinned
+                open_other_table(self.source, self._other_uri(key), pin["table"])[0].version != pin["version"]
+                for key, pin in pinned.items()
             )
         if pinned and self.world_size > 1:
             moved = trainer.strategy.broadcast(moved, src=0)
         return moved
 
-    def _rebuild_train_stage(self) -> None:
-        """Build the train stage's reader and sampler again (its sources re-resolved)."""
-        if "train" not in self.samplers:
-            return
-        del self.samplers["train"], self.datasets["train"]
-        self._build_stages(["train"])
+    def _other_uri(self, key: str) -> str:
+        kind, _, name = key.partition(":")
+        rows = self.splits[name] if kind == "split" else next(r for r in self.mix_sources or [] if r.name == name)
+        return rows.source.uri
+
+    def _rebuild(self) -> None:
+        """Build the splits and every built stage again (other tables re-read at :attr:`_pins`)."""
+        stages = list(self.samplers)
+        self.teardown()  # the old readers' stage leases and mappings
+        self.splits, self.samplers, self.datasets, self.mix_sources = None, {}, {}, None
+        self._build_splits(self._table())
+        self._build_stages(stages)
 
     def _mixture_reader(self, train_split: str, scan_ids: assembly.ScanIds) -> tuple[Any, Any]:
         """The train stage's reader of the ``mix`` sources (resolved now, at the pinned versions) and its plan."""
@@ -449,7 +469,7 @@ class LanceDataModule(pl.LightningDataModule):
             train_split=train_split,
             columns=self.columns,
             filter=self.options.filter,
-            versions=self._mix_pins,
+            versions={key[4:]: pin for key, pin in self._pins.items() if key.startswith("mix:")},
         )
         self.mix_sources = sources
         return assembly.build_mixture_reader(
@@ -548,7 +568,8 @@ class LanceDataModule(pl.LightningDataModule):
         self.source = self.source.pinned(version)
         self._open_table = None
         stages = list(self.samplers)
-        self.splits, self.samplers, self.datasets = None, {}, {}
+        self.teardown()  # the old readers' stage leases and mappings
+        self.splits, self.samplers, self.datasets, self.mix_sources = None, {}, {}, None
         self._build_splits(self._pin_version(reason=reason))
         self._build_stages(stages)
 
@@ -595,7 +616,7 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             sampler=self.samplers.get("train"),
             trainer=self._trainer(),
-            extra={"mix_tables": self._mix_tables()} if self.mix_sources else None,
+            extra={"tables": others} if (others := self._other_tables()) else None,
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -617,7 +638,7 @@ class LanceDataModule(pl.LightningDataModule):
             )
             self._repin(state.table_version, reason="the checkpoint")
         state.check_same_table(self.source)
-        self._pin_mix_tables(state.extra.get("mix_tables"))
+        self._pin_other_tables(state.extra.get("tables"))
         self._pinned_epoch = state.train["epoch"] if state.train else 0
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
 
@@ -658,15 +679,14 @@ class LanceDataModule(pl.LightningDataModule):
         latest = self.source.pinned(None).open().version if self.rank == 0 else None
         if self.world_size > 1:
             latest = trainer.strategy.broadcast(latest, src=0)  # every rank must read the same version
-        moved = self._mix_tables_moved(trainer)
+        moved = self._other_tables_moved(trainer)
         self._pinned_epoch = trainer.current_epoch
         self.train_state.epoch_over()
+        self._pins = {}
         if latest != self.source.version:
-            self._mix_pins = None
             self._repin(latest)
         elif moved:
-            self._mix_pins = None
-            self._rebuild_train_stage()
+            self._rebuild()
 
     def train_dataloader(self) -> DataLoader | list:
         self._follow_table_updates()

@@ -141,6 +141,26 @@ class TableSource:
         )
 
 
+def open_other_table(
+    source: TableSource, uri: str, name: str, pin: Mapping[str, Any] | None = None
+) -> tuple[lancedb.table.Table, TableSource]:
+    """Another table a run reads besides ``source``'s (with its connection settings): opened at
+    ``pin``'s ``version`` (a checkpoint's; only the commit of that ``time``: a recreated table's
+    same-numbered version raises :class:`TableChangedError`), else at its latest; and its stamped source."""
+    if pin is not None:
+        other_source = TableSource(
+            uri, name, pin["version"], source.storage_options, source.connect_kwargs, pin["time"]
+        )
+        return other_source.open(), other_source
+    table = open_table(uri, name, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs)
+    return table, TableSource(uri, name, table.version, source.storage_options, source.connect_kwargs).stamped(table)
+
+
+def table_pin(source: TableSource) -> dict[str, Any]:
+    """What a checkpoint records of another table a run reads: its name, version and commit time."""
+    return {"table": source.name, "version": source.version, "time": source.version_time}
+
+
 def table_source(options: Any) -> tuple[TableSource, Any]:
     """The :class:`TableSource` that ``options`` (a :class:`~.options.DataOptions`) name, and the
     open table when ``options.table`` is one (else None: the table is opened at setup)."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..source import TableSource, check_filter, open_table
+from ..source import TableSource, check_filter, open_other_table
 from ..splits import SplitRows, SplitSpecError
 from ..splits.base import whole_table_row_ids
 from .spec import MixSpecError, SourceSpec
@@ -81,19 +81,7 @@ def resolve_sources(
             where = f"split {name!r} of table {source.name!r}"
         else:
             uri = spec.uri if spec.uri is not None else source.uri
-            pin = (versions or {}).get(spec.name)
-            if pin is not None:  # the version a checkpoint read, and only that one (not a recreation's)
-                other_source = TableSource(
-                    uri, spec.table, pin["version"], source.storage_options, source.connect_kwargs, pin.get("time")
-                )
-                other = other_source.open()
-            else:
-                other = open_table(
-                    uri, spec.table, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs
-                )
-                other_source = TableSource(
-                    uri, spec.table, other.version, source.storage_options, source.connect_kwargs
-                ).stamped(other)
+            other, other_source = open_other_table(source, uri, spec.table, (versions or {}).get(spec.name))
             check_source_columns(spec, spec.table, other.schema, wanted)
             check_filter(other, spec.filter)
             resolved = SplitRows(spec.name, other_source, whole_table_row_ids(other, spec.filter))

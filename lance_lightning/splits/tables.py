@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..source import TableSource, check_filter, open_table
+from ..source import TableSource, check_filter, open_other_table
 from .base import SplitRows, SplitSpec, names_and_values, whole_table_row_ids
 
 
@@ -29,14 +29,16 @@ class TablesSplit(SplitSpec):
         return cls(names, tuple(str(t) for t in tables))
 
     def build(self, source: TableSource, table: Any, *, filter: str | None, seed: int) -> dict[str, SplitRows]:
-        out: dict[str, SplitRows] = {}
-        for name, table_name in zip(self.names, self.tables):
-            split_table = open_table(
-                source.uri, table_name, storage_options=source.storage_options, connect_kwargs=source.connect_kwargs
-            )
-            split_source = TableSource(
-                source.uri, table_name, split_table.version, source.storage_options, source.connect_kwargs
-            ).stamped(split_table)
-            check_filter(split_table, filter)
-            out[name] = SplitRows(name, split_source, whole_table_row_ids(split_table, filter))
-        return out
+        return {
+            name: table_split(name, source, table_name, filter) for name, table_name in zip(self.names, self.tables)
+        }
+
+
+def table_split(
+    name: str, source: TableSource, table_name: str, filter: str | None, pin: Mapping[str, Any] | None = None
+) -> SplitRows:
+    """Split ``name``: the rows of table ``table_name`` (in ``source``'s database) that ``filter``
+    keeps, at ``pin``'s version (a checkpoint's) or its latest."""
+    split_table, split_source = open_other_table(source, source.uri, table_name, pin)
+    check_filter(split_table, filter)
+    return SplitRows(name, split_source, whole_table_row_ids(split_table, filter))

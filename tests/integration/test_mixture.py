@@ -221,7 +221,8 @@ def test_a_resume_reads_another_source_table_at_the_checkpoint_s_version_after_i
     lancedb.connect(tables).open_table("other").add(grown)
     second = SourceRecorder()
     with pytest.warns(
-        UserWarning, match=r"mix source table\(s\) have moved on since the checkpoint.*'other' version 1"
+        UserWarning,
+        match=r"read besides 'toy' have moved on since the checkpoint: this run reads 'other' version 1 \(mix:other\)",
     ):
         quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
             second, datamodule=datamodule(tables, tmp_path), ckpt_path=ckpt

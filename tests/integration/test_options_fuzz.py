@@ -56,8 +56,16 @@ def places(tmp_path_factory) -> dict[str, str]:
 
 # -- strategies ---------------------------------------------------------------------------------
 
-NUMPY_SCALARS = [np.int64(3), np.uint64(2**64 - 1), np.int8(-1), np.int32(0), np.float32(2.0), np.float64(np.nan),
-                 np.bool_(True), np.bool_(False)]
+NUMPY_SCALARS = [
+    np.int64(3),
+    np.uint64(2**64 - 1),
+    np.int8(-1),
+    np.int32(0),
+    np.float32(2.0),
+    np.float64(np.nan),
+    np.bool_(True),
+    np.bool_(False),
+]
 JUNK = st.one_of(
     st.none(),
     st.booleans(),
@@ -89,29 +97,57 @@ def ints(low: int, high: int) -> st.SearchStrategy:
 
 
 SPLIT_NAMES = st.sampled_from(["train", "trian", "val", "validation", "test", "predict", "holdout", ""])
-FRACTION = st.one_of(st.floats(0, 1), st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 50),
-                     st.sampled_from([np.int64(20), np.float32(0.5), 10**400, True]), st.text(max_size=3))
-GOOD_SPLITS = st.sampled_from([
-    None, {"train": 0.8, "val": 0.2}, {"train": 30, "val": 10}, {"train": 1.0}, {"train": 0.5, "val": 0.25},
-    {"train": np.int64(30), "val": np.int64(10)}, {"kind": "random", "fractions": {"train": 0.5}, "seed": 2**64 - 1},
-    {"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}},
-    {"kind": "sequential", "counts": {"train": 20, "val": 20}}, {"kind": "column", "column": "y"},
-    {"kind": "sql", "predicates": {"train": "id < 30", "val": "id >= 30"}},
-    {"kind": "tables", "tables": {"train": "toy", "val": "other"}},
-])
+FRACTION = st.one_of(
+    st.floats(0, 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-2, 50),
+    st.sampled_from([np.int64(20), np.float32(0.5), 10**400, True]),
+    st.text(max_size=3),
+)
+GOOD_SPLITS = st.sampled_from(
+    [
+        None,
+        {"train": 0.8, "val": 0.2},
+        {"train": 30, "val": 10},
+        {"train": 1.0},
+        {"train": 0.5, "val": 0.25},
+        {"train": np.int64(30), "val": np.int64(10)},
+        {"kind": "random", "fractions": {"train": 0.5}, "seed": 2**64 - 1},
+        {"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}},
+        {"kind": "sequential", "counts": {"train": 20, "val": 20}},
+        {"kind": "column", "column": "y"},
+        {"kind": "sql", "predicates": {"train": "id < 30", "val": "id >= 30"}},
+        {"kind": "tables", "tables": {"train": "toy", "val": "other"}},
+    ]
+)
 WILD_SPLITS = st.one_of(
     st.sampled_from([{"trian": 0.5, "val": 0.5}, {"train": 0.99, "val": 0.01}, {"train": 45, "val": 1}]),
     st.dictionaries(SPLIT_NAMES, FRACTION, max_size=3),
-    st.fixed_dictionaries({"kind": st.sampled_from(["random", "sequential"]),
-                           "fractions": st.dictionaries(SPLIT_NAMES, FRACTION, max_size=3)},
-                          optional={"seed": st.one_of(ints(-2, 2**65), JUNK)}),
-    st.fixed_dictionaries({"kind": st.sampled_from(["random", "sequential"]),
-                           "counts": st.dictionaries(SPLIT_NAMES, st.one_of(ints(-1, 2**64), JUNK), max_size=3)}),
-    st.fixed_dictionaries({"kind": st.just("hash"), "columns": st.one_of(st.just(["id"]), JUNK),
-                           "weights": st.dictionaries(SPLIT_NAMES, st.one_of(ints(-1, 2**64), JUNK), max_size=3)},
-                          optional={"discard_weight": st.one_of(ints(-1, 2**64), JUNK)}),
-    st.fixed_dictionaries({"kind": st.sampled_from(["column", "sql", "tables", "shuffle"])},
-                          optional={"column": JUNK, "predicates": JUNK, "tables": JUNK}),
+    st.fixed_dictionaries(
+        {
+            "kind": st.sampled_from(["random", "sequential"]),
+            "fractions": st.dictionaries(SPLIT_NAMES, FRACTION, max_size=3),
+        },
+        optional={"seed": st.one_of(ints(-2, 2**65), JUNK)},
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.sampled_from(["random", "sequential"]),
+            "counts": st.dictionaries(SPLIT_NAMES, st.one_of(ints(-1, 2**64), JUNK), max_size=3),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("hash"),
+            "columns": st.one_of(st.just(["id"]), JUNK),
+            "weights": st.dictionaries(SPLIT_NAMES, st.one_of(ints(-1, 2**64), JUNK), max_size=3),
+        },
+        optional={"discard_weight": st.one_of(ints(-1, 2**64), JUNK)},
+    ),
+    st.fixed_dictionaries(
+        {"kind": st.sampled_from(["column", "sql", "tables", "shuffle"])},
+        optional={"column": JUNK, "predicates": JUNK, "tables": JUNK},
+    ),
     JUNK,
 )
 
@@ -131,33 +167,72 @@ def settings_of(places: dict[str, str]) -> dict[str, tuple[st.SearchStrategy, st
     """Each argument of LanceDataModule: (valid values, wrong ones)."""
     cache_dirs = st.integers(0, 3).map(lambda i: os.path.join(places["cache"], str(i)))
     return {
-        "uri": setting(st.sampled_from([places["uri"], pathlib.Path(places["uri"]), "file://" + places["uri"]]),
-                       places["file"], places["missing"], "memory://", "", pathlib.Path(places["file"])),
+        "uri": setting(
+            st.sampled_from([places["uri"], pathlib.Path(places["uri"]), "file://" + places["uri"]]),
+            places["file"],
+            places["missing"],
+            "memory://",
+            "",
+            pathlib.Path(places["file"]),
+        ),
         "table": setting(st.sampled_from(["toy", "other"]), "toys", "bad name/..", "", "toy\0"),
-        "columns": setting(st.one_of(st.none(), st.lists(st.sampled_from(["id", "x", "y"]), min_size=1, max_size=3,
-                                                         unique=True)), "id", [], ["nope"], ["id", "id"], ["name"]),
+        "columns": setting(
+            st.one_of(st.none(), st.lists(st.sampled_from(["id", "x", "y"]), min_size=1, max_size=3, unique=True)),
+            "id",
+            [],
+            ["nope"],
+            ["id", "id"],
+            ["name"],
+        ),
         "splits": (GOOD_SPLITS, WILD_SPLITS),
-        "filter": setting(st.sampled_from([None, "id > 5", "y = 1", "id >= 0"]), "id > 1000", "id ==== 3",
-                          "label = 1", "", "  ", "id > 5 y = 1", st.text(max_size=12)),
+        "filter": setting(
+            st.sampled_from([None, "id > 5", "y = 1", "id >= 0"]),
+            "id > 1000",
+            "id ==== 3",
+            "label = 1",
+            "",
+            "  ",
+            "id > 5 y = 1",
+            st.text(max_size=12),
+        ),
         "batch_size": integer(1, 64, 2**47, 2**48, 2**62, 2**63),
         "seed": integer(0, 2**64 - 1, 2**64, 2**80),
         "num_workers": integer(0, 2),
         "shuffle": setting(st.sampled_from(["uniform", "block", "none"]), "random", "Uniform"),
         "drop_last": setting(st.booleans(), "false", 1, np.bool_(True)),
         "eval_batch_size": integer(1, 64, 2**47, 2**62),
-        "stage_splits": setting(st.sampled_from([None, {}, {"val": "val"}, {"train": "train", "test": "val"}]),
-                                {"valid": "val"}, {"val": "holdout"}, {"val": 3}, "val", ["val"],
-                                {"predict": "all"}),
+        "stage_splits": setting(
+            st.sampled_from([None, {}, {"val": "val"}, {"train": "train", "test": "val"}]),
+            {"valid": "val"},
+            {"val": "holdout"},
+            {"val": 3},
+            "val",
+            ["val"],
+            {"predict": "all"},
+        ),
         # builtins.dict: a transform that works on any batch (a failing transform's own error is the user's)
-        "transform": setting(st.sampled_from([None, "builtins.dict", dict]), "tests.helpers.nothing",
-                             "no.such.module", "x", ".x", "x.", "..", "tests.helpers.Preempted"),
+        "transform": setting(
+            st.sampled_from([None, "builtins.dict", dict]),
+            "tests.helpers.nothing",
+            "no.such.module",
+            "x",
+            ".x",
+            "x.",
+            "..",
+            "tests.helpers.Preempted",
+        ),
         "nulls": setting(st.sampled_from(["raise", "mask"]), "drop"),
         "version": integer(1, 2, 2**64, 3),
         "storage_options": setting(st.sampled_from([None, {}, {"region": "x"}]), {"a": 1}, {1: "a"}),
-        "connect_kwargs": setting(st.sampled_from([None, {}, {"read_consistency_interval": 5}]),
-                                  {"read_consistency_interval": float("nan")},
-                                  {"read_consistency_interval": 1e300}, {"read_consistency_interval": -1},
-                                  {"read_consistency_interval": "soon"}, {"bogus": 1}, {1: 2}),
+        "connect_kwargs": setting(
+            st.sampled_from([None, {}, {"read_consistency_interval": 5}]),
+            {"read_consistency_interval": float("nan")},
+            {"read_consistency_interval": 1e300},
+            {"read_consistency_interval": -1},
+            {"read_consistency_interval": "soon"},
+            {"bogus": 1},
+            {1: 2},
+        ),
         "multiprocessing_context": setting(st.sampled_from([None, "forkserver", "spawn"]), "fork", "thread"),
         "persistent_workers": setting(st.booleans(), "no"),
         "pin_memory": setting(st.booleans(), "yes"),

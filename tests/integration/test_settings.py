@@ -21,8 +21,13 @@ from tests.helpers import Recorder
 def fit(dm: LanceDataModule, tmp_path) -> Recorder:
     model = Recorder()
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=dm)
     return model
@@ -44,8 +49,9 @@ def test_fit_without_a_train_split_names_the_stage_and_the_splits(make_table, tm
     with pytest.raises(SplitSpecError, match=r"The train stage reads a split named 'train'"):
         dm.setup("fit")
     # mapped with stage_splits, the same splits train
-    mapped = LanceDataModule(uri, "toy", splits={"trian": 0.8, "val": 0.2}, batch_size=8,
-                             stage_splits={"train": "trian"})
+    mapped = LanceDataModule(
+        uri, "toy", splits={"trian": 0.8, "val": 0.2}, batch_size=8, stage_splits={"train": "trian"}
+    )
     assert len(fit(mapped, tmp_path).seen) == 4
 
 
@@ -224,12 +230,18 @@ def test_read_consistency_interval_is_checked(make_table, interval):
     [
         # discard_weight 2**64 raised OverflowError in lancedb; weights past 2**64 in all wrapped
         # around there and silently put every row in one split
-        ({"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}, "discard_weight": 2**64},
-         r"add up to 18446744073709551620; they must add up to less than 2\*\*63"),
-        ({"kind": "hash", "columns": ["id"], "weights": {"train": 2**63 - 1, "val": 2**63 - 1, "test": 2**63 - 1}},
-         r"they must add up to less than 2\*\*63"),
-        ({"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}, "discard_weight": True},
-         r"discard_weight must be an integer >= 0, got True"),
+        (
+            {"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}, "discard_weight": 2**64},
+            r"add up to 18446744073709551620; they must add up to less than 2\*\*63",
+        ),
+        (
+            {"kind": "hash", "columns": ["id"], "weights": {"train": 2**63 - 1, "val": 2**63 - 1, "test": 2**63 - 1}},
+            r"they must add up to less than 2\*\*63",
+        ),
+        (
+            {"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}, "discard_weight": True},
+            r"discard_weight must be an integer >= 0, got True",
+        ),
     ],
 )
 def test_hash_weights_are_bounded(splits, message):
@@ -245,6 +257,9 @@ def test_numpy_split_counts_are_counts(make_table):
 
 
 def test_storage_option_values_must_be_strings_and_are_not_quoted():
-    with pytest.raises(ValueError, match=r"storage_options must be a mapping of option name to value \(str\); "
-                                         r"not valid: 'aws_secret_access_key': a value of type int$"):
+    with pytest.raises(
+        ValueError,
+        match=r"storage_options must be a mapping of option name to value \(str\); "
+        r"not valid: 'aws_secret_access_key': a value of type int$",
+    ):
         LanceDataModule("/unused", "toy", storage_options={"aws_secret_access_key": 123456789})

@@ -24,8 +24,13 @@ def test_workers_read_every_row_once_per_epoch(make_table, start_method):
     """Staged by default (workers read the train split's stage), whatever the start method."""
     uri, _ = make_table("toy", 203)
     dm = LanceDataModule(
-        uri, "toy", splits={"train": 1.0}, batch_size=16, num_workers=2,
-        multiprocessing_context=start_method, transform="tests.helpers.double_x",
+        uri,
+        "toy",
+        splits={"train": 1.0},
+        batch_size=16,
+        num_workers=2,
+        multiprocessing_context=start_method,
+        transform="tests.helpers.double_x",
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -55,8 +60,13 @@ def test_workers_read_every_row_once_per_epoch(make_table, start_method):
 def test_worker_start_method_by_default_forks_only_readers_of_a_stage(make_table, settings, expected):
     uri, _ = make_table("toy", 64)
     dm = LanceDataModule(
-        uri, "toy", splits={"train": 0.75, "val": 0.25}, batch_size=8, num_workers=2,
-        transform="tests.helpers.gc_frozen", **settings,
+        uri,
+        "toy",
+        splits={"train": 0.75, "val": 0.25},
+        batch_size=8,
+        num_workers=2,
+        transform="tests.helpers.gc_frozen",
+        **settings,
     )
     dm.setup("fit")
     loaders = {"train": dm.train_dataloader(), "val": dm.val_dataloader()}  # val: staged too, with workers
@@ -138,9 +148,15 @@ def test_trainer_fit_validate_test_predict(make_table, tmp_path, use_distributed
     dm = LanceDataModule(uri, "toy", columns=["id", "x", "y"], batch_size=16, seed=3)
     model = TinyModel()
     trainer = pl.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=use_distributed_sampler, default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=use_distributed_sampler,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=dm)
     sizes = {name: len(rows) for name, rows in dm.splits.items()}
@@ -162,8 +178,15 @@ def test_no_val_split_means_no_validation(make_table, tmp_path):
     uri, _ = make_table("toy", 64)
     dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=16)
     model = TinyModel()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     assert len(model.seen["train"]) == 64 and model.seen["val"] == []
 
@@ -183,8 +206,11 @@ SPLIT_SCRIPT = textwrap.dedent(
 def test_splits_and_order_identical_across_processes(make_table):
     uri, _ = make_table("toy", 500)
     runs = [
-        json.loads(subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, uri, seed], check=True,
-                                  capture_output=True, text=True).stdout)
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", SPLIT_SCRIPT, uri, seed], check=True, capture_output=True, text=True
+            ).stdout
+        )
         for seed in ("7", "7", "8")
     ]
     assert runs[0] == runs[1]
@@ -208,9 +234,16 @@ def test_overfit_batches_keeps_our_batches(make_table, tmp_path):
     uri, _ = make_table("toy", 100)
     dm = LanceDataModule(uri, "toy", batch_size=8, seed=1)
     model = TinyModel()
-    trainer = pl.Trainer(max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        overfit_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=dm)
     batches = [model.seen["train"][i : i + 8] for i in range(0, len(model.seen["train"]), 8)]
     assert len(batches) == 6 and batches[:2] == batches[2:4] == batches[4:6]
@@ -243,8 +276,15 @@ def test_model_hyperparameters_do_not_clash_with_the_datamodule(make_table, tmp_
 
     uri, _ = make_table("toy", 40)
     dm = LanceDataModule(uri, "toy", batch_size=8, seed=1)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(ModelWithOwnHyperparameters(), datamodule=dm)
     logged = (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
     assert "table_version: 1" in logged and "data_batch_size: 8" in logged and "batch_size: 999" in logged
