@@ -189,7 +189,7 @@ class LanceDataModule(pl.LightningDataModule):
         balance_column: str | None = None,
         samples_per_epoch: int | None = None,
         weight_replacement: bool = False,
-        mix: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None = None,
+        mix: Mapping[str, Mapping[str, Any]] | None = None,
         mix_batching: Literal["mixed", "stratified", "source"] = "mixed",
     ) -> None:
         super().__init__()

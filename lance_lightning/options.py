@@ -458,7 +458,7 @@ class DataOptions:
         "epoch's rows",
     )
 
-    mix: tuple[SourceSpec, ...] | None = setting(
+    mix: Mapping[str, Any] | tuple[SourceSpec, ...] | None = setting(  # given as a mapping; held as the records
         None,
         resume=REFUSED,
         why="the train stage's sources and their proportions, so which rows each epoch holds",

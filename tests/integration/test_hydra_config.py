@@ -197,6 +197,21 @@ def test_split_options_replace_the_spec_whole(option, digits_db, tmp_path):
         assert set(sizes) == {"train", "val", "test"}
 
 
+def test_a_mix_option_composes_into_a_mixture_whose_shares_the_command_line_changes(tiny):
+    cfg = compose_cfg(["data/mix=digits_threes", "data.mix.threes.proportion=0.5", *tiny])
+    assert dict(cfg.data.mix.threes) == {"proportion": 0.5, "filter": "label = 3"}
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    train = len(dm.splits["train"])
+    labels, sources = [], []
+    for batch in dm.train_dataloader():
+        labels.append(batch["label"])
+        sources.append(batch["source"])
+    labels, sources = torch.cat(labels), torch.cat(sources)
+    assert torch.bincount(sources).tolist() == [train, round(train * 0.5 / 0.75)]  # one pass over "all"
+    assert bool((labels[sources == 1] == 3).all())
+
+
 def test_split_fraction_override(tiny):
     cfg = compose_cfg(["data.splits.val=0.2", "data.splits.train=0.7", *tiny])
     assert dict(cfg.data.splits) == {"train": 0.7, "val": 0.2, "test": 0.1}
