@@ -31,8 +31,17 @@ def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
     """
     out: dict[str, dict[str, Any]] = {}
     for stage, sampler in dm.samplers.items():
+        rows, sources = sampler.num_rows, None
+        mixture = getattr(sampler, "mixture", None)
+        if mixture is not None:  # its epoch, dealt for this world size
+            counts = mixture.counts(batch_size=sampler.batch_size, world_size=world_size)
+            rows = int(counts.sum())
+            sources = [
+                {"name": name, "rows": size, "per_epoch": int(count), "share": count / rows}
+                for name, size, count in zip(mixture.names or range(len(counts)), mixture.sizes, counts.tolist())
+            ]
         plan = plan_epoch(
-            sampler.num_rows,
+            rows,
             world_size=world_size,
             batch_size=sampler.batch_size,
             drop_last=sampler.drop_last,
@@ -41,7 +50,7 @@ def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
         bounds = [rank_batch_bounds(plan, rank=rank) for rank in range(world_size)]
         out[stage] = {
             "split": dm.split_for_stage(stage),
-            "rows": sampler.num_rows,
+            "rows": rows,
             "split_rows": sampler.split_rows,
             "world_size": world_size,
             "batch_size": sampler.batch_size,
@@ -52,6 +61,8 @@ def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
             "padded_rows": plan.padded_rows,
             "dropped_rows": plan.dropped_rows,
         }
+        if sources is not None:
+            out[stage]["sources"] = sources
     return out
 
 
@@ -149,6 +160,12 @@ def format_report(
             f"  {stage:<8} split {p['split']!r}: {rows}, batch {p['batch_size']}, "
             f"shuffle {p['shuffle']}" + (f"; {'; '.join(extra)}" if extra else "; no padding, nothing dropped")
         )
+        for source in p.get("sources", ()):
+            passes = source["per_epoch"] / source["rows"]
+            lines.append(
+                f"    source {source['name']!r}: {source['per_epoch']:,} rows an epoch ({100 * source['share']:.1f}%) "
+                f"of its {source['rows']:,} ({passes:.2f} pass{'es' if passes != 1 else ''} an epoch)"
+            )
         lines += _rank_lines(p["batches_per_rank"], p["rows_per_rank"])
     return "\n".join(lines)
 

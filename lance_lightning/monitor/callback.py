@@ -47,6 +47,7 @@ from collections import deque
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -75,6 +76,11 @@ def wait_key(stage: str) -> str:
 
 def rows_key(stage: str) -> str:
     return "data/rows_per_s" if stage == "train" else f"data/{stage}_rows_per_s"
+
+
+def source_share_key(name: str) -> str:
+    """The logged share of the train rows read from mixture source ``name`` (since the last log)."""
+    return f"data/source_share/{name}"
 
 
 def transform_key(stage: str) -> str:
@@ -124,12 +130,17 @@ class LoaderMonitor(pl.Callback):
         self._recent: deque[tuple[int, float, float | None]] = deque()
         self._datamodule: Any = None
         self._world_size = 1
+        self._source_names: list[str] = []
+        self._source_rows: np.ndarray | None = None  # train rows read from each mixture source since the last log
 
     # -- wiring ----------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._datamodule = trainer.datamodule
         self._world_size = trainer.world_size
+        mix = getattr(getattr(trainer.datamodule, "options", None), "mix", None)
+        self._source_names = [source.name for source in mix] if mix else []
+        self._source_rows = np.zeros(len(self._source_names), dtype=np.int64) if mix else None
         for name in _STAGES_OF.get(stage, ()):
             self.clocks[name] = _StageClock()
         if stage == "fit":
@@ -171,6 +182,7 @@ class LoaderMonitor(pl.Callback):
     ) -> None:
         clock = self.clocks["train"]
         clock.batch_end(batch_rows(batch))
+        self._count_sources(batch)
         if not _should_log(trainer):
             return
         # Every rank takes this branch at the same steps (Lightning's cadence), so the reduce in
@@ -259,6 +271,8 @@ class LoaderMonitor(pl.Callback):
         metrics = {wait_key(stage): wait, rows_key(stage): rows}
         if share is not None:
             metrics[transform_key(stage)] = share
+        if stage == "train":
+            metrics.update(self._source_shares(trainer))
         # what Lightning's LoggerConnector.log_metrics does with its own metrics at this point
         metrics["epoch"] = trainer.current_epoch
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
@@ -278,6 +292,29 @@ class LoaderMonitor(pl.Callback):
             }
         )
         return wait, share
+
+    def _count_sources(self, batch: Any) -> None:
+        """Add a mixture batch's rows to the count of rows read from each source."""
+        sources = batch.get("source") if isinstance(batch, dict) and self._source_rows is not None else None
+        if isinstance(sources, torch.Tensor) and sources.numel():
+            self._source_rows += np.bincount(sources.cpu().numpy(), minlength=len(self._source_rows))[
+                : len(self._source_rows)
+            ]
+
+    def _source_shares(self, trainer: pl.Trainer) -> dict[str, float]:
+        """Each mixture source's share of the train rows read since the last log, over all ranks."""
+        if self._source_rows is None:
+            return {}
+        counts = self._source_rows
+        if trainer.world_size > 1:  # reached at the same steps on every rank (see _log's callers)
+            strategy = trainer.strategy
+            values = torch.tensor(counts, dtype=torch.float64, device=strategy.root_device)
+            counts = strategy.reduce(values, reduce_op="sum").cpu().numpy()
+        total = float(counts.sum())
+        self._source_rows = np.zeros_like(self._source_rows)
+        if not total:
+            return {}
+        return {source_share_key(name): float(n) / total for name, n in zip(self._source_names, counts)}
 
     def _show(self, trainer: pl.Trainer, pl_module: pl.LightningModule, key: str, value: float) -> None:
         """Put ``key`` in the progress bar (Lightning's dict of its values, which it keeps between logs)."""

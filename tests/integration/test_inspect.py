@@ -137,3 +137,16 @@ def test_a_weighted_shuffle_shows_the_samples_an_epoch(tiny):
     assert plan["batches_per_rank"] == [2, 2] and plan["rows_per_rank"] == [25, 25]  # 50 over 2 ranks of 16
     text = render(report)
     assert "train    split 'train': 50 samples an epoch (of 160 rows), batch 16, shuffle weighted" in text
+
+
+def test_a_mixture_shows_each_source_s_rows_share_and_passes(tiny):
+    overrides = [*tiny, "trainer=ddp_sim", "data/mix=digits_threes", "data.samples_per_epoch=100"]
+    report = inspect(compose_cfg(overrides))
+    plan = report["shard_plan"]["train"]
+    assert plan["rows"] == 100 and plan["batches_per_rank"] == [4, 4]
+    (everything, threes) = plan["sources"]
+    assert (everything["name"], everything["per_epoch"], everything["rows"]) == ("all", 75, 160)
+    assert threes["name"] == "threes" and threes["per_epoch"] == 25 and threes["share"] == 0.25
+    text = render(report)
+    assert "source 'all': 75 rows an epoch (75.0%) of its 160 (0.47 passes an epoch)" in text
+    assert f"source 'threes': 25 rows an epoch (25.0%) of its {threes['rows']}" in text

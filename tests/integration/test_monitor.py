@@ -209,3 +209,16 @@ def test_the_main_job_logs_it_and_ends_with_the_summary(digits_db, tmp_path, cap
     assert len(logged(tmp_path / "run", "data/test_wait_fraction")) == 1
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loader: ")]
     assert [line.split(" waited")[0] for line in lines] == ["loader: train", "loader: test"]
+
+
+def test_a_mixture_s_source_shares_are_logged(make_table, tmp_path):
+    """Each mixture source's share of the train rows read since the last log, by name: a third
+    of the rows are ids < 30 (source 'low'), the rest the train split's other rows."""
+    uri, _ = make_table("toy", 90)
+    mix = {"high": {"proportion": 2, "filter": "id >= 30"}, "low": {"proportion": 1, "filter": "id < 30"}}
+    dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=10, mix=mix, cache=str(tmp_path / "s"))
+    fit(tmp_path, dm, Sleeper(), LoaderMonitor(threshold=None, summary=False), limit_val_batches=0)
+    high, low = logged(tmp_path, "data/source_share/high"), logged(tmp_path, "data/source_share/low")
+    assert len(high) == len(low) == 4  # 9 batches, a log every 2 steps
+    assert all(h + lo == pytest.approx(1) for h, lo in zip(high, low))
+    assert sum(low) / len(low) == pytest.approx(1 / 3, abs=0.1)  # 20-row windows of a 60/30 epoch
