@@ -179,6 +179,16 @@ class BatchReader(Dataset):
     def close(self) -> None:
         """Let go of what this process holds to read (a stage's mappings and lease)."""
 
+    def slot_layout(self) -> tuple[int, int] | None:
+        """(bytes a row of the fixed-width columns, columns) where workers gather batches into
+        reused shared-memory slots (:mod:`.slots`); None where they do not."""
+        return None
+
+    def read_rows(self, positions: np.ndarray) -> dict[str, Any]:
+        """The rows at ``positions`` as tensors in this process's own memory (never shared memory,
+        no transform): what a reader of several readers (a mixture) assembles its batches from."""
+        raise NotImplementedError
+
     def _getitem(self, index: Any) -> Any:
         raise NotImplementedError
 
@@ -288,6 +298,9 @@ class LanceBatchDataset(BatchReader):
             result = result.take(pa.array(inverse))
         return result
 
+    def read_rows(self, positions: np.ndarray) -> dict[str, Any]:
+        return batch_to_tensors(self.read_arrow(self.offsets(positions)), nulls=self.nulls)
+
     def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
         if isinstance(index, BatchGroup):
             # One read for the whole group (range scans), one conversion, then a gather per batch.
@@ -344,6 +357,12 @@ class StagedBatchDataset(BatchReader):
         # the slots go to the workers being started, never into another pickle (their locks cannot)
         spawning = multiprocessing.context.get_spawning_popen() is not None
         return {**self.__dict__, "slots": self.slots if spawning else None}
+
+    def read_rows(self, positions: np.ndarray) -> dict[str, Any]:
+        return self.staged.take_into_tensors(positions, nulls=self.nulls, out_shared=False)
+
+    def slot_layout(self) -> tuple[int, int] | None:
+        return self.staged.flat_row_bytes(), len(self.staged.schema)
 
     def _getitem(self, index: Sequence[int] | np.ndarray) -> Any:
         group = isinstance(index, BatchGroup)

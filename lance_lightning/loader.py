@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from .batch_keys import keyed
 from .batches import BatchGroup
-from .dataset import StagedBatchDataset
 from .options import DataOptions
 from .readahead import read_ahead
 from .slots import WorkerSlots, taken, worker_slots
@@ -154,14 +153,16 @@ class LanceDataLoader(DataLoader):
         """Batch slots for the workers about to start (:mod:`.slots`) where they read a stage with
         no transform; None otherwise."""
         dataset = self.dataset
-        if not isinstance(dataset, StagedBatchDataset) or dataset.transform is not None:
+        layout = dataset.slot_layout() if hasattr(dataset, "slot_layout") else None
+        if layout is None or dataset.transform is not None:
             return None
+        row_bytes, columns = layout
         return worker_slots(
             self.num_workers,
             self.prefetch_factor or 2,
             rows=getattr(self.sampler, "batch_size", 0) * getattr(self.sampler, "group_batches", 1),
-            row_bytes=dataset.staged.flat_row_bytes(),
-            columns=len(dataset.staged.schema),
+            row_bytes=row_bytes,
+            columns=columns,
             context=self.multiprocessing_context,
         )
 

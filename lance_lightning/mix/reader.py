@@ -9,7 +9,8 @@ the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing.context
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,33 @@ from torch.utils.data import get_worker_info
 
 from ..batches import BatchGroup, split_group
 from ..dataset import BatchReader, Transform, resolve_transform
+from ..slots import gather_into_slot
+
+Allocate = Callable[[Any, tuple[int, ...]], "np.ndarray | None"]
 
 SOURCE_KEY = "source"
 """The batch key of each row's source (its index in ``mix``), an ``int64`` tensor."""
+
+
+def _empty(dtype: torch.dtype, shape: tuple[int, ...], *, shared: bool) -> torch.Tensor:
+    """An uninitialized tensor; in shared memory inside a DataLoader worker (handing it over then
+    copies nothing), allocated as shared storage directly (``share_memory_()`` on a new tensor
+    costs a second allocation and copy)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    like = torch.empty(0, dtype=dtype)
+    storage = like._typed_storage()._new_shared(max(1, int(np.prod(shape))))
+    return like.new(storage)[: int(np.prod(shape))].view(shape)
+
+
+def _concat(values: list[Any], *, where: str) -> Any:
+    """One column of a batch from its runs' values, in order."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values) if len(values) > 1 else first
+    if isinstance(first, dict):
+        return {name: _concat([v[name] for v in values], where=f"{where}.{name}") for name in first}
+    return [item for value in values for item in value]
 
 
 def _merge(parts: list[tuple[np.ndarray, Any]], total: int, *, where: str) -> Any:
@@ -35,11 +60,14 @@ def _merge(parts: list[tuple[np.ndarray, Any]], total: int, *, where: str) -> An
                 f"{sorted(map(str, dtypes))}; a batch stacks rows of every source (make the column the same type in "
                 "every source)"
             )
-        out = torch.empty((total, *first.shape[1:]), dtype=first.dtype)
-        if get_worker_info() is not None:
-            out.share_memory_()
-        for rows, value in parts:
-            out.index_copy_(0, torch.from_numpy(rows), value)
+        out = _empty(first.dtype, (total, *first.shape[1:]), shared=get_worker_info() is not None)
+        try:  # NumPy's scatter: one thread, no torch intra-op pool fighting the loader for cores
+            target = out.numpy()
+            for rows, value in parts:
+                target[rows] = value.numpy()
+        except TypeError:  # a dtype NumPy has not (bfloat16)
+            for rows, value in parts:
+                out.index_copy_(0, torch.from_numpy(rows), value)
         return out
     if isinstance(first, dict):
         return {name: _merge([(rows, v[name]) for rows, v in parts], total, where=f"{where}.{name}") for name in first}
@@ -69,6 +97,21 @@ class MixtureBatchDataset(BatchReader):
         self.bases = np.concatenate([[0], np.cumsum([len(r) for r in readers])]).astype(np.int64)
         self.num_rows = int(self.bases[-1])
         self.transform = resolve_transform(transform)
+        self.slots: Any = None
+        """Set by the loader for workers with no transform (:class:`~..slots.WorkerSlots`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the slots go to the workers being started, never into another pickle (their locks cannot)
+        spawning = multiprocessing.context.get_spawning_popen() is not None
+        return {**self.__dict__, "slots": self.slots if spawning else None}
+
+    def slot_layout(self) -> tuple[int, int] | None:
+        """(bytes a row of the fixed-width columns, columns) of a batch in a worker's slot; None
+        when a source is read from its table (its batches are not gathered into slots)."""
+        layouts = [r.slot_layout() for r in self.readers]
+        if any(layout is None for layout in layouts):
+            return None
+        return max(b for b, _ in layouts), max(c for _, c in layouts) + 1
 
     @property
     def reads_stage(self) -> bool:
@@ -95,16 +138,89 @@ class MixtureBatchDataset(BatchReader):
         """The source (index) of each mixture position."""
         return np.searchsorted(self.bases[1:], positions, side="right")
 
-    def read(self, positions: np.ndarray) -> dict[str, Any]:
-        """The rows at mixture ``positions`` (in that order) as one batch dict, with ``source``."""
+    def layout(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each batch's positions as its rows come: grouped by source, in ``mix`` order (each
+        source's rows in the epoch's order). One gather a source then fills a contiguous run of the
+        batch, straight where it belongs (no second copy to put rows back in the epoch's order)."""
+        return [b[np.argsort(self.sources_of(b), kind="stable")] for b in batches]
+
+    def read(
+        self, positions: np.ndarray, sizes: Sequence[int] | None = None, allocate: Allocate | None = None
+    ) -> dict[str, Any]:
+        """The rows at mixture ``positions`` (in that order) as one batch dict, with ``source``.
+
+        ``sizes``: the batches ``positions`` holds (each grouped by source, :meth:`layout`), so that
+        a source's run never crosses a batch; ``allocate``: where fixed-width columns go (a worker's
+        slot, :mod:`..slots`), which then come back as the arrays it gave."""
         sources = self.sources_of(positions)
+        total = len(positions)
+        cuts = np.cumsum([0, *(sizes or [total])])
+        runs = np.flatnonzero(np.diff(sources)) + 1
+        edges = np.unique(np.concatenate([cuts, runs]))
+        segments = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+        if all(getattr(r, "staged", None) is not None for r in self.readers):
+            out = self._gather_runs(positions, sources, segments, allocate)
+        else:
+            out = self._read_and_merge(positions, sources)
+        src = _empty(torch.int64, (total,), shared=get_worker_info() is not None)
+        src.numpy()[:] = sources
+        out[SOURCE_KEY] = src
+        return out
+
+    def _gather_runs(
+        self, positions: np.ndarray, sources: np.ndarray, segments: list[tuple[int, int]], allocate: Allocate | None
+    ) -> dict[str, Any]:
+        """Each run of one source gathered from its stage straight into its rows of the batch."""
+        total = len(positions)
+        shared = get_worker_info() is not None
+        buffers: list[tuple[Any, np.ndarray]] = []  # (what the batch holds, its array), a fixed-width column each
+        pieces: dict[str, list[Any]] = {}
+        flat: dict[str, int] = {}
+        for lo, hi in segments:
+            source = int(sources[lo])
+            reader = self.readers[source]
+            given: list[np.ndarray] = []
+
+            def into(dtype: Any, shape: tuple[int, ...], lo: int = lo, hi: int = hi, given: list = given) -> np.ndarray:
+                i = len(given)
+                if i == len(buffers):
+                    whole = (total, *shape[1:])
+                    placed = allocate(dtype, whole) if allocate is not None else None
+                    if placed is not None:
+                        buffers.append((placed, placed))
+                    else:
+                        tensor = _empty(torch.from_numpy(np.empty(0, dtype=dtype)).dtype, whole, shared=shared)
+                        buffers.append((tensor, tensor.numpy()))
+                view = buffers[i][1][lo:hi]
+                given.append(view)
+                return view
+
+            rows = reader.staged.take_into_tensors(
+                positions[lo:hi] - self.bases[source], nulls=reader.nulls, allocate=into
+            )
+            ids = [id(v) for v in given]
+            for name, value in rows.items():
+                if id(value) in ids:
+                    flat[name] = ids.index(id(value))
+                else:
+                    pieces.setdefault(name, []).append(value)
+        out: dict[str, Any] = {}
+        for name in [*flat, *pieces]:
+            if name in flat:
+                out[name] = buffers[flat[name]][0]
+            else:
+                out[name] = _concat(pieces[name], where=name)
+        return out
+
+    def _read_and_merge(self, positions: np.ndarray, sources: np.ndarray) -> dict[str, Any]:
+        """Each source's rows read at once (a table reader's take), then put in the batch's order."""
         parts: dict[str, list[tuple[np.ndarray, Any]]] = {}
         keys: list[tuple[str, ...]] = []
         for source in range(len(self.readers)):
             rows = np.flatnonzero(sources == source)
             if not len(rows):
                 continue
-            batch = self.readers[source]._getitem(positions[rows] - self.bases[source])
+            batch = self.readers[source].read_rows(positions[rows] - self.bases[source])
             keys.append(tuple(batch))
             for name, value in batch.items():
                 parts.setdefault(name, []).append((rows, value))
@@ -113,15 +229,22 @@ class MixtureBatchDataset(BatchReader):
                 f"mixture sources give batches with different keys {sorted(set(keys))}: with nulls='mask', a column "
                 "with nulls in one source and none in another does this; select the same nullable columns in each"
             )
-        out = {name: _merge(value, len(positions), where=name) for name, value in parts.items()}
-        src = torch.from_numpy(sources.astype(np.int64))
-        out[SOURCE_KEY] = src.share_memory_() if get_worker_info() is not None else src
-        return out
+        return {name: _merge(value, len(positions), where=name) for name, value in parts.items()}
 
     def _getitem(self, index: Any) -> Any:
-        if isinstance(index, BatchGroup):
-            if not len(index):
-                return BatchGroup()
-            rows = self.read(np.concatenate(index))
-            return split_group(rows, [len(b) for b in index], self._finish)
-        return self._finish(self.read(np.asarray(index, dtype=np.int64)))
+        group = isinstance(index, BatchGroup)
+        if group and not len(index):
+            return BatchGroup()
+        batches = self.layout(list(index) if group else [np.asarray(index, dtype=np.int64)])
+        positions = np.concatenate(batches)
+        sizes = [len(b) for b in batches]
+        if self.slots is not None and self.transform is None and (worker := get_worker_info()) is not None:
+
+            def gather(allocate: Allocate) -> dict[str, Any]:
+                return self.read(positions, sizes, allocate)
+
+            handed = gather_into_slot(self.slots, worker.id, gather, sizes if group else None)
+            if handed is not None:
+                return handed
+        rows = self.read(positions, sizes)
+        return split_group(rows, sizes, self._finish) if group else self._finish(rows)

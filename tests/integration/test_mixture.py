@@ -111,6 +111,10 @@ def test_the_same_rows_in_the_same_order_from_stages_from_tables_and_with_worker
     staged = fit(tables, tmp_path / "a", epochs=1)
     assert fit(tables, tmp_path / "b", epochs=1, staging="off").seen == staged.seen
     assert fit(tables, tmp_path / "c", epochs=1, num_workers=2).seen == staged.seen
+    assert fit(tables, tmp_path / "d", epochs=1, num_workers=2, read_group_rows=32).seen == staged.seen
+    assert fit(tables, tmp_path / "e", epochs=1, staging="off", num_workers=2, read_group_rows=32).seen == staged.seen
+    # a batch's rows come grouped by source, in mix order (one gather a source fills a run of the batch)
+    assert all(batch == sorted(batch) for batch in staged.sources)
 
 
 def test_a_transform_sees_the_whole_mixed_batch_with_its_sources(tables, tmp_path):
