@@ -13,6 +13,7 @@ registry); this class only holds the values it needs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,6 +139,7 @@ class LanceBatchSampler(DistributedSampler):
         self.group_batches = group_batches
         self.position = position if position is not None else TrainPosition()
         self._order: tuple[tuple[int, int, int], EpochOrder] | None = None
+        self._ahead: tuple[tuple[int, int, int], threading.Thread, dict[str, Any]] | None = None
 
     # The position lives in one TrainPosition (lance_lightning/state.py), shared with the datamodule.
     @property
@@ -219,25 +221,63 @@ class LanceBatchSampler(DistributedSampler):
         )
 
     def epoch_order(self) -> EpochOrder:
-        """This epoch's order (all ranks alike), evaluated slice by slice (the weighted order holds the
-        epoch's positions: :mod:`.orders.weighted`)."""
+        """This epoch's order (all ranks alike), evaluated slice by slice (the weighted and mixture
+        orders hold the epoch's positions: :mod:`.orders.weighted`, :mod:`.orders.mixture`).
+
+        An order made whole at its epoch's start (:attr:`.EpochOrder.made_ahead`) has the next
+        epoch's made on a background thread while this one is read (NumPy's sorts and permutations
+        release the GIL), so an epoch does not start by waiting for it; two epochs' orders are
+        held meanwhile."""
         key = (self.epoch, self.order_world_size, self.order_batch_size)
         if self._order is None or self._order[0] != key:
-            order = self.order_class.create(
-                self.split_rows,
-                seed=self.seed,
-                epoch=self.epoch,
-                block_size=self.block_size,
-                window_blocks=self.window_blocks,
-                streams=self.order_world_size,
-                batch_size=self.order_batch_size,
-                weights=self.weights,
-                samples=self.samples_per_epoch,
-                replacement=self.replacement,
-                mixture=self.mixture,
-            )
+            order = self._made_ahead(key) or self._make_order(key)
             self._order = (key, order)
+            if self.order_class.made_ahead:
+                self._make_ahead((self.epoch + 1, self.num_replicas, self.batch_size))
         return self._order[1]
+
+    def _make_order(self, key: tuple[int, int, int]) -> EpochOrder:
+        epoch, world_size, batch_size = key
+        return self.order_class.create(
+            self.split_rows,
+            seed=self.seed,
+            epoch=epoch,
+            block_size=self.block_size,
+            window_blocks=self.window_blocks,
+            streams=world_size,
+            batch_size=batch_size,
+            weights=self.weights,
+            samples=self.samples_per_epoch,
+            replacement=self.replacement,
+            mixture=self.mixture,
+        )
+
+    def _make_ahead(self, key: tuple[int, int, int]) -> None:
+        box: dict[str, Any] = {}
+
+        def make() -> None:
+            try:
+                box["order"] = self._make_order(key)
+            except BaseException as err:  # raised where the order is asked for, not here
+                box["error"] = err
+
+        thread = threading.Thread(target=make, name="lance-lightning-next-order", daemon=True)
+        thread.start()
+        self._ahead = (key, thread, box)
+
+    def _made_ahead(self, key: tuple[int, int, int]) -> EpochOrder | None:
+        """The order of ``key`` if it was made ahead (waiting for it to be done), else None."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != key:
+            return None
+        _, thread, box = ahead
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["order"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ahead": None}  # a thread does not pickle; made again if needed
 
     def rows_consumed_after(self, batches: int) -> int:
         """Rows of the epoch order consumed once every rank has read ``batches`` batches.

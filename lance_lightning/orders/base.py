@@ -52,6 +52,9 @@ class EpochOrder:
     """True: the order draws rows by a weight a row (``create(..., weights=...)``), and an epoch holds
     as many rows as it draws, not the split's row count."""
 
+    made_ahead: ClassVar[bool] = False
+    """True: the order is made whole when created (a sort, a shuffle), so the sampler makes the
+    next epoch's on a background thread while this one is read."""
     mixes: ClassVar[bool] = False
     """True: the order draws from several sources (``create(..., mixture=...)``, a
     :class:`~.mixture.MixturePlan`); positions number the sources' rows one after another, and an

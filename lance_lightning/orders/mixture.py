@@ -149,6 +149,7 @@ class MixtureOrder(EpochOrder):
 
     name = "mixture"
     mixes = True
+    made_ahead = True
 
     def __init__(self, plan: MixturePlan, *, seed: int, epoch: int, batch_size: int, streams: int) -> None:
         self.plan = plan

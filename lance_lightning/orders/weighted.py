@@ -89,6 +89,7 @@ class WeightedOrder(EpochOrder):
 
     name = "weighted"
     weighted = True
+    made_ahead = True
 
     def __init__(
         self, weights: np.ndarray, *, seed: int, epoch: int, samples: int | None = None, replacement: bool = False

@@ -224,3 +224,27 @@ def test_a_list_and_a_mapping_give_the_same_sources_and_samples_per_epoch_goes_w
     mapped = DataOptions(mix={"a": {"proportion": 1}, "source1": {"proportion": 3, "filter": "x > 1"}})
     assert listed.mix == mapped.mix and [s.name for s in listed.mix] == ["a", "source1"]
     assert DataOptions(mix={"a": {"proportion": 1}}, samples_per_epoch=10).samples_per_epoch == 10
+
+
+@pytest.mark.parametrize("shuffle", ["mixture", "weighted"])
+def test_the_next_epoch_s_order_is_made_ahead_and_is_the_one_made_on_demand(shuffle):
+    import pickle
+
+    kwargs = (
+        {"mixture": MixturePlan((40, 25, 11), (0.5, 0.3, 0.2), samples=60)}
+        if shuffle == "mixture"
+        else {"weights": np.arange(76) % 4}
+    )
+    sampler = LanceBatchSampler(76, batch_size=4, shuffle=shuffle, seed=1, **kwargs)
+    sampler.set_epoch(0)
+    list(sampler)
+    assert sampler._ahead is not None and sampler._ahead[0] == (1, 1, 4)  # epoch 1's, on a thread
+    copy = pickle.loads(pickle.dumps(sampler))  # a thread does not pickle: the copy makes its own
+    sampler.set_epoch(1)
+    ahead = [b.tolist() for b in sampler]
+    fresh = LanceBatchSampler(76, batch_size=4, shuffle=shuffle, seed=1, **kwargs)
+    fresh.set_epoch(1)
+    assert ahead == [b.tolist() for b in fresh] == [b.tolist() for b in (copy.set_epoch(1) or copy)]
+    sampler.resume_at(epoch=3, consumed_rows=8)  # not the epoch made ahead (2): made on demand
+    fresh.resume_at(epoch=3, consumed_rows=8)
+    assert [b.tolist() for b in sampler] == [b.tolist() for b in fresh]
