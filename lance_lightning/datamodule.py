@@ -136,6 +136,11 @@ class LanceDataModule(pl.LightningDataModule):
             ``len()`` of the train loader counts.
         weight_replacement: draw ``samples_per_epoch`` rows with replacement (a row may come several
             times an epoch); False (default): a weighted permutation, every row at most once.
+        neighbors: every train batch also carries each row's ``k`` nearest rows of the split by a
+            vector column, as ``batch["neighbors"]`` (``ids``, ``mask`` and their columns, ``[B, k, ...]``),
+            e.g. ``{"column": "emb", "k": 4, "exclude_same": "label"}``: mined once per node from the
+            pinned version (exactly, or with the column's vector index), stored beside the stage and
+            gathered at memory speed. See docs/guides/neighbors.md and :mod:`lance_lightning.neighbors`.
     """
 
     def __init__(
@@ -178,6 +183,7 @@ class LanceDataModule(pl.LightningDataModule):
         balance_column: str | None = None,
         samples_per_epoch: int | None = None,
         weight_replacement: bool = False,
+        neighbors: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if table is None and _is_lancedb_table(uri):  # LanceDataModule(table): the open table
@@ -224,6 +230,7 @@ class LanceDataModule(pl.LightningDataModule):
         self.samplers: dict[str, LanceBatchSampler] = {}
         self.rank, self.world_size = 0, 1
         self._announced: set[str] = set()
+        self.neighbor_lists: Any = None  # the directory of the train split's neighbour lists in use
 
     @property
     def position(self) -> Any:
@@ -339,6 +346,7 @@ class LanceDataModule(pl.LightningDataModule):
             return
         split = self.split_rows(name)  # never empty: check_stage_splits and split_rows refuse that
         assembly.check_eval_split(stage, name, len(split), self.world_size)
+        neighbors = stage == "train" and self.options.neighbors is not None
         self.datasets[stage] = assembly.build_reader(
             self.options,
             split,
@@ -346,10 +354,12 @@ class LanceDataModule(pl.LightningDataModule):
             warn=rank_zero_warn,
             columns=self.columns,
             split_name=name,
-            transform=self.transform,
+            transform=None if neighbors else self.transform,  # the neighbours are added before it runs
             table=self._open_table if split.source == self.source else None,
             scan_ids=scan_ids,
         )
+        if neighbors:
+            self.datasets[stage] = self._with_neighbors(stage, split, name, scan_ids)
         trainer = self._trainer()
         reader = self.datasets[stage]
         self.samplers[stage] = assembly.build_sampler(
@@ -360,7 +370,7 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             position=self.position,
             overfitting=bool(getattr(trainer, "overfit_batches", 0)),
-            staged=isinstance(reader, StagedBatchDataset),
+            staged=isinstance(getattr(reader, "inner", reader), StagedBatchDataset),
             row_bytes=reader.row_bytes,
             weights=lambda: self._split_weights(split),
         )
@@ -371,6 +381,46 @@ class LanceDataModule(pl.LightningDataModule):
             self.train_state.apply(self.samplers[stage], table_name=self.source.name)
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))
+
+    def _with_neighbors(self, stage: str, split: SplitRows, name: str, scan_ids: assembly.ScanIds) -> Any:
+        """The stage's reader wrapped to add each row's neighbours (:mod:`.neighbors`), mined once
+        per node from the version this epoch reads (or the lists in use, where a refresh is not due)."""
+        from .neighbors.build import neighbor_reader
+
+        own = split.source == self.source
+
+        def build(columns: list[str]) -> Any:
+            return assembly.build_reader(
+                self.options,
+                split,
+                stage=stage,
+                warn=rank_zero_warn,
+                columns=columns,
+                split_name=name,
+                transform=None,
+                table=self._open_table if own else None,
+                scan_ids=scan_ids,
+            )
+
+        reader = neighbor_reader(
+            self.options,
+            split,
+            inner=self.datasets[stage],
+            columns=self.columns,
+            split_name=name,
+            transform=self.transform,
+            table=self._open_table if own else None,
+            build_reader=build,
+            mined_from=self._neighbor_source(split),
+        )
+        self.neighbor_lists = reader.lists.path
+        return reader
+
+    def _neighbor_source(self, split: SplitRows) -> Any:
+        """Where this epoch's lists are mined from: the split's own version, unless
+        ``refresh_every_n_epochs`` is set, not due this epoch, and the split's rows are unchanged
+        since the lists in use were mined (then those)."""
+        return None
 
     def _split_weights(self, split: SplitRows) -> np.ndarray:
         """The train split's weights (``weight_column`` / ``balance_column``), read from the pinned version."""
@@ -398,7 +448,7 @@ class LanceDataModule(pl.LightningDataModule):
         """Let go of the stages this process reads (their leases): once no running job holds a
         stage, a later job may evict it to make room. The readers reopen them if used again."""
         for reader in self.datasets.values():
-            if isinstance(reader, StagedBatchDataset):
+            if isinstance(reader, StagedBatchDataset) or hasattr(reader, "lists"):
                 reader.close()
 
     def split_for_stage(self, stage: str) -> str | None:

@@ -56,7 +56,8 @@ def worker_start_method(dataset: Any, options: DataOptions) -> str:
     user's script, Lightning and lancedb included (~6 s on 2 cores)."""
     if options.multiprocessing_context is not None:
         return options.multiprocessing_context
-    if isinstance(dataset, StagedBatchDataset) and sys.platform.startswith("linux"):
+    staged = isinstance(dataset, StagedBatchDataset) or getattr(dataset, "forks_safely", False)
+    if staged and sys.platform.startswith("linux"):
         return "fork"
     return "forkserver"
 

@@ -73,6 +73,7 @@ CHANGES = {
     "balance_column": ({}, {"balance_column": "id"}, {"balance_column": "y"}),
     "samples_per_epoch": ({"samples_per_epoch": 60}, {"samples_per_epoch": 40}, {"weight_column": "id"}),
     "weight_replacement": ({}, {"weight_replacement": True}, {"weight_column": "id"}),
+    "neighbors": ({"neighbors": {"column": "x", "k": 2}}, {"neighbors": {"column": "x", "k": 3}}),
 }
 # more changes a setting's declaration covers: (setting, the checkpoint's, the resumed run's, both, outcome)
 MORE = {
@@ -164,7 +165,7 @@ def walk(uri: str, tmp_path, then: dict, now: dict, both: dict, expected: str) -
         (name,) = {k for k in now if then.get(k) != now[k]} - {"batch_size"}
         with pytest.raises(ResumeRefusedError, match=rf"{name}: the checkpoint's .*, now .*resume='fresh'") as err:
             after.load_state_dict(state)
-        assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in ("table", "splits", "stage_splits")
+        assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in ("table", "splits", "stage_splits", "neighbors")
         fresh = datamodule(uri, tmp_path, {**both, **now, "resume": "fresh"})
         with pytest.warns(UserWarning, match="resume='fresh'"):
             fresh.load_state_dict(state)  # the way out: the data afresh, with the new value
@@ -229,6 +230,7 @@ def test_the_declarations():
         "balance_column",
         "samples_per_epoch",
         "weight_replacement",
+        "neighbors",
     }
     assert DataOptions(shuffle="block", block_size=16).identity()["block_size"] == 16
     # weight_column asks for the weighted shuffle: both recorded (a uniform run records None, False)
