@@ -231,6 +231,7 @@ class LanceDataModule(pl.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._announced: set[str] = set()
         self.neighbor_lists: Any = None  # the directory of the train split's neighbour lists in use
+        self._neighbor_mining: dict[str, Any] | None = None  # where those were mined from
 
     @property
     def position(self) -> Any:
@@ -402,6 +403,7 @@ class LanceDataModule(pl.LightningDataModule):
                 scan_ids=scan_ids,
             )
 
+        mined_from = self._neighbor_source(split)
         reader = neighbor_reader(
             self.options,
             split,
@@ -411,16 +413,47 @@ class LanceDataModule(pl.LightningDataModule):
             transform=self.transform,
             table=self._open_table if own else None,
             build_reader=build,
-            mined_from=self._neighbor_source(split),
+            mined_from=mined_from,
         )
         self.neighbor_lists = reader.lists.path
+        self._neighbor_mining = {
+            "source": mined_from or split.source,
+            "rows": _rows_digest(split.row_ids),
+            "epoch": self._pinned_epoch,
+        }
         return reader
 
     def _neighbor_source(self, split: SplitRows) -> Any:
-        """Where this epoch's lists are mined from: the split's own version, unless
-        ``refresh_every_n_epochs`` is set, not due this epoch, and the split's rows are unchanged
-        since the lists in use were mined (then those)."""
-        return None
+        """Where this epoch's lists are mined from: the version it reads (None), unless
+        ``refresh_every_n_epochs`` is set and not due this epoch and the split's rows are those the
+        lists in use were mined for: then the source those were mined from (the lists are reused)."""
+        every = self.options.neighbors.refresh_every_n_epochs
+        kept = self._neighbor_mining
+        if every is None or kept is None or self._pinned_epoch % every == 0:
+            return None
+        return kept["source"] if kept["rows"] == _rows_digest(split.row_ids) else None
+
+    def _neighbor_state(self) -> dict[str, Any] | None:
+        """What a checkpoint records of the lists in use: the version they were mined from."""
+        kept = self._neighbor_mining
+        if kept is None:
+            return None
+        source = kept["source"]
+        return {
+            "version": source.version,
+            "version_time": source.version_time,
+            "rows": kept["rows"],
+            "lists": os.path.basename(str(self.neighbor_lists)),
+        }
+
+    def _resume_neighbors(self, recorded: dict[str, Any] | None) -> bool:
+        """Take the checkpoint's lists (mined from the version it records) as the ones in use;
+        True when they are not the ones this setup mined (the train reader must be rebuilt)."""
+        if recorded is None or self.options.neighbors is None:
+            return False
+        source = dataclasses.replace(self.source.pinned(recorded["version"]), version_time=recorded["version_time"])
+        self._neighbor_mining = {"source": source, "rows": recorded["rows"], "epoch": None}
+        return os.path.basename(str(self.neighbor_lists)) != recorded["lists"]
 
     def _split_weights(self, split: SplitRows) -> np.ndarray:
         """The train split's weights (``weight_column`` / ``balance_column``), read from the pinned version."""
@@ -544,16 +577,20 @@ class LanceDataModule(pl.LightningDataModule):
         """Saved by Lightning in every checkpoint: the data's identity and the next unread row."""
         if self.splits is None:
             return {}
-        return self.train_state.state_dict(
+        state = self.train_state.state_dict(
             identity=self._identity(),
             source=self.source,
             world_size=self.world_size,
             sampler=self.samplers.get("train"),
             trainer=self._trainer(),
         )
+        mined = self._neighbor_state()
+        return state if mined is None else {**state, NEIGHBOR_STATE: mined}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""
+        state_dict = dict(state_dict)
+        mined = state_dict.pop(NEIGHBOR_STATE, None)
         state = self.train_state.load_state_dict(
             state_dict,
             identity=self._identity(),
@@ -562,6 +599,8 @@ class LanceDataModule(pl.LightningDataModule):
         )
         if state is None:
             return
+        rewrap = self._resume_neighbors(mined)
+        self._pinned_epoch = state.train["epoch"] if state.train else 0  # before a rebuild: which lists it reads
         if state.table_version is not None and state.table_version != self.source.version:
             follow = " until this epoch ends" if self.options.table_updates == "next_epoch" else ""
             rank_zero_warn(
@@ -570,8 +609,13 @@ class LanceDataModule(pl.LightningDataModule):
                 "splits and the interrupted epoch stay exactly the same"
             )
             self._repin(state.table_version, reason="the checkpoint")
+        elif rewrap and "train" in self.datasets:  # the lists the checkpoint's epoch read, not this setup's
+            reader = self.datasets["train"]
+            self.datasets["train"] = reader.inner
+            self.datasets["train"] = self._with_neighbors(
+                "train", self.split_rows(self._train_split_name()), self._train_split_name(), assembly.ScanIds()
+            )
         state.check_same_table(self.source)
-        self._pinned_epoch = state.train["epoch"] if state.train else 0
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
 
     # -- dataloaders ---------------------------------------------------------------------
@@ -664,6 +708,17 @@ class LanceDataModule(pl.LightningDataModule):
         return {
             name: describe_column(schema.field(name)) for name in check_columns(self.source.name, schema, self.columns)
         }
+
+
+NEIGHBOR_STATE = "neighbor_lists"
+"""The checkpoint entry that records which neighbour lists the run read (:meth:`LanceDataModule._neighbor_state`)."""
+
+
+def _rows_digest(row_ids: np.ndarray) -> str:
+    """A split's rows, in a few bytes: whether lists mined for them still apply."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(row_ids, dtype=np.uint64).tobytes()).hexdigest()[:32]
 
 
 def _is_lancedb_table(value: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -221,3 +222,85 @@ def test_a_column_called_neighbors_is_refused(make_table):
     uri, _ = make_table("toy", data)
     with pytest.raises(ValueError, match=r"has a column 'neighbors', the batch key neighbours are put under"):
         LanceDataModule(uri, "toy", splits={"train": 1.0}, neighbors={"column": "x", "k": 2}).setup("fit")
+
+
+class WriteVectors(pl.Callback):
+    """At the end of epoch ``epoch``, writes new vectors ``x`` for every row (one ``merge_insert`` on
+    ``id``: a new table version); records the lists each epoch reads."""
+
+    def __init__(self, table, x_new, epoch):
+        self.table, self.x_new, self.epoch, self.lists = table, x_new, epoch, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.lists.append(trainer.datamodule.neighbor_lists)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            data = toy_table(ROWS, dim=DIM)
+            data = data.set_column(1, "x", pa.FixedSizeListArray.from_arrays(pa.array(self.x_new.ravel()), DIM))
+            self.table.merge_insert("id").when_matched_update_all().execute(data)
+
+
+class AppendRows(pl.Callback):
+    """At each epoch's end, appends 10 rows (ids past ``ROWS``); records each epoch's version and lists."""
+
+    def __init__(self, table):
+        self.table, self.lists = table, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # a resumed epoch has no epoch start
+        dm = trainer.datamodule
+        if not self.lists or self.lists[-1][0] != trainer.current_epoch:
+            self.lists.append((trainer.current_epoch, dm.table_version, dm.neighbor_lists))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.table.add(toy_table(ROWS + 10 * (trainer.current_epoch + 1), dim=DIM).slice(self.table.count_rows()))
+
+
+@pytest.mark.parametrize("refresh", [None, 1], ids=["follows-the-version", "every-epoch"])
+def test_vectors_written_between_epochs_change_the_lists_from_the_next_epoch_only(make_table, tmp_path, refresh):
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, y = table_arrays(table)
+    x_new = np.random.default_rng(9).standard_normal((ROWS, DIM)).astype(np.float32)
+    before, after = brute_force(x, 3), brute_force(x_new, 3)
+    assert before != after
+    write = WriteVectors(table, x_new, 0)
+    neighbors = {"column": "x", "k": 3, "refresh_every_n_epochs": refresh}
+    dm = datamodule(uri, splits=None, table_updates="next_epoch", neighbors=neighbors)
+    model = NeighborRecorder()
+    quiet_trainer(
+        tmp_path, limit_val_batches=0, max_epochs=2, reload_dataloaders_every_n_epochs=1, callbacks=[write]
+    ).fit(model, datamodule=dm)
+    first, second = model.seen[:ROWS], model.seen[ROWS:]
+    assert len(second) == ROWS
+    assert all(found == before[row] for row, found in first)
+    assert all(found == after[row] for row, found in second)
+    assert write.lists[0] != write.lists[1]
+
+
+def test_refresh_every_two_epochs_keeps_the_lists_between_refreshes_and_on_resume(make_table, tmp_path):
+    """Rows appended outside the filter give a new version with the same split: epoch 1 keeps the
+    lists of epoch 0 (refresh not due), epoch 2 mines from the version it reads; a run resumed in
+    epoch 1 reads epoch 0's lists too (the checkpoint records them)."""
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    neighbors = {"column": "x", "k": 3, "refresh_every_n_epochs": 2}
+    settings = {"splits": None, "filter": f"id < {ROWS}", "table_updates": "next_epoch", "neighbors": neighbors}
+    callback = AppendRows(table)
+    run = {"limit_val_batches": 0, "max_epochs": 3, "reload_dataloaders_every_n_epochs": 1}
+    ckpt = tmp_path / "mid.ckpt"
+    first = NeighborRecorder()
+    with pytest.raises(Preempted):  # 8 steps an epoch: step 11 is inside epoch 1
+        quiet_trainer(tmp_path, **run, callbacks=[callback, SaveThenStop(11, ckpt)]).fit(
+            first, datamodule=datamodule(uri, **settings)
+        )
+    (_, v0, l0), (_, v1, l1) = callback.lists
+    assert v0 < v1 and l1 == l0 and f"-v{v0}-" in l0.name  # kept: epoch 1 is not a refresh
+    resumed, second = AppendRows(table), NeighborRecorder()
+    quiet_trainer(tmp_path, **run, callbacks=[resumed]).fit(
+        second, datamodule=datamodule(uri, **settings), ckpt_path=ckpt
+    )
+    (e1, _, r1), (e2, v2, r2) = resumed.lists
+    assert (e1, e2) == (1, 2) and r1 == l0  # the resumed epoch 1 reads the lists epoch 0 mined
+    assert v2 > v1 and r2 != l0 and f"-v{v2}-" in r2.name  # epoch 2 is a refresh
+    epoch1 = first.seen[ROWS:] + second.seen[: 2 * ROWS - len(first.seen)]
+    assert sorted(i for i, _ in epoch1) == list(range(ROWS))
+    assert dict(epoch1) == dict(first.seen[:ROWS])  # the same lists: each row the same neighbours
