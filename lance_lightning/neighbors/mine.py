@@ -246,8 +246,10 @@ def index_neighbors(
     fetch: int | None = None,
 ) -> np.ndarray:
     """Neighbour positions by the table's vector index: :data:`QUERY_BATCH` queries a search,
-    ``fetch`` results each (default ``4k + 16``, more with ``exclude_same``), exclusions applied
-    to what comes back; rows left short of ``k`` while more eligible rows exist are searched exactly."""
+    ``fetch`` candidates each (default ``4k + 16``, more with ``exclude_same``), exclusions applied
+    to what comes back, the rest ranked by their exact distance (computed here from the vectors in
+    memory: the index's PQ distances alone gave recall@10 0.62 on a 5k-row 32-d table, lancedb's
+    ``refine_factor`` cost 10x the time); rows left short of ``k`` are searched exactly."""
     n, k = len(vectors), spec.k
     if fetch is None:
         fetch = 4 * k + 16 if groups is None else 8 * k + 32
@@ -279,7 +281,8 @@ def index_neighbors(
             keep[keep] = groups[pos[keep]] != groups[query[keep]]
         if eligible is not None:
             keep[keep] = eligible[pos[keep]]
-        query, pos, dist = query[keep], pos[keep], dist[keep]
+        query, pos = query[keep], pos[keep]
+        dist = _exact_distances(vectors, query, pos, spec.metric)  # re-ranked here: the index's are PQ-approximate
         order = np.lexsort((pos, dist, query))
         query, pos = query[order], pos[order]
         starts = np.searchsorted(query, np.arange(q0, q1))
@@ -293,6 +296,18 @@ def index_neighbors(
         exact = exact_neighbors(vectors, k, metric=spec.metric, groups=groups, eligible=eligible, queries=short)
         out[short] = exact.ids
     return out
+
+
+def _exact_distances(vectors: np.ndarray, query: np.ndarray, pos: np.ndarray, metric: str) -> np.ndarray:
+    """The exact distance of each (query, candidate) pair, as :func:`.exact.exact_neighbors` ranks them."""
+    a, b = vectors[query].astype(np.float64), vectors[pos].astype(np.float64)
+    if metric == "l2":
+        return ((a - b) ** 2).sum(axis=1)
+    dot = (a * b).sum(axis=1)
+    if metric == "cosine":
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return 1 - np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+    return -dot
 
 
 # -- the stored lists --------------------------------------------------------------------------------
