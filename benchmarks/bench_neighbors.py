@@ -93,7 +93,8 @@ def mine_times(args: argparse.Namespace, uri: str, table) -> dict:
         table.create_index("x", config=IvfPq(num_partitions=partitions, num_sub_vectors=max(1, args.dim // 8)))
         out["index_build_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        found = mine(NeighborSpec(column="x", k=args.k, mode="index"), table, row_ids, mode="index")
+        spec = NeighborSpec(column="x", k=args.k, mode="index", candidates=args.candidates)
+        found = mine(spec, table, row_ids, mode="index")
         out["index_s"] = time.perf_counter() - start
         sample = np.random.default_rng(1).choice(len(x), size=min(1000, len(x)), replace=False)
         if exact is None:
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--k", type=int, default=10, help="neighbours a row, for the mining")
+    parser.add_argument("--candidates", type=int, default=None, help="index mode's candidates a row (default 4k + 16)")
     parser.add_argument("--loader-k", type=int, default=4, help="neighbours a row, for the loader")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--batches", type=int, default=100)

@@ -251,6 +251,7 @@ def index_neighbors(
     memory: the index's PQ distances alone gave recall@10 0.62 on a 5k-row 32-d table, lancedb's
     ``refine_factor`` cost 10x the time); rows left short of ``k`` are searched exactly."""
     n, k = len(vectors), spec.k
+    fetch = spec.candidates if fetch is None else fetch
     if fetch is None:
         fetch = 4 * k + 16 if groups is None else 8 * k + 32
     fetch = min(fetch, n)

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 NEIGHBOR_MODES = ("auto", "exact", "index")
-NEIGHBOR_KEYS = ("column", "k", "exclude_same", "where", "columns", "mode", "metric", "refresh_every_n_epochs")
+NEIGHBOR_KEYS = (
+    "column",
+    "k",
+    "exclude_same",
+    "where",
+    "columns",
+    "mode",
+    "metric",
+    "candidates",
+    "refresh_every_n_epochs",
+)
 
 
 @dataclass(frozen=True)
@@ -23,7 +33,9 @@ class NeighborSpec:
     row's positives); ``where``: only rows of the split matching this SQL predicate may be
     neighbours; ``columns``: the neighbours' columns a batch carries (None: the datamodule's);
     ``mode``: ``"exact"`` (blocks of matrix products), ``"index"`` (the table's vector index) or
-    ``"auto"``; ``metric``: ``"l2"``, ``"cosine"`` or ``"dot"``; ``refresh_every_n_epochs``: with
+    ``"auto"``; ``metric``: ``"l2"``, ``"cosine"`` or ``"dot"``; ``candidates``: index mode's
+    candidates a row, re-ranked exactly (None: ``4k + 16``, ``8k + 32`` with ``exclude_same``; more:
+    higher recall, slower); ``refresh_every_n_epochs``: with
     ``table_updates="next_epoch"``, mine again from the version an epoch reads every this many epochs
     (None: the lists follow the version: mined again only when the split's rows change).
     """
@@ -35,6 +47,7 @@ class NeighborSpec:
     columns: tuple[str, ...] | None = None
     mode: str = "auto"
     metric: str = "l2"
+    candidates: int | None = None
     refresh_every_n_epochs: int | None = None
 
     def mining(self) -> dict[str, Any]:
@@ -46,6 +59,7 @@ class NeighborSpec:
             "where": self.where,
             "mode": self.mode,
             "metric": self.metric,
+            "candidates": self.candidates,
         }
 
     def identity(self) -> dict[str, Any]:
@@ -101,6 +115,11 @@ def parse_neighbors(value: Any, *, error: type[ValueError] = ValueError, type_er
     metric = fields.get("metric", "l2")
     if metric not in METRICS:
         raise error(f"neighbors['metric'] must be one of {', '.join(map(repr, METRICS))}, got {metric!r}")
+    candidates = fields.get("candidates")
+    if candidates is not None:
+        if isinstance(candidates, bool) or not hasattr(candidates, "__index__") or int(candidates.__index__()) < k:
+            raise type_error(f"neighbors['candidates'] must be an integer >= k ({k}) or None, got {candidates!r}")
+        candidates = int(candidates.__index__())
     refresh = fields.get("refresh_every_n_epochs")
     if refresh is not None:
         if isinstance(refresh, bool) or not hasattr(refresh, "__index__") or int(refresh.__index__()) < 1:
@@ -114,5 +133,6 @@ def parse_neighbors(value: Any, *, error: type[ValueError] = ValueError, type_er
         columns=columns,
         mode=mode,
         metric=metric,
+        candidates=candidates,
         refresh_every_n_epochs=refresh,
     )

@@ -208,9 +208,10 @@ def test_a_setting_that_does_not_fit_the_table_is_refused_naming_it(make_table, 
         ({"column": "x", "k": 2, "K": 3}, r"neighbors has unknown key\(s\) \['K'\]"),
         ({"column": "x", "k": 2, "mode": "ann"}, r"neighbors\['mode'\] must be one of 'auto', 'exact', 'index'"),
         ("x", r"neighbors must be a mapping"),
+        ({"column": "x", "k": 4, "candidates": 3}, r"neighbors\['candidates'\] must be an integer >= k \(4\)"),
         ({"column": "x", "k": 2, "refresh_every_n_epochs": 1}, r"needs|table_updates='next_epoch'"),
     ],
-    ids=["k0", "k-negative", "k-float", "no-k", "unknown-key", "mode", "not-a-mapping", "refresh-pinned"],
+    ids=["k0", "k-negative", "k-float", "no-k", "unknown-key", "mode", "not-a-mapping", "candidates", "refresh-pinned"],
 )
 def test_bad_neighbours_settings_are_refused_at_construction(neighbors, message):
     with pytest.raises(SettingError, match=message):
