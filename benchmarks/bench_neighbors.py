@@ -13,9 +13,10 @@ Mining (one table of ``--rows`` clustered ``--dim``-d float32 vectors, an IVF-PQ
 * ``index``: the index build (timed apart), then ``mine(mode="index")`` with its recall@k against
   ``exact`` on 1,000 sampled rows (computed here).
 
-Loader: ``LanceDataModule(columns=["id", "x"], shuffle="uniform")`` read for ``--batches`` batches
-of ``--batch-size``, with ``neighbors={"column": "x", "k": --loader-k}`` and without, at each of
-``--workers``; rows/s counts the batch's rows (a batch with neighbours gathers ``k + 1`` times as many).
+Loader: ``LanceDataModule(columns=["id", "x"], shuffle="uniform")`` read for ``--epochs`` epochs of
+at most ``--batches`` batches of ``--batch-size`` (the first batch, with the workers' start, not
+counted), with ``neighbors={"column": "x", "k": --loader-k}`` and without, at each of ``--workers``;
+rows/s counts the batch's rows (a batch with neighbours gathers ``k + 1`` times as many).
 """
 
 from __future__ import annotations
@@ -136,8 +137,12 @@ def loader_rates(args: argparse.Namespace, uri: str) -> dict:
             next(it)  # workers started, first batch made: not counted
             start = time.perf_counter()
             rows = 0
-            for _, batch in zip(range(args.batches), it):
-                rows += len(batch["id"])
+            for epoch in range(args.epochs):
+                if epoch:
+                    dm.samplers["train"].set_epoch(epoch)
+                    it = iter(loader)
+                for _, batch in zip(range(args.batches), it):
+                    rows += len(batch["id"])
             rate = rows / (time.perf_counter() - start)
             out[f"w{workers}-k{k}"] = rate
             print(f"loader workers={workers} k={k}: {rate:,.0f} rows/s", flush=True)
@@ -157,6 +162,7 @@ def main() -> None:
     parser.add_argument("--loader-k", type=int, default=4, help="neighbours a row, for the loader")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs the loader is read for (after its first batch)")
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--only", default="limit,exact,index,loader")
     parser.add_argument("--dir", default=None, help="where the table and stages go (default: a temporary directory)")
