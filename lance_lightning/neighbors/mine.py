@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +362,7 @@ def ensure_neighbors(
     final = root / neighbors_key(source, row_ids, spec, mode)
     what = f"split {split_name!r} of table {source.name!r} (version {source.version}, {len(row_ids):,} rows)"
     for attempt in range(2):
-        ready, seen, _ = fill._use_existing(final)
+        ready, seen, problem = fill._use_existing(final)
         if ready:
             log.info("reusing the neighbour lists of %s: %s (mined earlier, verified now)", what, final)
             return final
@@ -370,6 +371,13 @@ def ensure_neighbors(
             if attempt == 0 and now is not None and now.get("fill_id") != seen:
                 continue  # mined by another process while this one waited: verify that
             if final.exists():
+                warnings.warn(
+                    f"lance-lightning neighbour lists {str(final)!r} ({what}) are not used: "
+                    f"{problem or store.verify_stage(final) or 'they were replaced while being checked'}. "
+                    "They are mined again now.",
+                    store.StageWarning,
+                    stacklevel=2,
+                )
                 store.remove_stage(final, root)
             _mine_locked(source, table, row_ids, spec, mode, final, root, what, split_name, progress)
             fill._keep(final, store.Lease(final))

@@ -366,3 +366,29 @@ def test_index_mode_reaches_its_recall_and_auto_picks_by_size(indexed_table, mon
         auto.setup("fit")
         assert json.loads((auto.neighbor_lists / "manifest.json").read_text())["mode"] == mode
         auto.teardown()
+
+
+def test_damaged_lists_are_mined_again_with_a_warning(make_table, tmp_path):
+    """The lists' CRC-32 is checked at setup: bytes changed in place (size and time kept) are found,
+    the lists removed and mined again, never read."""
+    import os
+
+    from lance_lightning.stage import StageWarning
+
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, _ = table_arrays(table)
+    settings = {"neighbors": {"column": "x", "k": 2}, "cache": str(tmp_path / "stages")}
+    first = datamodule(uri, **settings)
+    first.setup("fit")
+    path = first.neighbor_lists / "neighbors.npy"
+    first.teardown()
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"\x00" * 8  # the last row's neighbours become 0, 0
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = datamodule(uri, **settings)
+    with pytest.warns(StageWarning, match=r"neighbour lists .* are not used: file neighbors.npy does not hold"):
+        again.setup("fit")
+    assert [tuple(r) for r in np.asarray(again.datasets["train"].lists.ids)] == brute_force(x, 2)
+    again.teardown()
