@@ -147,6 +147,11 @@ class LanceDataModule(pl.LightningDataModule):
         mix_batching: where the sources go: ``"mixed"`` (default: random positions),
             ``"stratified"`` (every global step holds each source's share within one row) or
             ``"source"`` (every batch holds one source).
+        neighbors: every train batch also carries each row's ``k`` nearest rows of the split by a
+            vector column, as ``batch["neighbors"]`` (``ids``, ``mask`` and their columns, ``[B, k, ...]``),
+            e.g. ``{"column": "emb", "k": 4, "exclude_same": "label"}``: mined once per node from the
+            pinned version (exactly, or with the column's vector index), stored beside the stage and
+            gathered at memory speed. See docs/guides/neighbors.md and :mod:`lance_lightning.neighbors`.
     """
 
     def __init__(
@@ -189,6 +194,7 @@ class LanceDataModule(pl.LightningDataModule):
         balance_column: str | None = None,
         samples_per_epoch: int | None = None,
         weight_replacement: bool = False,
+        neighbors: Mapping[str, Any] | None = None,
         mix: Mapping[str, Mapping[str, Any]] | None = None,
         mix_batching: Literal["mixed", "stratified", "source"] = "mixed",
     ) -> None:
@@ -241,6 +247,8 @@ class LanceDataModule(pl.LightningDataModule):
         self.samplers: dict[str, LanceBatchSampler] = {}
         self.rank, self.world_size = 0, 1
         self._announced: set[str] = set()
+        self.neighbor_lists: Any = None  # the directory of the train split's neighbour lists in use
+        self._neighbor_mining: dict[str, Any] | None = None  # where those were mined from
 
     @property
     def position(self) -> Any:
@@ -362,6 +370,7 @@ class LanceDataModule(pl.LightningDataModule):
         split = self.split_rows(name)  # never empty: check_stage_splits and split_rows refuse that
         assembly.check_eval_split(stage, name, len(split), self.world_size)
         mixture = None
+        neighbors = stage == "train" and self.options.neighbors is not None
         if stage == "train" and self.options.mix is not None:
             self.datasets[stage], mixture = self._mixture_reader(name, scan_ids)
         else:
@@ -372,10 +381,12 @@ class LanceDataModule(pl.LightningDataModule):
                 warn=rank_zero_warn,
                 columns=self.columns,
                 split_name=name,
-                transform=self.transform,
+                transform=None if neighbors else self.transform,  # the neighbours are added before it runs
                 table=self._open_table if split.source == self.source else None,
                 scan_ids=scan_ids,
             )
+            if neighbors:
+                self.datasets[stage] = self._with_neighbors(stage, split, name, scan_ids)
         trainer = self._trainer()
         reader = self.datasets[stage]
         self.samplers[stage] = assembly.build_sampler(
@@ -483,6 +494,78 @@ class LanceDataModule(pl.LightningDataModule):
             scan_ids=scan_ids,
             warn=rank_zero_warn,
         )
+
+    def _with_neighbors(self, stage: str, split: SplitRows, name: str, scan_ids: assembly.ScanIds) -> Any:
+        """The stage's reader wrapped to add each row's neighbours (:mod:`.neighbors`), mined once
+        per node from the version this epoch reads (or the lists in use, where a refresh is not due)."""
+        from .neighbors.build import neighbor_reader
+
+        own = split.source == self.source
+
+        def build(columns: list[str]) -> Any:
+            return assembly.build_reader(
+                self.options,
+                split,
+                stage=stage,
+                warn=rank_zero_warn,
+                columns=columns,
+                split_name=name,
+                transform=None,
+                table=self._open_table if own else None,
+                scan_ids=scan_ids,
+            )
+
+        mined_from = self._neighbor_source(split)
+        reader = neighbor_reader(
+            self.options,
+            split,
+            inner=self.datasets[stage],
+            columns=self.columns,
+            split_name=name,
+            transform=self.transform,
+            table=self._open_table if own else None,
+            build_reader=build,
+            mined_from=mined_from,
+        )
+        self.neighbor_lists = reader.lists.path
+        self._neighbor_mining = {
+            "source": mined_from or split.source,
+            "rows": _rows_digest(split.row_ids),
+            "epoch": self._pinned_epoch,
+        }
+        return reader
+
+    def _neighbor_source(self, split: SplitRows) -> Any:
+        """Where this epoch's lists are mined from: the version it reads (None), unless
+        ``refresh_every_n_epochs`` is set and not due this epoch and the split's rows are those the
+        lists in use were mined for: then the source those were mined from (the lists are reused)."""
+        every = self.options.neighbors.refresh_every_n_epochs
+        kept = self._neighbor_mining
+        if every is None or kept is None or self._pinned_epoch % every == 0:
+            return None
+        return kept["source"] if kept["rows"] == _rows_digest(split.row_ids) else None
+
+    def _neighbor_state(self) -> dict[str, Any] | None:
+        """What a checkpoint records of the lists in use: the version they were mined from."""
+        kept = self._neighbor_mining
+        if kept is None:
+            return None
+        source = kept["source"]
+        return {
+            "version": source.version,
+            "version_time": source.version_time,
+            "rows": kept["rows"],
+            "lists": os.path.basename(str(self.neighbor_lists)),
+        }
+
+    def _resume_neighbors(self, recorded: dict[str, Any] | None) -> bool:
+        """Take the checkpoint's lists (mined from the version it records) as the ones in use;
+        True when they are not the ones this setup mined (the train reader must be rebuilt)."""
+        if recorded is None or self.options.neighbors is None:
+            return False
+        source = dataclasses.replace(self.source.pinned(recorded["version"]), version_time=recorded["version_time"])
+        self._neighbor_mining = {"source": source, "rows": recorded["rows"], "epoch": None}
+        return os.path.basename(str(self.neighbor_lists)) != recorded["lists"]
 
     def _split_weights(self, split: SplitRows) -> np.ndarray:
         """The train split's weights (``weight_column`` / ``balance_column``), read from the pinned version."""
@@ -610,7 +693,7 @@ class LanceDataModule(pl.LightningDataModule):
         """Saved by Lightning in every checkpoint: the data's identity and the next unread row."""
         if self.splits is None:
             return {}
-        return self.train_state.state_dict(
+        state = self.train_state.state_dict(
             identity=self._identity(),
             source=self.source,
             world_size=self.world_size,
@@ -618,9 +701,13 @@ class LanceDataModule(pl.LightningDataModule):
             trainer=self._trainer(),
             extra={"tables": others} if (others := self._other_tables()) else None,
         )
+        mined = self._neighbor_state()
+        return state if mined is None else {**state, NEIGHBOR_STATE: mined}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position from a checkpoint (called by Lightning after ``setup``)."""
+        state_dict = dict(state_dict)
+        mined = state_dict.pop(NEIGHBOR_STATE, None)
         state = self.train_state.load_state_dict(
             state_dict,
             identity=self._identity(),
@@ -629,6 +716,8 @@ class LanceDataModule(pl.LightningDataModule):
         )
         if state is None:
             return
+        rewrap = self._resume_neighbors(mined)
+        self._pinned_epoch = state.train["epoch"] if state.train else 0  # before a rebuild: which lists it reads
         if state.table_version is not None and state.table_version != self.source.version:
             follow = " until this epoch ends" if self.options.table_updates == "next_epoch" else ""
             rank_zero_warn(
@@ -637,9 +726,14 @@ class LanceDataModule(pl.LightningDataModule):
                 "splits and the interrupted epoch stay exactly the same"
             )
             self._repin(state.table_version, reason="the checkpoint")
+        elif rewrap and "train" in self.datasets:  # the lists the checkpoint's epoch read, not this setup's
+            reader = self.datasets["train"]
+            self.datasets["train"] = reader.inner
+            self.datasets["train"] = self._with_neighbors(
+                "train", self.split_rows(self._train_split_name()), self._train_split_name(), assembly.ScanIds()
+            )
         state.check_same_table(self.source)
         self._pin_other_tables(state.extra.get("tables"))
-        self._pinned_epoch = state.train["epoch"] if state.train else 0
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
 
     # -- dataloaders ---------------------------------------------------------------------
@@ -736,6 +830,17 @@ class LanceDataModule(pl.LightningDataModule):
         return {
             name: describe_column(schema.field(name)) for name in check_columns(self.source.name, schema, self.columns)
         }
+
+
+NEIGHBOR_STATE = "neighbor_lists"
+"""The checkpoint entry that records which neighbour lists the run read (:meth:`LanceDataModule._neighbor_state`)."""
+
+
+def _rows_digest(row_ids: np.ndarray) -> str:
+    """A split's rows, in a few bytes: whether lists mined for them still apply."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(row_ids, dtype=np.uint64).tobytes()).hexdigest()[:32]
 
 
 def _is_lancedb_table(value: Any) -> bool:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .mix.spec import MixSpecError, SourceSpec, parse_mix
+from .neighbors.spec import parse_neighbors
 from .orders import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, MIX_BATCHING, ShuffleMode, get_order, order_names
 
 INT64_MAX = 2**63 - 1
@@ -305,6 +306,10 @@ def _mix_identity(options: DataOptions) -> list[dict[str, Any]] | None:
     return None if options.mix is None else [source.identity() for source in options.mix]
 
 
+def _neighbor_identity(options: DataOptions) -> Any:
+    return None if options.neighbors is None else options.neighbors.identity()
+
+
 def _order_setting(name: str) -> Callable[[DataOptions], Any]:
     """The setting ``name`` while the ``shuffle`` order depends on it (:attr:`.EpochOrder.settings`), else None."""
 
@@ -457,6 +462,14 @@ class DataOptions:
         why="whether the weighted shuffle draws with replacement (a row may come several times an epoch), so the "
         "epoch's rows",
     )
+    neighbors: dict[str, Any] | None = setting(
+        None,
+        resume=REFUSED,
+        why="which neighbours each train row's batch carries (column, k, exclusions, mode, refresh): the lists "
+        "are mined from the table version the checkpoint records",
+        recorded=_neighbor_identity,
+        compare=False,
+    )
 
     mix: Mapping[str, Any] | tuple[SourceSpec, ...] | None = setting(  # given as a mapping; held as the records
         None,
@@ -507,6 +520,7 @@ class DataOptions:
             "weight_replacement": as_bool("weight_replacement", self.weight_replacement),
             "mix": _as_mix(self.mix),
             "mix_batching": as_choice("mix_batching", self.mix_batching, MIX_BATCHING),
+            "neighbors": parse_neighbors(self.neighbors, error=SettingError, type_error=SettingTypeError),
             "columns": as_names("columns", self.columns),
             "batch_keys": as_names("batch_keys", self.batch_keys, what="batch keys (column names)"),
             "filter": as_str("filter", self.filter, what="an SQL predicate"),
@@ -535,6 +549,7 @@ class DataOptions:
             )
         check_mixture(checked)
         checked["shuffle"] = weighted_shuffle(checked)
+        check_neighbor_settings(checked)
         if checked["batch_keys"] == ():
             raise SettingError("batch_keys must name at least one key (a tuple comes out), or be None (the dict)")
         unknown = sorted(set(checked["stage_splits"]) - set(STAGES))
@@ -607,6 +622,11 @@ def check_mixture(checked: Mapping[str, Any]) -> None:
             f"{' and '.join(weighs)} weigh the rows of one split; with mix (several sources) they are not supported: "
             "give each source its proportion, or use weights without mix"
         )
+    if checked.get("neighbors") is not None:
+        raise SettingError(
+            "neighbors are mined for the rows of one split; with mix (several sources) they are not supported yet: "
+            "leave out neighbors or mix"
+        )
     if checked["shuffle"] != "uniform":
         raise SettingError(
             f"shuffle={checked['shuffle']!r} orders one split; a mixture (mix) draws its sources in its own exact "
@@ -635,6 +655,19 @@ def weighted_shuffle(checked: Mapping[str, Any]) -> str:
             "(a label column: weight 1 / the count of its value in the train split)"
         )
     return "weighted" if weighs else shuffle
+
+
+def check_neighbor_settings(checked: Mapping[str, Any]) -> None:
+    """``neighbors['refresh_every_n_epochs']`` mines again from the version an epoch reads: it needs
+    ``table_updates='next_epoch'`` (a pinned run reads one version: the lists never change)."""
+    spec = checked["neighbors"]
+    if spec is not None and spec.refresh_every_n_epochs is not None and checked["table_updates"] != "next_epoch":
+        raise SettingError(
+            f"neighbors['refresh_every_n_epochs']={spec.refresh_every_n_epochs} mines the neighbours again from "
+            "the table version an epoch reads, but table_updates='pin' reads one version for the whole run. Pass "
+            "table_updates='next_epoch' (each epoch reads the newest version, e.g. embeddings written back), or "
+            "leave refresh_every_n_epochs out"
+        )
 
 
 def resume_rules() -> dict[str, OnResume]:

@@ -79,3 +79,27 @@ def logged_slow(batch: dict[str, Any]) -> dict[str, Any]:
     with open(os.environ["LL_TEST_TRANSFORM_LOG"], "a") as fh:
         fh.write(f"{os.getpid()}\n")
     return batch
+
+
+def count_neighbors(batch: dict[str, Any]) -> dict[str, Any]:
+    """A transform that sees the neighbours: ``n_valid`` is each row's count of real neighbours."""
+    batch["n_valid"] = batch["neighbors"]["mask"].sum(dim=1)
+    return batch
+
+
+class NeighborRecorder(pl.LightningModule):
+    """Records each training row's id and its neighbours' ids (``-1`` where masked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen: list[tuple[int, tuple[int, ...]]] = []
+
+    def training_step(self, batch, batch_idx):
+        found = batch["neighbors"]
+        ids = torch.where(found["mask"], found["id"], torch.full_like(found["id"], -1))
+        self.seen += [(int(i), tuple(n)) for i, n in zip(batch["id"].tolist(), ids.tolist())]
+        return self.layer(torch.ones(1, 1)).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)

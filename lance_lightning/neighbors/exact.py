@@ -15,6 +15,7 @@ Order among equal distances: the smaller position first, so the lists are determ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,8 +46,12 @@ def exact_neighbors(
     groups: np.ndarray | None = None,
     eligible: np.ndarray | None = None,
     block_bytes: int = BLOCK_BYTES,
+    progress: Callable[[int], None] | None = None,
+    queries: np.ndarray | None = None,
 ) -> Neighbors:
-    """The ``k`` nearest rows of every row of ``vectors`` (``[n, d]``) by ``metric``."""
+    """The ``k`` nearest rows of every row of ``vectors`` (``[n, d]``) by ``metric``; with
+    ``queries`` (positions), of those rows only (the result has one row per query).
+    ``progress(rows)`` is called after each block of queries with the queries done so far."""
     x = np.asarray(vectors)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"vectors must be a 2-d numeric array [rows, dim], got shape {x.shape} of {x.dtype}")
@@ -63,40 +68,45 @@ def exact_neighbors(
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
     squared = np.einsum("ij,ij->i", x, x) if metric == "l2" else None
+    q_all = np.arange(n, dtype=np.int64) if queries is None else np.asarray(queries, dtype=np.int64)
     k_out = int(k)
-    ids = np.full((n, k_out), -1, dtype=np.int64)
-    dist = np.full((n, k_out), np.inf, dtype=np.float32)
+    ids = np.full((len(q_all), k_out), -1, dtype=np.int64)
+    dist = np.full((len(q_all), k_out), np.inf, dtype=np.float32)
     block = max(1, int(np.sqrt(block_bytes / 4)))
-    for q0 in range(0, n, block):
-        q1 = min(n, q0 + block)
+    for q0 in range(0, len(q_all), block):
+        q1 = min(len(q_all), q0 + block)
+        q = q_all[q0:q1]
         best_ids, best = ids[q0:q1], dist[q0:q1]
         for r0 in range(0, n, block):
             r1 = min(n, r0 + block)
-            d = _distances(x[q0:q1], x[r0:r1], metric, squared, q0, r0)
-            _exclude(d, q0, r0, groups, eligible)
+            d = _distances(x[q], x[r0:r1], metric, squared, q, r0)
+            _exclude(d, q, r0, groups, eligible)
             cand_ids = np.broadcast_to(np.arange(r0, r1, dtype=np.int64), d.shape)
             merged_d = np.concatenate([best, d], axis=1)
             merged_ids = np.concatenate([best_ids, cand_ids], axis=1)
             best_ids, best = _top_k(merged_d, merged_ids, k_out)
         ids[q0:q1], dist[q0:q1] = best_ids, best
+        if progress is not None:
+            progress(q1)
     valid = np.isfinite(dist)
     ids[~valid] = -1
     return Neighbors(ids=ids, distances=dist, valid=valid)
 
 
-def _distances(q: np.ndarray, r: np.ndarray, metric: str, squared: np.ndarray | None, q0: int, r0: int) -> np.ndarray:
+def _distances(
+    q: np.ndarray, r: np.ndarray, metric: str, squared: np.ndarray | None, q_pos: np.ndarray, r0: int
+) -> np.ndarray:
     product = q @ r.T
     if metric == "l2":
-        d = squared[q0 : q0 + len(q), None] - 2 * product + squared[None, r0 : r0 + len(r)]
+        d = squared[q_pos, None] - 2 * product + squared[None, r0 : r0 + len(r)]
         return np.maximum(d, 0, out=d)
     if metric == "cosine":
         return 1 - product
     return -product
 
 
-def _exclude(d: np.ndarray, q0: int, r0: int, groups: np.ndarray | None, eligible: np.ndarray | None) -> None:
+def _exclude(d: np.ndarray, q: np.ndarray, r0: int, groups: np.ndarray | None, eligible: np.ndarray | None) -> None:
     """Set to ``inf`` what a row may not have as a neighbour: itself, its group, ineligible rows."""
-    q = np.arange(q0, q0 + d.shape[0])
     r = np.arange(r0, r0 + d.shape[1])
     d[q[:, None] == r[None, :]] = np.inf
     if groups is not None:

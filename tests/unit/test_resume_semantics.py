@@ -79,6 +79,7 @@ CHANGES = {
         {"mix": {"even": {"proportion": 2, "filter": "id % 2 = 0"}, "low": {"proportion": 1, "filter": "id < 40"}}},
     ),
     "mix_batching": ({}, {"mix_batching": "stratified"}, {"mix": {"a": {"proportion": 1}, "b": {"proportion": 1}}}),
+    "neighbors": ({"neighbors": {"column": "x", "k": 2}}, {"neighbors": {"column": "x", "k": 3}}),
 }
 MIX = {"mix": {"even": {"proportion": 2, "filter": "id % 2 = 0"}, "low": {"proportion": 1, "filter": "id < 40"}}}
 # more changes a setting's declaration covers: (setting, the checkpoint's, the resumed run's, both, outcome)
@@ -190,12 +191,8 @@ def walk(uri: str, tmp_path, then: dict, now: dict, both: dict, expected: str) -
         said = rf"{name}: (source '\w+' (added|removed|\w+: ))?{was}, now .*resume='fresh'"
         with pytest.raises(ResumeRefusedError, match=said) as err:
             after.load_state_dict(state)
-        assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in (
-            "table",
-            "splits",
-            "stage_splits",
-            "mix",
-        )
+        recorded_otherwise = ("table", "splits", "stage_splits", "neighbors", "mix")  # a name or an identity
+        assert repr(settings(now, tmp_path)[name]) in str(err.value) or name in recorded_otherwise
         fresh = datamodule(uri, tmp_path, {**both, **now, "resume": "fresh"})
         with pytest.warns(UserWarning, match="resume='fresh'"):
             fresh.load_state_dict(state)  # the way out: the data afresh, with the new value
@@ -266,6 +263,7 @@ def test_the_declarations():
         "weight_replacement",
         "mix",
         "mix_batching",
+        "neighbors",
     }
     assert DataOptions(shuffle="block", block_size=16).identity()["block_size"] == 16
     # weight_column asks for the weighted shuffle: both recorded (a uniform run records None, False)

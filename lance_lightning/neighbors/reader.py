@@ -1,0 +1,175 @@
+"""A reader that adds each row's neighbours to its batch: gathers only, no vector query.
+
+:class:`NeighborBatchDataset` wraps the split's reader (built without the transform): for a batch
+of split positions it looks up their neighbour positions in the mapped lists (``[B, k]``), reads
+those ``B x k`` rows' columns with one gather from the neighbour-columns reader (the same reader
+when the columns are the batch's), and adds::
+
+    batch["neighbors"] = {"ids": int64 [B, k] split positions (-1: none),
+                          "mask": bool [B, k] (False: padding; its columns hold the row itself),
+                          <column>: [B, k, ...] for each neighbour column}
+
+before the transform runs. It pickles as its parts (each worker maps the lists file itself) and
+composes with any reader that follows the :class:`~lance_lightning.dataset.BatchReader` contract.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..batches import BatchGroup
+from ..dataset import BatchReader, resolve_transform
+from .mine import LISTS_FILE
+
+NEIGHBORS_KEY = "neighbors"
+
+
+class NeighborLists:
+    """The mined lists of one split (``int32 [rows, k]``), memory-mapped on first use in each
+    process, which then holds a lease on their directory (nothing evicts them while read).
+    Pickles as its path."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._ids: np.ndarray | None = None
+        self._lease: Any = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is None or self._pid != os.getpid():
+            from ..stage import store
+
+            self._lease = store.Lease(self.path)
+            meta, problem = store.read_manifest(self.path)
+            problem = problem if meta is None else store.check_sizes(self.path, meta)
+            if problem is not None:
+                raise store.StageError(f"neighbour lists at {str(self.path)!r} are damaged: {problem}")
+            self._ids = np.load(self.path / LISTS_FILE, mmap_mode="r")
+            self._pid = os.getpid()
+        return self._ids
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def close(self) -> None:
+        self._ids = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+
+def _fold(value: Any, rows: int, k: int) -> Any:
+    """A gathered column of ``rows * k`` rows as ``[rows, k, ...]`` (lists as lists of ``k``)."""
+    if isinstance(value, torch.Tensor):
+        return value.view(rows, k, *value.shape[1:])
+    if isinstance(value, dict):
+        return {name: _fold(child, rows, k) for name, child in value.items()}
+    return [list(value[i * k : (i + 1) * k]) for i in range(rows)]
+
+
+def _rows(value: Any, lo: int, hi: int) -> Any:
+    if isinstance(value, dict):
+        return {name: _rows(child, lo, hi) for name, child in value.items()}
+    return value[lo:hi]
+
+
+class NeighborBatchDataset(BatchReader):
+    """``inner``'s batches with ``batch["neighbors"]`` added (see the module); ``inner`` and
+    ``columns_reader`` are read with no transform (this reader applies ``transform`` last)."""
+
+    def __init__(
+        self,
+        inner: Any,
+        lists: NeighborLists,
+        *,
+        columns_reader: Any = None,
+        columns: Sequence[str] | None = None,
+        transform: Any = None,
+    ) -> None:
+        self.inner = inner
+        self.lists = lists
+        self.columns_reader = columns_reader  # None: the neighbours' columns are read by inner
+        self.columns = list(columns) if columns is not None else None  # None: every column the reader gives
+        self.transform = resolve_transform(transform)
+        self.num_rows = len(inner)
+
+    def _parts(self) -> list[Any]:
+        return [r for r in (self.inner, self.columns_reader) if r is not None]
+
+    @property
+    def reads_stage(self) -> bool:
+        """Its workers may fork (:func:`~lance_lightning.loader.worker_start_method`): every part reads a stage."""
+        return all(r.reads_stage for r in self._parts())
+
+    def table_sources(self) -> list[Any]:
+        return [s for r in self._parts() for s in r.table_sources()]
+
+    def damage(self) -> BaseException | None:
+        return next((found for r in self._parts() if (found := r.damage()) is not None), None)
+
+    @property
+    def staged(self) -> Any:
+        """The inner reader's stage (what :func:`~lance_lightning.stage.hold_again` holds again)."""
+        return getattr(self.inner, "staged", None)
+
+    def row_bytes(self) -> int:
+        reader = self.columns_reader or self.inner
+        return self.inner.row_bytes() + self.lists.k * (reader.row_bytes() + 9)
+
+    def close(self) -> None:
+        """Drop this process's mappings and leases (reopened on next use)."""
+        from ..stage import release_stage
+
+        for reader in (self.inner, self.columns_reader):
+            if reader is not None and hasattr(reader, "close"):
+                reader.close()
+        release_stage(self.lists.path)
+        self.lists.close()
+
+    def neighbors(self, positions: np.ndarray) -> dict[str, Any]:
+        """``batch["neighbors"]`` of the rows at ``positions``: one gather of their ``B x k`` neighbours."""
+        positions = np.asarray(positions, dtype=np.int64)
+        found = np.asarray(self.lists.ids[positions], dtype=np.int64)  # [B, k], -1: padding
+        mask = found >= 0
+        rows, k = found.shape
+        flat = np.where(mask, found, positions[:, None]).reshape(-1)  # padding reads the row itself, masked out
+        reader = self.columns_reader or self.inner
+        gathered = reader[flat] if rows else {}
+        if self.columns is not None:
+            gathered = {name: value for name, value in gathered.items() if name in self.columns}
+        out = {name: _fold(value, rows, k) for name, value in gathered.items()}
+        out["ids"] = torch.from_numpy(found)
+        out["mask"] = torch.from_numpy(mask)
+        return out
+
+    def _getitem(self, index: Any) -> Any:
+        if isinstance(index, BatchGroup):
+            if not len(index):
+                return BatchGroup()
+            batches = self.inner[index]
+            around = self.neighbors(np.concatenate(index))
+            bounds = np.cumsum([0, *(len(b) for b in index)]).tolist()
+            return BatchGroup(
+                self._finish({**batch, NEIGHBORS_KEY: _rows(around, lo, hi)})
+                for batch, lo, hi in zip(batches, bounds[:-1], bounds[1:])
+            )
+        batch = self.inner[index]
+        batch[NEIGHBORS_KEY] = self.neighbors(np.asarray(index, dtype=np.int64))
+        return self._finish(batch)
