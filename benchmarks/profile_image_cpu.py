@@ -6,6 +6,7 @@ training process's CPU time (``getrusage(RUSAGE_SELF)``) and the workers' (``RUS
 counted once they exit at the end of the epoch), to set against the bare decode's CPU an image::
 
     python benchmarks/profile_image_cpu.py --rows 50000 --workers 2
+    python benchmarks/profile_image_cpu.py --rows 50000 --workers 2 --fresh-output   # without output slots
 """
 
 from __future__ import annotations
@@ -24,11 +25,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lance_lightning_bench_images"))
+    parser.add_argument(
+        "--fresh-output",
+        action="store_true",
+        help="hand each transformed batch over in fresh shared memory (lance_lightning.loader.OUTPUT_SLOTS = False), "
+        "torch's way, instead of reused slots: the before of the slots' figure",
+    )
     args = parser.parse_args()
     import lightning.pytorch  # noqa: F401  (what a training script holds)
     import PIL.Image  # noqa: F401
 
+    import lance_lightning.loader
     from lance_lightning import LanceDataModule
+
+    lance_lightning.loader.OUTPUT_SLOTS = not args.fresh_output
 
     dm = LanceDataModule(
         str(args.dir / f"images_{args.rows}" / "db"), "images", columns=["image", "label"], splits={"train": 1.0},
