@@ -16,8 +16,12 @@ also order the copy before the worker's next write into that slot on any CPU. A 
 no free slot (the training process holds batches longer than the prefetch depth) gathers into
 fresh shared memory as before: slower, never wrong.
 
-Workers get slots only with no user transform: a transform could return a view of a slot, which
-the worker would later overwrite.
+With a user transform the gather does not go into a slot (a transform could return a view of
+its input, which the worker would later overwrite); its *output* does (:func:`lend_into_slot`): the
+worker copies the output's tensors into a slot it sized from its first batch (the block the
+training process made is a reservation, cut into slots by the worker), and the training process
+gets views of the slot (:class:`LentBatch`), freed once every tensor of the batch is gone. Handing
+a decoded image batch over in fresh shared memory cost a worker ~37 us of CPU an image, into a slot ~6.
 """
 
 from __future__ import annotations
