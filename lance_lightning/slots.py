@@ -84,17 +84,33 @@ class SlotRing:
         self.block_bytes = block_bytes if block_bytes is not None else count * slot_bytes
         # torch's shared memory: inherited by a forked worker, passed (as a file descriptor) to a
         # spawned or forkserver one with the dataset. Made directly as shared storage, so that no page
-        # is touched before a worker writes it (share_memory_() would copy a private tensor in).
+        # is copied in (share_memory_() would copy a private tensor in); torch reserves its pages
+        # (fallocate) as it makes it, so it is made only at the size that is used.
         # With ``slot_bytes`` 0 (a transform's output: its size is known only once a batch is made)
-        # the block is a reservation, and the worker cuts it into slots at its first batch (:meth:`size_for`).
-        self._block = _shared_bytes(self.block_bytes)
+        # there is no block yet: the worker makes it at its first batch (:meth:`size_for`), at most
+        # ``block_bytes``, and sends it to the training process with that batch (:meth:`adopt`).
+        self._block = _shared_bytes(self.block_bytes) if slot_bytes else None
+        self._unsent = False
         self._flags = _shared_bytes(count)  # zero-filled, as new shared memory is
         self.lock = lock
         self._next = 0
         self._views()
 
     def _views(self) -> None:
-        self.block, self.busy = self._block.numpy(), self._flags.numpy()
+        self.block = self._block.numpy() if self._block is not None else None
+        self.busy = self._flags.numpy()
+
+    def adopt(self, block: torch.Tensor) -> None:
+        """In the training process: the block a worker made for its slots (sent with its first batch)."""
+        self._block = block
+        self._views()
+
+    def unsent_block(self) -> torch.Tensor | None:
+        """In a worker: the block it made, the first time it is asked (to go with that batch); then None."""
+        if not self._unsent:
+            return None
+        self._unsent = False
+        return self._block
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("block", "busy")}
@@ -138,6 +154,10 @@ class SlotRing:
             slot_bytes = -(-int(nbytes * HEADROOM + ALIGN) // SLOT_ROUND) * SLOT_ROUND
             self.count = min(self.count, self.block_bytes // slot_bytes)
             self.slot_bytes = slot_bytes if self.count else -1
+            if self.count:
+                self.block_bytes = self.count * slot_bytes
+                self._block, self._unsent = _shared_bytes(self.block_bytes), True
+                self._views()
         return self.slot_bytes > 0
 
     def array(self, slot: int, place: InSlot, slot_bytes: int | None = None) -> np.ndarray:
@@ -189,9 +209,9 @@ class WorkerSlots:
 
 def output_slots(workers: int, prefetch: int, *, context: Any = None) -> WorkerSlots | None:
     """Slots for the output of a transform (:func:`lend_into_slot`): the prefetch depth and
-    :data:`SPARE_SLOTS` more a worker, each sized by the worker from its first batch's bytes. Only
-    what is written is memory: the block each worker gets is a reservation of an equal share of
-    :func:`slot_budget`. None when that is nothing."""
+    :data:`SPARE_SLOTS` more a worker, each sized by the worker from its first batch's bytes, in a
+    block the worker makes then (at most an equal share of :func:`slot_budget`). None when that is
+    nothing."""
     count = max(0, prefetch + SPARE_SLOTS)
     block = slot_budget() // max(1, workers)
     if not count or block < SLOT_ROUND:
@@ -431,7 +451,7 @@ def lend_into_slot(slots: WorkerSlots, worker: int, value: Any) -> LentBatch | N
     except BaseException:
         ring.release(slot, worker)
         raise
-    return LentBatch(slots.token, worker, slot, ring.slot_bytes, placed)
+    return LentBatch(slots.token, worker, slot, ring.slot_bytes, placed, block=ring.unsent_block())
 
 
 class _Return:
@@ -460,12 +480,23 @@ class LentBatch(SlotBatch):
     memory and the slot freed at once.
     """
 
-    def __init__(self, token: int, worker: int, slot: int, slot_bytes: int, value: Any) -> None:
+    def __init__(
+        self, token: int, worker: int, slot: int, slot_bytes: int, value: Any, *, block: torch.Tensor | None = None
+    ) -> None:
         super().__init__(token, worker, slot, {}, None)
         self.slot_bytes, self.value = slot_bytes, value
+        self.block = block  # the worker's slot block, with its first batch only (torch passes its descriptor)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "slot_bytes": self.slot_bytes, "value": self.value}
+        return {**super().__getstate__(), "slot_bytes": self.slot_bytes, "value": self.value, "block": self.block}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self.block is not None and self._slots is not None:
+            # a worker's batches are unpickled in the order it sent them: this one comes before any
+            # other batch in the block
+            self._slots.rings[self.worker].adopt(self.block)
+        self.block = None
 
     def take(self, *, pin: bool = False) -> Any:
         slots, self._slots = self._slots, None

@@ -68,6 +68,8 @@ def fill_in_child(job: Any, needed: int) -> dict[str, Any]:
     package_parent = str(Path(__file__).resolve().parents[2])  # the lance_lightning this process runs
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    if os.name != "posix" or not sys.executable:
+        raise ChildNotStarted("a child fill needs a POSIX system and sys.executable")
     read_end, write_end = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -76,6 +78,9 @@ def fill_in_child(job: Any, needed: int) -> dict[str, Any]:
             pass_fds=(write_end,),
             env=env,
         )
+    except OSError as err:  # no such interpreter, no processes left
+        os.close(read_end)
+        raise ChildNotStarted(f"the stage-fill process could not start ({err})") from err
     except BaseException:
         os.close(read_end)
         raise

@@ -135,14 +135,64 @@ def test_a_fill_over_budget_in_the_child_raises_the_budget_error_here(make_table
     assert store.stages(tmp_path / "stages") == []
 
 
+@pytest.mark.parametrize(
+    ("executable", "said"),
+    [("/bin/false", "exit code 1"), ("/nonexistent/python", "could not start")],
+    ids=["exits-at-once", "no-such-interpreter"],
+)
 def test_a_child_that_cannot_start_leaves_the_fill_to_this_process(
-    make_table, tmp_path, fills_here, monkeypatch, caplog
+    make_table, tmp_path, fills_here, monkeypatch, caplog, executable, said
 ):
     uri, _ = make_table("toy", NUM_ROWS)
-    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits 1 at once, no answer
+    monkeypatch.setattr(sys, "executable", executable)
     with caplog.at_level(logging.INFO, logger="lance_lightning"):
         got = batches(uri, tmp_path / "stages")
     assert sorted(i for b in got for i in b) == list(range(NUM_ROWS))
     assert fills_here == [1]
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("staging" in m and "in this process" in m and "exit code 1" in m for m in said), said
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("staging" in m and "in this process" in m and said in m for m in warned), warned
+
+
+KILLED_PARENT = """
+import sys
+import lancedb, numpy as np
+from lance_lightning.source import TableSource
+from lance_lightning.stage import ensure_stage, fill
+fill.CHILD_FILL_BYTES = 0
+fill._SCAN_BATCH = 4  # a slow fill: 4 rows a batch
+uri, root = sys.argv[1], sys.argv[2]
+table = lancedb.connect(uri).open_table("toy")
+source = TableSource(uri, "toy", table.version).stamped(table)
+ids = np.sort(table.search().select(["_rowid"]).limit(None).to_arrow()["_rowid"].to_numpy())
+ensure_stage(source, table, ids, ["id", "x", "y"], root=root, split_name="train", progress=False)
+"""
+
+
+@pytest.mark.long
+def test_a_child_filling_a_stage_ends_when_the_training_process_is_killed(make_table, tmp_path):
+    """SIGKILL of the process that started the fill (the OOM killer, preemption): the child ends too,
+    so no orphan keeps writing into a ``.tmp-<key>`` that the next filler clears."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    uri, _ = make_table("toy", 40_000)
+    root = tmp_path / "stages"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, uri, str(root)], env=env)
+    deadline = time.monotonic() + 60
+    children: list[psutil.Process] = []
+    while time.monotonic() < deadline and parent.poll() is None:
+        children = psutil.Process(parent.pid).children()
+        if children and list(root.glob(f"{store.TMP_PREFIX}*/*.npy")):
+            break  # the child is writing the stage
+        time.sleep(0.05)
+    assert children and parent.poll() is None, "the fill ended (or never started in a child) before the kill"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"the stage-fill child outlived its parent: {alive}"
+    assert store.stages(root) == []  # nothing was renamed into place

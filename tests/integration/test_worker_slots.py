@@ -126,16 +126,17 @@ def in_a_slot(tensor: torch.Tensor, train_loader) -> bool:
     """Whether ``tensor`` lies in one of the loader's slot blocks (lent, not fresh memory)."""
     address = tensor.untyped_storage().data_ptr()
     rings = train_loader._iterator._lance_slots.rings
-    return any(r._block.data_ptr() <= address < r._block.data_ptr() + r.block_bytes for r in rings)
+    return any(r._block is not None and 0 <= address - r._block.data_ptr() < r._block.numel() for r in rings)
 
 
-def test_a_transforms_output_is_lent_from_reused_slots_and_kept_batches_stay_exact(table_uri, expected_x):
+@pytest.mark.parametrize("context", [None, "forkserver"], ids=["fork", "forkserver"])
+def test_a_transforms_output_is_lent_from_reused_slots_and_kept_batches_stay_exact(table_uri, expected_x, context):
     """With a transform, the workers copy its output into slots sized from the first batch; the
     loop gets views of them, and a slot is reused only once the batch it lent is gone: batches a
     loop keeps stay exact (later ones then come in fresh memory), the same rows in the same order
     as without workers."""
     reference = [b["id"].tolist() for b in epoch(staged(table_uri, transform=double_x), 0)]
-    dm = staged(table_uri, num_workers=2, transform=double_x)
+    dm = staged(table_uri, num_workers=2, transform=double_x, multiprocessing_context=context)
     train = dm.train_dataloader()
     dm.samplers["train"].set_epoch(0)
     kept, lent = [], []
@@ -154,6 +155,9 @@ def test_a_transforms_output_is_lent_from_reused_slots_and_kept_batches_stay_exa
     assert dm.datasets["train"].slots is None
     rings = train._iterator._lance_slots.rings
     assert all(r.slot_bytes == 0 for r in rings)  # the workers size their own; this process only maps the block
+    image_bytes = BATCH * expected_x.shape[1] * 4 + BATCH * 8 * 2  # x, id and y of a batch
+    # made by each worker at its first batch: its slots, each the batch's bytes and 25% more
+    assert all(r._block.numel() <= 4 * (1.25 * image_bytes + slot_layer.SLOT_ROUND + 3 * ALIGN) for r in rings)
 
 
 def test_dropped_lent_batches_free_their_slots(table_uri, expected_x):
