@@ -18,9 +18,9 @@ fresh shared memory as before: slower, never wrong.
 
 With a user transform the gather does not go into a slot (a transform could return a view of
 its input, which the worker would later overwrite); its *output* does (:func:`lend_into_slot`): the
-worker copies the output's tensors into a slot it sized from its first batch (the block the
-training process made is a reservation, cut into slots by the worker), and the training process
-gets views of the slot (:class:`LentBatch`), freed once every tensor of the batch is gone. Handing
+worker copies the output's tensors into a slot of a block it made at its first batch (slots sized
+from that batch, sent to the training process with it), and the training process gets views of
+the slot (:class:`LentBatch`), freed once every tensor of the batch is gone. Handing
 a decoded image batch over in fresh shared memory cost a worker ~37 us of CPU an image, into a slot ~6.
 """
 
