@@ -462,7 +462,8 @@ class _Return:
         self.slots, self.worker, self.slot = slots, worker, slot
 
     def __del__(self) -> None:
-        self.slots.returned.append((self.worker, self.slot))  # a deque's append is atomic: any thread
+        with contextlib.suppress(Exception):  # at interpreter exit the deque may be gone already
+            self.slots.returned.append((self.worker, self.slot))  # a deque's append is atomic: any thread
 
 
 class _Held(np.ndarray):
