@@ -196,3 +196,30 @@ def test_a_child_filling_a_stage_ends_when_the_training_process_is_killed(make_t
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"the stage-fill child outlived its parent: {alive}"
     assert store.stages(root) == []  # nothing was renamed into place
+
+
+def test_any_error_of_the_fill_in_the_child_is_the_same_error_here(make_table, tmp_path, monkeypatch):
+    """Not only the stage's own errors: whatever the fill raises in the child (here a ValueError of
+    a bad setting, found only once the fill plans its files) is raised here as the same type with
+    the same message as when this process fills."""
+    import lancedb
+    import numpy as np
+
+    from lance_lightning.source import TableSource
+    from lance_lightning.stage import ensure_stage
+
+    uri, _ = make_table("toy", NUM_ROWS)
+    table = lancedb.connect(uri).open_table("toy")
+    source = TableSource(uri, "toy", table.version).stamped(table)
+    ids = np.arange(NUM_ROWS, dtype=np.uint64)
+    raised = {}
+    for where, threshold in (("here", None), ("child", 0)):
+        monkeypatch.setattr(fill, "CHILD_FILL_BYTES", threshold)
+        with pytest.raises(Exception) as caught:
+            ensure_stage(source, table, ids, ["id", "x"], root=tmp_path / where, split_name="train", layout="bogus")
+        raised[where] = (type(caught.value), str(caught.value))
+        notes = "".join(getattr(caught.value, "__notes__", []))
+        assert ("stage-fill process" in notes) == (where == "child"), notes  # raised in the child, then here
+        assert not list((tmp_path / where).glob(f"{store.TMP_PREFIX}*")) and store.stages(tmp_path / where) == []
+    assert raised["child"] == raised["here"] and raised["here"][0] is ValueError, raised
+    assert "stage layout must be one of" in raised["here"][1]
