@@ -6,6 +6,8 @@ training process's CPU time (``getrusage(RUSAGE_SELF)``) and the workers' (``RUS
 counted once they exit at the end of the epoch), to set against the bare decode's CPU an image::
 
     python benchmarks/profile_image_cpu.py --rows 50000 --workers 2
+    python benchmarks/profile_image_cpu.py --rows 50000 --workers 2 --fresh-output   # without output slots
+    python benchmarks/profile_image_cpu.py --rows 50000 --workers 2 --touch   # a loop that reads every page
 """
 
 from __future__ import annotations
@@ -24,11 +26,26 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lance_lightning_bench_images"))
+    parser.add_argument(
+        "--fresh-output",
+        action="store_true",
+        help="hand each transformed batch over in fresh shared memory (lance_lightning.loader.OUTPUT_SLOTS = False), "
+        "torch's way, instead of reused slots: the before of the slots' figure",
+    )
+    parser.add_argument(
+        "--touch",
+        action="store_true",
+        help="read one byte of every 4 KiB page of each batch's images (as a step that uses them does): the "
+        "training process then maps what it receives, and its RSS says so",
+    )
     args = parser.parse_args()
     import lightning.pytorch  # noqa: F401  (what a training script holds)
     import PIL.Image  # noqa: F401
 
+    import lance_lightning.loader
     from lance_lightning import LanceDataModule
+
+    lance_lightning.loader.OUTPUT_SLOTS = not args.fresh_output
 
     dm = LanceDataModule(
         str(args.dir / f"images_{args.rows}" / "db"), "images", columns=["image", "label"], splits={"train": 1.0},
@@ -37,7 +54,11 @@ def main() -> None:
     dm.setup("fit")
     dm.samplers["train"].set_epoch(0)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    rows = sum(len(batch["label"]) for batch in dm.train_dataloader())
+    rows = 0
+    for batch in dm.train_dataloader():
+        rows += len(batch["label"])
+        if args.touch:
+            int(batch["image"].view(-1)[::4096].sum())
     seconds = time.perf_counter() - start
     after, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     main_user, main_sys = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
@@ -46,6 +67,12 @@ def main() -> None:
     print(
         f"workers: user {workers.ru_utime:.2f} s, system {workers.ru_stime:.2f} s: "
         f"{(workers.ru_utime + workers.ru_stime) / rows * 1e6:.0f} us of CPU an image"
+    )
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    mb = {k: int(status[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS", "RssShmem") if k in status}
+    print(
+        f"training process: peak RSS {mb.get('VmHWM')} MB, RSS {mb.get('VmRSS')} MB "
+        f"of it shared memory {mb.get('RssShmem')} MB"
     )
     dm.teardown("fit")
 

@@ -24,12 +24,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data._utils.collate import default_convert
 
 from .batches import BatchGroup, split_group
 from .convert import NullPolicy, batch_to_tensors
 from .reads import TableChangedError, offsets_of, read_offsets, scan_row_ids
 from .rowset import RowSet
-from .slots import gather_into_slot
+from .slots import gather_into_slot, lend_into_slot
 from .source import TableSource, is_memory_uri
 
 if TYPE_CHECKING:
@@ -333,8 +334,9 @@ class StagedBatchDataset(BatchReader):
         self.transform = resolve_transform(transform)
         self.nulls = nulls
         self.slots: Any = None
-        """Set by the loader for workers with no transform: the :class:`~.slots.WorkerSlots` their
-        batches are gathered into (reused shared memory instead of fresh)."""
+        """Set by the loader for workers: the :class:`~.slots.WorkerSlots` their batches are gathered
+        into (no transform), or a transform's output is copied into (reused shared memory instead of
+        fresh)."""
 
     def row_bytes(self) -> int:
         return -(-self.staged.nbytes // max(1, self.num_rows))
@@ -379,4 +381,10 @@ class StagedBatchDataset(BatchReader):
             if handed is not None:
                 return handed
         rows = self.staged.take_into_tensors(positions, nulls=self.nulls)
-        return split_group(rows, sizes, self._finish) if sizes is not None else self._finish(rows)
+        if sizes is not None:
+            return split_group(rows, sizes, self._finish)
+        out = self._finish(rows)
+        if self.slots is not None and self.transform is not None and (worker := get_worker_info()) is not None:
+            # the transform's tensors in a reused slot, converted as the DataLoader's collate would
+            return lend_into_slot(self.slots, worker.id, default_convert(out)) or out
+        return out

@@ -22,7 +22,7 @@ from .batch_keys import keyed
 from .batches import BatchGroup
 from .options import DataOptions
 from .readahead import read_ahead
-from .slots import WorkerSlots, taken, worker_slots
+from .slots import WorkerSlots, output_slots, taken, worker_slots
 from .source import LanceSourceError, is_memory_uri
 from .workers import init_worker
 
@@ -31,6 +31,10 @@ FORKSERVER_PRELOAD = ("__main__", "lance_lightning.dataset", "lance_lightning.st
 importing it afresh: the readers (torch, numpy, pyarrow) and the user's script (``__main__``: a
 worker then does not import it again, nor the Lightning and Hydra it imports). lancedb is left out:
 a worker reading a stage never needs it, and one reading the table imports it after the fork."""
+
+OUTPUT_SLOTS = True
+"""Workers of a staged split with a ``transform`` copy its output tensors into reused shared-memory
+slots (:func:`~.slots.lend_into_slot`); False: every batch in fresh shared memory (torch's way)."""
 
 
 def start_forkserver() -> None:
@@ -150,12 +154,17 @@ class LanceDataLoader(DataLoader):
             gc.unfreeze()
 
     def _worker_slots(self) -> WorkerSlots | None:
-        """Batch slots for the workers about to start (:mod:`.slots`) where they read a stage with
-        no transform; None otherwise."""
+        """Batch slots for the workers about to start (:mod:`.slots`) where they read a stage: sized
+        from the rows with no transform; with one, sized by each worker from its first batch's
+        output (:func:`~.slots.output_slots`). None for a table reader."""
         dataset = self.dataset
         layout = dataset.slot_layout() if hasattr(dataset, "slot_layout") else None
-        if layout is None or dataset.transform is not None:
+        if layout is None:
             return None
+        if dataset.transform is not None:
+            if not OUTPUT_SLOTS:
+                return None
+            return output_slots(self.num_workers, self.prefetch_factor or 2, context=self.multiprocessing_context)
         row_bytes, columns = layout
         return worker_slots(
             self.num_workers,

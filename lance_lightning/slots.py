@@ -16,12 +16,17 @@ also order the copy before the worker's next write into that slot on any CPU. A 
 no free slot (the training process holds batches longer than the prefetch depth) gathers into
 fresh shared memory as before: slower, never wrong.
 
-Workers get slots only with no user transform: a transform could return a view of a slot, which
-the worker would later overwrite.
+With a user transform the gather does not go into a slot (a transform could return a view of
+its input, which the worker would later overwrite); its *output* does (:func:`lend_into_slot`): the
+worker copies the output's tensors into a slot of a block it made at its first batch (slots sized
+from that batch, sent to the training process with it), and the training process gets views of
+the slot (:class:`LentBatch`), freed once every tensor of the batch is gone. Handing
+a decoded image batch over in fresh shared memory cost a worker ~37 us of CPU an image, into a slot ~6.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import multiprocessing
@@ -50,6 +55,11 @@ still hold while it copies out or steps)."""
 LOCK_TIMEOUT_S = 10.0
 """How long the training process waits for a worker's slot lock before it names the worker dead."""
 RELEASE_ON_DROP_TIMEOUT_S = 0.5
+HEADROOM = 1.25
+"""A transform's slot holds its first batch's bytes times this: later batches may be larger (a
+padded token batch, a shorter last batch is smaller); one over its slot goes the fresh way, whole."""
+SLOT_ROUND = 64 << 10
+"""A transform's slot size is rounded up to a multiple of this."""
 """How long freeing the slot of a batch dropped unread waits for the lock (then the slot stays busy)."""
 
 _SETS: weakref.WeakValueDictionary[int, WorkerSlots] = weakref.WeakValueDictionary()
@@ -69,19 +79,38 @@ class InSlot:
 class SlotRing:
     """One worker's slots: ``count`` regions of ``slot_bytes`` in one shared block, and their flags."""
 
-    def __init__(self, count: int, slot_bytes: int, lock: Any) -> None:
+    def __init__(self, count: int, slot_bytes: int, lock: Any, *, block_bytes: int | None = None) -> None:
         self.count, self.slot_bytes = count, slot_bytes
+        self.block_bytes = block_bytes if block_bytes is not None else count * slot_bytes
         # torch's shared memory: inherited by a forked worker, passed (as a file descriptor) to a
         # spawned or forkserver one with the dataset. Made directly as shared storage, so that no page
-        # is touched before a worker writes it (share_memory_() would copy a private tensor in).
-        self._block = _shared_bytes(count * slot_bytes)
+        # is copied in (share_memory_() would copy a private tensor in); torch reserves its pages
+        # (fallocate) as it makes it, so it is made only at the size that is used.
+        # With ``slot_bytes`` 0 (a transform's output: its size is known only once a batch is made)
+        # there is no block yet: the worker makes it at its first batch (:meth:`size_for`), at most
+        # ``block_bytes``, and sends it to the training process with that batch (:meth:`adopt`).
+        self._block = _shared_bytes(self.block_bytes) if slot_bytes else None
+        self._unsent = False
         self._flags = _shared_bytes(count)  # zero-filled, as new shared memory is
         self.lock = lock
         self._next = 0
         self._views()
 
     def _views(self) -> None:
-        self.block, self.busy = self._block.numpy(), self._flags.numpy()
+        self.block = self._block.numpy() if self._block is not None else None
+        self.busy = self._flags.numpy()
+
+    def adopt(self, block: torch.Tensor) -> None:
+        """In the training process: the block a worker made for its slots (sent with its first batch)."""
+        self._block = block
+        self._views()
+
+    def unsent_block(self) -> torch.Tensor | None:
+        """In a worker: the block it made, the first time it is asked (to go with that batch); then None."""
+        if not self._unsent:
+            return None
+        self._unsent = False
+        return self._block
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("block", "busy")}
@@ -117,10 +146,25 @@ class SlotRing:
         finally:
             self.lock.release()
 
-    def array(self, slot: int, place: InSlot) -> np.ndarray:
-        """The region ``place`` of ``slot`` as an array (a view of the shared block)."""
+    def size_for(self, nbytes: int) -> bool:
+        """In a worker whose ring was made without a slot size: cut the block into slots of
+        ``nbytes`` and :data:`HEADROOM` more (the first batch's bytes), as many as it holds up to
+        ``count``. False when not one fits (every batch then goes the fresh way)."""
+        if not self.slot_bytes:
+            slot_bytes = -(-int(nbytes * HEADROOM + ALIGN) // SLOT_ROUND) * SLOT_ROUND
+            self.count = min(self.count, self.block_bytes // slot_bytes)
+            self.slot_bytes = slot_bytes if self.count else -1
+            if self.count:
+                self.block_bytes = self.count * slot_bytes
+                self._block, self._unsent = _shared_bytes(self.block_bytes), True
+                self._views()
+        return self.slot_bytes > 0
+
+    def array(self, slot: int, place: InSlot, slot_bytes: int | None = None) -> np.ndarray:
+        """The region ``place`` of ``slot`` as an array (a view of the shared block); ``slot_bytes``:
+        the worker's, for a ring it sized itself (:meth:`size_for`)."""
         dtype = np.dtype(place.dtype)
-        start = slot * self.slot_bytes + place.offset
+        start = slot * (slot_bytes or self.slot_bytes) + place.offset
         nbytes = int(np.prod(place.shape, dtype=np.int64)) * dtype.itemsize
         return self.block[start : start + nbytes].view(dtype).reshape(place.shape)
 
@@ -132,17 +176,47 @@ def _shared_bytes(nbytes: int) -> torch.Tensor:
 class WorkerSlots:
     """The slot rings of one DataLoader iterator's workers (made by the training process before they fork)."""
 
-    def __init__(self, workers: int, *, slots: int, slot_bytes: int, context: Any = None) -> None:
+    def __init__(
+        self, workers: int, *, slots: int, slot_bytes: int, context: Any = None, block_bytes: int | None = None
+    ) -> None:
         context = context or multiprocessing.get_context()
-        self.rings = [SlotRing(slots, slot_bytes, context.Lock()) for _ in range(workers)]
+        self.rings = [SlotRing(slots, slot_bytes, context.Lock(), block_bytes=block_bytes) for _ in range(workers)]
         self.token = next(_TOKENS)
+        self.returned: collections.deque[tuple[int, int]] = collections.deque()
+        """``(worker, slot)`` of lent batches (:class:`LentBatch`) whose tensors are all gone: freed
+        at the next batch taken (:meth:`free_returned`), not from the finaliser that notes them."""
         _SETS[self.token] = self
 
     def __getstate__(self) -> dict[str, Any]:
         return {"rings": self.rings, "token": self.token}  # pickled only to start a worker
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.returned = collections.deque()
+
+    def free_returned(self) -> None:
+        """Free the slots of lent batches no longer referenced (in the training process)."""
+        while True:
+            try:
+                worker, slot = self.returned.popleft()
+            except IndexError:
+                return
+            self.rings[worker].release(slot, worker)
+
     def ring(self, worker: int) -> SlotRing | None:
         return self.rings[worker] if 0 <= worker < len(self.rings) else None
+
+
+def output_slots(workers: int, prefetch: int, *, context: Any = None) -> WorkerSlots | None:
+    """Slots for the output of a transform (:func:`lend_into_slot`): the prefetch depth and
+    :data:`SPARE_SLOTS` more a worker, each sized by the worker from its first batch's bytes, in a
+    block the worker makes then (at most an equal share of :func:`slot_budget`). None when that is
+    nothing."""
+    count = max(0, prefetch + SPARE_SLOTS)
+    block = slot_budget() // max(1, workers)
+    if not count or block < SLOT_ROUND:
+        return None
+    return WorkerSlots(workers, slots=count, slot_bytes=0, context=context, block_bytes=block)
 
 
 def slot_budget(shm: str = "/dev/shm") -> int:
@@ -300,3 +374,181 @@ def gather_into_slot(
         ring.release(slot, worker)
         raise
     return SlotBatch(slots.token, worker, slot, placed, sizes)
+
+
+# -- a transform's output, lent from a slot -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LentTensor:
+    """Where one tensor of a transform's output lies in its slot (contiguous, ``dtype`` a torch dtype)."""
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def _lendable(value: Any) -> bool:
+    return (
+        type(value) is torch.Tensor
+        and value.device.type == "cpu"
+        and value.layout == torch.strided
+        and not value.requires_grad
+        and not value.is_quantized
+    )
+
+
+def _placed(value: Any, place: Callable[[torch.Tensor], LentTensor | None]) -> Any:
+    """``value`` (dicts, lists and tuples of tensors and other values) with each lendable tensor
+    replaced by what ``place`` makes of it (None: left as it is)."""
+    if _lendable(value):
+        return place(value) or value
+    if type(value) is dict:
+        return {k: _placed(v, place) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_placed(v, place) for v in value)
+    return value
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    _placed(value, lambda t: out.append(t))  # type: ignore[func-returns-value]
+    return out
+
+
+def lend_into_slot(slots: WorkerSlots, worker: int, value: Any) -> LentBatch | None:
+    """In worker ``worker``: a transform's output with its tensors copied into a free slot, as a
+    :class:`LentBatch`; None (hand ``value`` over as usual, in fresh shared memory) when it holds
+    no tensor, its tensors do not fit a slot (never truncated), or every slot is busy.
+
+    Why: handing a tensor over copies it into fresh shared memory, a zeroed page each 4 KiB (50k
+    128x128 images: 31 ms a batch of 256 against 3.6 ms into pages written before, on 2 busy cores)."""
+    ring = slots.ring(worker)
+    tensors = _tensors(value)
+    if ring is None or not tensors:
+        return None
+    need = sum(-(-t.numel() * t.element_size() // ALIGN) * ALIGN for t in tensors)
+    if not ring.size_for(need) or need > ring.slot_bytes:
+        return None
+    slot = ring.acquire()
+    if slot is None:
+        return None
+    used = 0
+    base = slot * ring.slot_bytes
+
+    def place(tensor: torch.Tensor) -> LentTensor:
+        nonlocal used
+        nbytes = tensor.numel() * tensor.element_size()
+        region = torch.from_numpy(ring.block[base + used : base + used + nbytes])
+        if nbytes:
+            region.copy_(_bytes_of(tensor))
+        lent = LentTensor(used, tensor.dtype, tuple(tensor.shape))
+        used += -(-nbytes // ALIGN) * ALIGN
+        return lent
+
+    try:
+        placed = _placed(value, place)
+    except BaseException:
+        ring.release(slot, worker)
+        raise
+    return LentBatch(slots.token, worker, slot, ring.slot_bytes, placed, block=ring.unsent_block())
+
+
+class _Return:
+    """Notes a lent batch's slot as free to reuse once no tensor of the batch is referenced (each
+    tensor's array holds this object); the slot is freed at the next batch taken."""
+
+    def __init__(self, slots: WorkerSlots, worker: int, slot: int) -> None:
+        self.slots, self.worker, self.slot = slots, worker, slot
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the deque may be gone already
+            self.slots.returned.append((self.worker, self.slot))  # a deque's append is atomic: any thread
+
+
+class _Held(np.ndarray):
+    """A view of a slot that keeps the slot's :class:`_Return` alive (``torch.from_numpy`` keeps it)."""
+
+    _return: _Return | None = None
+
+
+class LentBatch(SlotBatch):
+    """A transform's output whose tensors lie in a slot (:func:`lend_into_slot`).
+
+    :meth:`take` hands the tensors out as views of the slot, without a copy; the slot is reused only
+    once every one of them is gone (however long the loop keeps them: a kept batch only means a
+    worker hands later batches over in fresh memory). Pinned, the tensors are copied into pinned
+    memory and the slot freed at once.
+    """
+
+    def __init__(
+        self, token: int, worker: int, slot: int, slot_bytes: int, value: Any, *, block: torch.Tensor | None = None
+    ) -> None:
+        super().__init__(token, worker, slot, {}, None)
+        self.slot_bytes, self.value = slot_bytes, value
+        self.block = block  # the worker's slot block, with its first batch only (torch passes its descriptor)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "slot_bytes": self.slot_bytes, "value": self.value, "block": self.block}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self.block is not None and self._slots is not None:
+            # a worker's batches are unpickled in the order it sent them: this one comes before any
+            # other batch in the block
+            self._slots.rings[self.worker].adopt(self.block)
+        self.block = None
+
+    def take(self, *, pin: bool = False) -> Any:
+        slots, self._slots = self._slots, None
+        if slots is None or self._receiver != os.getpid():
+            self._slots = slots
+            return super().take(pin=pin)  # raises, saying why
+        slots.free_returned()
+        ring = slots.rings[self.worker]
+        if pin:
+            try:
+                return _placed_back(
+                    self.value,
+                    lambda lent: _pinned(ring.array(self.slot, _in_slot(lent), self.slot_bytes), lent),
+                    pin_memory,
+                )
+            finally:
+                ring.release(self.slot, self.worker)
+        keeper = _Return(slots, self.worker, self.slot)
+
+        def view(lent: LentTensor) -> torch.Tensor:
+            held = ring.array(self.slot, _in_slot(lent), self.slot_bytes).view(_Held)
+            held._return = keeper
+            return torch.from_numpy(held).view(lent.dtype).reshape(lent.shape)
+
+        # the tensors hold ``keeper``: the slot returns when the last of them goes (none made: at once)
+        return _placed_back(self.value, view, _as_is)
+
+
+def _in_slot(lent: LentTensor) -> InSlot:
+    nbytes = int(np.prod(lent.shape, dtype=np.int64)) * torch.empty((), dtype=lent.dtype).element_size()
+    return InSlot(lent.offset, np.dtype(np.uint8).str, (nbytes,))
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's elements as one row of bytes (a view when it is contiguous)."""
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def _pinned(source: np.ndarray, lent: LentTensor) -> torch.Tensor:
+    out = torch.empty(lent.shape, dtype=lent.dtype, pin_memory=True)
+    if source.size:
+        _bytes_of(out).copy_(torch.from_numpy(source))
+    return out
+
+
+def _placed_back(value: Any, make: Callable[[LentTensor], torch.Tensor], other: Callable[[Any], Any]) -> Any:
+    """``value`` with each :class:`LentTensor` made a tensor by ``make``, and ``other`` of the rest."""
+    if isinstance(value, LentTensor):
+        return make(value)
+    if type(value) is dict:
+        return {k: _placed_back(v, make, other) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_placed_back(v, make, other) for v in value)
+    return other(value)

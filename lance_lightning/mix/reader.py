@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
+from torch.utils.data._utils.collate import default_convert
 
 from ..batches import BatchGroup, split_group
 from ..dataset import BatchReader, Transform, resolve_transform
-from ..slots import gather_into_slot
+from ..slots import gather_into_slot, lend_into_slot
 
 Allocate = Callable[[Any, tuple[int, ...]], "np.ndarray | None"]
 
@@ -247,4 +248,10 @@ class MixtureBatchDataset(BatchReader):
             if handed is not None:
                 return handed
         rows = self.read(positions, sizes)
-        return split_group(rows, sizes, self._finish) if group else self._finish(rows)
+        if group:
+            return split_group(rows, sizes, self._finish)
+        out = self._finish(rows)
+        if self.slots is not None and self.transform is not None and (worker := get_worker_info()) is not None:
+            # the transform's tensors in a reused slot, converted as the DataLoader's collate would
+            return lend_into_slot(self.slots, worker.id, default_convert(out)) or out
+        return out

@@ -117,11 +117,17 @@ def test_the_same_rows_in_the_same_order_from_stages_from_tables_and_with_worker
     assert all(batch == sorted(batch) for batch in staged.sources)
 
 
-def test_a_transform_sees_the_whole_mixed_batch_with_its_sources(tables, tmp_path):
-    dm = datamodule(tables, tmp_path, transform="tests.helpers.double_x")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_transform_sees_the_whole_mixed_batch_with_its_sources(tables, tmp_path, num_workers):
+    dm = datamodule(tables, tmp_path, transform="tests.helpers.double_x", num_workers=num_workers)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    assert torch.equal(batch["x_doubled"], batch["x"] * 2) and "source" in batch
+    batches = list(dm.train_dataloader())  # with workers, through reused output slots
+    plain = datamodule(tables, tmp_path)
+    plain.setup("fit")
+    assert [b["id"].tolist() for b in batches] == [b["id"].tolist() for b in plain.train_dataloader()]
+    for batch in batches:
+        assert torch.equal(batch["x_doubled"], batch["x"] * 2)
+        assert np.array_equal(batch["source"].numpy(), source_of(batch["id"].numpy()))
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

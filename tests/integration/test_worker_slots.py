@@ -5,6 +5,7 @@ edits or leaves unread, and a slot is reused only once its batch was copied out 
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import time
 
@@ -121,16 +122,103 @@ def double_x(batch):
     return batch
 
 
-def test_a_transform_runs_without_slots(table_uri, expected_x):
-    """A transform may return a view of its input, which a reused slot would overwrite: with one,
-    the workers hand over fresh shared memory, and the loader makes no slots."""
-    dm = staged(table_uri, num_workers=2, transform=double_x)
+def in_a_slot(tensor: torch.Tensor, train_loader) -> bool:
+    """Whether ``tensor`` lies in one of the loader's slot blocks (lent, not fresh memory)."""
+    address = tensor.untyped_storage().data_ptr()
+    rings = train_loader._iterator._lance_slots.rings
+    return any(r._block is not None and 0 <= address - r._block.data_ptr() < r._block.numel() for r in rings)
+
+
+@pytest.mark.parametrize("context", [None, "forkserver"], ids=["fork", "forkserver"])
+def test_a_transforms_output_is_lent_from_reused_slots_and_kept_batches_stay_exact(table_uri, expected_x, context):
+    """With a transform, the workers copy its output into slots sized from the first batch; the
+    loop gets views of them, and a slot is reused only once the batch it lent is gone: batches a
+    loop keeps stay exact (later ones then come in fresh memory), the same rows in the same order
+    as without workers."""
+    reference = [b["id"].tolist() for b in epoch(staged(table_uri, transform=double_x), 0)]
+    dm = staged(table_uri, num_workers=2, transform=double_x, multiprocessing_context=context)
     train = dm.train_dataloader()
-    batches = epoch(dm, 0, train)
-    assert train._iterator._lance_slots is None
-    assert all(t.is_shared() for b in batches for t in b.values())
-    for batch in batches:
+    dm.samplers["train"].set_epoch(0)
+    kept, lent = [], []
+    for i, batch in enumerate(train):
+        lent.append(in_a_slot(batch["x"], train))
+        if i % 2 == 0:
+            kept.append(batch)  # every other batch kept to the end: its slot stays busy
+        else:
+            np.testing.assert_array_equal(batch["x"].numpy(), 2 * expected_x[batch["id"].numpy()])
+        del batch
+    assert [b["id"].tolist() for b in kept] == reference[::2]
+    for batch in kept:
         np.testing.assert_array_equal(batch["x"].numpy(), 2 * expected_x[batch["id"].numpy()])
+        np.testing.assert_array_equal(batch["y"].numpy(), batch["id"].numpy() % 3)
+    assert sum(lent) > len(train._iterator._lance_slots.rings) * 4, "expected slots reused across the epoch"
+    assert dm.datasets["train"].slots is None
+    rings = train._iterator._lance_slots.rings
+    assert all(r.slot_bytes == 0 for r in rings)  # the workers size their own; this process only maps the block
+    image_bytes = BATCH * expected_x.shape[1] * 4 + BATCH * 8 * 2  # x, id and y of a batch
+    # made by each worker at its first batch: its slots, each the batch's bytes and 25% more
+    assert all(r._block.numel() <= 4 * (1.25 * image_bytes + slot_layer.SLOT_ROUND + 3 * ALIGN) for r in rings)
+
+
+def test_dropped_lent_batches_free_their_slots(table_uri, expected_x):
+    dm = staged(table_uri, num_workers=2, transform=double_x, persistent_workers=True)
+    train = dm.train_dataloader()
+    for number in (0, 1):
+        dm.samplers["train"].set_epoch(number)
+        ids = []
+        for batch in train:
+            np.testing.assert_array_equal(batch["x"].numpy(), 2 * expected_x[batch["id"].numpy()])
+            ids.extend(batch["id"].tolist())
+        del batch
+        assert sorted(ids) == list(range(ROWS))
+        gc.collect()
+        slots = train._iterator._lance_slots
+        slots.free_returned()
+        assert slot_flags(train) == [0, 0]
+
+
+def grow(batch):
+    """An output that grows with the batch's first id: later batches outgrow the first one's slot."""
+    times = 1 + int(batch["id"][0]) % 4
+    return {"id": batch["id"], "x": batch["x"].repeat(1, times), "times": np.array([times])}
+
+
+def test_an_output_over_its_slot_is_handed_over_whole_in_fresh_memory(table_uri, expected_x):
+    """Slots are sized from the first batch (and 25% more): a larger batch is never cut to fit, it
+    goes in fresh shared memory; NumPy output still arrives as tensors, as DataLoader's collate makes it."""
+    reference = [(b["id"].tolist(), b["times"].tolist()) for b in epoch(staged(table_uri, transform=grow), 0)]
+    dm = staged(table_uri, num_workers=2, transform=grow)
+    train = dm.train_dataloader()
+    dm.samplers["train"].set_epoch(0)
+    lent = {}
+    got = []
+    for batch in train:
+        assert isinstance(batch["times"], torch.Tensor)
+        ids, times = batch["id"].numpy(), int(batch["times"][0])
+        np.testing.assert_array_equal(batch["x"].numpy(), np.tile(expected_x[ids], (1, times)))
+        lent.setdefault(in_a_slot(batch["x"], train), set()).add(times)
+        got.append((batch["id"].tolist(), batch["times"].tolist()))
+    assert got == reference
+    assert lent.get(True) and lent.get(False), lent  # some through a slot, the largest past it
+
+
+def test_slot_sizing_never_hands_out_a_batch_over_its_slot():
+    """The unit under the test above: a slot is sized from the first output; an output that does
+    not fit is refused whole (None), one that fits is copied exactly."""
+    from lance_lightning.slots import LentBatch, lend_into_slot, output_slots
+
+    slots = output_slots(1, 2)
+    first = {"a": torch.arange(1000, dtype=torch.int64), "b": torch.ones(3, 5)}
+    lent = lend_into_slot(slots, 0, first)
+    assert isinstance(lent, LentBatch)
+    ring = slots.rings[0]
+    assert ring.slot_bytes >= 1.25 * (8000 + 64) and ring.slot_bytes % slot_layer.SLOT_ROUND == 0
+    over = {"a": torch.arange(ring.slot_bytes // 8 + 1, dtype=torch.int64)}
+    assert lend_into_slot(slots, 0, over) is None
+    lent._receiver = os.getpid()
+    lent._slots = slots
+    back = lent.take()
+    assert torch.equal(back["a"], first["a"]) and torch.equal(back["b"], first["b"])
 
 
 def wide_table(tmp_path, rows: int = 1500, width: int = 16_384) -> tuple[str, np.ndarray]:
