@@ -50,11 +50,17 @@ def source_of(ids: np.ndarray) -> np.ndarray:
     return np.where(ids >= 1000, 2, np.where(ids % 2 == 0, 0, 1))
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """One launch for every cell (two 2-rank runs and a 1-process one at once: one start-up cost)."""
+    root = tmp_path_factory.mktemp("mixture_ddp")
+    uri = tables(root)
+    return launch(root, uri, [("mixed", 2, 8, "mixed"), ("alone", 1, 16, "mixed"), ("stratified", 2, 8, "stratified")])
+
+
 @pytest.mark.parametrize("batching", ["mixed", "stratified"])
-def test_two_ranks_read_a_mixture_in_step_disjoint_and_exact(tmp_path, batching):
-    uri = tables(tmp_path)
-    runs = launch(tmp_path, uri, [("two", 2, 8, batching), ("one", 1, 16, batching)])
-    ranks, (single,) = runs["two"], runs["one"]
+def test_two_ranks_read_a_mixture_in_step_disjoint_and_exact(runs, batching):
+    ranks, (single,) = runs[batching], runs["alone"]
     assert [(r["global_rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
     steps = [r["steps"] for r in ranks]
     assert len(steps[0]) == len(steps[1])  # the same number of batches: no rank waits for another
