@@ -257,7 +257,9 @@ class LanceBatchSampler(DistributedSampler):
 
         def make() -> None:
             try:
-                box["order"] = self._make_order(key)
+                order = self._make_order(key)
+                order.complete()
+                box["order"] = order
             except BaseException as err:  # raised where the order is asked for, not here
                 box["error"] = err
 

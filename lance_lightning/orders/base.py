@@ -99,6 +99,10 @@ class EpochOrder:
         contiguous); 1: a batch at a time."""
         return 1
 
+    def complete(self) -> None:
+        """Finish whatever the order leaves for later (sorts done as the epoch reaches them), so that
+        reading it costs lookups only: called by the thread that makes an order ahead of its epoch."""
+
     def positions(self, indices: np.ndarray) -> np.ndarray:
         """Positions in the split (``int64``) of the epoch's rows ``indices`` (each in ``[0, num_rows)``)."""
         raise NotImplementedError

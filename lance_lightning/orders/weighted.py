@@ -181,8 +181,18 @@ class WeightedOrder(EpochOrder):
     def _sort_bucket(self, bucket: int) -> None:
         lo, hi = int(self.bounds[bucket]), int(self.bounds[bucket + 1])
         rows = self.order[lo:hi]
-        self.order[lo:hi] = rows[np.argsort(self._keys(rows))]  # ties (keys equal to 53 bits): never in practice
+        # stable: equal keys (never in practice: 53-bit U) in row order, as complete() leaves them
+        self.order[lo:hi] = rows[np.argsort(self._keys(rows), kind="stable")]
         self.sorted[bucket] = True
+
+    def complete(self) -> None:
+        """Sort every bucket now (what reading the whole epoch would do, bucket by bucket): one
+        stable sort of the epoch by key, the same order, for a thread that makes the order ahead
+        of its epoch. About 16 bytes a split row for a moment."""
+        if self.replacement or self.sorted.all():
+            return
+        self.order[:] = self.order[np.argsort(self._keys(self.order.astype(np.int64)), kind="stable")]
+        self.sorted[:] = True
 
     def positions(self, indices: np.ndarray) -> np.ndarray:
         index = np.asarray(indices, dtype=np.int64)

@@ -248,3 +248,17 @@ def test_the_next_epoch_s_order_is_made_ahead_and_is_the_one_made_on_demand(shuf
     sampler.resume_at(epoch=3, consumed_rows=8)  # not the epoch made ahead (2): made on demand
     fresh.resume_at(epoch=3, consumed_rows=8)
     assert [b.tolist() for b in sampler] == [b.tolist() for b in fresh]
+
+
+@pytest.mark.parametrize("samples", [None, 40])
+def test_a_weighted_order_completed_ahead_reads_as_one_sorted_bucket_by_bucket(samples):
+    from lance_lightning.orders import WeightedOrder
+
+    weights = np.random.default_rng(3).random(5000)
+    weights[::7] = 0
+    lazy = WeightedOrder(weights, seed=2, epoch=4, samples=samples)
+    ahead = WeightedOrder(weights, seed=2, epoch=4, samples=samples)
+    ahead.complete()
+    assert ahead.sorted.all()
+    index = np.arange(lazy.num_rows)
+    assert np.array_equal(ahead.positions(index), lazy.positions(index[::-1])[::-1])
