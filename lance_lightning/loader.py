@@ -161,7 +161,7 @@ class LanceDataLoader(DataLoader):
         layout = dataset.slot_layout() if hasattr(dataset, "slot_layout") else None
         if layout is None:
             return None
-        if dataset.transform is not None:
+        if dataset.transform is not None or getattr(dataset, "lends_output", False):
             if not OUTPUT_SLOTS:
                 return None
             return output_slots(self.num_workers, self.prefetch_factor or 2, context=self.multiprocessing_context)

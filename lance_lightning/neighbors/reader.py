@@ -15,6 +15,7 @@ composes with any reader that follows the :class:`~lance_lightning.dataset.Batch
 
 from __future__ import annotations
 
+import multiprocessing.context
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
+from torch.utils.data._utils.collate import default_convert
 
 from ..batches import BatchGroup
 from ..dataset import BatchReader, resolve_transform
+from ..slots import lend_into_slot
 from .mine import LISTS_FILE
 
 NEIGHBORS_KEY = "neighbors"
@@ -109,6 +113,20 @@ class NeighborBatchDataset(BatchReader):
         self.columns = list(columns) if columns is not None else None  # None: every column the reader gives
         self.transform = resolve_transform(transform)
         self.num_rows = len(inner)
+        self.slots: Any = None
+        """Set by the loader for workers: reused shared-memory slots each batch (the rows and their
+        ``k`` neighbours', ``k + 1`` times a plain batch) is lent through (:func:`~..slots.lend_into_slot`)."""
+
+    lends_output = True
+    """Its batches go through reused output slots with workers, a batch at a time, as a transform's do."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the slots go to the workers being started, never into another pickle (their locks cannot)
+        spawning = multiprocessing.context.get_spawning_popen() is not None
+        return {**self.__dict__, "slots": self.slots if spawning else None}
+
+    def slot_layout(self) -> tuple[int, int] | None:
+        return self.inner.slot_layout()
 
     def _parts(self) -> list[Any]:
         return [r for r in (self.inner, self.columns_reader) if r is not None]
@@ -151,7 +169,12 @@ class NeighborBatchDataset(BatchReader):
         rows, k = found.shape
         flat = np.where(mask, found, positions[:, None]).reshape(-1)  # padding reads the row itself, masked out
         reader = self.columns_reader or self.inner
-        gathered = reader[flat] if rows else {}
+        if not rows:
+            gathered = {}
+        elif self._lending():  # into this worker's own memory: the batch is copied into a slot whole
+            gathered = reader.read_rows(flat)
+        else:
+            gathered = reader[flat]
         if self.columns is not None:
             gathered = {name: value for name, value in gathered.items() if name in self.columns}
         out = {name: _fold(value, rows, k) for name, value in gathered.items()}
@@ -170,6 +193,14 @@ class NeighborBatchDataset(BatchReader):
                 self._finish({**batch, NEIGHBORS_KEY: _rows(around, lo, hi)})
                 for batch, lo, hi in zip(batches, bounds[:-1], bounds[1:])
             )
-        batch = self.inner[index]
-        batch[NEIGHBORS_KEY] = self.neighbors(np.asarray(index, dtype=np.int64))
-        return self._finish(batch)
+        positions = np.asarray(index, dtype=np.int64)
+        lending = self._lending()
+        batch = self.inner.read_rows(positions) if lending else self.inner[index]
+        batch[NEIGHBORS_KEY] = self.neighbors(positions)
+        out = self._finish(batch)
+        if lending:  # one copy into a reused slot instead of fresh shared memory for k + 1 times the rows
+            return lend_into_slot(self.slots, get_worker_info().id, default_convert(out)) or out
+        return out
+
+    def _lending(self) -> bool:
+        return self.slots is not None and get_worker_info() is not None

@@ -392,3 +392,28 @@ def test_damaged_lists_are_mined_again_with_a_warning(make_table, tmp_path):
         again.setup("fit")
     assert [tuple(r) for r in np.asarray(again.datasets["train"].lists.ids)] == brute_force(x, 2)
     again.teardown()
+
+
+def test_with_workers_batches_and_their_neighbours_are_lent_from_reused_slots(make_table, tmp_path):
+    """A batch with neighbours holds k + 1 times the rows: with workers it is handed over through
+    reused shared-memory slots (as a transform's output), a batch at a time, exactly as without."""
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, _ = table_arrays(table)
+    settings = {"staging": "always", "cache": str(tmp_path / "stages"), "neighbors": {"column": "x", "k": 3}}
+    alone = datamodule(uri, **settings)
+    alone.setup("fit")
+    reference = [(b["id"].tolist(), b["neighbors"]["ids"].tolist()) for b in alone.train_dataloader()]
+    dm = datamodule(uri, num_workers=2, **settings)
+    dm.setup("fit")
+    assert dm.samplers["train"].group_batches == 1
+    train = dm.train_dataloader()
+    got, lent = [], []
+    for batch in train:
+        rings = train._iterator._lance_slots.rings
+        address = batch["neighbors"]["x"].untyped_storage().data_ptr()
+        lent.append(any(r._block is not None and 0 <= address - r._block.data_ptr() < r._block.numel() for r in rings))
+        np.testing.assert_array_equal(batch["x"].numpy(), x[batch["id"].numpy()])
+        np.testing.assert_array_equal(batch["neighbors"]["x"].numpy(), x[batch["neighbors"]["ids"].numpy()])
+        got.append((batch["id"].tolist(), batch["neighbors"]["ids"].tolist()))
+    assert got == reference
+    assert sum(lent) >= len(lent) - 4  # all but the batches that found every slot busy
