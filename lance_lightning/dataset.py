@@ -142,6 +142,9 @@ class BatchReader(Dataset):
     order), ``reader[BatchGroup]`` several read together; the transform runs on each batch, and
     :class:`~lance_lightning.monitor.LoaderMonitor` may time both (``timing``)."""
 
+    slots: Any = None
+    """Set by the loader only while its workers start: the :class:`~.slots.WorkerSlots` a worker
+    gathers batches into, or lends a batch through (reused shared memory instead of fresh)."""
     timing: LoaderTiming | None = None
     """Set by :class:`~lance_lightning.monitor.LoaderMonitor`: sums the time of each item and of
     the transform inside it (see :mod:`.timing`); None (default): nothing is timed."""
@@ -150,6 +153,11 @@ class BatchReader(Dataset):
 
     def __len__(self) -> int:
         return self.num_rows
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the slots go to the workers being started, never into another pickle (their locks cannot)
+        spawning = multiprocessing.context.get_spawning_popen() is not None
+        return {**self.__dict__, "slots": self.slots if spawning else None}
 
     def _finish(self, batch: dict[str, Any]) -> Any:
         if self.transform is None:
@@ -354,11 +362,6 @@ class StagedBatchDataset(BatchReader):
 
         release_stage(self.staged.path)
         self.staged.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the slots go to the workers being started, never into another pickle (their locks cannot)
-        spawning = multiprocessing.context.get_spawning_popen() is not None
-        return {**self.__dict__, "slots": self.slots if spawning else None}
 
     def read_rows(self, positions: np.ndarray) -> dict[str, Any]:
         return self.staged.take_into_tensors(positions, nulls=self.nulls, out_shared=False)

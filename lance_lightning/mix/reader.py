@@ -1,15 +1,14 @@
-"""Batches of a mixture: mixture positions read from each source's own reader, rows put back in
-the batch's order, and each row's ``source`` added.
+"""Batches of a mixture: mixture positions read from each source's own reader, and each row's
+``source`` added.
 
-A batch's rows of one source are one read of that source's reader (a gather from its stage, or a
-take from its table); the sources' parts are then scattered into one tensor a column (in shared
-memory inside a DataLoader worker, so the hand-over copies nothing), and the transform runs on
-the whole batch.
+A batch's rows come grouped by source (:meth:`MixtureBatchDataset.layout`): each source's run is
+one gather from its stage straight into the batch (into a worker's reused slot, or shared memory,
+so the hand-over copies nothing). Sources read from their tables are read one take a source and
+scattered into the batch. The transform runs on the whole batch.
 """
 
 from __future__ import annotations
 
-import multiprocessing.context
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch.utils.data._utils.collate import default_convert
 from ..batches import BatchGroup, split_group
 from ..dataset import BatchReader, Transform, resolve_transform
 from ..slots import gather_into_slot, lend_into_slot
+from ..stage.reader import shared_empty
 
 Allocate = Callable[[Any, tuple[int, ...]], "np.ndarray | None"]
 
@@ -30,13 +30,8 @@ SOURCE_KEY = "source"
 
 def _empty(dtype: torch.dtype, shape: tuple[int, ...], *, shared: bool) -> torch.Tensor:
     """An uninitialized tensor; in shared memory inside a DataLoader worker (handing it over then
-    copies nothing), allocated as shared storage directly (``share_memory_()`` on a new tensor
-    costs a second allocation and copy)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    like = torch.empty(0, dtype=dtype)
-    storage = like._typed_storage()._new_shared(max(1, int(np.prod(shape))))
-    return like.new(storage)[: int(np.prod(shape))].view(shape)
+    copies nothing)."""
+    return shared_empty(dtype, shape) if shared else torch.empty(shape, dtype=dtype)
 
 
 def _concat(values: list[Any], *, where: str) -> Any:
@@ -100,11 +95,6 @@ class MixtureBatchDataset(BatchReader):
         self.transform = resolve_transform(transform)
         self.slots: Any = None
         """Set by the loader for workers with no transform (:class:`~..slots.WorkerSlots`)."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the slots go to the workers being started, never into another pickle (their locks cannot)
-        spawning = multiprocessing.context.get_spawning_popen() is not None
-        return {**self.__dict__, "slots": self.slots if spawning else None}
 
     def slot_layout(self) -> tuple[int, int] | None:
         """(bytes a row of the fixed-width columns, columns) of a batch in a worker's slot; None

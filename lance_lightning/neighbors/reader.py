@@ -15,7 +15,6 @@ composes with any reader that follows the :class:`~lance_lightning.dataset.Batch
 
 from __future__ import annotations
 
-import multiprocessing.context
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,11 +118,6 @@ class NeighborBatchDataset(BatchReader):
 
     lends_output = True
     """Its batches go through reused output slots with workers, a batch at a time, as a transform's do."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the slots go to the workers being started, never into another pickle (their locks cannot)
-        spawning = multiprocessing.context.get_spawning_popen() is not None
-        return {**self.__dict__, "slots": self.slots if spawning else None}
 
     def slot_layout(self) -> tuple[int, int] | None:
         return self.inner.slot_layout()
