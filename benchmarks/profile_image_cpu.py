@@ -66,7 +66,9 @@ def main() -> None:
     print(f"training process: {main_user + main_sys:.2f} s CPU ({(main_user + main_sys) / seconds:.0%} of a core)")
     print(
         f"workers: user {workers.ru_utime:.2f} s, system {workers.ru_stime:.2f} s: "
-        f"{(workers.ru_utime + workers.ru_stime) / rows * 1e6:.0f} us of CPU an image"
+        f"{(workers.ru_utime + workers.ru_stime) / rows * 1e6:.0f} us of CPU an image; "
+        f"{workers.ru_minflt / rows:.1f} minor page faults an image, "
+        f"{workers.ru_nvcsw + workers.ru_nivcsw:,} context switches"
     )
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     mb = {k: int(status[k].split()[0]) // 1024 for k in ("VmHWM", "VmRSS", "RssShmem") if k in status}

@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from lance_lightning.heap import keep_freed_memory
+
 POLL_S = 0.5
 EXIT_CODE = 1
 
@@ -105,6 +107,8 @@ def exit_with(
 
 def init_worker(trainer_pid: int, worker_id: int) -> None:
     """The DataLoader's ``worker_init_fn`` (bound to the trainer's pid with ``functools.partial``):
-    the worker ends when the trainer does, and so does the fork server that started it."""
+    the worker ends when the trainer does, and so does the fork server that started it; and it keeps
+    its freed memory for the next batch (:mod:`lance_lightning.heap`)."""
+    keep_freed_memory()
     parent = os.getppid()
     exit_with(trainer_pid, server=None if parent == trainer_pid else parent)  # spawn: the trainer is the parent
