@@ -65,11 +65,25 @@ def check_weights(values: pa.Array, *, column: str, table: str, row_ids: np.ndar
     return weights
 
 
+def _is_label_type(kind: pa.DataType) -> bool:
+    t = pa.types
+    checks = (t.is_integer, t.is_floating, t.is_string, t.is_large_string, t.is_boolean, t.is_dictionary, t.is_temporal)
+    return any(check(kind) for check in checks) or t.is_decimal(kind)
+
+
 def class_balance(labels: pa.Array, *, column: str, table: str, row_ids: np.ndarray) -> np.ndarray:
     """``1 / count`` of each row's label among ``labels`` (``float64``): every label drawn as often.
 
-    Refused: null labels (the count and an example row).
+    Refused: a column whose values are not labels (lists, vectors, structs, binary), and null labels
+    (the count and an example row).
     """
+    kind = labels.type
+    if not _is_label_type(kind):
+        raise WeightError(
+            f"balance_column {column!r} of table {table!r} is of type {kind}: a class-balance column must hold one "
+            "label a row (integer, string, boolean, dictionary, date or floating point), not a list, vector, struct "
+            "or binary value"
+        )
     nulls = np.asarray(labels.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if nulls.any():
         raise WeightError(

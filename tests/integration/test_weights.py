@@ -136,6 +136,14 @@ def test_a_weight_column_that_is_missing_or_not_numeric_is_refused(make_table, t
         datamodule(uri, tmp_path, weight_column="name").setup("fit")
 
 
+def test_a_balance_column_that_holds_no_labels_is_refused_naming_it(make_table, tmp_path):
+    uri, _ = make_table("toy", weighted_table())
+    with pytest.raises(
+        WeightError, match=r"balance_column 'x' of table 'toy' is of type fixed_size_list.*one label a row"
+    ):
+        datamodule(uri, tmp_path, balance_column="x").setup("fit")
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize(
     "weights",
