@@ -281,3 +281,41 @@ def test_with_next_epoch_updates_a_source_table_s_new_rows_join_from_the_next_ep
     assert any(later >= 5000)
     for _ids, src in epochs:
         assert np.bincount(src, minlength=3).tolist() == COUNTS
+
+
+class MarkHarder(pl.Callback):
+    """At the end of epoch 0, marks rows 10-19 hard (a column the model could write back)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import lancedb
+
+        if trainer.current_epoch == 0:
+            lancedb.connect(self.uri).open_table("toy").update(where="id >= 10 AND id < 20", values={"hard": 1})
+
+
+@pytest.mark.parametrize("table_updates", ["pin", "next_epoch"])
+def test_source_filters_over_a_written_back_column_are_reread_from_the_next_epoch_only(
+    make_table, tmp_path, table_updates
+):
+    """A curriculum by filter: with ``next_epoch`` the filters select the rows of the new version from
+    the next epoch (never the current one); pinned, the first version's rows throughout."""
+    hard = (np.arange(100) < 10).astype(np.int64)
+    uri, _ = make_table("toy", toy_table(100).append_column("hard", pa.array(hard)))
+    mix = {"easy": {"proportion": 0.5, "filter": "hard = 0"}, "hard": {"proportion": 0.5, "filter": "hard = 1"}}
+    model = SourceRecorder()
+    trainer = quiet_trainer(
+        tmp_path, limit_val_batches=0, max_epochs=2, callbacks=[MarkHarder(uri)], reload_dataloaders_every_n_epochs=1
+    )
+    trainer.fit(model, datamodule=datamodule(uri, tmp_path, mix=mix, table_updates=table_updates, splits=None))
+    # epoch 0: 90 easy rows + 90 draws of the 10 hard ones, 23 batches of 8
+    first, second = by_epoch(model, batches=23)[:2]
+    assert set(first[0][first[1] == 1]) == set(range(10)) and set(first[0][first[1] == 0]) == set(range(10, 100))
+    if table_updates == "next_epoch":
+        assert sorted(second[0][second[1] == 0]) == list(range(20, 100))  # one pass over the 80 easy rows left
+        assert set(second[0][second[1] == 1]) == set(range(20))
+    else:
+        assert set(second[0][second[1] == 1]) == set(range(10))
+        assert sorted(second[0][second[1] == 0]) == list(range(10, 100))
