@@ -178,3 +178,35 @@ def test_a_source_may_name_a_split_of_the_table_for_its_rows(tables, tmp_path):
     assert dm.source_name(2) == "other"
     with pytest.raises(IndexError, match="the sources, by index"):
         dm.source_name(3)
+
+
+def test_hydra_turns_it_on_from_the_command_line_and_inspect_shows_each_source_s_rows(digits_db):
+    from hydra import compose, initialize_config_dir
+
+    from lance_lightning.app.inspect_splits import inspect, render
+
+    uri, table = digits_db(200)
+    overrides = [
+        f"data.uri={uri}",
+        f"data.table={table}",
+        "data.batch_size=16",
+        "data/mix=digits_threes",
+        "data.eval_by_source=true",
+        "+data.mix.threes.test_split=val",  # a key the shipped source lacks: Hydra wants a +
+        "trainer=ddp_sim",
+    ]
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf), job_name="test"):
+        cfg = compose("config", overrides=overrides)
+    report = inspect(cfg)
+    plan = report["shard_plan"]
+    assert [key for key in plan if "/" in key] == ["val/all", "val/threes", "test/all", "test/threes"]
+    assert "val" not in plan and "test" not in plan  # no loader per split
+    assert plan["val/all"]["rows"] == report["splits"]["val"] == 20
+    threes_in_val = report["label_balance"]["val"]["3"]  # label == id % 10
+    assert plan["val/threes"]["rows"] == plan["test/threes"]["rows"] == threes_in_val  # label = 3 of the val split
+    assert plan["test/all"]["rows"] == report["splits"]["test"]
+    assert sum(plan["val/all"]["rows_per_rank"]) == 20 and len(set(plan["val/all"]["batches_per_rank"])) == 1
+    text = render(report)
+    assert "val/threes mix source 'threes': split 'val' where label = 3: " in text
+    assert "test/threes mix source 'threes': split 'val' where label = 3: " in text
