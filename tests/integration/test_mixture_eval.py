@@ -16,6 +16,7 @@ import torch
 
 from lance_lightning import LanceDataModule
 from lance_lightning.mix import MixSpecError
+from lance_lightning.monitor.advice import read_path
 from lance_lightning.options import SettingError
 from lance_lightning.splits import SplitSpecError
 from tests.conftest import toy_table
@@ -176,6 +177,7 @@ def test_a_source_may_name_a_split_of_the_table_for_its_rows(tables, tmp_path):
     ids = sorted(i for batch in dm.val_dataloader()[2] for i in batch["id"].tolist())
     assert ids == sorted(dm.splits["test"].row_ids.tolist())
     assert dm.source_name(2) == "other"
+    assert read_path(dm, "val").startswith("one loader per mix source (3); val/even: shuffle='none' from the split's")
     with pytest.raises(IndexError, match="the sources, by index"):
         dm.source_name(3)
 
@@ -210,3 +212,12 @@ def test_hydra_turns_it_on_from_the_command_line_and_inspect_shows_each_source_s
     text = render(report)
     assert "val/threes mix source 'threes': split 'val' where label = 3: " in text
     assert "test/threes mix source 'threes': split 'val' where label = 3: " in text
+
+
+def test_the_transform_sees_each_source_s_batches_with_their_source(tables, tmp_path):
+    dm = datamodule(tables, tmp_path, transform="tests.helpers.double_x")
+    dm.setup("validate")
+    for index, loader in enumerate(dm.val_dataloader()):
+        for batch in loader:
+            assert torch.equal(batch["x_doubled"], batch["x"] * 2)
+            assert batch["source"].tolist() == [index] * len(batch["id"])
