@@ -249,7 +249,7 @@ class LanceDataModule(pl.LightningDataModule):
         self._whole_table: SplitRows | None = None
         self.datasets: dict[str, Any] = {}
         self._pins: dict[str, dict[str, Any]] = {}
-        """Versions to read other tables at (``split:<name>`` / ``mix:<name>``): a checkpoint's."""
+        """Versions to read other tables at (keys as :meth:`_other_tables` makes them): a checkpoint's."""
         self.mix_sources: list[SplitRows] | None = None
         """The train stage's ``mix`` sources as resolved at setup (rows of pinned tables), in ``mix``'s order."""
         self.eval_sources: dict[str, list[SplitRows]] = {}

@@ -150,6 +150,11 @@ def test_another_table_is_validated_at_the_version_the_checkpoint_read(tables, t
         quiet_trainer(tmp_path, max_epochs=1).fit(resumed, datamodule=datamodule(tables, tmp_path), ckpt_path=ckpt)
     ids = [i for batch, _ in resumed.read[("val", 2)] for i in batch]
     assert sorted(ids) == list(range(2000, 2011))  # ... the resumed one the version its checkpoint read
+    # where a source's evaluation rows are decides no training row: a resume may change it
+    plain_mix = {**MIX, "other": {"proportion": 0.3, "table": "other"}}
+    quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(
+        PerSource(), datamodule=datamodule(tables, tmp_path, eval_by_source=False, mix=plain_mix), ckpt_path=ckpt
+    )
 
 
 def test_sources_without_evaluation_rows_are_refused_naming_the_source_and_the_keys(tables, tmp_path):
