@@ -226,3 +226,21 @@ def test_the_transform_sees_each_source_s_batches_with_their_source(tables, tmp_
         for batch in loader:
             assert torch.equal(batch["x_doubled"], batch["x"] * 2)
             assert batch["source"].tolist() == [index] * len(batch["id"])
+
+
+def test_with_table_updates_next_epoch_a_val_table_is_read_again_at_the_next_epoch(tables, tmp_path):
+    class AddValRows(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # after epoch 0's validation
+            if trainer.current_epoch == 0:
+                lancedb.connect(tables).open_table("other_val").add(ids_table(2100, 5, seed=4))
+
+    hashed = {"kind": "hash", "columns": ["id"], "weights": {"train": 3, "val": 1}}  # survives appends
+    dm = datamodule(tables, tmp_path, splits=hashed, table_updates="next_epoch")
+    model = PerSource()
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0, callbacks=[AddValRows()]
+    )
+    trainer.fit(model, datamodule=dm)
+    read = [i for batch, _ in model.read[("val", 2)] for i in batch]
+    assert sorted(read[:11]) == list(range(2000, 2011))  # epoch 0: the version pinned at setup
+    assert sorted(read[11:]) == [*range(2000, 2011), *range(2100, 2105)]  # epoch 1: the newest
