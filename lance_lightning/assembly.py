@@ -381,13 +381,16 @@ def build_sampler(
     row_bytes: Callable[[], int] | None = None,
     weights: Callable[[], np.ndarray] | None = None,
     mixture: MixturePlan | None = None,
+    balanced: bool = False,
 ) -> LanceBatchSampler:
     """The sampler of ``stage``: the train stage in the shuffle order (table order when the order is
     ``none`` or the trainer overfits batches) following ``position``; the others in table order.
     ``row_bytes()``: the reader's bytes a row, which bounds how many batches are read at once; asked
     only where several would be (a table reader learns it with a read). ``weights()``: the train
     split's weights (:mod:`.weights`), asked only where the order draws by them. ``mixture``: the
-    train stage's sources (``num_rows``: their rows together), drawn by the mixture order."""
+    train stage's sources (``num_rows``: their rows together), drawn by the mixture order.
+    ``balanced``: an evaluation stage with the same batch count on every rank (one mix source's
+    loader: :func:`.sharding.plan_epoch`)."""
     training = stage == "train"
     ordered = not training or not get_order(options.shuffle).shuffles or overfitting
     order = "none" if ordered else ("mixture" if mixture is not None else options.shuffle)
@@ -419,6 +422,7 @@ def build_sampler(
         window_blocks=options.window_blocks,
         group_batches=group,
         position=position if training else None,
+        **({"balanced": True} if balanced and not training else {}),
         **weighted,
     )
 

@@ -147,6 +147,13 @@ class LanceDataModule(pl.LightningDataModule):
         mix_batching: where the sources go: ``"mixed"`` (default: random positions),
             ``"stratified"`` (every global step holds each source's share within one row) or
             ``"source"`` (every batch holds one source).
+        eval_by_source: with ``mix``, validation and test read one loader per source (a list, in
+            ``mix``'s order; Lightning passes ``dataloader_idx``, the source's index, to
+            ``validation_step``), each batch with its ``source``: a source of the train split
+            (cut by its ``filter``) is validated on the val split's rows its filter keeps; a
+            source of another table or split names its rows with ``val_table`` / ``val_split``
+            (``test_table`` / ``test_split``). :meth:`source_name` turns ``dataloader_idx`` into
+            the source's name, for metric names. False (default): one loader per split.
         neighbors: every train batch also carries each row's ``k`` nearest rows of the split by a
             vector column, as ``batch["neighbors"]`` (``ids``, ``mask`` and their columns, ``[B, k, ...]``),
             e.g. ``{"column": "emb", "k": 4, "exclude_same": "label"}``: mined once per node from the
@@ -197,6 +204,7 @@ class LanceDataModule(pl.LightningDataModule):
         neighbors: Mapping[str, Any] | None = None,
         mix: Mapping[str, Mapping[str, Any]] | None = None,
         mix_batching: Literal["mixed", "stratified", "source"] = "mixed",
+        eval_by_source: bool = False,
     ) -> None:
         super().__init__()
         if table is None and _is_lancedb_table(uri):  # LanceDataModule(table): the open table
@@ -241,9 +249,11 @@ class LanceDataModule(pl.LightningDataModule):
         self._whole_table: SplitRows | None = None
         self.datasets: dict[str, Any] = {}
         self._pins: dict[str, dict[str, Any]] = {}
-        """Versions to read other tables at (``split:<name>`` / ``mix:<name>``): a checkpoint's."""
+        """Versions to read other tables at (keys as :meth:`_other_tables` makes them): a checkpoint's."""
         self.mix_sources: list[SplitRows] | None = None
         """The train stage's ``mix`` sources as resolved at setup (rows of pinned tables), in ``mix``'s order."""
+        self.eval_sources: dict[str, list[SplitRows]] = {}
+        """With ``eval_by_source``: by stage (``val``, ``test``), each source's rows it reads, in ``mix``'s order."""
         self.samplers: dict[str, LanceBatchSampler] = {}
         self.rank, self.world_size = 0, 1
         self._announced: set[str] = set()
@@ -362,6 +372,9 @@ class LanceDataModule(pl.LightningDataModule):
             assembly.release_freed_memory()
 
     def _build_stage(self, stage: str, scan_ids: assembly.ScanIds) -> None:
+        if stage in EVAL_STAGES and self.options.eval_by_source:
+            self._build_source_stages(stage, scan_ids)
+            return
         name = self.split_for_stage(stage)
         built = stage in self.samplers and self.samplers[stage].num_replicas == self.world_size
         readers = getattr(self.datasets.get(stage), "readers", [self.datasets.get(stage)])  # a mixture's: each source's
@@ -411,9 +424,94 @@ class LanceDataModule(pl.LightningDataModule):
         if self.options.batch_keys is not None:
             self._check_batch_keys(stage, name, reader, len(split))
 
+    def _build_source_stages(self, stage: str, scan_ids: assembly.ScanIds) -> None:
+        """``eval_by_source``: a reader and a sampler per ``mix`` source for ``stage`` (``val`` or
+        ``test``), keyed ``<stage>/<source>`` in :attr:`datasets` and :attr:`samplers`."""
+        from .mix.reader import SOURCE_KEY, MixtureBatchDataset
+        from .mix.resolve import resolve_eval_sources
+
+        assert self.options.mix is not None and self.splits is not None
+        keys = [source_stage_key(stage, spec.name) for spec in self.options.mix]
+        built = all(k in self.samplers and self.samplers[k].num_replicas == self.world_size for k in keys)
+        if built and all(hold_again(r) for k in keys for r in self.datasets[k].readers):
+            return
+        rows_by_source = resolve_eval_sources(
+            self.options.mix,
+            stage,
+            source=self.source,
+            table=self._table(),
+            splits=self.splits,
+            train_split=self._train_split_name(),
+            stage_split=self.split_for_stage(stage),
+            columns=self.columns,
+            filter=self.options.filter,
+            versions={k.partition(":")[2]: pin for k, pin in self._pins.items() if k.startswith(f"mix-{stage}:")},
+        )
+        if rows_by_source is None:  # no split for this stage and no source names its rows: no loader
+            self.eval_sources.pop(stage, None)
+            return
+        if SOURCE_KEY in self.columns:
+            raise SplitSpecError(
+                f"eval_by_source adds each row's source to its batch as {SOURCE_KEY!r}, which is also a column read "
+                f"from table {self.source.name!r}: leave that column out of columns (or rename it in the table)"
+            )
+        self.eval_sources[stage] = rows_by_source
+        for index, (spec, rows, key) in enumerate(zip(self.options.mix, rows_by_source, keys)):
+            if len(rows) < self.world_size:
+                raise SplitSpecError(
+                    f"eval_by_source: mix source {spec.name!r} has {len(rows)} {stage} row(s), fewer than the "
+                    f"{self.world_size} ranks: a rank with no batch would skip the loop while the others wait for it. "
+                    f"Give the source more {stage} rows ({stage}_split / {stage}_table) or use fewer devices"
+                )
+            inner = assembly.build_reader(
+                self.options,
+                rows,
+                stage=stage,
+                warn=rank_zero_warn,
+                columns=self.columns,
+                split_name=f"{stage}[mix {spec.name}]",
+                transform=None,
+                table=self._open_table if rows.source == self.source else None,
+                scan_ids=scan_ids,
+            )
+            reader = MixtureBatchDataset([inner], [spec.name], transform=self.transform, indices=[index])
+            self.datasets[key] = reader
+            self.samplers[key] = assembly.build_sampler(
+                self.options,
+                stage,
+                len(reader),
+                rank=self.rank,
+                world_size=self.world_size,
+                position=None,
+                staged=reader.reads_stage,
+                row_bytes=reader.row_bytes,
+                balanced=True,
+            )
+            if self.options.batch_keys is not None:
+                self._check_batch_keys(stage, f"{stage} rows of mix source {spec.name}", reader, len(rows))
+
+    def source_name(self, dataloader_idx: int) -> str:
+        """The name of the ``mix`` source that evaluation loader ``dataloader_idx`` reads (with
+        ``eval_by_source``; also the source of ``batch["source"]`` index ``dataloader_idx``), e.g. to
+        log ``self.log(f"val/{name}/loss", loss, add_dataloader_idx=False)``."""
+        mix = self.options.mix
+        if mix is None:
+            raise ValueError("source_name: this datamodule has no mix (no sources); set mix (and eval_by_source)")
+        if isinstance(dataloader_idx, bool) or not 0 <= int(dataloader_idx) < len(mix):
+            raise IndexError(
+                f"source_name: dataloader_idx {dataloader_idx!r} names no mix source; the sources, by index: "
+                f"{ {i: spec.name for i, spec in enumerate(mix)} }"
+            )
+        return mix[int(dataloader_idx)].name
+
+    def _built_stages(self) -> list[str]:
+        """The stages built (a per-source evaluation stage once, by its stage name)."""
+        return list(dict.fromkeys(key.partition("/")[0] for key in self.samplers))
+
     def _other_tables(self) -> dict[str, dict[str, Any]]:
-        """Every other table this run reads (a ``tables`` split's, a ``mix`` source's), keyed
-        ``split:<name>`` / ``mix:<name>``, with the version it reads (:func:`.source.table_pin`)."""
+        """Every other table this run reads (a ``tables`` split's, a ``mix`` source's, a source's
+        ``val_table`` / ``test_table``), keyed ``split:<name>`` / ``mix:<name>`` / ``mix-val:<name>``
+        / ``mix-test:<name>``, with the version it reads (:func:`.source.table_pin`)."""
         own = (self.source.uri, self.source.name)
         out = {
             f"split:{name}": table_pin(rows.source)
@@ -423,6 +521,10 @@ class LanceDataModule(pl.LightningDataModule):
         for rows in self.mix_sources or []:
             if (rows.source.uri, rows.source.name) != own:
                 out[f"mix:{rows.name}"] = table_pin(rows.source)
+        for stage, sources in self.eval_sources.items():
+            for spec, rows in zip(self.options.mix or (), sources):
+                if getattr(spec, f"{stage}_table") is not None:
+                    out[f"mix-{stage}:{rows.name}"] = table_pin(rows.source)
         return out
 
     def _pin_other_tables(self, recorded: dict[str, dict[str, Any]] | None) -> None:
@@ -456,14 +558,17 @@ class LanceDataModule(pl.LightningDataModule):
 
     def _other_uri(self, key: str) -> str:
         kind, _, name = key.partition(":")
-        rows = self.splits[name] if kind == "split" else next(r for r in self.mix_sources or [] if r.name == name)
-        return rows.source.uri
+        if kind == "split":
+            return self.splits[name].source.uri
+        found = (self.mix_sources or []) if kind == "mix" else self.eval_sources.get(kind.partition("-")[2], [])
+        return next(r for r in found if r.name == name).source.uri
 
     def _rebuild(self) -> None:
         """Build the splits and every built stage again (other tables re-read at :attr:`_pins`)."""
-        stages = list(self.samplers)
+        stages = self._built_stages()
         self.teardown()  # the old readers' stage leases and mappings
         self.splits, self.samplers, self.datasets, self.mix_sources = None, {}, {}, None
+        self.eval_sources = {}
         self._build_splits(self._table())
         self._build_stages(stages)
 
@@ -650,9 +755,10 @@ class LanceDataModule(pl.LightningDataModule):
         """Read ``version`` of the table from now on: rebuild the splits and every built stage."""
         self.source = self.source.pinned(version)
         self._open_table = None
-        stages = list(self.samplers)
+        stages = self._built_stages()
         self.teardown()  # the old readers' stage leases and mappings
         self.splits, self.samplers, self.datasets, self.mix_sources = None, {}, {}, None
+        self.eval_sources = {}
         self._build_splits(self._pin_version(reason=reason))
         self._build_stages(stages)
 
@@ -739,6 +845,14 @@ class LanceDataModule(pl.LightningDataModule):
     # -- dataloaders ---------------------------------------------------------------------
 
     def _loader(self, stage: str) -> DataLoader | list:
+        if stage in self.eval_sources:  # eval_by_source: one loader per source, in mix order
+            keys = [source_stage_key(stage, rows.name) for rows in self.eval_sources[stage]]
+            for key in keys:
+                self._announce_worker_start(key, self.datasets[key])
+            return [
+                make_loader(self.datasets[key], self.samplers[key], self.options, transform=self.transform)
+                for key in keys
+            ]
         if stage not in self.samplers:
             if self.splits is None:
                 raise RuntimeError(f"{stage}_dataloader() called before setup(); call setup() first")
@@ -830,6 +944,15 @@ class LanceDataModule(pl.LightningDataModule):
         return {
             name: describe_column(schema.field(name)) for name in check_columns(self.source.name, schema, self.columns)
         }
+
+
+EVAL_STAGES = ("val", "test")
+"""The stages that read one loader per ``mix`` source with ``eval_by_source``."""
+
+
+def source_stage_key(stage: str, source: str) -> str:
+    """The key of one source's evaluation reader and sampler (``"val/web"``) in ``datasets`` / ``samplers``."""
+    return f"{stage}/{source}"
 
 
 NEIGHBOR_STATE = "neighbor_lists"

@@ -484,6 +484,11 @@ class DataOptions:
         why="where a mixture's sources go in the epoch (mixed, stratified per global step, one source a batch), so "
         "the epoch's order",
     )
+    eval_by_source: bool = setting(
+        False,
+        resume=EXACT,
+        why="how validation and test are read (one loader per mix source or one per split), not the training rows",
+    )
 
     def __post_init__(self) -> None:
         if self.multiprocessing_context == "fork":
@@ -520,6 +525,7 @@ class DataOptions:
             "weight_replacement": as_bool("weight_replacement", self.weight_replacement),
             "mix": _as_mix(self.mix),
             "mix_batching": as_choice("mix_batching", self.mix_batching, MIX_BATCHING),
+            "eval_by_source": as_bool("eval_by_source", self.eval_by_source),
             "neighbors": parse_neighbors(self.neighbors, error=SettingError, type_error=SettingTypeError),
             "columns": as_names("columns", self.columns),
             "batch_keys": as_names("batch_keys", self.batch_keys, what="batch keys (column names)"),
@@ -615,7 +621,19 @@ def check_mixture(checked: Mapping[str, Any]) -> None:
                 f"mix_batching={checked['mix_batching']!r} lays out the sources of a mixture; set mix (the sources "
                 "and their proportions) or leave mix_batching out"
             )
+        if checked["eval_by_source"]:
+            raise SettingError(
+                "eval_by_source=True reads validation and test one loader per mix source, but mix is not set: set "
+                "mix (the sources) or leave eval_by_source out"
+            )
         return
+    if not checked["eval_by_source"]:
+        stray = {spec.name: sorted(spec.eval_keys()) for spec in checked["mix"] if spec.eval_keys()}
+        if stray:
+            raise SettingError(
+                f"mix source(s) set where their evaluation rows are ({stray}), which only eval_by_source=True reads "
+                "(one validation/test loader per source): set eval_by_source=True, or leave those keys out"
+            )
     weighs = [name for name in ("weight_column", "balance_column", "weight_replacement") if checked[name]]
     if weighs:
         raise SettingError(

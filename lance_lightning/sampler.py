@@ -44,6 +44,8 @@ class LanceBatchSampler(DistributedSampler):
         drop_last: training only: drop the last partial global step instead of padding it.
         even: every rank yields the same number of batches (training); when False every
             row is read exactly once and ranks may differ by one batch (evaluation).
+        balanced: evaluation (``even=False``) with the same number of batches on every rank
+            (:func:`.sharding.plan_epoch`); each row still read once.
         block_size, window_blocks: the ``block`` shuffle (see :class:`.orders.BlockOrder`).
         group_batches: yield this many consecutive batches at a time as one
             :class:`~.batches.BatchGroup` (read together in range scans); 1 yields plain batches.
@@ -75,6 +77,7 @@ class LanceBatchSampler(DistributedSampler):
         samples_per_epoch: int | None = None,
         replacement: bool = False,
         mixture: MixturePlan | None = None,
+        balanced: bool = False,
     ) -> None:
         # The public entry point: what a caller can get wrong fails here, clearly; the orders
         # and lance_lightning.sharding below only assert (the datamodule's options are valid already).
@@ -134,6 +137,7 @@ class LanceBatchSampler(DistributedSampler):
         self.seed = seed
         self.drop_last = drop_last
         self.even = even
+        self.balanced = balanced
         self.block_size = block_size
         self.window_blocks = window_blocks
         self.group_batches = group_batches
@@ -200,6 +204,7 @@ class LanceBatchSampler(DistributedSampler):
             batch_size=self.batch_size,
             drop_last=self.drop_last,
             even=self.even,
+            balanced=self.balanced,
         ).batches_for_rank(self.rank)
 
     @property
@@ -218,6 +223,7 @@ class LanceBatchSampler(DistributedSampler):
             batch_size=self.batch_size,
             drop_last=self.drop_last,
             even=self.even,
+            balanced=self.balanced,
         )
 
     def epoch_order(self) -> EpochOrder:

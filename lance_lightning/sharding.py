@@ -29,7 +29,11 @@ Training (``even=True``) makes every rank read the same number of batches:
   ``world_size * batch_size`` rows are left out, none is read twice.
 
 Evaluation (``even=False``) reads every row exactly once with no padding; the last partial
-step is split into per-rank batches, so rank batch counts differ by at most one.
+step is split into per-rank batches, so rank batch counts differ by at most one. With
+``balanced=True`` (one loader per mix source, ``eval_by_source``) they are equal too: where the
+last partial step has fewer rows than ranks (some rank would get no batch of it), that step and
+the last whole one are cut into two smaller batches a rank, every row still read once (batch
+size 1 cannot be cut: then counts may differ by one).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class ShardPlan:
     """Rows read twice to even the ranks out (training, drop_last=False)."""
     dropped_rows: int
     """Rows not read this epoch (training, drop_last=True)."""
+    balanced: bool = False
+    """Evaluation: equal batch counts on every rank, each row once (see the module docstring)."""
 
     def batches_for_rank(self, rank: int) -> int:
         """Number of batches ``rank`` reads this epoch."""
@@ -103,7 +109,9 @@ class ShardPlan:
         return self.batches_for_rank(0)
 
 
-def plan_epoch(num_rows: int, *, world_size: int, batch_size: int, drop_last: bool, even: bool) -> ShardPlan:
+def plan_epoch(
+    num_rows: int, *, world_size: int, batch_size: int, drop_last: bool, even: bool, balanced: bool = False
+) -> ShardPlan:
     """Cut an epoch of ``num_rows`` rows into global steps; see the module docstring."""
     assert num_rows >= 0, f"num_rows must be >= 0, got {num_rows}"
     assert world_size >= 1, f"world_size must be >= 1, got {world_size}"
@@ -126,6 +134,7 @@ def plan_epoch(num_rows: int, *, world_size: int, batch_size: int, drop_last: bo
         tail_rows=rest,
         padded_rows=padded,
         dropped_rows=dropped,
+        balanced=balanced and not even,
     )
 
 
@@ -136,6 +145,15 @@ def rank_batch_bounds(plan: ShardPlan, *, rank: int) -> list[tuple[int, int]]:
     """
     assert 0 <= rank < plan.world_size, f"rank must be in [0, {plan.world_size}), got {rank}"
     b, w = plan.batch_size, plan.world_size
+    if plan.balanced and 0 < plan.tail_rows < w and plan.full_steps and b > 1:
+        # the last whole step and the short tail: 2 batches a rank of about b/2 rows (each row once)
+        steps = plan.full_steps - 1
+        bounds = [((k * w + rank) * b, (k * w + rank + 1) * b) for k in range(steps)]
+        base, rows = steps * w * b, w * b + plan.tail_rows
+        for piece in (rank, w + rank):
+            lo, hi = _split_evenly(rows, 2 * w, piece)
+            bounds.append((base + lo, base + hi))
+        return bounds
     bounds = [((k * w + rank) * b, (k * w + rank + 1) * b) for k in range(plan.full_steps)]
     if plan.tail_rows:
         base = plan.full_steps * w * b

@@ -46,10 +46,12 @@ def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
             batch_size=sampler.batch_size,
             drop_last=sampler.drop_last,
             even=sampler.even,
+            balanced=getattr(sampler, "balanced", False),
         )
         bounds = [rank_batch_bounds(plan, rank=rank) for rank in range(world_size)]
+        base, _, source = stage.partition("/")  # "val/web": source web's validation loader (eval_by_source)
         out[stage] = {
-            "split": dm.split_for_stage(stage),
+            "split": dm.split_for_stage(base),
             "rows": rows,
             "split_rows": sampler.split_rows,
             "world_size": world_size,
@@ -63,7 +65,21 @@ def shard_plan(dm: Any, world_size: int) -> dict[str, dict[str, Any]]:
         }
         if sources is not None:
             out[stage]["sources"] = sources
+        if source:
+            out[stage]["reads"] = _eval_source_rows(dm, base, source)
     return out
+
+
+def _eval_source_rows(dm: Any, stage: str, source: str) -> str:
+    """Where one source's ``stage`` loader reads (``eval_by_source``), in words."""
+    spec = next(s for s in dm.options.mix if s.name == source)
+    rows = next(r for r in dm.eval_sources[stage] if r.name == source)
+    named_table, named_split = getattr(spec, f"{stage}_table"), getattr(spec, f"{stage}_split")
+    if named_table is not None:
+        where = f"table {named_table!r} (version {rows.source.version})"
+    else:
+        where = f"split {named_split or dm.split_for_stage(stage)!r}"
+    return f"mix source {source!r}: {where}" + (f" where {spec.filter}" if spec.filter else "")
 
 
 def split_sizes(dm: Any) -> dict[str, int]:
@@ -156,8 +172,9 @@ def format_report(
         rows = f"{p['rows']:,} rows"
         if p.get("split_rows", p["rows"]) != p["rows"] or p["shuffle"] == "weighted":
             rows = f"{p['rows']:,} samples an epoch (of {p['split_rows']:,} rows)"
+        reads = p["reads"] if "reads" in p else f"split {p['split']!r}"
         lines.append(
-            f"  {stage:<8} split {p['split']!r}: {rows}, batch {p['batch_size']}, "
+            f"  {stage:<8} {reads}: {rows}, batch {p['batch_size']}, "
             f"shuffle {p['shuffle']}" + (f"; {'; '.join(extra)}" if extra else "; no padding, nothing dropped")
         )
         for source in p.get("sources", ()):

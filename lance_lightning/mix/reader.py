@@ -77,7 +77,9 @@ def _merge(parts: list[tuple[np.ndarray, Any]], total: int, *, where: str) -> An
 class MixtureBatchDataset(BatchReader):
     """Reads batches of mixture positions: position ``p`` is row ``p - bases[s]`` of source ``s``
     (``bases``: each source's first position). ``readers``: each source's reader, with no
-    transform (the transform runs here, on the merged batch)."""
+    transform (the transform runs here, on the merged batch). ``indices``: the ``source`` each
+    reader's rows carry (default: its position in ``readers``); one source's evaluation loader
+    reads one reader whose rows carry that source's index in ``mix``."""
 
     def __init__(
         self,
@@ -85,11 +87,14 @@ class MixtureBatchDataset(BatchReader):
         names: Sequence[str],
         *,
         transform: Transform | str | None = None,
+        indices: Sequence[int] | None = None,
     ) -> None:
         assert len(readers) == len(names) >= 1
         assert all(r.transform is None for r in readers), "the sources' readers read raw rows"
+        assert indices is None or len(indices) == len(readers)
         self.readers = list(readers)
         self.names = list(names)
+        self.indices = np.arange(len(readers), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
         self.bases = np.concatenate([[0], np.cumsum([len(r) for r in readers])]).astype(np.int64)
         self.num_rows = int(self.bases[-1])
         self.transform = resolve_transform(transform)
@@ -154,7 +159,7 @@ class MixtureBatchDataset(BatchReader):
         else:
             out = self._read_and_merge(positions, sources)
         src = _empty(torch.int64, (total,), shared=get_worker_info() is not None)
-        src.numpy()[:] = sources
+        src.numpy()[:] = self.indices[sources]
         out[SOURCE_KEY] = src
         return out
 

@@ -93,3 +93,84 @@ def resolve_sources(
             )
         out.append(resolved)
     return out
+
+
+def _cut_split(
+    split: SplitRows, cut: str | None, *, own: TableSource, table: Any, filter: str | None, name: str
+) -> SplitRows:
+    """Split ``split``'s rows that the source's filter ``cut`` keeps, named ``name``."""
+    if cut is None:
+        return SplitRows(name, split.source, split.row_ids)
+    opened = table if split.source == own else split.source.open()
+    check_filter(opened, cut)
+    kept = whole_table_row_ids(opened, _both(filter, cut))
+    return SplitRows(name, split.source, np.intersect1d(split.row_ids, kept, assume_unique=True))
+
+
+def resolve_eval_sources(
+    sources: Sequence[SourceSpec],
+    stage: str,
+    *,
+    source: TableSource,
+    table: Any,
+    splits: Mapping[str, SplitRows],
+    train_split: str | None,
+    stage_split: str | None,
+    columns: Sequence[str],
+    filter: str | None,
+    versions: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[SplitRows] | None:
+    """Each source's ``stage`` (``"val"`` or ``"test"``) rows, in ``sources``' order, each named
+    after its source; None when the stage reads nothing (it has no split and no source names its rows).
+
+    A source's rows: the table named by its ``<stage>_table`` (in its database), or the split named
+    by its ``<stage>_split``, else, for a source of the train stage's split, the split ``stage``
+    reads (``stage_split``); cut by the source's ``filter``. A source of another table, or of
+    another split, has no implied evaluation rows: it must name them (refused otherwise, naming it).
+    ``versions``: by source name, the version to read a ``<stage>_table`` at (a checkpoint's)."""
+    split_key, table_key = f"{stage}_split", f"{stage}_table"
+    if stage_split is None and not any(getattr(spec, split_key) or getattr(spec, table_key) for spec in sources):
+        return None
+    wanted = {name: table.schema.field(name).type for name in columns}
+    out = []
+    for spec in sources:
+        named_table, named_split = getattr(spec, table_key), getattr(spec, split_key)
+        if named_table is not None:
+            uri = spec.uri if spec.uri is not None else source.uri
+            other, other_source = open_other_table(source, uri, named_table, (versions or {}).get(spec.name))
+            check_source_columns(spec, named_table, other.schema, wanted)
+            check_filter(other, spec.filter)
+            rows = SplitRows(spec.name, other_source, whole_table_row_ids(other, spec.filter))
+            where = f"{table_key}={named_table!r} (version {other.version})"
+        else:
+            if named_split is None:
+                trains_on = spec.split or train_split
+                if spec.table is not None or trains_on != train_split or stage_split is None:
+                    reads = f"table {spec.table!r}" if spec.table is not None else f"split {trains_on!r}"
+                    why = (
+                        f"table {source.name!r} has no {stage} split"
+                        if stage_split is None and spec.table is None and trains_on == train_split
+                        else f"it trains on {reads}, not on the train stage's split {train_split!r}, so its {stage} "
+                        f"split's rows are not its own"
+                    )
+                    raise MixSpecError(
+                        f"eval_by_source: mix source {spec.name!r} has no {stage} rows: {why}. Say where they are: "
+                        f"{table_key}=<a table in its database> or {split_key}=<a split of table {source.name!r}: "
+                        f"{sorted(splits)}>"
+                    )
+                named_split = stage_split
+            if named_split not in splits:
+                raise MixSpecError(
+                    f"mix source {spec.name!r}: {split_key}={named_split!r} is not a split of table {source.name!r}; "
+                    f"its splits: {sorted(splits)}"
+                )
+            rows = _cut_split(splits[named_split], spec.filter, own=source, table=table, filter=filter, name=spec.name)
+            where = f"split {named_split!r} of table {source.name!r}"
+        if len(rows) == 0:
+            raise SplitSpecError(
+                f"eval_by_source: mix source {spec.name!r} has no {stage} rows: {where}"
+                f"{' where ' + spec.filter if spec.filter else ''} is empty. Name rows that it has ({split_key} or "
+                f"{table_key}), or loosen its filter"
+            )
+        out.append(rows)
+    return out

@@ -5,6 +5,11 @@ by an SQL ``filter``) or of another ``table`` (in the same database, or at ``uri
 ``proportion`` of each epoch it makes. ``mix`` is a mapping of source name to its settings (what
 Hydra overrides best: ``data.mix.web.proportion=0.3``) or a list of them (each with an optional
 ``name``).
+
+With ``eval_by_source`` set, validation and test read one loader per source: ``val_split`` /
+``test_split`` name the split of the datamodule's table that holds a source's evaluation rows,
+``val_table`` / ``test_table`` a table (in the source's database) that does; the source's
+``filter`` cuts them too. These keys decide no training row: a checkpoint does not record them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SOURCE_KEYS = ("name", "proportion", "table", "uri", "split", "filter")
+SOURCE_KEYS = (
+    "name",
+    "proportion",
+    "table",
+    "uri",
+    "split",
+    "filter",
+    "val_split",
+    "val_table",
+    "test_split",
+    "test_table",
+)
+EVAL_KEYS = ("val_split", "val_table", "test_split", "test_table")
+"""The keys that say where a source's validation and test rows are (read with ``eval_by_source``)."""
 
 
 class MixSpecError(ValueError):
@@ -35,10 +53,26 @@ class SourceSpec:
     """A split of the datamodule's table (None: the train stage's split); not with ``table``."""
     filter: str | None = None
     """An SQL predicate: only the rows it keeps."""
+    val_split: str | None = None
+    """The split of the datamodule's table holding this source's validation rows (``eval_by_source``)."""
+    val_table: str | None = None
+    """A table (in this source's database) holding its validation rows (``eval_by_source``)."""
+    test_split: str | None = None
+    """The split of the datamodule's table holding this source's test rows (``eval_by_source``)."""
+    test_table: str | None = None
+    """A table (in this source's database) holding its test rows (``eval_by_source``)."""
 
     def identity(self) -> dict[str, Any]:
-        """What a checkpoint records of this source (a resume that changes it is refused)."""
-        return asdict(self)
+        """What a checkpoint records of this source (a resume that changes it is refused): where
+        its training rows come from and its share, not where its evaluation rows are."""
+        out = asdict(self)
+        for key in EVAL_KEYS:
+            del out[key]
+        return out
+
+    def eval_keys(self) -> dict[str, str]:
+        """The evaluation keys this source sets (``val_split``... ``test_table``), by key."""
+        return {key: getattr(self, key) for key in EVAL_KEYS if getattr(self, key) is not None}
 
     def describe(self) -> str:
         where = f"table {self.table!r}" if self.table else f"split {self.split or 'train'!r}"
@@ -85,7 +119,13 @@ def parse_source(entry: Any, *, default_name: str) -> SourceSpec:
         uri=_text(name, "uri", entry.get("uri")),
         split=_text(name, "split", entry.get("split")),
         filter=_text(name, "filter", entry.get("filter")),
+        **{key: _text(name, key, entry.get(key)) for key in EVAL_KEYS},
     )
+    for stage in ("val", "test"):
+        if getattr(spec, f"{stage}_split") is not None and getattr(spec, f"{stage}_table") is not None:
+            raise MixSpecError(
+                f"mix source {name!r}: {stage}_split and {stage}_table both say where its {stage} rows are; give one"
+            )
     if spec.uri is not None and spec.table is None:
         raise MixSpecError(f"mix source {name!r}: uri names a database; name the table in it too (table=...)")
     if spec.table is not None and spec.split is not None:

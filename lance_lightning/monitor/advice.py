@@ -23,7 +23,8 @@ def _is_staged(dm: Any, stage: str) -> bool:
     from ..stage.reader import StagedRows
 
     dataset = (getattr(dm, "datasets", None) or {}).get(stage)
-    return isinstance(getattr(dataset, "staged", None), StagedRows)
+    readers = getattr(dataset, "readers", None) or [dataset]  # a mixture's (or one source's) readers
+    return all(isinstance(getattr(reader, "staged", None), StagedRows) for reader in readers)
 
 
 def _transform_name(fn: Any) -> str:
@@ -38,6 +39,9 @@ def read_path(dm: Any, stage: str = "train") -> str:
         return "a dataloader not made by LanceDataModule (read path unknown)"
     sampler = dm.samplers.get(stage)
     if sampler is None:
+        per_source = [key for key in dm.samplers if key.startswith(f"{stage}/")]  # eval_by_source: "val/<source>"
+        if per_source:
+            return f"one loader per mix source ({len(per_source)}); {per_source[0]}: {read_path(dm, per_source[0])}"
         return f"no {stage} loader set up"
     order, batch = sampler.shuffle_mode, sampler.batch_size
     where = "the table"

@@ -80,6 +80,7 @@ CHANGES = {
     ),
     "mix_batching": ({}, {"mix_batching": "stratified"}, {"mix": {"a": {"proportion": 1}, "b": {"proportion": 1}}}),
     "neighbors": ({"neighbors": {"column": "x", "k": 2}}, {"neighbors": {"column": "x", "k": 3}}),
+    "eval_by_source": ({}, {"eval_by_source": True}, {"mix": {"a": {"proportion": 1}, "b": {"proportion": 1}}}),
 }
 MIX = {"mix": {"even": {"proportion": 2, "filter": "id % 2 = 0"}, "low": {"proportion": 1, "filter": "id < 40"}}}
 # more changes a setting's declaration covers: (setting, the checkpoint's, the resumed run's, both, outcome)
@@ -111,6 +112,12 @@ MORE = {
         REFUSED,
     ),
     "mix-samples_per_epoch": ({}, {"samples_per_epoch": 50}, MIX, REFUSED),
+    "mix-a-source-s-val_split-changed": (  # where its evaluation rows are: no training row
+        {},
+        {"mix": {**MIX["mix"], "low": {"proportion": 1, "filter": "id < 40", "val_split": "train"}}},
+        {**MIX, "eval_by_source": True},
+        EXACT,
+    ),
     "batch_size-of-a-mixture": ({}, {"batch_size": 4}, MIX, RECUT),
     "staging-of-a-mixture": ({}, {"staging": "off"}, MIX, EXACT),
     "stratified-mixture-at-another-batch_size": ({}, {"batch_size": 4}, {**MIX, "mix_batching": "stratified"}, RECUT),

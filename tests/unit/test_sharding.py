@@ -382,3 +382,23 @@ def test_orders_are_computed_per_slice_without_the_whole_array():
         part = order.positions(np.arange(5_000_000, 5_001_024))
         assert len(np.unique(part)) == 1024 and part.min() >= 0 and part.max() < 10_000_000
         assert np.array_equal(part, order.positions(np.arange(5_000_000, 5_001_024)))
+
+
+def test_balanced_evaluation_gives_every_rank_the_same_batch_count_each_row_once():
+    # One loader per mix source (eval_by_source): a small source must not leave a rank with one
+    # batch fewer (a per-step collective in validation_step would wait for it forever).
+    for n in range(0, 90):
+        for w in range(1, 6):
+            for b in range(1, 7):
+                plan = plan_epoch(n, world_size=w, batch_size=b, drop_last=False, even=False, balanced=True)
+                bounds = [rank_batch_bounds(plan, rank=r) for r in range(w)]
+                rows = sorted(i for rank in bounds for lo, hi in rank for i in range(lo, hi))
+                assert rows == list(range(n)), (n, w, b)  # every row exactly once, no padding
+                assert all(0 < hi - lo <= b for rank in bounds for lo, hi in rank), (n, w, b)
+                counts = [len(rank) for rank in bounds]
+                assert [plan.batches_for_rank(r) for r in range(w)] == counts
+                if n >= w and b > 1:
+                    assert len(set(counts)) == 1, (n, w, b, counts)
+                plain = plan_epoch(n, world_size=w, batch_size=b, drop_last=False, even=False)
+                if plain.tail_rows == 0 or plain.tail_rows >= w:  # the plain cut is already even: unchanged
+                    assert bounds == [rank_batch_bounds(plain, rank=r) for r in range(w)]
