@@ -73,12 +73,10 @@ def resolve_sources(
                     f"mix source {spec.name!r} reads split {name!r}, which table {source.name!r} does not have; its "
                     f"splits: {sorted(splits)}"
                 )
-            rows = splits[name].row_ids
-            if spec.filter is not None:
-                check_filter(table, spec.filter)
-                rows = np.intersect1d(rows, whole_table_row_ids(table, _both(filter, spec.filter)), assume_unique=True)
-            resolved = SplitRows(spec.name, splits[name].source, rows)
-            where = f"split {name!r} of table {source.name!r}"
+            # The split's own table: a `tables` split's rows are another table's row addresses, and a
+            # filter over the datamodule's table would pick that table's addresses (silently other rows).
+            resolved = _cut_split(splits[name], spec.filter, own=source, table=table, filter=filter, name=spec.name)
+            where = f"split {name!r} of table {splits[name].source.name!r}"
         else:
             uri = spec.uri if spec.uri is not None else source.uri
             other, other_source = open_other_table(source, uri, spec.table, (versions or {}).get(spec.name))

@@ -95,3 +95,13 @@ def test_with_next_epoch_updates_a_split_table_s_new_rows_join_from_the_next_epo
     ids = [i for batch in model.seen for i in batch]
     assert sorted(ids[:100]) == list(range(100))  # epoch 0: the version pinned at setup
     assert sorted(ids[100:]) == [*range(100), *range(5000, 5020)]  # epoch 1: the new version
+
+
+def test_a_mix_filter_over_a_split_from_another_table_selects_that_table_s_rows(uri, tmp_path):
+    """A ``tables`` split's rows are another table's: a source's filter is evaluated there (it was
+    evaluated on the datamodule's own 10-row table, and the epoch silently read 5 of 50 rows)."""
+    mix = {"even": {"proportion": 0.5, "filter": "id % 2 = 0"}, "odd": {"proportion": 0.5, "filter": "id % 2 = 1"}}
+    model = Recorder()
+    trainer(tmp_path).fit(model, datamodule=datamodule(uri, tmp_path, mix=mix))
+    ids = [i for batch in model.seen for i in batch]
+    assert sorted(ids) == list(range(100))
