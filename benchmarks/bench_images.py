@@ -234,6 +234,7 @@ class Ctx:
     batch_size: int
     workers: int
     seed: int
+    step_ms: float = 0.0  # CPU the training process spends on each batch (a busy loop: a step's own work)
 
 
 def _column(ctx: Ctx) -> str:
@@ -445,6 +446,13 @@ class WorkerMemory:
         self._thread.join()
 
 
+def _busy(seconds: float) -> None:
+    """Spend ``seconds`` of this process's CPU, as a training step's own work would."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 def child(key: str, ctx: Ctx) -> dict[str, Any]:
     """One reader's epoch, timed; the result as a dict (printed as the last line of stdout)."""
     import numpy as np
@@ -467,6 +475,8 @@ def child(key: str, ctx: Ctx) -> dict[str, Any]:
         rows, label_sum = len(first["label"]), int(first["label"].sum())
         for batch in it:
             stamps.append(time.perf_counter())
+            if ctx.step_ms:
+                _busy(ctx.step_ms / 1e3)
             rows += len(batch["label"])
             label_sum += int(batch["label"].sum())  # every row once: the labels add up to the table's
         del it
