@@ -11,6 +11,11 @@ when the columns are the batch's), and adds::
 
 before the transform runs. It pickles as its parts (each worker maps the lists file itself) and
 composes with any reader that follows the :class:`~lance_lightning.dataset.BatchReader` contract.
+
+In a DataLoader worker with no transform, where every part reads a stage, a batch (from a stage, a
+group of batches) is gathered straight into a reused shared-memory slot: its rows, its neighbours'
+rows already ``[B, k, ...]``, their ids and mask, and the training process gets views of the slot
+(:func:`~..slots.gather_lent`): one gather, no copy on either side.
 """
 
 from __future__ import annotations
