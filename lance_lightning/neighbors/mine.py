@@ -238,9 +238,9 @@ LANCEDB_METRICS = {"l2": "l2", "cosine": "cosine", "dot": "dot"}
 def candidates_of(spec: NeighborSpec) -> int:
     """Index mode's candidates a row: ``candidates``, else ``15k`` (``30k`` with ``exclude_same``).
 
-    15k: recall@10 0.92 on 100k x 128-d (IVF-PQ, 316 partitions, 16 sub-vectors) at 1.6x the mining
-    time of the earlier ``4k + 16`` (0.72); the PQ codes limit the recall, not ``nprobes``
-    (docs/guides/neighbors.md)."""
+    15k: recall@10 0.92 on 100k x 128-d (IVF-PQ, 316 partitions, 16 sub-vectors) at 2.3x the mining
+    time of the earlier ``4k + 16`` (0.71; 114.5 against 49.3 s on 2 busy cores); the PQ codes limit
+    the recall, not ``nprobes`` (docs/guides/neighbors.md)."""
     if spec.candidates is not None:
         return spec.candidates
     return 15 * spec.k if spec.exclude_same is None else 30 * spec.k
