@@ -15,8 +15,10 @@ Mining (one table of ``--rows`` clustered ``--dim``-d float32 vectors, an IVF-PQ
 
 Loader: ``LanceDataModule(columns=["id", "x"], shuffle="uniform")`` read for ``--epochs`` epochs of
 at most ``--batches`` batches of ``--batch-size`` (the first batch, with the workers' start, not
-counted), with ``neighbors={"column": "x", "k": --loader-k}`` and without, at each of ``--workers``;
-rows/s counts the batch's rows (a batch with neighbours gathers ``k + 1`` times as many).
+counted), with ``neighbors={"column": "x", "k": --loader-k}`` and without, at each of ``--workers``,
+in ``--rounds`` paired rounds (with and without one after the other, the order alternating); rows/s
+counts the batch's rows (a batch with neighbours gathers ``k + 1`` times as many). A ``--dir`` kept
+from an earlier run is reused (its table, stages and mined lists): ``--only loader`` then skips the mining.
 """
 
 from __future__ import annotations
@@ -113,43 +115,99 @@ def mine_times(args: argparse.Namespace, uri: str, table) -> dict:
     return out
 
 
-def loader_rates(args: argparse.Namespace, uri: str) -> dict:
+def worker_cpu(seen: dict, first: dict | None = None) -> None:
+    """Note the CPU seconds (user + system) each worker of this process has used so far in ``seen``
+    (and, for a worker not in ``first`` yet, there too: what it had used when first seen)."""
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        seen[p.pid] = t.user + t.system
+        if first is not None:
+            first.setdefault(p.pid, seen[p.pid])
+
+
+def loader_rate(args: argparse.Namespace, uri: str, workers: int, k: int) -> tuple[float, float]:
+    """Rows/s of the train loader at ``workers`` with ``k`` neighbours a row (0: none), and rows per
+    CPU-second of the training process and its workers together (less sensitive to a busy machine:
+    what the reading costs, not how long it waited for a core)."""
     from lance_lightning import LanceDataModule
 
-    out = {}
-    for workers in [int(w) for w in args.workers.split(",")]:
-        for k in (0, args.loader_k):
-            neighbors = {"column": "x", "k": k, "columns": ["x"]} if k else None
-            dm = LanceDataModule(
-                uri,
-                "vectors",
-                columns=["id", "x"],
-                splits={"train": 1.0},
-                batch_size=args.batch_size,
-                num_workers=workers,
-                seed=0,
-                neighbors=neighbors,
-                cache=str(Path(args.dir) / "stages"),
-            )
-            dm.setup("fit")
-            loader = dm.train_dataloader()
+    neighbors = {"column": "x", "k": k, "columns": ["x"]} if k else None
+    dm = LanceDataModule(
+        uri,
+        "vectors",
+        columns=["id", "x"],
+        splits={"train": 1.0},
+        batch_size=args.batch_size,
+        num_workers=workers,
+        seed=0,
+        neighbors=neighbors,
+        cache=str(Path(args.dir) / "stages"),
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    next(it)  # workers started, first batch made: not counted
+    first: dict = {}
+    worker_cpu(first)  # what the workers had used for the first batch: not counted
+    seen = dict(first)
+    start, cpu, rows = time.perf_counter(), time.process_time(), 0
+    for epoch in range(args.epochs):
+        if epoch:
+            dm.samplers["train"].set_epoch(epoch)
             it = iter(loader)
-            next(it)  # workers started, first batch made: not counted
-            start = time.perf_counter()
-            rows = 0
-            for epoch in range(args.epochs):
-                if epoch:
-                    dm.samplers["train"].set_epoch(epoch)
-                    it = iter(loader)
-                for _, batch in zip(range(args.batches), it):
-                    rows += len(batch["id"])
-            rate = rows / (time.perf_counter() - start)
-            out[f"w{workers}-k{k}"] = rate
-            print(f"loader workers={workers} k={k}: {rate:,.0f} rows/s", flush=True)
-            del it, loader
-            dm.teardown()
-        out[f"w{workers}-ratio"] = out[f"w{workers}-k{args.loader_k}"] / out[f"w{workers}-k0"]
-        print(f"loader workers={workers}: with neighbours / without = {out[f'w{workers}-ratio']:.2f}", flush=True)
+        for _, batch in zip(range(args.batches), it):
+            rows += len(batch["id"])
+        worker_cpu(seen)  # before this epoch's workers exit (a new epoch's start with new ones)
+    wall = time.perf_counter() - start
+    used = time.process_time() - cpu + sum(t - first.get(pid, 0.0) for pid, t in seen.items())
+    del it, loader
+    dm.teardown()
+    return rows / wall, rows / used
+
+
+def loader_rates(args: argparse.Namespace, uri: str) -> dict:
+    """Paired rounds: at each worker count, the loader with and without neighbours measured one
+    after the other (the order alternating), ``--rounds`` times. Compare within a run; the median
+    and the min-max of each figure are reported. ``cpu``: rows per CPU-second of the training
+    process and its workers (what a row costs, whatever else the machine runs)."""
+    out: dict = {}
+    kk = args.loader_k
+    for workers in [int(w) for w in args.workers.split(",")]:
+        figures: dict[str, list[float]] = {}
+        for r in range(args.rounds):
+            order = (0, kk) if r % 2 == 0 else (kk, 0)
+            got = {k: loader_rate(args, uri, workers, k) for k in order}
+            now = {
+                "k0": got[0][0],
+                f"k{kk}": got[kk][0],
+                "ratio": got[kk][0] / got[0][0],
+                "k0-cpu": got[0][1],
+                f"k{kk}-cpu": got[kk][1],
+                "cpu-ratio": got[kk][1] / got[0][1],
+            }
+            for name, value in now.items():
+                figures.setdefault(name, []).append(value)
+            print(
+                f"loader workers={workers} round {r}: k=0 {now['k0']:,.0f} rows/s, k={kk} {now[f'k{kk}']:,.0f} rows/s, "
+                f"ratio {now['ratio']:.2f}; rows per CPU-s {now['k0-cpu']:,.0f} / {now[f'k{kk}-cpu']:,.0f}, "
+                f"ratio {now['cpu-ratio']:.2f}",
+                flush=True,
+            )
+        for name, values in figures.items():
+            out[f"w{workers}-{name}"] = float(np.median(values))
+            out[f"w{workers}-{name}-range"] = [min(values), max(values)]
+        print(
+            f"loader workers={workers}: with neighbours / without = {out[f'w{workers}-ratio']:.2f} "
+            f"(median of {args.rounds} rounds, {min(figures['ratio']):.2f}-{max(figures['ratio']):.2f}); "
+            f"by CPU time {out[f'w{workers}-cpu-ratio']:.2f} "
+            f"({min(figures['cpu-ratio']):.2f}-{max(figures['cpu-ratio']):.2f})",
+            flush=True,
+        )
     return out
 
 
@@ -164,6 +222,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=3, help="epochs the loader is read for (after its first batch)")
     parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--rounds", type=int, default=3, help="paired loader rounds (with and without, interleaved)")
     parser.add_argument("--only", default="limit,exact,index,loader")
     parser.add_argument("--dir", default=None, help="where the table and stages go (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -174,7 +233,12 @@ def main() -> None:
     try:
         uri = str(Path(args.dir) / "db")
         start = time.perf_counter()
-        table = make_table(uri, args.rows, args.dim)
+        if (Path(uri) / "vectors.lance").is_dir():  # a --dir kept from an earlier run: its table (and stages)
+            import lancedb
+
+            table = lancedb.connect(uri).open_table("vectors")
+        else:
+            table = make_table(uri, args.rows, args.dim)
         print(f"table: {args.rows:,} rows x {args.dim}-d in {time.perf_counter() - start:.1f} s", flush=True)
         results = {"rows": args.rows, "dim": args.dim, "k": args.k, **mine_times(args, uri, table)}
         if "loader" in args.only.split(","):

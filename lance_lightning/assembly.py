@@ -355,8 +355,11 @@ def group_batches(
     batch). Either way no more than :data:`READ_GROUP_BYTES` of rows of ``row_bytes``."""
     if options.read_group_rows is not None:
         return max(1, options.read_group_rows // batch_size)
-    if options.transform is not None or (options.neighbors is not None and options.num_workers):
-        return 1  # a batch with neighbours is k + 1 times the rows: workers lend it a batch at a time too
+    if options.transform is not None or (options.neighbors is not None and options.num_workers and not staged):
+        # a batch with neighbours is k + 1 times the rows: read from the table, a batch at a time; from
+        # a stage, a group is gathered straight into a slot and handed over as views (groups of 16
+        # batches: the hand-over's cost in the training process is paid once a group, not a batch)
+        return 1
     if staged:
         group = 1 if not options.num_workers else max(1, SEQUENTIAL_READ_ROWS // batch_size)
     else:

@@ -22,6 +22,10 @@ worker copies the output's tensors into a slot of a block it made at its first b
 from that batch, sent to the training process with it), and the training process gets views of
 the slot (:class:`LentBatch`), freed once every tensor of the batch is gone. Handing
 a decoded image batch over in fresh shared memory cost a worker ~37 us of CPU an image, into a slot ~6.
+
+A batch with neighbours (:mod:`.neighbors`, ``k + 1`` times a plain batch's rows) goes both ways at
+once (:func:`gather_lent`): the worker gathers it (a group of batches) straight into a slot, and the
+training process gets views of the slot, as for a transform's output: no copy on either side.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import math
 import multiprocessing
 import os
 import shutil
@@ -165,7 +170,7 @@ class SlotRing:
         the worker's, for a ring it sized itself (:meth:`size_for`)."""
         dtype = np.dtype(place.dtype)
         start = slot * (slot_bytes or self.slot_bytes) + place.offset
-        nbytes = int(np.prod(place.shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(place.shape) * dtype.itemsize
         return self.block[start : start + nbytes].view(dtype).reshape(place.shape)
 
 
@@ -258,7 +263,7 @@ class SlotWriter:
 
     def allocate(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
         """An array of ``shape`` in the slot, or None when the slot has no room left for it."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
         offset = -(-self.used // ALIGN) * ALIGN
         if offset + nbytes > self.ring.slot_bytes:
             return None
@@ -454,6 +459,45 @@ def lend_into_slot(slots: WorkerSlots, worker: int, value: Any) -> LentBatch | N
     return LentBatch(slots.token, worker, slot, ring.slot_bytes, placed, block=ring.unsent_block())
 
 
+def gather_lent(
+    slots: WorkerSlots,
+    worker: int,
+    gather: Callable[[Callable[[np.dtype, tuple[int, ...]], np.ndarray | None]], dict[str, Any]],
+    sizes: list[int] | None = None,
+) -> LentBatch | None:
+    """In worker ``worker``: ``gather(allocate)`` with its fixed-width arrays placed in a free slot
+    (``allocate`` as for :func:`gather_into_slot`; nested dicts too), handed over as a
+    :class:`LentBatch`: the training process gets views of the slot. One gather, no copy on either
+    side (:func:`gather_into_slot` copies out in the training process; :func:`lend_into_slot`
+    copies in, in the worker). ``sizes``: a group's batch sizes (the training process cuts the
+    rows into those batches, views too); None for one batch. None when every slot is busy (gather
+    the batch as usual then).
+
+    Why: a batch with ``k`` neighbours a row holds ``k + 1`` times a plain batch's rows; copying
+    them once more, on either side, halved the rows/s (issue 32)."""
+    ring = slots.ring(worker)
+    slot = ring.acquire() if ring is not None else None
+    if slot is None:
+        return None
+    try:
+        writer = SlotWriter(ring, slot)
+        value = _lent_in_place(writer, gather(writer.allocate))
+    except BaseException:
+        ring.release(slot, worker)
+        raise
+    return LentBatch(slots.token, worker, slot, ring.slot_bytes, value, block=ring.unsent_block(), sizes=sizes)
+
+
+def _lent_in_place(writer: SlotWriter, value: Any) -> Any:
+    """``value`` with each array the writer placed as its :class:`LentTensor` (nested dicts too)."""
+    if type(value) is dict:
+        return {name: _lent_in_place(writer, child) for name, child in value.items()}
+    place = writer.place_of(value)
+    if place is None:
+        return value
+    return LentTensor(place.offset, numpy_dtype_to_torch(np.dtype(place.dtype)), place.shape)
+
+
 class _Return:
     """Notes a lent batch's slot as free to reuse once no tensor of the batch is referenced (each
     tensor's array holds this object); the slot is freed at the next batch taken."""
@@ -473,7 +517,8 @@ class _Held(np.ndarray):
 
 
 class LentBatch(SlotBatch):
-    """A transform's output whose tensors lie in a slot (:func:`lend_into_slot`).
+    """A transform's output whose tensors lie in a slot (:func:`lend_into_slot`), or a batch (a
+    group of batches) gathered straight into one (:func:`gather_lent`).
 
     :meth:`take` hands the tensors out as views of the slot, without a copy; the slot is reused only
     once every one of them is gone (however long the loop keeps them: a kept batch only means a
@@ -482,9 +527,17 @@ class LentBatch(SlotBatch):
     """
 
     def __init__(
-        self, token: int, worker: int, slot: int, slot_bytes: int, value: Any, *, block: torch.Tensor | None = None
+        self,
+        token: int,
+        worker: int,
+        slot: int,
+        slot_bytes: int,
+        value: Any,
+        *,
+        block: torch.Tensor | None = None,
+        sizes: list[int] | None = None,
     ) -> None:
-        super().__init__(token, worker, slot, {}, None)
+        super().__init__(token, worker, slot, {}, sizes)
         self.slot_bytes, self.value = slot_bytes, value
         self.block = block  # the worker's slot block, with its first batch only (torch passes its descriptor)
 
@@ -508,26 +561,31 @@ class LentBatch(SlotBatch):
         ring = slots.rings[self.worker]
         if pin:
             try:
-                return _placed_back(
+                out = _placed_back(
                     self.value,
                     lambda lent: _pinned(ring.array(self.slot, _in_slot(lent), self.slot_bytes), lent),
                     pin_memory,
                 )
             finally:
                 ring.release(self.slot, self.worker)
-        keeper = _Return(slots, self.worker, self.slot)
+            return out if self.sizes is None else split_group(out, self.sizes, _as_is)
+        # one array over the whole slot holds ``keeper``, one tensor over it shares its storage with
+        # every tensor of the batch (a view each): the slot returns when the last of them goes (none
+        # made: at once). Three torch calls a tensor: this runs on the training process, a batch at a time.
+        held = ring.block[self.slot * self.slot_bytes : (self.slot + 1) * self.slot_bytes].view(_Held)
+        held._return = _Return(slots, self.worker, self.slot)
+        whole = torch.from_numpy(held)
 
         def view(lent: LentTensor) -> torch.Tensor:
-            held = ring.array(self.slot, _in_slot(lent), self.slot_bytes).view(_Held)
-            held._return = keeper
-            return torch.from_numpy(held).view(lent.dtype).reshape(lent.shape)
+            nbytes = math.prod(lent.shape) * lent.dtype.itemsize
+            return whole[lent.offset : lent.offset + nbytes].view(lent.dtype).view(lent.shape)
 
-        # the tensors hold ``keeper``: the slot returns when the last of them goes (none made: at once)
-        return _placed_back(self.value, view, _as_is)
+        out = _placed_back(self.value, view, _as_is)
+        return out if self.sizes is None else split_group(out, self.sizes, _as_is)
 
 
 def _in_slot(lent: LentTensor) -> InSlot:
-    nbytes = int(np.prod(lent.shape, dtype=np.int64)) * torch.empty((), dtype=lent.dtype).element_size()
+    nbytes = math.prod(lent.shape) * lent.dtype.itemsize
     return InSlot(lent.offset, np.dtype(np.uint8).str, (nbytes,))
 
 

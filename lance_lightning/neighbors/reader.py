@@ -11,6 +11,11 @@ when the columns are the batch's), and adds::
 
 before the transform runs. It pickles as its parts (each worker maps the lists file itself) and
 composes with any reader that follows the :class:`~lance_lightning.dataset.BatchReader` contract.
+
+In a DataLoader worker with no transform, where every part reads a stage, a batch (from a stage, a
+group of batches) is gathered straight into a reused shared-memory slot: its rows, its neighbours'
+rows already ``[B, k, ...]``, their ids and mask, and the training process gets views of the slot
+(:func:`~..slots.gather_lent`): one gather, no copy on either side.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from torch.utils.data._utils.collate import default_convert
 
 from ..batches import BatchGroup
 from ..dataset import BatchReader, resolve_transform
-from ..slots import lend_into_slot
+from ..slots import gather_lent, lend_into_slot
+from ..stage.reader import Allocate, _take_into
 from .mine import LISTS_FILE
 
 NEIGHBORS_KEY = "neighbors"
@@ -60,7 +66,8 @@ class NeighborLists:
             problem = problem if meta is None else store.check_sizes(self.path, meta)
             if problem is not None:
                 raise store.StageError(f"neighbour lists at {str(self.path)!r} are damaged: {problem}")
-            self._ids = np.load(self.path / LISTS_FILE, mmap_mode="r")
+            # a plain array over the mapping (np.memmap's indexing costs ~10 us more a batch)
+            self._ids = np.load(self.path / LISTS_FILE, mmap_mode="r").view(np.ndarray)
             self._pid = os.getpid()
         return self._ids
 
@@ -113,14 +120,33 @@ class NeighborBatchDataset(BatchReader):
         self.transform = resolve_transform(transform)
         self.num_rows = len(inner)
         self.slots: Any = None
-        """Set by the loader for workers: reused shared-memory slots each batch (the rows and their
-        ``k`` neighbours', ``k + 1`` times a plain batch) is lent through (:func:`~..slots.lend_into_slot`)."""
+        """Set by the loader for workers. With no transform and every part read from a stage: the
+        slots a batch's rows, its ``B x k`` neighbour rows, ids and mask are gathered straight into
+        (:func:`~..slots.gather_into_slot`, as the staged reader does). Otherwise (a transform): the
+        slots its output is lent through (:func:`~..slots.lend_into_slot`)."""
 
-    lends_output = True
-    """Its batches go through reused output slots with workers, a batch at a time, as a transform's do."""
+    @property
+    def lends_output(self) -> bool:
+        """True where its batches go through output slots (a transform's, or a part not read
+        from a stage), False where they are gathered straight into slots sized by :meth:`slot_layout`."""
+        return self.transform is not None or not self._gathers()
+
+    def _gathers(self) -> bool:
+        """Every part reads a stage: a batch and its neighbours are gathered into a slot."""
+        return all(getattr(r, "staged", None) is not None for r in self._parts())
 
     def slot_layout(self) -> tuple[int, int] | None:
-        return self.inner.slot_layout()
+        """(bytes, columns) of a row in a slot: its own fixed-width columns, and its ``k``
+        neighbours' with their id (8 bytes) and mask (1)."""
+        layout = self.inner.slot_layout()
+        if layout is None or not self._gathers():
+            return layout
+        row_bytes, columns = layout
+        reader = self.columns_reader or self.inner
+        staged = reader.staged
+        wanted = self.columns if self.columns is not None else [f.name for f in staged.schema]
+        k = self.lists.k
+        return row_bytes + k * (staged.flat_row_bytes(wanted) + 9), columns + len(wanted) + 2
 
     def _parts(self) -> list[Any]:
         return [r for r in (self.inner, self.columns_reader) if r is not None]
@@ -155,39 +181,80 @@ class NeighborBatchDataset(BatchReader):
         release_stage(self.lists.path)
         self.lists.close()
 
-    def neighbors(self, positions: np.ndarray) -> dict[str, Any]:
-        """``batch["neighbors"]`` of the rows at ``positions``: one gather of their ``B x k`` neighbours."""
+    def neighbors(self, positions: np.ndarray, allocate: Allocate | None = None) -> dict[str, Any]:
+        """``batch["neighbors"]`` of the rows at ``positions``: one gather of their ``B x k`` neighbours.
+
+        ``allocate`` (every part staged; a worker's slot): where the fixed-width neighbour columns,
+        ids and mask go, as ``[B, k, ...]`` arrays it gave (the gather writes them in place)."""
         positions = np.asarray(positions, dtype=np.int64)
-        found = np.asarray(self.lists.ids[positions], dtype=np.int64)  # [B, k], -1: padding
-        mask = found >= 0
-        rows, k = found.shape
+        lists = self.lists.ids  # int32 [rows, k], -1: padding
+        rows, k = len(positions), lists.shape[1]
+        found = allocate(np.int64, (rows, k)) if allocate is not None else None
+        mask = allocate(np.bool_, (rows, k)) if allocate is not None else None
+        placed = found is not None and mask is not None
+        found = _take_into(lists, positions, found) if placed else lists.take(positions, axis=0).astype(np.int64)
+        mask = np.greater_equal(found, 0, out=mask if placed else None)
         flat = np.where(mask, found, positions[:, None]).reshape(-1)  # padding reads the row itself, masked out
         reader = self.columns_reader or self.inner
         if not rows:
             gathered = {}
-        elif self._lending():  # into this worker's own memory: the batch is copied into a slot whole
+        elif allocate is not None:  # straight into the slot, already [B, k, ...]
+            folded: dict[int, np.ndarray] = {}
+
+            def into(dtype: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+                placed = allocate(dtype, (rows, k, *shape[1:]))
+                if placed is None:
+                    return None
+                view = placed.reshape(shape)
+                folded[id(view)] = placed
+                return view
+
+            gathered = reader.staged.take_into_tensors(flat, nulls=reader.nulls, allocate=into, columns=self.columns)
+            gathered = {name: folded.get(id(value), value) for name, value in gathered.items()}
+        elif getattr(reader, "staged", None) is not None:  # only the columns wanted
+            # into this worker's own memory where the batch is then copied into a slot whole (lending)
+            shared = False if self._lending() else None
+            take = reader.staged.take_into_tensors
+            gathered = take(flat, nulls=reader.nulls, out_shared=shared, columns=self.columns)
+        elif self._lending():
             gathered = reader.read_rows(flat)
         else:
             gathered = reader[flat]
         if self.columns is not None:
             gathered = {name: value for name, value in gathered.items() if name in self.columns}
-        out = {name: _fold(value, rows, k) for name, value in gathered.items()}
-        out["ids"] = torch.from_numpy(found)
-        out["mask"] = torch.from_numpy(mask)
+        out = {
+            name: value if isinstance(value, np.ndarray) else _fold(value, rows, k) for name, value in gathered.items()
+        }
+        out["ids"] = found if placed else torch.from_numpy(found)  # in the slot: as the slot's array
+        out["mask"] = mask if placed else torch.from_numpy(mask)
         return out
 
+    def _read(self, positions: np.ndarray, allocate: Allocate) -> dict[str, Any]:
+        """The batch at ``positions`` and its neighbours, fixed-width columns placed by ``allocate``."""
+        batch = self.inner.staged.take_into_tensors(positions, nulls=self.inner.nulls, allocate=allocate)
+        batch[NEIGHBORS_KEY] = self.neighbors(positions, allocate)
+        return batch
+
     def _getitem(self, index: Any) -> Any:
-        if isinstance(index, BatchGroup):
-            if not len(index):
-                return BatchGroup()
+        group = isinstance(index, BatchGroup)
+        if group and not len(index):
+            return BatchGroup()
+        positions = np.concatenate(index) if group else np.asarray(index, dtype=np.int64)
+        if self.transform is None and self.slots is not None and self._gathers():
+            worker = get_worker_info()
+            if worker is not None:
+                sizes = [len(b) for b in index] if group else None
+                handed = gather_lent(self.slots, worker.id, lambda place: self._read(positions, place), sizes)
+                if handed is not None:
+                    return handed
+        if group:
             batches = self.inner[index]
-            around = self.neighbors(np.concatenate(index))
+            around = self.neighbors(positions)
             bounds = np.cumsum([0, *(len(b) for b in index)]).tolist()
             return BatchGroup(
                 self._finish({**batch, NEIGHBORS_KEY: _rows(around, lo, hi)})
                 for batch, lo, hi in zip(batches, bounds[:-1], bounds[1:])
             )
-        positions = np.asarray(index, dtype=np.int64)
         lending = self._lending()
         batch = self.inner.read_rows(positions) if lending else self.inner[index]
         batch[NEIGHBORS_KEY] = self.neighbors(positions)
@@ -197,4 +264,5 @@ class NeighborBatchDataset(BatchReader):
         return out
 
     def _lending(self) -> bool:
-        return self.slots is not None and get_worker_info() is not None
+        """A worker lends its output through a slot (a transform's; see :attr:`lends_output`)."""
+        return self.slots is not None and self.lends_output and get_worker_info() is not None

@@ -34,7 +34,7 @@ class NeighborSpec:
     neighbours; ``columns``: the neighbours' columns a batch carries (None: the datamodule's);
     ``mode``: ``"exact"`` (blocks of matrix products), ``"index"`` (the table's vector index) or
     ``"auto"``; ``metric``: ``"l2"``, ``"cosine"`` or ``"dot"``; ``candidates``: index mode's
-    candidates a row, re-ranked exactly (None: ``4k + 16``, ``8k + 32`` with ``exclude_same``; more:
+    candidates a row, re-ranked exactly (None: ``15k``, ``30k`` with ``exclude_same``; more:
     higher recall, slower); ``refresh_every_n_epochs``: with
     ``table_updates="next_epoch"``, mine again from the version an epoch reads every this many epochs
     (None: the lists follow the version: mined again only when the split's rows change).

@@ -7,7 +7,7 @@ import contextlib
 import io
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -211,12 +211,14 @@ class StagedRows:
     def __len__(self) -> int:
         return self.num_rows
 
-    def flat_row_bytes(self) -> int:
-        """Bytes a row of the flat (fixed-width) columns takes once gathered (widened dtypes)."""
+    def flat_row_bytes(self, columns: Collection[str] | None = None) -> int:
+        """Bytes a row of the flat (fixed-width) columns takes once gathered (widened dtypes);
+        ``columns``: of those only (None: all)."""
         self._open()
         return sum(
             np.dtype(_WIDEN.get(values.dtype, values.dtype)).itemsize * int(np.prod(values.shape[1:], dtype=np.int64))
-            for _, values, _ in self._flat.values()
+            for name, (_, values, _) in self._flat.items()
+            if columns is None or name in columns
         )
 
     @property
@@ -289,13 +291,15 @@ class StagedRows:
         nulls: NullPolicy = "raise",
         out_shared: bool | None = None,
         allocate: Allocate | None = None,
+        columns: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """``convert.batch_to_tensors(self.take(positions), nulls=nulls)``, exactly, with flat columns
         gathered by numpy straight into their tensors (no Arrow, no torch threads). ``out_shared``
         (default: inside a DataLoader worker) writes them into shared memory, so handing the batch to
         the main process copies nothing. ``allocate(dtype, shape)``, where given, places the flat
         columns instead (a worker's batch slot, :mod:`..slots`): those come back as the NumPy arrays
-        it gave, the rest as tensors."""
+        it gave, the rest as tensors. ``columns``: only these of the stage's columns (and their
+        masks), in the stage's order; None: all of them."""
         import torch
 
         self._open()
@@ -305,10 +309,14 @@ class StagedRows:
             from torch.utils.data import get_worker_info
 
             out_shared = get_worker_info() is not None
-        others = [f.name for f in self.schema if f.name not in self._flat]
-        converted = batch_to_tensors(self._take_arrow(pos), nulls=nulls) if others else {}
+        fields = [f for f in self.schema if columns is None or f.name in columns]
+        others = [f.name for f in fields if f.name not in self._flat]
+        converted = {}
+        if others:
+            taken = self._take_arrow(pos)
+            converted = batch_to_tensors(taken if columns is None else taken.select(others), nulls=nulls)
         out: dict[str, Any] = {}
-        for field in self.schema:
+        for field in fields:
             name = field.name
             if name not in self._flat:
                 for key, mask in converted.items():  # its masks, a struct's children's too, in convert's order
@@ -363,9 +371,13 @@ def _gather(values: np.ndarray, pos: np.ndarray, shared: bool, allocate: Allocat
 
 
 def _take_into(values: np.ndarray, pos: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Rows ``pos`` of ``values`` written into ``out`` (widened where its dtype is wider)."""
+    """Rows ``pos`` of ``values`` written into ``out`` (widened where its dtype is wider).
+
+    ``pos`` must be in range (:meth:`StagedRows._positions` checks them): ``mode="clip"`` because
+    with ``out`` and the default ``mode="raise"`` NumPy gathers into a buffer of its own and then
+    copies it into ``out`` (224 us against 90 us for 4,096 rows of 512 B here)."""
     if out.dtype == values.dtype:
-        np.take(values, pos, axis=0, out=out)
+        np.take(values, pos, axis=0, out=out, mode="clip")
     else:
         out[...] = np.take(values, pos, axis=0)
     return out

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from lance_lightning import LanceDataModule
 from lance_lightning.options import SettingError
@@ -134,9 +135,11 @@ def test_lists_are_mined_once_and_reused(make_table, tmp_path, caplog):
         dm.teardown()
 
 
-def test_same_neighbours_after_a_mid_epoch_resume(make_table, tmp_path):
+@pytest.mark.parametrize("staging", ["always", "off"])
+def test_same_neighbours_after_a_mid_epoch_resume(make_table, tmp_path, staging):
+    """From a stage (groups of batches gathered into slots) and from the table (a batch at a time)."""
     uri, _ = make_table("toy", ROWS, dim=DIM)
-    settings = {"num_workers": 2, "neighbors": {"column": "x", "k": 3, "exclude_same": "y"}}
+    settings = {"num_workers": 2, "staging": staging, "neighbors": {"column": "x", "k": 3, "exclude_same": "y"}}
     reference = fit(tmp_path, datamodule(uri, **settings), max_epochs=2).seen
     ckpt = tmp_path / "mid.ckpt"
     first = NeighborRecorder()
@@ -394,26 +397,67 @@ def test_damaged_lists_are_mined_again_with_a_warning(make_table, tmp_path):
     again.teardown()
 
 
-def test_with_workers_batches_and_their_neighbours_are_lent_from_reused_slots(make_table, tmp_path):
-    """A batch with neighbours holds k + 1 times the rows: with workers it is handed over through
-    reused shared-memory slots (as a transform's output), a batch at a time, exactly as without."""
+def assert_same_batch(got, want, where="batch") -> None:
+    """The same keys in the same order, and equal tensors (dtype, shape, values) or lists, nested."""
+    assert list(got) == list(want), where
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_same_batch(got[key], value, f"{where}[{key!r}]")
+        elif isinstance(value, torch.Tensor):
+            assert isinstance(got[key], torch.Tensor) and got[key].dtype == value.dtype, f"{where}[{key!r}]"
+            assert torch.equal(got[key], value), f"{where}[{key!r}]"
+        else:
+            assert got[key] == value, f"{where}[{key!r}]"
+
+
+def read_epoch(dm: LanceDataModule, check=None) -> list[dict]:
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    batches = []
+    for batch in train:
+        if check is not None:
+            check(train, batch)
+        batches.append(batch)
+    dm.teardown()
+    return batches
+
+
+@pytest.mark.parametrize("staging", ["always", "off"])
+@pytest.mark.parametrize("columns", [["x", "y"], ["x", "name"]], ids=["batch-columns", "other-columns"])
+def test_workers_gather_batches_and_neighbours_into_reused_slots(make_table, tmp_path, staging, columns):
+    """A batch with neighbours holds k + 1 times the rows: with workers reading a stage, its rows,
+    its neighbours' rows, ids and mask are gathered straight into a reused shared-memory slot, and
+    the training process gets views of it (not fresh shared memory). Every key of every batch (padding masks
+    included) equals the batch read without workers, from a stage and from the table, with the
+    neighbours' columns among the batch's or not."""
     uri, table = make_table("toy", ROWS, dim=DIM)
     x, _ = table_arrays(table)
-    settings = {"staging": "always", "cache": str(tmp_path / "stages"), "neighbors": {"column": "x", "k": 3}}
-    alone = datamodule(uri, **settings)
-    alone.setup("fit")
-    reference = [(b["id"].tolist(), b["neighbors"]["ids"].tolist()) for b in alone.train_dataloader()]
-    dm = datamodule(uri, num_workers=2, **settings)
-    dm.setup("fit")
-    assert dm.samplers["train"].group_batches == 1
-    train = dm.train_dataloader()
-    got, lent = [], []
-    for batch in train:
-        rings = train._iterator._lance_slots.rings
-        address = batch["neighbors"]["x"].untyped_storage().data_ptr()
-        lent.append(any(r._block is not None and 0 <= address - r._block.data_ptr() < r._block.numel() for r in rings))
-        np.testing.assert_array_equal(batch["x"].numpy(), x[batch["id"].numpy()])
-        np.testing.assert_array_equal(batch["neighbors"]["x"].numpy(), x[batch["neighbors"]["ids"].numpy()])
-        got.append((batch["id"].tolist(), batch["neighbors"]["ids"].tolist()))
-    assert got == reference
-    assert sum(lent) >= len(lent) - 4  # all but the batches that found every slot busy
+    settings = {
+        "staging": staging,
+        "cache": str(tmp_path / "stages") if staging != "off" else None,
+        "neighbors": {"column": "x", "k": 9, "exclude_same": "y", "where": "id % 10 = 0", "columns": columns},
+    }
+    reference = read_epoch(datamodule(uri, **settings))
+    assert any(not b["neighbors"]["mask"].all() for b in reference)  # padding is part of what is compared
+    in_slots = []
+
+    def check(train, batch) -> None:
+        found = batch["neighbors"]
+        slots = train._iterator._lance_slots
+        address = found["x"].untyped_storage().data_ptr()  # a view of a worker's slot, or fresh memory
+        in_slots.append(
+            slots is not None
+            and any(r._block is not None and 0 <= address - r._block.data_ptr() < r._block.numel() for r in slots.rings)
+        )
+        # a neighbour's vector; padding holds the row's own (masked out)
+        rows = torch.where(found["mask"], found["ids"], batch["id"][:, None]).numpy()
+        np.testing.assert_array_equal(found["x"].numpy(), x[rows])
+
+    got = read_epoch(datamodule(uri, num_workers=2, **settings), check)
+    assert len(got) == len(reference)
+    for i, (batch, want) in enumerate(zip(got, reference)):
+        assert_same_batch(batch, want, f"batch {i}")
+    if staging == "off":
+        assert not any(in_slots)  # a table reader's batches go the fresh way
+    else:
+        assert sum(in_slots) >= len(in_slots) - 4  # all but the batches that found every slot busy
