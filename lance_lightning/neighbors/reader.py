@@ -189,6 +189,11 @@ class NeighborBatchDataset(BatchReader):
         positions = np.asarray(positions, dtype=np.int64)
         lists = self.lists.ids  # int32 [rows, k], -1: padding
         rows, k = len(positions), lists.shape[1]
+        if rows and (positions.min() < 0 or positions.max() >= len(lists)):  # the gather below clips, never raises
+            raise IndexError(
+                f"positions must be in [0, {len(lists)}) for the neighbour lists {str(self.lists.path)!r}, got "
+                f"{int(positions.min())}..{int(positions.max())}"
+            )
         found = allocate(np.int64, (rows, k)) if allocate is not None else None
         mask = allocate(np.bool_, (rows, k)) if allocate is not None else None
         placed = found is not None and mask is not None
