@@ -219,6 +219,35 @@ class StagedRows:
             for _, values, _ in self._flat.values()
         )
 
+    def flat_columns(self, nulls: NullPolicy = "raise") -> list[tuple[str, np.dtype, tuple[int, ...]]] | None:
+        """``(name, dtype, row shape)`` of each column as :meth:`take_into_tensors` gathers it, in
+        schema order, where every column is a flat one with no null recorded and no ``_valid``
+        mask to add (``nulls="mask"`` adds one for a nullable column); None otherwise. Such a stage
+        can be read with :meth:`take_flat_into`."""
+        self._open()
+        columns = []
+        for field in self.schema:
+            if field.name not in self._flat:
+                return None
+            _, values, valid = self._flat[field.name]
+            if valid is not None or (nulls == "mask" and field.nullable):
+                return None
+            columns.append((field.name, np.dtype(_WIDEN.get(values.dtype, values.dtype)), tuple(values.shape[1:])))
+        return columns
+
+    def take_flat_into(self, positions: np.ndarray, outs: list[np.ndarray], *, in_range: bool = False) -> None:
+        """Rows ``positions`` (``int64``) of each column written into ``outs`` (one array a column,
+        in :meth:`flat_columns` order, of its dtype and ``len(positions)`` rows): the values
+        :meth:`take_into_tensors` gives, with the same checks, for a stage of :meth:`flat_columns`,
+        without its dict and tensors (a mixture gathers a few runs of each batch this way).
+        ``in_range``: the caller has checked that every position lies in ``[0, rows)``."""
+        self._open()
+        self._check()
+        pos = positions if in_range else self._positions(positions)
+        for field, out in zip(self.schema, outs):
+            _take_into(self._flat[field.name][1], pos, out)
+        self._check()
+
     @property
     def nbytes(self) -> int:
         self._open()
@@ -363,9 +392,11 @@ def _gather(values: np.ndarray, pos: np.ndarray, shared: bool, allocate: Allocat
 
 
 def _take_into(values: np.ndarray, pos: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Rows ``pos`` of ``values`` written into ``out`` (widened where its dtype is wider)."""
+    """Rows ``pos`` of ``values`` written into ``out`` (widened where its dtype is wider). ``pos``
+    is checked already (:meth:`StagedRows._positions`): ``mode="clip"`` writes straight into
+    ``out``, where NumPy's default mode gathers into a temporary copy first and copies that back."""
     if out.dtype == values.dtype:
-        np.take(values, pos, axis=0, out=out)
+        np.take(values, pos, axis=0, out=out, mode="clip")
     else:
         out[...] = np.take(values, pos, axis=0)
     return out
