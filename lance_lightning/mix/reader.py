@@ -145,9 +145,12 @@ class MixtureBatchDataset(BatchReader):
         (:data:`_COMPARED`), each position compared with each source's first one."""
         if len(self.readers) > _COMPARED:
             return np.searchsorted(self.bases[1:], positions, side="right")
-        sources = np.zeros(len(positions), dtype=np.uint8)
-        for base in self.bases[1:-1]:
-            sources += positions >= base
+        bases = self.bases[1:-1]
+        if not len(bases):
+            return np.zeros(len(positions), dtype=np.uint8)
+        sources = (positions >= bases[0]).view(np.uint8)
+        for base in bases[1:]:
+            sources = sources + (positions >= base).view(np.uint8)
         return sources
 
     def layout(self, batches: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
@@ -207,11 +210,14 @@ class MixtureBatchDataset(BatchReader):
             else:
                 out = self._read_and_merge(positions, sources)
         placed = allocate(np.dtype(np.int64), (total,)) if allocate is not None else None
-        if placed is None:
-            src = _empty(torch.int64, (total,), shared=get_worker_info() is not None)
+        if placed is not None:
+            src = placed
+        elif get_worker_info() is not None:
+            src = _empty(torch.int64, (total,), shared=True)
             placed = src.numpy()
         else:
-            src = placed
+            placed = np.empty(total, dtype=np.int64)
+            src = torch.from_numpy(placed)
         if sources is None:
             for lo, hi, source in runs:
                 placed[lo:hi] = source

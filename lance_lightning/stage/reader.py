@@ -245,7 +245,11 @@ class StagedRows:
         self._check()
         pos = positions if in_range else self._positions(positions)
         for field, out in zip(self.schema, outs):
-            _take_into(self._flat[field.name][1], pos, out)
+            values = self._flat[field.name][1]
+            if out.dtype == values.dtype:
+                values.take(pos, axis=0, out=out, mode="clip")  # as _take_into, without its call
+            else:
+                out[...] = values.take(pos, axis=0)
         self._check()
 
     @property
