@@ -14,6 +14,10 @@ the steady epochs (all but the first) are timed from the first ``next()`` to the
 table reports the median rows/s over rounds and epochs, min-max, and mix/split.
 
     python benchmarks/bench_mixture.py --rows 1000000 --rounds 3
+
+``--baseline DIR`` also runs every cell with the package of another checkout (``DIR`` holds its
+``lance_lightning``, e.g. ``git archive <commit> lance_lightning | tar -x -C DIR``), interleaved
+with this one's in each round: a change and its base measured in the same run, under the same load.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ DIM = 128
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        here = os.path.dirname(os.path.abspath(__file__))
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
+        return done.stdout.strip()
     except OSError:
         return "?"
 
@@ -108,6 +114,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--batching", default="mixed", choices=["mixed", "stratified", "source"])
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "ll-bench-mixture"))
+    parser.add_argument("--baseline", default=None, help="another checkout's root, run interleaved (see above)")
     parser.add_argument("--cell", nargs=2, metavar=("READER", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     uri, cache = os.path.join(args.dir, "db"), os.path.join(args.dir, "stages")
@@ -118,31 +125,39 @@ def main() -> None:
         return
     make_table(uri, args.rows)
     workers = [int(w) for w in args.workers.split(",")]
-    results: dict[tuple[str, int], list[float]] = {}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    codes = {"this": here, **({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})}
+    results: dict[tuple[str, str, int], list[float]] = {}
+    loads = []
     for _ in range(args.rounds):
         for w in workers:
-            for reader in ("split", "mix"):
-                cmd = [sys.executable, __file__, "--rows", str(args.rows), "--epochs", str(args.epochs)]
-                cmd += ["--batch-size", str(args.batch_size), "--batching", args.batching, "--dir", args.dir]
-                cmd += ["--cell", reader, str(w)]
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                out = json.loads(done.stdout.strip().splitlines()[-1])
-                results.setdefault((reader, w), []).extend(out["rows_per_s"])
-    load = os.getloadavg()
+            for code, root in codes.items():
+                for reader in ("split", "mix"):
+                    cmd = [sys.executable, os.path.abspath(__file__), "--rows", str(args.rows)]
+                    cmd += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+                    cmd += ["--batching", args.batching, "--dir", os.path.abspath(args.dir)]
+                    cmd += ["--cell", reader, str(w)]
+                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+                    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=root)
+                    out = json.loads(done.stdout.strip().splitlines()[-1])
+                    results.setdefault((code, reader, w), []).extend(out["rows_per_s"])
+        loads.append(os.getloadavg()[0])
     print(
         f"bench_mixture.py at commit {_commit()}: {args.rows:,} rows of 520 B, batch {args.batch_size}, "
         f"mix_batching={args.batching}, {args.rounds} interleaved rounds x {args.epochs - 1} steady epochs; "
-        f"load average at the end {load[0]:.1f}"
+        f"load average after each round {', '.join(f'{x:.1f}' for x in loads)}"
     )
-    print("| workers | one staged split, rows/s | mixture of 3 staged sources, rows/s | mixture / split |")
-    print("|---|---|---|---|")
+    print("| code | workers | one staged split, rows/s | mixture of 3 staged sources, rows/s | mixture / split |")
+    print("|---|---|---|---|---|")
     for w in workers:
-        split, mix = results[("split", w)], results[("mix", w)]
-        print(
-            f"| {w} | {statistics.median(split) / 1e6:.2f}M ({min(split) / 1e6:.2f}-{max(split) / 1e6:.2f}) | "
-            f"{statistics.median(mix) / 1e6:.2f}M ({min(mix) / 1e6:.2f}-{max(mix) / 1e6:.2f}) | "
-            f"{statistics.median(mix) / statistics.median(split):.2f} |"
-        )
+        for code, root in codes.items():
+            split, mix = results[(code, "split", w)], results[(code, "mix", w)]
+            print(
+                f"| {code if code == 'this' else root} | {w} | "
+                f"{statistics.median(split) / 1e6:.2f}M ({min(split) / 1e6:.2f}-{max(split) / 1e6:.2f}) | "
+                f"{statistics.median(mix) / 1e6:.2f}M ({min(mix) / 1e6:.2f}-{max(mix) / 1e6:.2f}) | "
+                f"{statistics.median(mix) / statistics.median(split):.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -221,6 +221,39 @@ class StagedRows:
             if columns is None or name in columns
         )
 
+    def flat_columns(self, nulls: NullPolicy = "raise") -> list[tuple[str, np.dtype, tuple[int, ...]]] | None:
+        """``(name, dtype, row shape)`` of each column as :meth:`take_into_tensors` gathers it, in
+        schema order, where every column is a flat one with no null recorded and no ``_valid``
+        mask to add (``nulls="mask"`` adds one for a nullable column); None otherwise. Such a stage
+        can be read with :meth:`take_flat_into`."""
+        self._open()
+        columns = []
+        for field in self.schema:
+            if field.name not in self._flat:
+                return None
+            _, values, valid = self._flat[field.name]
+            if valid is not None or (nulls == "mask" and field.nullable):
+                return None
+            columns.append((field.name, np.dtype(_WIDEN.get(values.dtype, values.dtype)), tuple(values.shape[1:])))
+        return columns
+
+    def take_flat_into(self, positions: np.ndarray, outs: list[np.ndarray], *, in_range: bool = False) -> None:
+        """Rows ``positions`` (``int64``) of each column written into ``outs`` (one array a column,
+        in :meth:`flat_columns` order, of its dtype and ``len(positions)`` rows): the values
+        :meth:`take_into_tensors` gives, with the same checks, for a stage of :meth:`flat_columns`,
+        without its dict and tensors (a mixture gathers a few runs of each batch this way).
+        ``in_range``: the caller has checked that every position lies in ``[0, rows)``."""
+        self._open()
+        self._check()
+        pos = positions if in_range else self._positions(positions)
+        for field, out in zip(self.schema, outs):
+            values = self._flat[field.name][1]
+            if out.dtype == values.dtype:
+                values.take(pos, axis=0, out=out, mode="clip")  # as _take_into, without its call
+            else:
+                out[...] = values.take(pos, axis=0)
+        self._check()
+
     @property
     def nbytes(self) -> int:
         self._open()

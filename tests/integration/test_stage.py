@@ -187,6 +187,33 @@ def test_fixed_size_lists_with_null_rows_or_null_values_are_staged_exactly(tmp_p
     assert set(json.loads((path / "manifest.json").read_text())["flat"]) == {"v", "id"}  # w: Arrow file
 
 
+def test_take_flat_into_writes_the_values_take_into_tensors_gives_where_every_column_is_flat(
+    every_type_table, tmp_path
+):
+    """The mixture reader's gather (each source's run written into the batch's arrays) gives the
+    general gather's values, widened dtypes (uint16, uint64) and nested shapes included; a stage with
+    a column it cannot write so (Arrow-stored, or with nulls) says so, and so does a mask asked for."""
+    source, table = every_type_table
+    ids, _ = table_rows(table, ["id"])
+    flat = ["id", "i8", "u16", "u64", "f16", "x", "nested", "img"]
+    staged = StagedRows(ensure_stage(source, table, ids, flat, root=tmp_path / "stages"))
+    columns = staged.flat_columns()
+    assert [name for name, _, _ in columns] == flat
+    positions = np.random.default_rng(3).integers(0, N, 300)
+    want = staged.take_into_tensors(positions, out_shared=False)
+    outs = [np.full((len(positions), *shape), 7, dtype=dtype) for _, dtype, shape in columns]
+    staged.take_flat_into(positions, outs)
+    for (name, _, _), out in zip(columns, outs):
+        assert torch.equal(torch.from_numpy(out), want[name]), name
+    with pytest.raises(IndexError, match="positions must be in"):
+        staged.take_flat_into(np.array([0, N]), [out[:2] for out in outs])
+    assert staged.flat_columns(nulls="mask") is None  # take_into_tensors adds an `_valid` mask a column then
+    with_nulls = StagedRows(ensure_stage(source, table, ids, ["id", "label"], root=tmp_path / "stages"))
+    assert with_nulls.flat_columns() is None
+    with_text = StagedRows(ensure_stage(source, table, ids, ["id", "blob"], root=tmp_path / "stages"))
+    assert with_text.flat_columns() is None
+
+
 def test_slice_is_zero_copy_and_shared_output_is_shared_memory(tmp_path, make_table):
     uri, _ = make_table("toy", 300, dim=8)
     source, table = open_source(uri, "toy")
