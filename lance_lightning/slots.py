@@ -38,7 +38,7 @@ import multiprocessing
 import os
 import shutil
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,6 +276,15 @@ class SlotWriter:
     def place_of(self, value: Any) -> InSlot | None:
         return self.placed.get(id(value)) if isinstance(value, np.ndarray) else None
 
+    @contextlib.contextmanager
+    def released_on_error(self, worker: int) -> Iterator[None]:
+        """The slot goes back to worker ``worker``'s ring if the gather into it fails."""
+        try:
+            yield
+        except BaseException:
+            self.ring.release(self.slot, worker)
+            raise
+
 
 class SlotBatch:
     """A worker's batch (or group of batches) whose fixed-width columns lie in a slot.
@@ -367,18 +376,20 @@ def gather_into_slot(
     """In worker ``worker``: ``gather(allocate)`` with its fixed-width columns in a free slot
     (``allocate(dtype, shape)`` gives an array there, or None when it does not fit), as a
     :class:`SlotBatch`; None when every slot is busy (gather the batch as usual then)."""
-    ring = slots.ring(worker)
-    slot = ring.acquire() if ring is not None else None
-    if slot is None:
+    writer = _free_slot_writer(slots, worker)
+    if writer is None:
         return None
-    try:
-        writer = SlotWriter(ring, slot)
+    with writer.released_on_error(worker):
         columns = gather(writer.allocate)
         placed = {name: writer.place_of(value) or value for name, value in columns.items()}
-    except BaseException:
-        ring.release(slot, worker)
-        raise
-    return SlotBatch(slots.token, worker, slot, placed, sizes)
+    return SlotBatch(slots.token, worker, writer.slot, placed, sizes)
+
+
+def _free_slot_writer(slots: WorkerSlots, worker: int) -> SlotWriter | None:
+    """A writer into a free slot of worker ``worker``'s ring; None when it has none (or no ring)."""
+    ring = slots.ring(worker)
+    slot = ring.acquire() if ring is not None else None
+    return None if slot is None else SlotWriter(ring, slot)
 
 
 # -- a transform's output, lent from a slot -----------------------------------------------------------
@@ -475,17 +486,13 @@ def gather_lent(
 
     Why: a batch with ``k`` neighbours a row holds ``k + 1`` times a plain batch's rows; copying
     them once more, on either side, halved the rows/s (issue 32)."""
-    ring = slots.ring(worker)
-    slot = ring.acquire() if ring is not None else None
-    if slot is None:
+    writer = _free_slot_writer(slots, worker)
+    if writer is None:
         return None
-    try:
-        writer = SlotWriter(ring, slot)
+    with writer.released_on_error(worker):
         value = _lent_in_place(writer, gather(writer.allocate))
-    except BaseException:
-        ring.release(slot, worker)
-        raise
-    return LentBatch(slots.token, worker, slot, ring.slot_bytes, value, block=ring.unsent_block(), sizes=sizes)
+    ring = writer.ring
+    return LentBatch(slots.token, worker, writer.slot, ring.slot_bytes, value, block=ring.unsent_block(), sizes=sizes)
 
 
 def _lent_in_place(writer: SlotWriter, value: Any) -> Any:

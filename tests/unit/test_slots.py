@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lance_lightning.slots import ALIGN, InSlot, SlotBatch, SlotWriter, WorkerSlots
+from lance_lightning.slots import ALIGN, InSlot, SlotBatch, SlotWriter, WorkerSlots, gather_into_slot, gather_lent
 
 
 def test_a_slot_is_handed_out_once_until_it_is_freed():
@@ -122,3 +122,18 @@ def test_the_reading_layers_only_look_down():
     circles = sorted((a, b) for a, deps in graph.items() for b in deps if a < b and a in graph.get(b, ()))
     assert circles == []
     assert "dataset" not in graph["sampler"] and "dataset" not in graph["slots"]
+
+
+@pytest.mark.parametrize("into", [gather_into_slot, gather_lent])
+def test_a_gather_that_fails_gives_its_slot_back(into):
+    """A failing read (a damaged stage, a bad row) raises as itself and leaves no slot busy: the
+    worker's next batches still find every slot."""
+    slots = WorkerSlots(1, slots=1, slot_bytes=256)
+
+    def failing(allocate):
+        allocate(np.dtype(np.int64), (4,))[:] = 7
+        raise OSError("the stage file was truncated")
+
+    with pytest.raises(OSError, match="truncated"):
+        into(slots, 0, failing, None)
+    assert slots.ring(0).acquire() == 0
