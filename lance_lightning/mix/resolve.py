@@ -78,12 +78,8 @@ def resolve_sources(
             resolved = _cut_split(splits[name], spec.filter, own=source, table=table, filter=filter, name=spec.name)
             where = f"split {name!r} of table {splits[name].source.name!r}"
         else:
-            uri = spec.uri if spec.uri is not None else source.uri
-            other, other_source = open_other_table(source, uri, spec.table, (versions or {}).get(spec.name))
-            check_source_columns(spec, spec.table, other.schema, wanted)
-            check_filter(other, spec.filter)
-            resolved = SplitRows(spec.name, other_source, whole_table_row_ids(other, spec.filter))
-            where = f"table {spec.table!r} (version {other.version})"
+            resolved, version = _table_rows(spec, spec.table, source=source, wanted=wanted, versions=versions)
+            where = f"table {spec.table!r} (version {version})"
         if len(resolved) == 0:
             raise SplitSpecError(
                 f"mix source {spec.name!r} has no rows: {where}{' where ' + spec.filter if spec.filter else ''} is "
@@ -91,6 +87,23 @@ def resolve_sources(
             )
         out.append(resolved)
     return out
+
+
+def _table_rows(
+    spec: SourceSpec,
+    name: str,
+    *,
+    source: TableSource,
+    wanted: Mapping[str, Any],
+    versions: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[SplitRows, int]:
+    """The rows of table ``name`` (in the source's database, at the checkpoint's version where
+    ``versions`` has one) that the source's filter keeps, and the version read; its columns checked."""
+    uri = spec.uri if spec.uri is not None else source.uri
+    other, other_source = open_other_table(source, uri, name, (versions or {}).get(spec.name))
+    check_source_columns(spec, name, other.schema, wanted)
+    check_filter(other, spec.filter)
+    return SplitRows(spec.name, other_source, whole_table_row_ids(other, spec.filter)), other.version
 
 
 def _cut_split(
@@ -134,12 +147,8 @@ def resolve_eval_sources(
     for spec in sources:
         named_table, named_split = getattr(spec, table_key), getattr(spec, split_key)
         if named_table is not None:
-            uri = spec.uri if spec.uri is not None else source.uri
-            other, other_source = open_other_table(source, uri, named_table, (versions or {}).get(spec.name))
-            check_source_columns(spec, named_table, other.schema, wanted)
-            check_filter(other, spec.filter)
-            rows = SplitRows(spec.name, other_source, whole_table_row_ids(other, spec.filter))
-            where = f"{table_key}={named_table!r} (version {other.version})"
+            rows, version = _table_rows(spec, named_table, source=source, wanted=wanted, versions=versions)
+            where = f"{table_key}={named_table!r} (version {version})"
         else:
             if named_split is None:
                 trains_on = spec.split or train_split
