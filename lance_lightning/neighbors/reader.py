@@ -20,6 +20,8 @@ rows already ``[B, k, ...]``, their ids and mask, and the training process gets 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +35,9 @@ from torch.utils.data._utils.collate import default_convert
 from ..batches import BatchGroup
 from ..dataset import BatchReader, resolve_transform
 from ..slots import gather_lent, lend_into_slot
-from ..stage.reader import Allocate, _take_into
+from ..stage import store
+from ..stage.reader import Allocate, _map, _npy, _take_into
+from ..stage.store import StageError
 from .mine import LISTS_FILE
 
 NEIGHBORS_KEY = "neighbors"
@@ -42,13 +46,19 @@ NEIGHBORS_KEY = "neighbors"
 class NeighborLists:
     """The mined lists of one split (``int32 [rows, k]``), memory-mapped on first use in each
     process, which then holds a lease on their directory (nothing evicts them while read).
-    Pickles as its path."""
+    Pickles as its path.
+
+    Like a stage's files (:meth:`~..stage.reader.StagedRows._check`), the lists file is checked
+    before and after each gather by the size and modification time its mining recorded, asked of
+    the descriptor it was mapped from: bytes written into it after setup would otherwise reach
+    the batches through the mapping as other rows' neighbours."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._ids: np.ndarray | None = None
         self._lease: Any = None
         self._pid: int | None = None
+        self._file: io.FileIO | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -56,20 +66,48 @@ class NeighborLists:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"])
 
+    def _damaged(self, problem: str) -> StageError:
+        return StageError(
+            f"neighbour lists at {str(self.path)!r} are damaged: {problem}. No batch with them is served. "
+            "The next setup mines them again; or delete that directory."
+        )
+
     @property
     def ids(self) -> np.ndarray:
         if self._ids is None or self._pid != os.getpid():
-            from ..stage import store
-
+            self._drop_file()  # a forked worker's copy of its parent's descriptor too
             self._lease = store.Lease(self.path)
             meta, problem = store.read_manifest(self.path)
             problem = problem if meta is None else store.check_sizes(self.path, meta)
             if problem is not None:
-                raise store.StageError(f"neighbour lists at {str(self.path)!r} are damaged: {problem}")
-            # a plain array over the mapping (np.memmap's indexing costs ~10 us more a batch)
-            self._ids = np.load(self.path / LISTS_FILE, mmap_mode="r").view(np.ndarray)
+                raise self._damaged(problem)
+            mapped, self._file, st = _map(self.path / LISTS_FILE, prefault=False)
+            self._want = meta["files"][LISTS_FILE]
+            self._stamp = (int(self._want["bytes"]), int(self._want.get("mtime_ns", st.st_mtime_ns)))
+            self._ids = _npy(mapped)  # a plain array over the mapping (np.memmap's indexing costs ~10 us more)
             self._pid = os.getpid()
+            self.check()
         return self._ids
+
+    def check(self) -> None:
+        """Raise :class:`~..stage.StageError` if the lists file was written, truncated or extended
+        since its mining (one ``fstat``, ~1 us)."""
+        if self._file is None or self._pid != os.getpid():
+            return
+        st = os.fstat(self._file.fileno())
+        if (st.st_size, st.st_mtime_ns) != self._stamp:
+            raise self._damaged(store.changed_since_fill(LISTS_FILE, self._want, st) or "changed after setup")
+
+    def damage(self) -> StageError | None:
+        """What is wrong with the lists' files now against their manifest (None: nothing); asked by
+        the loader when a worker died (a file truncated under a gather kills it with SIGBUS)."""
+        meta, problem = store.read_manifest(self.path)
+        if meta is not None:
+            try:
+                problem = store.check_sizes(self.path, meta)
+            except OSError as err:
+                problem = f"a file cannot be read: {err}"
+        return None if problem is None else self._damaged(problem)
 
     @property
     def k(self) -> int:
@@ -80,9 +118,16 @@ class NeighborLists:
 
     def close(self) -> None:
         self._ids = None
+        self._drop_file()
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+    def _drop_file(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
 
 def _fold(value: Any, rows: int, k: int) -> Any:
@@ -160,7 +205,8 @@ class NeighborBatchDataset(BatchReader):
         return [s for r in self._parts() for s in r.table_sources()]
 
     def damage(self) -> BaseException | None:
-        return next((found for r in self._parts() if (found := r.damage()) is not None), None)
+        found = next((found for r in self._parts() if (found := r.damage()) is not None), None)
+        return found if found is not None else self.lists.damage()
 
     @property
     def staged(self) -> Any:
@@ -188,6 +234,7 @@ class NeighborBatchDataset(BatchReader):
         ids and mask go, as ``[B, k, ...]`` arrays it gave (the gather writes them in place)."""
         positions = np.asarray(positions, dtype=np.int64)
         lists = self.lists.ids  # int32 [rows, k], -1: padding
+        self.lists.check()
         rows, k = len(positions), lists.shape[1]
         if rows and (positions.min() < 0 or positions.max() >= len(lists)):  # the gather below clips, never raises
             raise IndexError(
@@ -230,6 +277,7 @@ class NeighborBatchDataset(BatchReader):
         out = {
             name: value if isinstance(value, np.ndarray) else _fold(value, rows, k) for name, value in gathered.items()
         }
+        self.lists.check()  # after the gather too: a write during it is not served
         out["ids"] = found if placed else torch.from_numpy(found)  # in the slot: as the slot's array
         out["mask"] = mask if placed else torch.from_numpy(mask)
         return out

@@ -397,6 +397,31 @@ def test_damaged_lists_are_mined_again_with_a_warning(make_table, tmp_path):
     again.teardown()
 
 
+@pytest.mark.parametrize("fault", ["written", "truncated"])
+def test_lists_changed_after_setup_stop_the_epoch_naming_them(make_table, tmp_path, fault):
+    """After setup, the lists file is mapped: bytes written into it (or a truncation) would reach the
+    next batches as other rows' neighbours. Each gather checks it first, as a stage's files are, so
+    the next batch is refused, naming the lists and what changed."""
+    from lance_lightning.stage import StageError
+
+    uri, _ = make_table("toy", ROWS, dim=DIM)
+    dm = datamodule(uri, neighbors={"column": "x", "k": 2}, cache=str(tmp_path / "stages"))
+    dm.setup("fit")
+    path = dm.neighbor_lists / "neighbors.npy"
+    batches = iter(dm.train_dataloader())
+    next(batches)
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        if fault == "written":
+            fh.seek(size - 64)
+            fh.write(b"\x00" * 64)  # the last rows' neighbours become row 0
+        else:
+            fh.truncate(size - 64)
+    with pytest.raises(StageError, match=r"neighbour lists at .* are damaged: file neighbors.npy (was modified|has)"):
+        next(batches)
+    dm.teardown()
+
+
 def assert_same_batch(got, want, where="batch") -> None:
     """The same keys in the same order, and equal tensors (dtype, shape, values) or lists, nested."""
     assert list(got) == list(want), where
