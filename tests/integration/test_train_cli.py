@@ -49,28 +49,6 @@ def test_module_entry_with_overrides(tiny, run_cli, tmp_path):
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
 
 
-@pytest.mark.skipif(not TRAIN_SCRIPT.exists(), reason="console script not installed (pip install -e .)")
-def test_sweep_runs_one_job_per_value(tiny, run_cli, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = run_cli(
-        [
-            str(TRAIN_SCRIPT),
-            "-m",
-            *tiny,
-            "data.batch_size=16,32",
-            "trainer=cpu",
-            "trainer.max_epochs=1",
-            "callbacks=none",
-            f"hydra.sweep.dir={sweep_dir}",
-        ]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("test metrics: test/acc=") == 2
-    assert [hparams(sweep_dir / str(job))["data_batch_size"] for job in (0, 1)] == [16, 32]
-    assert hparams(sweep_dir / "0")["shard_plan"]["train"]["batches_per_rank"] == [10]  # 160 rows / 16
-    assert hparams(sweep_dir / "1")["shard_plan"]["train"]["batches_per_rank"] == [5]
-
-
 @pytest.mark.distributed
 @pytest.mark.skipif(not TRAIN_SCRIPT.exists(), reason="console script not installed (pip install -e .)")
 def test_ddp_sim_two_cpu_processes(tiny, run_cli, tmp_path):
@@ -102,7 +80,8 @@ def test_ddp_sim_two_cpu_processes(tiny, run_cli, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_ddp_sim_inside_a_sweep(tiny, run_cli, tmp_path):
-    """Each job of a ``-m`` sweep re-launches only itself for rank 1, in its own directory."""
+    """A ``-m`` sweep runs one job per value, each with its own settings and directory, and each job
+    re-launches only itself for rank 1, in that directory."""
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
         [
@@ -122,7 +101,8 @@ def test_ddp_sim_inside_a_sweep(tiny, run_cli, tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert result.stdout.count("test metrics: test/acc=") == 2
     assert output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
-    for job, batches in ((0, [5, 5]), (1, [3, 3])):
+    assert [hparams(sweep_dir / str(job))["data_batch_size"] for job in (0, 1)] == [16, 32]
+    for job, batches in ((0, [5, 5]), (1, [3, 3])):  # 160 rows over 2 ranks, by 16 and by 32
         assert hparams(sweep_dir / str(job))["shard_plan"]["train"]["batches_per_rank"] == batches
         assert (sweep_dir / str(job) / "train_ddp_process_1.log").exists()
 
