@@ -191,7 +191,18 @@ class WeightedOrder(EpochOrder):
         of its epoch. About 16 bytes a split row for a moment."""
         if self.replacement or self.sorted.all():
             return
-        self.order[:] = self.order[np.argsort(self._keys(self.order.astype(np.int64)), kind="stable")]
+        keys = self._keys(self.order.astype(np.int64))
+        # NumPy's stable sort of float64 is a timsort, fast on nearly sorted input: two radix passes
+        # (16 bits each, stable) first put the keys in order of their top 32 bits (a key's bits order
+        # as its value: keys are >= 0), then the timsort finishes. Every pass is stable, so equal keys
+        # (weight 0's inf, the capped ones) keep their order: the order of one stable sort of the keys.
+        # 65 ms against 90 ms at 1M rows here, on the thread that makes the next epoch's order while
+        # workers read (with 2 workers on 2 cores, its CPU time is theirs).
+        bits = keys.view(np.uint64)
+        by = np.argsort((bits >> np.uint64(32)).astype(np.uint16), kind="stable")
+        by = by[np.argsort((bits[by] >> _TOP_BITS).astype(np.uint16), kind="stable")]
+        by = by[np.argsort(keys[by], kind="stable")]
+        self.order[:] = self.order[by]
         self.sorted[:] = True
 
     def positions(self, indices: np.ndarray) -> np.ndarray:
