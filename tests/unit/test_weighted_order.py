@@ -128,13 +128,18 @@ def test_an_order_made_whole_ahead_is_the_stable_sort_of_its_keys_ties_included(
     weights = np.random.default_rng(3).random(50_000) * 50
     weights[::5] = 0
     weights[[7, 70, 700, 7000]] = 1e-310
-    order = WeightedOrder(weights, seed=2, epoch=5)
     lazy = WeightedOrder(weights, seed=2, epoch=5)
-    order.complete()
-    expected = np.argsort(order._keys(np.arange(len(weights))), kind="stable")
-    assert order.order.tolist() == expected.tolist() and order.sorted.all()
-    assert order.positions(np.arange(order.num_rows)).tolist() == lazy.positions(np.arange(lazy.num_rows)).tolist()
-    assert order.order[order.num_rows - 4 : order.num_rows].tolist() == [7, 70, 700, 7000]
+    expected = np.argsort(lazy._keys(np.arange(len(weights))), kind="stable")
+    read = lazy.positions(np.arange(lazy.num_rows)).tolist()  # sorted bucket by bucket, as read
+    completed = WeightedOrder(weights, seed=2, epoch=5)
+    completed.complete()
+    whole = WeightedOrder(weights, seed=2, epoch=5, whole=True)  # as the sampler makes an order ahead
+    for order in (completed, whole):
+        assert order.order.tolist() == expected.tolist() and order.sorted.all()
+        assert order.positions(np.arange(order.num_rows)).tolist() == read
+        assert order.order[order.num_rows - 4 : order.num_rows].tolist() == [7, 70, 700, 7000]
+    whole.complete()  # nothing left to do
+    assert whole.order.tolist() == expected.tolist()
 
 
 def test_an_empty_epoch():
