@@ -242,7 +242,7 @@ class LanceBatchSampler(DistributedSampler):
                 self._make_ahead((self.epoch + 1, self.num_replicas, self.batch_size))
         return self._order[1]
 
-    def _make_order(self, key: tuple[int, int, int]) -> EpochOrder:
+    def _make_order(self, key: tuple[int, int, int], *, whole: bool = False) -> EpochOrder:
         epoch, world_size, batch_size = key
         return self.order_class.create(
             self.split_rows,
@@ -256,6 +256,7 @@ class LanceBatchSampler(DistributedSampler):
             samples=self.samples_per_epoch,
             replacement=self.replacement,
             mixture=self.mixture,
+            whole=whole,
         )
 
     def _make_ahead(self, key: tuple[int, int, int]) -> None:
@@ -263,7 +264,7 @@ class LanceBatchSampler(DistributedSampler):
 
         def make() -> None:
             try:
-                order = self._make_order(key)
+                order = self._make_order(key, whole=True)
                 order.complete()
                 box["order"] = order
             except BaseException as err:  # raised where the order is asked for, not here

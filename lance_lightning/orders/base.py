@@ -81,8 +81,13 @@ class EpochOrder:
         samples: int | None = None,
         replacement: bool = False,
         mixture: Any = None,
+        whole: bool = False,
     ) -> EpochOrder:
         """Epoch ``epoch``'s order; every order gets every setting and uses the ones it needs.
+
+        ``whole``: the order is made ahead of its epoch and :meth:`complete` follows at once, so
+        one that defers work (sorts as the epoch reaches them) may do it all now instead; the same
+        order either way.
 
         ``weights`` (one a split row), ``samples`` and ``replacement``: the draws of a
         :attr:`weighted` order (see :class:`~.weighted.WeightedOrder`); the others get None.

@@ -84,6 +84,21 @@ def uniforms(key: np.uint64, counters: np.ndarray) -> np.ndarray:
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of keys >= 0 (float64), faster.
+
+    NumPy's stable sort of float64 is a timsort, fast on nearly sorted input: two stable radix
+    passes (16 bits each) first put the keys in order of their top 32 bits (a non-negative float's
+    bits order as its value), then the timsort finishes. Every pass is stable, so equal keys (weight
+    0's inf, the capped ones) keep their order: exactly one stable sort's. 65 ms against 90 ms at 1M
+    rows here, on the thread that makes the next epoch's order while workers read (with 2 workers on
+    2 cores, its CPU time is theirs)."""
+    bits = keys.view(np.uint64)
+    by = np.argsort((bits >> np.uint64(32)).astype(np.uint16), kind="stable")
+    by = by[np.argsort((bits[by] >> _TOP_BITS).astype(np.uint16), kind="stable")]
+    return by[np.argsort(keys[by], kind="stable")]
+
+
 class WeightedOrder(EpochOrder):
     """One epoch's weighted draws of a split's rows (see the module docstring)."""
 
@@ -92,8 +107,17 @@ class WeightedOrder(EpochOrder):
     made_ahead = True
 
     def __init__(
-        self, weights: np.ndarray, *, seed: int, epoch: int, samples: int | None = None, replacement: bool = False
+        self,
+        weights: np.ndarray,
+        *,
+        seed: int,
+        epoch: int,
+        samples: int | None = None,
+        replacement: bool = False,
+        whole: bool = False,
     ) -> None:
+        """``whole``: sort the whole epoch now (an order made ahead on a thread), not bucket by bucket
+        as read: the same order, without the buckets' pass nor computing the keys twice."""
         w = np.asarray(weights, dtype=np.float64)
         assert w.ndim == 1 and np.all(np.isfinite(w)) and np.all(w >= 0), "weights are checked at setup"
         self.num_rows = epoch_draws(w, samples, replacement)
@@ -114,6 +138,11 @@ class WeightedOrder(EpochOrder):
             self.guide = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(_positions_dtype(len(w)))
             return
         keys = self._keys(np.arange(len(w), dtype=np.int64))
+        if whole:  # one stable sort of the keys, as complete() would leave the buckets: one bucket, sorted
+            self.order = _stable_order(keys).astype(_positions_dtype(len(w)))
+            self.bounds = np.array([0, len(w)], dtype=np.int64)
+            self.sorted = np.ones(1, dtype=bool)
+            return
         buckets = (keys.view(np.uint64) >> _TOP_BITS).astype(np.uint16)
         del keys
         self.order = np.argsort(buckets, kind="stable").astype(_positions_dtype(len(w)))
@@ -144,13 +173,14 @@ class WeightedOrder(EpochOrder):
         weights: np.ndarray | None = None,
         samples: int | None = None,
         replacement: bool = False,
+        whole: bool = False,
         **_: Any,
     ) -> WeightedOrder:
         """Epoch ``epoch``'s draws of ``weights`` (one a split row; None: all 1, a uniform permutation)."""
         if weights is None:
             weights = np.ones(num_rows)
         assert len(weights) == num_rows, f"{len(weights)} weights for a split of {num_rows} rows"
-        return cls(weights, seed=seed, epoch=epoch, samples=samples, replacement=replacement)
+        return cls(weights, seed=seed, epoch=epoch, samples=samples, replacement=replacement, whole=whole)
 
     @property
     def nbytes(self) -> int:
@@ -191,7 +221,7 @@ class WeightedOrder(EpochOrder):
         of its epoch. About 16 bytes a split row for a moment."""
         if self.replacement or self.sorted.all():
             return
-        self.order[:] = self.order[np.argsort(self._keys(self.order.astype(np.int64)), kind="stable")]
+        self.order[:] = self.order[_stable_order(self._keys(self.order.astype(np.int64)))]
         self.sorted[:] = True
 
     def positions(self, indices: np.ndarray) -> np.ndarray:

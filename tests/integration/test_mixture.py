@@ -4,6 +4,8 @@ exact mid-epoch resume, and each bad source named."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from lance_lightning import LanceDataModule
+from lance_lightning.stage import StageError
 from lance_lightning.state import ResumeRefusedError
 from tests.conftest import toy_table
 from tests.helpers import Preempted, Recorder, SaveThenStop, quiet_trainer
@@ -319,3 +322,28 @@ def test_source_filters_over_a_written_back_column_are_reread_from_the_next_epoc
     else:
         assert set(second[0][second[1] == 1]) == set(range(10))
         assert sorted(second[0][second[1] == 0]) == list(range(10, 100))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_source_stage_changed_after_setup_stops_the_next_read_naming_that_stage(tables, tmp_path, num_workers):
+    """A read checks each source's stage once (a group of batches, not a run of a batch): a file of
+    one source's stage written in place after an epoch stops the next epoch's first read with the
+    StageError naming that stage and file; no changed row is served."""
+    dm = datamodule(tables, tmp_path, num_workers=num_workers)
+    dm.setup("fit")
+    sampler, loader = dm.samplers["train"], dm.train_dataloader()
+    sampler.set_epoch(0)
+    assert sum(len(batch["id"]) for batch in loader) == sum(COUNTS)
+    stage = dm.datasets["train"].readers[1].staged.path  # source "odd"
+    target = sorted(stage.glob("col-*.npy"))[0]
+    data = bytearray(target.read_bytes())
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])
+    with open(target, "r+b") as fh:  # in place: the mapped pages change, and the file's time
+        fh.write(data)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    sampler.set_epoch(1)
+    with pytest.raises(StageError, match=re.escape(str(stage))) as raised:
+        for _ in loader:
+            pass
+    assert target.name in str(raised.value)
+    dm.teardown("fit")

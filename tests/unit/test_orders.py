@@ -226,16 +226,20 @@ def test_batches_read_together_are_bounded_in_bytes():
     """Several batches are read together (a worker's hand-over from a stage; a range scan of the
     table), ~16k rows or a block window, fewer where the rows are wide: a group never passes
     READ_GROUP_BYTES unless a single batch does. Rows of 520 B keep the orders' own groups."""
-    from lance_lightning.assembly import READ_GROUP_BYTES, group_batches
+    from lance_lightning.assembly import MIX_READ_ROWS, READ_GROUP_BYTES, group_batches
     from lance_lightning.options import DataOptions
 
     with_workers, without = DataOptions(num_workers=2), DataOptions(num_workers=0)
     assert group_batches(with_workers, "uniform", 1024, staged=True, row_bytes=520) == SEQUENTIAL_READ_ROWS // 1024
     assert group_batches(without, "uniform", 1024, staged=True, row_bytes=520) == 1
+    # a mixture's stages without workers: a read pays each source's checks once for several batches
+    assert group_batches(without, "mixture", 1024, staged=True, row_bytes=520) == MIX_READ_ROWS // 1024 > 1
+    assert group_batches(without, "mixture", 1024, row_bytes=520) == 1  # sources read from their tables
     kw = {"block_size": without.block_size, "window_blocks": without.window_blocks}
     assert group_batches(without, "block", 64, row_bytes=520) == BlockOrder.group_batches(64, **kw)
     assert group_batches(without, "none", 64, row_bytes=520) == SequentialOrder.group_batches(64, **kw)
     readers = [(with_workers, "uniform", True), (without, "none", False), (without, "block", False)]
+    readers.append((without, "mixture", True))
     for options, order, staged in readers:
         for row_bytes in (1, 520, 4096, 16_384, 150_528, 600_000, 40 << 20):
             for batch in (1, 32, 256, 1024, 4096):

@@ -121,6 +121,27 @@ def test_the_buckets_sorted_as_read_give_exactly_the_sorted_keys():
     assert got.tolist() == expected.tolist() and got[-1] == 5 and order.sorted[: len(order.sorted) - 1].all()
 
 
+def test_an_order_made_whole_ahead_is_the_stable_sort_of_its_keys_ties_included():
+    # complete() sorts in passes (top bits first, then the whole key): equal keys (weight 0's inf, the
+    # capped keys of tiny weights) must keep the order one stable sort gives, or an epoch read from an
+    # order made ahead would differ from the same epoch sorted bucket by bucket as read
+    weights = np.random.default_rng(3).random(50_000) * 50
+    weights[::5] = 0
+    weights[[7, 70, 700, 7000]] = 1e-310
+    lazy = WeightedOrder(weights, seed=2, epoch=5)
+    expected = np.argsort(lazy._keys(np.arange(len(weights))), kind="stable")
+    read = lazy.positions(np.arange(lazy.num_rows)).tolist()  # sorted bucket by bucket, as read
+    completed = WeightedOrder(weights, seed=2, epoch=5)
+    completed.complete()
+    whole = WeightedOrder(weights, seed=2, epoch=5, whole=True)  # as the sampler makes an order ahead
+    for order in (completed, whole):
+        assert order.order.tolist() == expected.tolist() and order.sorted.all()
+        assert order.positions(np.arange(order.num_rows)).tolist() == read
+        assert order.order[order.num_rows - 4 : order.num_rows].tolist() == [7, 70, 700, 7000]
+    whole.complete()  # nothing left to do
+    assert whole.order.tolist() == expected.tolist()
+
+
 def test_an_empty_epoch():
     for kw in ({}, {"replacement": True}):
         for weights in (np.zeros(0), np.zeros(3)):
