@@ -383,7 +383,11 @@ class StagedBatchDataset(BatchReader):
             handed = gather_into_slot(self.slots, worker.id, gather, sizes)
             if handed is not None:
                 return handed
-        rows = self.staged.take_into_tensors(positions, nulls=self.nulls)
+        # one batch with a transform and output slots: its output is what goes to the training process
+        # (lent from a slot), so the rows stay in this process's memory, not in fresh shared memory (a
+        # /dev/shm file a column a batch); None: shared inside a worker
+        lent = self.transform is not None and sizes is None and self.slots is not None
+        rows = self.staged.take_into_tensors(positions, nulls=self.nulls, out_shared=False if lent else None)
         if sizes is not None:
             return split_group(rows, sizes, self._finish)
         out = self._finish(rows)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lance_lightning.app.stages import main as stages_main
-from lance_lightning.convert import batch_to_tensors
+from lance_lightning.convert import UnsupportedColumnError, batch_to_tensors
 from lance_lightning.reads import scan_with_row_ids
 from lance_lightning.source import TableChangedError, TableSource
 from lance_lightning.stage import (
@@ -212,6 +212,51 @@ def test_take_flat_into_writes_the_values_take_into_tensors_gives_where_every_co
     assert with_nulls.flat_columns() is None
     with_text = StagedRows(ensure_stage(source, table, ids, ["id", "blob"], root=tmp_path / "stages"))
     assert with_text.flat_columns() is None
+
+
+def test_binary_and_string_columns_are_gathered_as_the_arrow_conversion_gives_them(tmp_path, monkeypatch):
+    """Byte and text columns with no null are sliced straight out of the mapped file (issue 33):
+    across the record batches of a stage, in any order, with repeats and none, the values, their
+    types and the batch's keys are those of converting the Arrow take; a column with a null, or a
+    mask asked for, reads the Arrow way and says so as before."""
+    import lance_lightning.stage.fill as fill
+    import lance_lightning.stage.write as write
+
+    monkeypatch.setattr(fill, "fill_batch_rows", lambda row_bytes: 64)  # read 64 rows at a time,
+    monkeypatch.setattr(write, "_ARROW_BATCH_BYTES", 1)  # each written as a record batch of its own
+    n = 300
+    rng = np.random.default_rng(4)
+    blobs = [rng.bytes(i % 13) for i in range(n)]  # empty values too
+    text = [f"\u00e9t\u00e9-{i}" * (i % 3) for i in range(n)]
+    uri = str(tmp_path / "db")
+    lancedb.connect(uri).create_table(
+        "t",
+        pa.table(
+            {
+                "id": np.arange(n),
+                "blob": pa.array(blobs, pa.binary()),
+                "big": pa.array(blobs, pa.large_binary()),
+                "text": pa.array(text, pa.string()),
+                "big_text": pa.array(text, pa.large_string()),
+                "holes": pa.array([None if i % 50 == 7 else f"h{i}" for i in range(n)], pa.string()),
+            }
+        ),
+    )
+    source, table = open_source(uri, "t")
+    columns = ["id", "blob", "big", "text", "big_text"]
+    ids, rows = table_rows(table, columns + ["holes"])
+    staged = StagedRows(ensure_stage(source, table, ids, columns + ["holes"], root=tmp_path / "stages"))
+    staged._open()
+    assert len(staged._batches) > 1 and set(staged._bytes) == {"blob", "big", "text", "big_text"}  # not "holes"
+    for positions in (rng.integers(0, n, 500), np.array([299, 0, 64, 63, 64, 5]), np.array([], dtype=np.int64)):
+        taken = rows.take(pa.array(positions, pa.int64()))
+        got = staged.take_into_tensors(positions, columns=columns, out_shared=False)
+        assert_same_tensors(got, batch_to_tensors(taken.select(columns)))
+        assert got["blob"] == [blobs[i] for i in positions] and got["text"] == [text[i] for i in positions]
+        masked = staged.take_into_tensors(positions, nulls="mask", out_shared=False)
+        assert_same_tensors(masked, batch_to_tensors(taken, nulls="mask"))  # with a `_valid` mask a column
+    with pytest.raises(UnsupportedColumnError, match="'holes' has 1 null value"):
+        staged.take_into_tensors(np.array([1, 7, 2]))
 
 
 def test_slice_is_zero_copy_and_shared_output_is_shared_memory(tmp_path, make_table):

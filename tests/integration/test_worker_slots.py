@@ -160,6 +160,28 @@ def test_a_transforms_output_is_lent_from_reused_slots_and_kept_batches_stay_exa
     assert all(r._block.numel() <= 4 * (1.25 * image_bytes + slot_layer.SLOT_ROUND + 3 * ALIGN) for r in rings)
 
 
+def note_shared(batch):
+    return {**batch, "rows_shared": torch.full((len(batch["id"]),), batch["x"].is_shared())}
+
+
+@pytest.mark.parametrize("output_slots", [True, False], ids=["slots", "no-slots"])
+def test_a_transform_reads_rows_in_the_workers_own_memory_when_its_output_is_lent(
+    table_uri, expected_x, monkeypatch, output_slots
+):
+    """Where a transform's output goes into a slot, the rows it is given are gathered into the
+    worker's own memory (fresh shared memory would be made and dropped every batch); without output
+    slots they stay in shared memory, so a column the transform passes on is handed over without a
+    copy. Either way the same rows, in the same order, as without workers."""
+    import lance_lightning.loader as loader_layer
+
+    monkeypatch.setattr(loader_layer, "OUTPUT_SLOTS", output_slots)
+    reference = [b["id"].tolist() for b in epoch(staged(table_uri, transform=note_shared), 0)]
+    batches = epoch(staged(table_uri, num_workers=2, transform=note_shared), 0)
+    assert [b["id"].tolist() for b in batches] == reference
+    check_rows(batches, expected_x)
+    assert {bool(b["rows_shared"].all()) for b in batches} == {not output_slots}
+
+
 def test_dropped_lent_batches_free_their_slots(table_uri, expected_x):
     dm = staged(table_uri, num_workers=2, transform=double_x, persistent_workers=True)
     train = dm.train_dataloader()
