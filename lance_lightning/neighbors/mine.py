@@ -214,19 +214,26 @@ def mine(
     mode: str,
     table_name: str = "",
     progress: Any = None,
+    queries: np.ndarray | None = None,
 ) -> np.ndarray:
     """The lists of the split ``row_ids`` (sorted addresses) at the table's checked-out version:
-    ``int32 [rows, k]`` split positions, nearest first, ``-1`` padding."""
+    ``int32 [rows, k]`` split positions, nearest first, ``-1`` padding.
+
+    ``queries`` (split positions): the lists of those rows only, searched against every row of the
+    split (one row of the result per query). The search's cost is linear in the queries, so
+    ``benchmarks/bench_neighbors.py --sample`` times a sample this way and scales it to the split."""
     columns = [spec.column] + ([spec.exclude_same] if spec.exclude_same and spec.exclude_same != spec.column else [])
     data = read_split_columns(table, row_ids, columns)
     vectors = vectors_of(data.column(spec.column), spec.column, table_name)
     groups = groups_of(data.column(spec.exclude_same)) if spec.exclude_same else None
     eligible = eligible_rows(table, row_ids, spec.where, table_name) if spec.where else None
     if mode == "index":
-        ids = index_neighbors(table, vectors, row_ids, spec, groups=groups, eligible=eligible, progress=progress)
+        ids = index_neighbors(
+            table, vectors, row_ids, spec, groups=groups, eligible=eligible, progress=progress, queries=queries
+        )
     else:
         found = exact_neighbors(
-            vectors, spec.k, metric=spec.metric, groups=groups, eligible=eligible, progress=progress
+            vectors, spec.k, metric=spec.metric, groups=groups, eligible=eligible, progress=progress, queries=queries
         )
         ids = found.ids
     return ids.astype(np.int32)
@@ -256,55 +263,59 @@ def index_neighbors(
     eligible: np.ndarray | None,
     progress: Any = None,
     fetch: int | None = None,
+    queries: np.ndarray | None = None,
 ) -> np.ndarray:
     """Neighbour positions by the table's vector index: :data:`QUERY_BATCH` queries a search,
     ``fetch`` candidates each (default ``15k``, ``30k`` with ``exclude_same``), exclusions applied
     to what comes back, the rest ranked by their exact distance (computed here from the vectors in
     memory: the index's PQ distances alone gave recall@10 0.62 on a 5k-row 32-d table, lancedb's
-    ``refine_factor`` cost 10x the time); rows left short of ``k`` are searched exactly."""
+    ``refine_factor`` cost 10x the time); rows left short of ``k`` are searched exactly.
+    ``queries`` (positions): the lists of those rows only (one result row per query)."""
     n, k = len(vectors), spec.k
     fetch = candidates_of(spec) if fetch is None else fetch
     fetch = min(fetch, n)
-    out = np.full((n, k), -1, dtype=np.int64)
-    for q0 in range(0, n, QUERY_BATCH):
-        q1 = min(n, q0 + QUERY_BATCH)
+    q_all = np.arange(n, dtype=np.int64) if queries is None else np.asarray(queries, dtype=np.int64)
+    out = np.full((len(q_all), k), -1, dtype=np.int64)
+    for b0 in range(0, len(q_all), QUERY_BATCH):
+        b1 = min(len(q_all), b0 + QUERY_BATCH)
+        batch = vectors[b0:b1] if queries is None else vectors[q_all[b0:b1]]
         result = (
-            table.search(vectors[q0:q1], vector_column_name=spec.column)
+            table.search(batch, vector_column_name=spec.column)
             .distance_type(LANCEDB_METRICS[spec.metric])
             .limit(fetch)
             .with_row_id(True)
             .select([])
             .to_arrow()
         )
-        if q1 - q0 == 1 and "query_index" not in result.column_names:
+        if b1 - b0 == 1 and "query_index" not in result.column_names:
             qi = np.zeros(result.num_rows, dtype=np.int64)
         else:
             qi = result.column("query_index").to_numpy().astype(np.int64)
         rid = result.column("_rowid").to_numpy().astype(np.uint64)
-        dist = result.column("_distance").to_numpy().astype(np.float64)
         pos = np.searchsorted(row_ids, rid)
         inside = pos < n
         inside[inside] = row_ids[pos[inside]] == rid[inside]  # rows outside the split are not neighbours
-        query = qi + q0
+        local = qi + b0  # the query's row of out
+        query = q_all[local]  # its split position
         keep = inside.copy()
         keep[keep] = pos[keep] != query[keep]
         if groups is not None:
             keep[keep] = groups[pos[keep]] != groups[query[keep]]
         if eligible is not None:
             keep[keep] = eligible[pos[keep]]
-        query, pos = query[keep], pos[keep]
+        local, query, pos = local[keep], query[keep], pos[keep]
         dist = _exact_distances(vectors, query, pos, spec.metric)  # re-ranked here: the index's are PQ-approximate
-        order = np.lexsort((pos, dist, query))
-        query, pos = query[order], pos[order]
-        starts = np.searchsorted(query, np.arange(q0, q1))
-        rank = np.arange(len(query)) - starts[query - q0]
+        order = np.lexsort((pos, dist, local))
+        local, pos = local[order], pos[order]
+        starts = np.searchsorted(local, np.arange(b0, b1))
+        rank = np.arange(len(local)) - starts[local - b0]
         first = rank < k
-        out[query[first], rank[first]] = pos[first]
+        out[local[first], rank[first]] = pos[first]
         if progress is not None:
-            progress(q1)
+            progress(b1)
     short = np.flatnonzero((out < 0).any(axis=1))
     if len(short):
-        exact = exact_neighbors(vectors, k, metric=spec.metric, groups=groups, eligible=eligible, queries=short)
+        exact = exact_neighbors(vectors, k, metric=spec.metric, groups=groups, eligible=eligible, queries=q_all[short])
         out[short] = exact.ids
     return out
 

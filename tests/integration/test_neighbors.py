@@ -486,3 +486,24 @@ def test_workers_gather_batches_and_neighbours_into_reused_slots(make_table, tmp
         assert not any(in_slots)  # a table reader's batches go the fresh way
     else:
         assert sum(in_slots) >= len(in_slots) - 4  # all but the batches that found every slot busy
+
+
+def test_mining_a_sample_of_queries_gives_their_rows_of_the_full_lists(indexed_table, make_table):
+    """``mine(queries=...)`` (what the 1M benchmark times on a sample) is the full mining's rows for
+    those queries, in both modes, exclusions included."""
+    import lancedb
+
+    from lance_lightning.neighbors.mine import mine
+    from lance_lightning.neighbors.spec import NeighborSpec
+    from lance_lightning.reads import scan_row_ids
+
+    uri, v = indexed_table
+    table = lancedb.connect(uri).open_table("toy")
+    row_ids = np.sort(scan_row_ids(table))
+    sample = np.random.default_rng(3).choice(len(v), size=1500, replace=False)  # two query batches, unsorted
+    for mode in ("exact", "index"):
+        spec = NeighborSpec(column="v", k=10, exclude_same="g", mode=mode)
+        full = mine(spec, table, row_ids, mode=mode)
+        part = mine(spec, table, row_ids, mode=mode, queries=sample)
+        assert part.shape == (len(sample), 10)
+        np.testing.assert_array_equal(part, full[sample], err_msg=mode)
