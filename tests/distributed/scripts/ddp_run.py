@@ -34,8 +34,12 @@ REG_WEIGHT = [[1.0, -2.0, 0.0, 1.0]]
 CLS_WEIGHT = [[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0], [-1.0, 1.0, 1.0, 0.0]]
 
 
-def make_recorder() -> Any:
-    """A tiny regressor + classifier LightningModule that records the ids of every batch."""
+def make_recorder(hold_s: float = 0.0, marker_dir: str | None = None) -> Any:
+    """A tiny regressor + classifier LightningModule that records the ids of every batch.
+    ``hold_s``: each training step also sleeps that long, and the first writes this rank's pid to
+    ``<marker_dir>/training-rank<global_rank>.pid`` (a test then knows the rank is mid-fit)."""
+    import time
+
     import lightning.pytorch as pl
     import torch
     from torch import nn
@@ -81,6 +85,11 @@ def make_recorder() -> Any:
             return self.reg(x).squeeze(-1), self.cls(x)
 
         def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            if hold_s:
+                marker = Path(marker_dir) / f"training-rank{self.global_rank}.pid"
+                if not marker.exists():
+                    marker.write_text(str(os.getpid()))
+                time.sleep(hold_s)
             self._record("train", batch)
             pred, logits = self(batch["x"])
             return nn.functional.mse_loss(pred, batch["y"].float()) + nn.functional.cross_entropy(logits, batch["y"])
@@ -146,7 +155,7 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     from lance_lightning import LanceDataModule
 
     dm = LanceDataModule(spec["uri"], spec["table"], columns=["id", "x", "y"], **data)
-    model = make_recorder()
+    model = make_recorder(run.get("hold_s", 0.0), spec["out"])
     devices, num_nodes = run.get("devices", 1), run.get("num_nodes", 1)
     trainer = pl.Trainer(
         accelerator="cpu",
