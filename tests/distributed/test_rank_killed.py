@@ -4,17 +4,17 @@ leave a process reading on. Real processes: Lightning's own launcher, 2 ranks of
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.distributed._ddp import SCRIPT, clean_env, make_table, write_spec
+from tests.processes import kill_all, wait_ended
 
 pytestmark = [pytest.mark.distributed, pytest.mark.long]
 
@@ -22,23 +22,6 @@ START_TIMEOUT_S = 180
 END_TIMEOUT_S = 60  # Lightning's observer looks every 5 s; gloo notices a dead peer at the next collective
 
 
-def session_processes(sid: int) -> list[int]:
-    """The pids whose session is ``sid`` (the launcher's: it was started in a session of its own)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("victim", [1, 0], ids=["rank1", "rank0"])
 def test_a_killed_rank_ends_the_job_and_every_process_of_it(tmp_path, victim):
     uri = make_table(tmp_path)
@@ -50,6 +33,7 @@ def test_a_killed_rank_ends_the_job_and_every_process_of_it(tmp_path, victim):
         [sys.executable, str(SCRIPT), str(spec)], env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
+    processes: list[psutil.Process] = []
     try:
         markers = [out / f"training-rank{rank}.pid" for rank in (0, 1)]
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -59,21 +43,18 @@ def test_a_killed_rank_ends_the_job_and_every_process_of_it(tmp_path, victim):
             time.sleep(0.1)
         pids = [int(m.read_text()) for m in markers]
         assert pids[0] == launcher.pid  # rank 0 is the launched process; rank 1 its child
-        before = session_processes(launcher.pid)
-        assert len(before) >= 2 + 2 * 2, before  # 2 ranks, 2 workers each (and a fork server or two)
+        processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+        names = {p.pid: " ".join(p.cmdline())[:80] for p in processes}
+        assert len(processes) >= 2 + 2 * 2, names  # 2 ranks, 2 workers each (and a fork server or two)
         os.kill(pids[victim], signal.SIGKILL)
-        killed_at = time.monotonic()
         launcher.wait(timeout=END_TIMEOUT_S)
         assert launcher.returncode != 0
-        while session_processes(launcher.pid) and time.monotonic() - killed_at < END_TIMEOUT_S:
-            time.sleep(0.2)
-        left = session_processes(launcher.pid)
-        assert left == [], f"still running {time.monotonic() - killed_at:.0f} s after rank {victim} was killed: {left}"
+        left = wait_ended(list(names), timeout=END_TIMEOUT_S)
+        assert not left, f"still running {END_TIMEOUT_S} s after rank {victim} was killed: {[names[p] for p in left]}"
         assert not (out / "held-rank0.json").exists() and not (out / "held-rank1.json").exists()  # no run finished
     finally:
-        if launcher.poll() is None or session_processes(launcher.pid):
-            for pid in session_processes(launcher.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_all(processes)
+        if launcher.poll() is None:
+            launcher.kill()
         launcher.wait()
         log.close()

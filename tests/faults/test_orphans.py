@@ -9,7 +9,6 @@ zombie) on purpose: a watch that asked only whether its pid exists would never f
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -22,35 +21,9 @@ import psutil
 import pytest
 
 import lance_lightning
+from tests.processes import ended, kill_all, wait_ended
 
 WORKERS_PY = Path(lance_lightning.__file__).parent / "workers.py"
-
-
-def ended(pid: int) -> bool:
-    """Gone, or a zombie (exited; only its parent's bookkeeping is left)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_ended(pids: list[int], timeout: float) -> list[int]:
-    """The pids still running after ``timeout`` seconds (or as soon as none is)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if not ended(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if not ended(p)]
-
-
-def kill_all(processes: list[psutil.Process]) -> None:
-    """SIGKILL the ones still running: only processes this test started (and their children);
-    psutil checks each is still the process it was (not a reused pid)."""
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
 
 
 @pytest.mark.parametrize("use_pidfd", [True, False], ids=["pidfd", "poll"])
