@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
-from ..batches import BatchGroup
+from ..batches import BatchGroup, _rows
 from ..dataset import BatchReader, resolve_transform
 from ..slots import gather_lent, lend_into_slot
 from ..stage import store
@@ -137,12 +137,6 @@ def _fold(value: Any, rows: int, k: int) -> Any:
     if isinstance(value, dict):
         return {name: _fold(child, rows, k) for name, child in value.items()}
     return [list(value[i * k : (i + 1) * k]) for i in range(rows)]
-
-
-def _rows(value: Any, lo: int, hi: int) -> Any:
-    if isinstance(value, dict):
-        return {name: _rows(child, lo, hi) for name, child in value.items()}
-    return value[lo:hi]
 
 
 class NeighborBatchDataset(BatchReader):
