@@ -77,6 +77,8 @@ def clean_env(**extra: str) -> dict[str, str]:
         if not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_")) and k not in _CLUSTER_VARS
     }
     env["OMP_NUM_THREADS"] = "1"  # 2 processes or more on few cores: no thread oversubscription
+    # this tree first: the scripts import its package and its tests' helpers (tests.helpers)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 

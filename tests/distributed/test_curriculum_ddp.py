@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.distributed._ddp import ROOT, clean_env, run_processes
+from tests.distributed._ddp import clean_env, run_processes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.long]
 SCRIPT = Path(__file__).with_name("scripts") / "curriculum_ddp.py"
@@ -34,7 +34,7 @@ def test_two_ranks_write_every_rows_value_once_an_epoch_in_one_commit(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     command = [sys.executable, str(SCRIPT), uri, str(out)]
-    run_processes([(command, clean_env(PYTHONPATH=str(ROOT)))], tmp_path, "curriculum")
+    run_processes([(command, clean_env())], tmp_path, "curriculum")
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(r["global_rank"], r["world_size"]) for r in records] == [(0, 2), (1, 2)]
     for epoch in ("0", "1"):

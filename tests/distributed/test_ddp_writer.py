@@ -41,7 +41,7 @@ def write_spec(root: Path, uri: str, runs: list[dict], name: str) -> Path:
 
 
 def command(spec: Path) -> tuple[list[str], dict[str, str]]:
-    return [sys.executable, str(SCRIPT), str(spec)], clean_env(PYTHONPATH=str(ROOT))
+    return [sys.executable, str(SCRIPT), str(spec)], clean_env()
 
 
 def expected(table: pa.Table) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.distributed._ddp import ROOT, clean_env, run_processes
+from tests.distributed._ddp import clean_env, run_processes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.long]
 SCRIPT = Path(__file__).with_name("scripts") / "mixture_ddp.py"
@@ -38,7 +38,7 @@ def launch(root: Path, uri: str, runs: list[tuple[str, int, int, str]]) -> dict[
         out = root / name
         out.mkdir()
         cmd = [sys.executable, str(SCRIPT), uri, str(out), str(devices), str(batch_size), batching]
-        commands.append((cmd, clean_env(PYTHONPATH=str(ROOT))))
+        commands.append((cmd, clean_env()))
     run_processes(commands, root, "mixture")
     return {
         name: [json.loads((root / name / f"rank{r}.json").read_text()) for r in range(devices)]

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.distributed._ddp import ROOT, clean_env, run_processes
+from tests.distributed._ddp import clean_env, run_processes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.long]
 SCRIPT = Path(__file__).with_name("scripts") / "mixture_eval_ddp.py"
@@ -37,7 +37,7 @@ def test_two_ranks_validate_each_source_in_step_on_its_own_rows(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, str(SCRIPT), uri, str(out)]
-    run_processes([(cmd, clean_env(PYTHONPATH=str(ROOT)))], tmp_path, "mixture_eval")
+    run_processes([(cmd, clean_env())], tmp_path, "mixture_eval")
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(r["global_rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.distributed._ddp import ROOT, clean_env, run_processes
+from tests.distributed._ddp import clean_env, run_processes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.long]
 SCRIPT = Path(__file__).with_name("scripts") / "neighbors_ddp.py"
@@ -33,7 +33,7 @@ def test_two_ranks_read_one_mining_and_the_exact_neighbours(tmp_path):
     lancedb.connect(uri).create_table("rows", data)
     out = tmp_path / "out"
     out.mkdir()
-    run_processes([([sys.executable, str(SCRIPT), uri, str(out)], clean_env(PYTHONPATH=str(ROOT)))], tmp_path, "nbr")
+    run_processes([([sys.executable, str(SCRIPT), uri, str(out)], clean_env())], tmp_path, "nbr")
     records = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert records[0]["lists"] == records[1]["lists"]  # one mining, read by both ranks
     assert [p.name for p in (out / "stages").iterdir() if "-nbr-" in p.name] == [Path(records[0]["lists"]).name]

@@ -20,6 +20,7 @@ def main() -> None:
     import torch
 
     from lance_lightning import LanceDataModule
+    from tests.helpers import quiet_trainer
 
     class Unpacking(pl.LightningModule):
         def __init__(self) -> None:
@@ -42,10 +43,14 @@ def main() -> None:
         batch_keys=["x", "y"],
     )  # fmt: skip
     model = Unpacking()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        out,
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule=dm)
     record = {"ids": model.ids, "seed": dm.options.seed, "seed_from": dm.hparams["data_seed_from"]}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -19,6 +19,7 @@ def main(uri: str, out: str) -> None:
     import torch
 
     from lance_lightning import LanceDataModule, RowValueWriter
+    from tests.helpers import quiet_trainer
 
     class Model(pl.LightningModule):
         def __init__(self) -> None:
@@ -48,19 +49,14 @@ def main(uri: str, out: str) -> None:
     )
     writer = RowValueWriter(column="w", key="id", output="row_loss")
     model = Model()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp",
         max_epochs=2,
         limit_val_batches=0,
         reload_dataloaders_every_n_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[writer],
-        default_root_dir=out,
     )
     trainer.fit(model, datamodule=dm)
     record = {

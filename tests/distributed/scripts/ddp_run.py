@@ -150,26 +150,20 @@ def make_recorder(hold_s: float = 0.0, marker_dir: str | None = None) -> Any:
 def run_one(spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """One Trainer call as described by ``run``; returns (and writes) this rank's record."""
     data = {**spec["data"], **run.get("data", {})}
-    import lightning.pytorch as pl
-
     from lance_lightning import LanceDataModule
+    from tests.helpers import quiet_trainer
 
     dm = LanceDataModule(spec["uri"], spec["table"], columns=["id", "x", "y"], **data)
     model = make_recorder(run.get("hold_s", 0.0), spec["out"])
     devices, num_nodes = run.get("devices", 1), run.get("num_nodes", 1)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        spec["out"],
         devices=devices,
         num_nodes=num_nodes,
         strategy="ddp" if devices * num_nodes > 1 else "auto",
         use_distributed_sampler=run.get("use_distributed_sampler", True),
         max_epochs=run.get("epochs", 2),
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=spec["out"],
     )
     action = run["action"]
     if action == "fit":

@@ -24,6 +24,7 @@ def main(uri: str, out: str, devices: int, batch_size: int, batching: str) -> No
     import torch
 
     from lance_lightning import LanceDataModule
+    from tests.helpers import quiet_trainer
 
     class Model(pl.LightningModule):
         def __init__(self) -> None:
@@ -53,17 +54,12 @@ def main(uri: str, out: str, devices: int, batch_size: int, batching: str) -> No
         cache=str(Path(out) / "stages"),
     )
     model = Model()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         max_epochs=2,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
     )
     trainer.fit(model, datamodule=dm)
     record = {"global_rank": trainer.global_rank, "world_size": trainer.world_size, "steps": model.steps}

@@ -26,6 +26,7 @@ def main(uri: str, out: str) -> None:
     import torch
 
     from lance_lightning import LanceDataModule
+    from tests.helpers import quiet_trainer
 
     class Model(pl.LightningModule):
         def __init__(self) -> None:
@@ -63,18 +64,13 @@ def main(uri: str, out: str) -> None:
         cache=str(Path(out) / "stages"),
     )
     model = Model()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp",
         max_epochs=1,
         limit_train_batches=2,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
     )
     trainer.fit(model, datamodule=dm)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}

@@ -35,6 +35,7 @@ def main(uri: str, table: str, out: str) -> None:
 
     from lance_lightning import LanceDataModule, LoaderMonitor
     from lance_lightning.monitor import LoaderBottleneckWarning
+    from tests.helpers import quiet_trainer
 
     class Linear(pl.LightningModule):
         def __init__(self) -> None:
@@ -56,11 +57,16 @@ def main(uri: str, table: str, out: str) -> None:
         read_ahead=0,  # each batch read when its step asks: the waits this test compares are the reads'
     )  # fmt: skip
     monitor = LoaderMonitor(threshold=0.5, warn_after_steps=4)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, log_every_n_steps=2, num_sanity_val_steps=0,
-        logger=CSVLogger(out, name="csv", version=""), callbacks=[monitor], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(
+        out,
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        log_every_n_steps=2,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(out, name="csv", version=""),
+        callbacks=[monitor],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(Linear(), datamodule=dm)

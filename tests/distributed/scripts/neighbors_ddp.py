@@ -18,6 +18,7 @@ def main(uri: str, out: str) -> None:
     import torch
 
     from lance_lightning import LanceDataModule
+    from tests.helpers import quiet_trainer
 
     class Model(pl.LightningModule):
         def __init__(self) -> None:
@@ -45,17 +46,12 @@ def main(uri: str, out: str) -> None:
         neighbors={"column": "x", "k": 3, "exclude_same": "y"},
         cache=str(Path(out) / "stages"),
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out,
         devices=2,
         strategy="ddp",
         max_epochs=1,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out,
     )
     model = Model()
     trainer.fit(model, datamodule=dm)

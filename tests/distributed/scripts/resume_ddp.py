@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 
 from lance_lightning import LanceDataModule
-from tests.helpers import Recorder
+from tests.helpers import Recorder, quiet_trainer
 
 
 class SaveAndRecord(pl.Callback):
@@ -42,18 +42,13 @@ def main() -> None:
     record = Path(out_dir, tag + "_rank{rank}.json")
     before = Path(out_dir, tag + "-before_rank{rank}.json")
     callbacks = [SaveAndRecord(save_step, ckpt_out, before)] if save_step > 0 else []
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        out_dir,
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         callbacks=callbacks,
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        default_root_dir=out_dir,
     )
     model = Recorder()
     dm = LanceDataModule(uri, "toy", splits={"train": 1.0}, batch_size=8, seed=5, **data)

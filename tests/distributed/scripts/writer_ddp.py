@@ -37,6 +37,7 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
     import torch
 
     from lance_lightning import LanceDataModule, LancePredictionWriter
+    from tests.helpers import quiet_trainer
 
     class Model(pl.LightningModule):
         def __init__(self) -> None:
@@ -62,16 +63,11 @@ def run_one(spec: dict[str, Any], run: dict[str, Any]) -> None:
         options["staging_dir"] = str(Path(spec["out"]) / f"staging-{os.environ.get('LOCAL_RANK', '0')}")
     writer = LancePredictionWriter(**options)
     model = Model()
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        spec["out"],
         devices=2,
         strategy="ddp",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[writer],
-        default_root_dir=spec["out"],
     )
     error = None
     try:
