@@ -8,8 +8,9 @@ nearest to it, mostly of the same digit. A small embedder (64 pixels -> 256 -> 6
 learns with a contrastive loss: two noisy copies of a row pull together, every other row in sight
 pushes apart. Both runs read the same table the same way (``neighbors={"column": ..., "k": 8}``:
 each row's 8 nearest rows in every batch, mined by pixels for the first round, then by the run's
-own embeddings, written into the table with ``LancePredictionWriter``, for the second) and see the
-same rows, for the same steps, from the same start:
+own embeddings, written into the table with ``LancePredictionWriter``, for the second), for the
+same steps from the same start, with the same noise (the very same rows in the first round; in the
+second each run's lists come from its own embeddings):
 
 1. **random negatives**: each row's extra 8 negatives are the neighbours of *another* row of the
    batch (the batch's rows rolled by one): rows that are random to it;
