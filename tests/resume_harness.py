@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -147,11 +148,16 @@ def main() -> None:
 
 
 def _run(cell: dict[str, Any], out: Path, tag: str, checkpoints: list[Path] = ()) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "tests.resume_harness", json.dumps(cell), str(out), tag, *map(str, checkpoints)]
+    """``python -m tests.resume_harness ...`` in a process of its own, forked from the test zygote
+    (torch and Lightning imported once: ``tests/zygote.py``)."""
+    from tests import zygote
+
+    args = ["-m", "tests.resume_harness", json.dumps(cell), str(out), tag, *map(str, checkpoints)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = out / f"log-{tag}-{uuid.uuid4().hex[:8]}.txt"  # runs of one tag go side by side
+    result = zygote.run(args, cwd=ROOT, env=env, output=log, timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"{tag} run {[c.name for c in checkpoints]} failed:\n{result.stderr[-5000:]}")
+        raise RuntimeError(f"{tag} run {[c.name for c in checkpoints]} failed:\n{result.stdout[-5000:]}")
     return result
 
 

@@ -1,4 +1,5 @@
-"""The prediction writer's fault matrix: writer paths x faults, every run a real subprocess under a timeout.
+"""The prediction writer's fault matrix: writer paths x faults, every run a process of its own under a timeout
+(forked from the test zygote, ``tests/zygote.py``: torch and Lightning imported once).
 
 Writer paths (``WRITERS``; a new path joins with one line): two runs A and B writing the same
 column, other columns of the same table, or the same new table. Faults (``FAULTS``):
@@ -24,7 +25,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ import psutil
 import pytest
 import torch
 
+from tests import zygote
 from tests.conftest import toy_table
 from tests.faults.writer_run import outputs
 
@@ -83,7 +84,7 @@ CELLS = [
 
 
 class Runs:
-    """Predict runs in subprocesses (own session each); every one left is killed at teardown."""
+    """Predict runs in processes of their own (own session each); every one left is killed at teardown."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.procs = root, {}
@@ -94,11 +95,8 @@ class Runs:
         path = self.root / f"spec-{tag}.json"
         path.write_text(json.dumps(spec))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        log = (self.root / f"log-{tag}.txt").open("w")
-        self.procs[tag] = subprocess.Popen(
-            [sys.executable, str(RUNNER), str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        # Forked from the test zygote (torch and Lightning imported once), in a session of its own.
+        self.procs[tag] = zygote.start([str(RUNNER), str(path)], cwd=ROOT, env=env, output=self.root / f"log-{tag}.txt")
 
     def log(self, tag: str) -> str:
         return (self.root / f"log-{tag}.txt").read_text()[-4000:]
