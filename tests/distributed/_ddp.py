@@ -1,6 +1,6 @@
 """Shared pieces of the multi-process tests: the table, the launchers, and the expected batches.
 
-Every launch runs ``scripts/ddp_run.py`` in fresh processes (never inside pytest), with an
+Every launch runs ``scripts/ddp_run.py`` in processes of its own (never inside pytest), with an
 environment stripped of anything a surrounding cluster job could have set, so that the only
 topology Lightning sees is the one the test asks for.
 """
@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from lance_lightning import LanceBatchSampler
+from tests import zygote
 from tests.sharding_invariants import assert_epoch_invariants
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_run.py"
@@ -83,6 +84,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_process(cmd: list[str], env: dict[str, str], log: Path) -> Any:
+    """Start ``cmd`` in a session of its own (on failure the launcher and all its children are killed
+    together), output to ``log``. ``python ...`` forks from the test zygote (torch and Lightning
+    imported once, ``tests/zygote.py``); the processes it starts (Lightning's re-run of the script for
+    the other ranks, torchrun's workers) are fresh interpreters, as in any job."""
+    if cmd[0] == sys.executable:
+        return zygote.start(cmd[1:], cwd=ROOT, env=env, output=log)
+    with log.open("w") as fh:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def run_processes(commands: list[tuple[list[str], dict[str, str]]], log_dir: Path, name: str) -> float:
     """Start all commands at once, wait for all; on failure or timeout kill them and show the logs."""
     start = time.monotonic()
@@ -91,10 +103,7 @@ def run_processes(commands: list[tuple[list[str], dict[str, str]]], log_dir: Pat
     for i, (cmd, env) in enumerate(commands):
         log = log_dir / f"{name}-{i}.log"
         logs.append(log)
-        with log.open("w") as fh:
-            # A session of its own: on failure the launcher and all its children are killed together.
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
+        procs.append(start_process(cmd, env, log))
     failed = []
     try:
         for i, proc in enumerate(procs):

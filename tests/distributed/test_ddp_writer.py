@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from lance_lightning.writer import KEY_ROWID, STAGING_DIRNAME
 from lance_lightning.writer.fragments import lance_module
-from tests.distributed._ddp import NUM_ROWS, ROOT, TABLE, clean_env, make_table, run_processes
+from tests.distributed._ddp import NUM_ROWS, TABLE, clean_env, make_table, run_processes, start_process
 from tests.distributed.scripts.writer_ddp import outputs_for
 
 pytestmark = pytest.mark.distributed
@@ -60,8 +59,7 @@ def values(table: pa.Table, name: str) -> np.ndarray:
 def sigkill_when(spec: Path, root: Path, ready: Any, *, after_s: float = 0.0) -> None:
     """Run ``spec``'s DDP predict and SIGKILL its process group once ``ready()`` (+ ``after_s``)."""
     cmd, env = command(spec)
-    with (root / "slow.log").open("w") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_process(cmd, env, root / "slow.log")
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None and not ready():

@@ -1,8 +1,9 @@
 """Resume under real DDP processes, at the same and at another world size.
 
-Each run is a fresh ``python`` with Lightning's own DDP launcher (about ten seconds of imports a
-process on 2 cores), so the runs are shared: one 2-process run is both the uninterrupted reference
-and the source of a mid-epoch checkpoint, resumed at 2 and at 1 processes.
+Each run is Lightning's own DDP launcher: rank 0 forked from the test zygote (``tests/zygote.py``),
+rank 1 a fresh ``python`` (about ten seconds of imports on 2 cores). So the runs are shared: one
+2-process run is both the uninterrupted reference and the source of a mid-epoch checkpoint, resumed
+at 2 and at 1 processes.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests import zygote
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_ddp.py"
 ROWS, BATCH, SAVE_STEP = 101, 8, 3
@@ -25,9 +26,8 @@ def run(uri, out, tag, devices, save_step=-1, ckpt_in="-", ckpt_out="-", data=No
     """Each rank's batches of ids; with ``save_step`` the checkpoint ``ckpt_out`` is written there;
     ``data``: more datamodule settings."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    result = subprocess.run(
+    result = zygote.run(  # rank 0 forks from the test zygote; Lightning starts rank 1 afresh
         [
-            sys.executable,
             str(SCRIPT),
             uri,
             str(out),
@@ -38,12 +38,12 @@ def run(uri, out, tag, devices, save_step=-1, ckpt_in="-", ckpt_out="-", data=No
             str(ckpt_out),
             json.dumps(data or {}),
         ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
+        output=out / f"log-{tag}.txt",
+        timeout=180,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-4000:]
     return [json.loads((out / f"{tag}_rank{r}.json").read_text()) for r in range(devices)]
 
 
