@@ -111,11 +111,13 @@ def run(
 
 
 def _child(request: dict[str, Any]) -> None:
-    """In the forked child: become ``python *args`` and end with its exit status."""
+    """In the forked child: become ``python *args``. It never returns: the run's end (or its
+    uncaught exception, or ``SystemExit``) unwinds to the top and the interpreter exits as python
+    does (atexit, non-daemon threads joined, objects finalised: a lance writer removes its
+    temporary files then), with the same exit status."""
     import runpy
     import traceback
 
-    code = 1
     try:
         os.setsid()
         os.chdir(request["cwd"])
@@ -126,34 +128,21 @@ def _child(request: dict[str, Any]) -> None:
         out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         args = request["args"]
-        try:
-            if args[0] == "-m":
-                sys.argv = [args[1], *args[2:]]
-                sys.path[0] = request["cwd"]
-                runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-            else:
-                sys.argv = list(args)
-                sys.path[0] = str(Path(args[0]).resolve().parent)
-                runpy.run_path(args[0], run_name="__main__")
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-            if not isinstance(stop.code, int | None):
-                print(stop.code, file=sys.stderr)
-        except BaseException:  # noqa: BLE001 - reported as python reports it, exit status 1
-            traceback.print_exc()
-            code = 1
-        threading._shutdown()  # noqa: SLF001 - what interpreter exit does: join non-daemon threads
-        import atexit as child_atexit
-
-        child_atexit._run_exitfuncs()  # noqa: SLF001
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        if args[0] == "-m":
+            sys.argv = [args[1], *args[2:]]
+            sys.path[0] = request["cwd"]
+        else:
+            sys.argv = list(args)
+            sys.path[0] = str(Path(args[0]).resolve().parent)
+    except BaseException:  # noqa: BLE001 - the child could not become the run: say so, exit status 1
+        traceback.print_exc()
+        os._exit(1)
+    if args[0] == "-m":
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(args[0], run_name="__main__")
+    sys.exit(0)
 
 
 def _reap(pending: dict[int, str]) -> None:
