@@ -805,7 +805,7 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             sampler=self.samplers.get("train"),
             trainer=self._trainer(),
-            extra={"tables": others} if (others := self._other_tables()) else None,
+            extra={**({"tables": others} if (others := self._other_tables()) else {}), TABLE_EPOCH: self._pinned_epoch},
         )
         mined = self._neighbor_state()
         return state if mined is None else {**state, NEIGHBOR_STATE: mined}
@@ -824,8 +824,14 @@ class LanceDataModule(pl.LightningDataModule):
             return
         rewrap = self._resume_neighbors(mined)
         self._pinned_epoch = state.train["epoch"] if state.train else 0  # before a rebuild: which lists it reads
+        if self._starts_a_later_epoch(state):
+            # an epoch-end checkpoint: the epoch it stands at has not started, and an uninterrupted run would
+            # have moved to the latest version at its start; the version read is the previous epoch's
+            self._pinned_epoch -= 1
         if state.table_version is not None and state.table_version != self.source.version:
             follow = " until this epoch ends" if self.options.table_updates == "next_epoch" else ""
+            if self._starts_a_later_epoch(state):
+                follow = f" until epoch {state.train['epoch']} starts (it reads the latest version, as it would have)"
             rank_zero_warn(
                 f"table {self.source.name!r} has moved on since the checkpoint (version {state.table_version} then, "
                 f"{self.source.version} now): this run keeps reading version {state.table_version}{follow}, so the "
@@ -841,6 +847,20 @@ class LanceDataModule(pl.LightningDataModule):
         state.check_same_table(self.source)
         self._pin_other_tables(state.extra.get("tables"))
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
+
+    def _starts_a_later_epoch(self, state: Any) -> bool:
+        """With ``table_updates="next_epoch"``: whether the checkpoint stands at the first row of an
+        epoch later than the one whose start pinned the version it read (a checkpoint written at an
+        epoch's end). That epoch then starts on the latest version, as it would have without the
+        interruption; the version read is kept only for an epoch the checkpoint interrupted."""
+        train, pinned_for = state.train, state.extra.get(TABLE_EPOCH)
+        return (
+            self.options.table_updates == "next_epoch"
+            and train is not None
+            and train["start_row"] == 0
+            and pinned_for is not None
+            and pinned_for < train["epoch"]
+        )
 
     # -- dataloaders ---------------------------------------------------------------------
 
@@ -954,6 +974,11 @@ def source_stage_key(stage: str, source: str) -> str:
     """The key of one source's evaluation reader and sampler (``"val/web"``) in ``datasets`` / ``samplers``."""
     return f"{stage}/{source}"
 
+
+TABLE_EPOCH = "table_epoch"
+"""The checkpoint entry (in the data state's ``extra``) that records the epoch whose start pinned the
+table version the run read: with ``table_updates="next_epoch"`` a resume at the first row of a later
+epoch moves to the latest version, as the uninterrupted run did at that epoch's start."""
 
 NEIGHBOR_STATE = "neighbor_lists"
 """The checkpoint entry that records which neighbour lists the run read (:meth:`LanceDataModule._neighbor_state`)."""
