@@ -30,7 +30,15 @@ from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .seeding import resolve_seed
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
-from .source import LanceSourceError, check_columns, is_local_uri, open_other_table, table_pin, table_source
+from .source import (
+    LanceSourceError,
+    check_columns,
+    is_local_uri,
+    open_other_table,
+    table_pin,
+    table_source,
+    version_time,
+)
 from .splits import (
     WHOLE_TABLE,
     SplitRows,
@@ -547,9 +555,9 @@ class LanceDataModule(pl.LightningDataModule):
         """Whether another table this run reads has a newer version (rank 0's answer, on every rank)."""
         pinned = self._other_tables()
         moved = False
-        if pinned and self.rank == 0:
+        if pinned and self.rank == 0:  # by version and commit time: a recreated table restarts at version 1
             moved = any(
-                open_other_table(self.source, self._other_uri(key), pin["table"])[0].version != pin["version"]
+                table_pin(open_other_table(self.source, self._other_uri(key), pin["table"])[1]) != pin
                 for key, pin in pinned.items()
             )
         if pinned and self.world_size > 1:
@@ -904,15 +912,18 @@ class LanceDataModule(pl.LightningDataModule):
         trainer = self._trainer()
         if self.options.table_updates != "next_epoch" or trainer is None or trainer.current_epoch <= self._pinned_epoch:
             return
-        latest = self.source.pinned(None).open().version if self.rank == 0 else None
+        latest = None
+        if self.rank == 0:  # the version and its commit time: a table dropped and recreated restarts at version 1
+            table = self.source.pinned(None).open()
+            latest = (table.version, version_time(table))
         if self.world_size > 1:
             latest = trainer.strategy.broadcast(latest, src=0)  # every rank must read the same version
         moved = self._other_tables_moved(trainer)
         self._pinned_epoch = trainer.current_epoch
         self.train_state.epoch_over()
         self._pins = {}
-        if latest != self.source.version:
-            self._repin(latest)
+        if latest != (self.source.version, self.source.version_time):
+            self._repin(latest[0])
         elif moved:
             self._rebuild()
 
