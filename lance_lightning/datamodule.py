@@ -926,6 +926,21 @@ class LanceDataModule(pl.LightningDataModule):
             self._repin(latest[0])
         elif moved:
             self._rebuild()
+        elif self._neighbor_refresh_due():
+            train = self._train_split_name()
+            self.datasets["train"] = self.datasets["train"].inner
+            self.datasets["train"] = self._with_neighbors("train", self.split_rows(train), train, assembly.ScanIds())
+
+    def _neighbor_refresh_due(self) -> bool:
+        """Whether this epoch is a refresh (``refresh_every_n_epochs``) while the lists in use were mined
+        from an older version than the one it reads: kept since, as the table moved without moving the
+        split's rows (a column rewritten in place), and the table has not moved again since."""
+        kept, spec = self._neighbor_mining, self.options.neighbors
+        if kept is None or spec is None or spec.refresh_every_n_epochs is None or "train" not in self.datasets:
+            return False
+        if self._pinned_epoch % spec.refresh_every_n_epochs:
+            return False
+        return (kept["source"].version, kept["source"].version_time) != (self.source.version, self.source.version_time)
 
     def train_dataloader(self) -> DataLoader | list:
         self._follow_table_updates()
