@@ -32,6 +32,7 @@ from .seeding import resolve_seed
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
 from .source import (
     LanceSourceError,
+    TableChangedError,
     check_columns,
     is_local_uri,
     open_other_table,
@@ -267,6 +268,7 @@ class LanceDataModule(pl.LightningDataModule):
         self._announced: set[str] = set()
         self.neighbor_lists: Any = None  # the directory of the train split's neighbour lists in use
         self._neighbor_mining: dict[str, Any] | None = None  # where those were mined from
+        self._following = False  # moving to the latest version at an epoch boundary (table_updates="next_epoch")
 
     @property
     def position(self) -> Any:
@@ -656,7 +658,20 @@ class LanceDataModule(pl.LightningDataModule):
         kept = self._neighbor_mining
         if every is None or kept is None or self._pinned_epoch % every == 0:
             return None
-        return kept["source"] if kept["rows"] == _rows_digest(split.row_ids) else None
+        if kept["rows"] != _rows_digest(split.row_ids):
+            return None
+        source = kept["source"]
+        if self._following:  # at an epoch boundary, not a resume: lists that cannot be kept are mined again
+            try:
+                source.open()
+            except (LanceSourceError, TableChangedError) as err:
+                rank_zero_warn(
+                    f"the neighbour lists of split {split.name!r} in use were mined from version {source.version} of "
+                    f"table {source.name!r}, which cannot be opened any more ({err}); mining them again from version "
+                    f"{self.source.version}, the one this epoch reads"
+                )
+                return None
+        return source
 
     def _neighbor_state(self) -> dict[str, Any] | None:
         """What a checkpoint records of the lists in use: the version they were mined from."""
@@ -922,14 +937,20 @@ class LanceDataModule(pl.LightningDataModule):
         self._pinned_epoch = trainer.current_epoch
         self.train_state.epoch_over()
         self._pins = {}
-        if latest != (self.source.version, self.source.version_time):
-            self._repin(latest[0])
-        elif moved:
-            self._rebuild()
-        elif self._neighbor_refresh_due():
-            train = self._train_split_name()
-            self.datasets["train"] = self.datasets["train"].inner
-            self.datasets["train"] = self._with_neighbors("train", self.split_rows(train), train, assembly.ScanIds())
+        self._following = True
+        try:
+            if latest != (self.source.version, self.source.version_time):
+                self._repin(latest[0])
+            elif moved:
+                self._rebuild()
+            elif self._neighbor_refresh_due():
+                train = self._train_split_name()
+                self.datasets["train"] = self.datasets["train"].inner
+                self.datasets["train"] = self._with_neighbors(
+                    "train", self.split_rows(train), train, assembly.ScanIds()
+                )
+        finally:
+            self._following = False
 
     def _neighbor_refresh_due(self) -> bool:
         """Whether this epoch is a refresh (``refresh_every_n_epochs``) while the lists in use were mined

@@ -7,6 +7,7 @@ package's exact search.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import lightning.pytorch as pl
 import numpy as np
@@ -349,6 +350,47 @@ def test_a_refresh_epoch_mines_again_after_a_column_written_in_place_on_a_versio
     assert all(found == before[row] for row, found in epochs[0] + epochs[1])  # epoch 1 keeps epoch 0's lists
     assert all(found == after[row] for row, found in epochs[2])  # epoch 2 is a refresh
     assert relabel.lists[1] == relabel.lists[0] != relabel.lists[2]
+
+
+class CleanUpAfterEpoch0(pl.Callback):
+    """When epoch 0 ends, appends rows and deletes them again (the split's rows stay where they were),
+    then removes every old version (``optimize(cleanup_older_than=0)``): the version epoch 0 mined
+    from is gone."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.table.add(toy_table(ROWS + 10, dim=DIM).slice(ROWS))
+            self.table.delete(f"id >= {ROWS}")
+            self.table.optimize(cleanup_older_than=timedelta(0))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_lists_kept_between_refreshes_are_mined_again_when_their_version_was_cleaned_up(
+    make_table, tmp_path, num_workers
+):
+    """Following the table, a run no longer reads the versions before the one it moved to, so their
+    cleanup between epochs goes unnoticed; so do lists kept from one of them (refresh not due): they
+    are mined again from the version the epoch reads, with a warning naming both versions. Before,
+    the epoch stopped with a TableChangedError saying the run read the cleaned-up version."""
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, _ = table_arrays(table)
+    neighbors = {"column": "x", "k": 3, "refresh_every_n_epochs": 2}
+    dm = datamodule(uri, splits=None, table_updates="next_epoch", neighbors=neighbors, num_workers=num_workers)
+    model = NeighborRecorder()
+    run = quiet_trainer(
+        tmp_path,
+        limit_val_batches=0,
+        max_epochs=2,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[CleanUpAfterEpoch0(table)],
+    )
+    with pytest.warns(UserWarning, match=r"mined from version 1 of table 'toy', which cannot be opened any more"):
+        run.fit(model, datamodule=dm)
+    expected = brute_force(x, 3)
+    assert len(model.seen) == 2 * ROWS and all(found == expected[row] for row, found in model.seen)
 
 
 @pytest.fixture
