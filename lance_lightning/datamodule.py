@@ -30,7 +30,16 @@ from .options import DEFAULT_MEMORY_BUDGET, DEFAULT_SPLITS, STAGES, DataOptions
 from .sampler import LanceBatchSampler
 from .seeding import resolve_seed
 from .sharding import DEFAULT_BLOCK_SIZE, DEFAULT_WINDOW_BLOCKS, ShuffleMode
-from .source import LanceSourceError, check_columns, is_local_uri, open_other_table, table_pin, table_source
+from .source import (
+    LanceSourceError,
+    TableChangedError,
+    check_columns,
+    is_local_uri,
+    open_other_table,
+    table_pin,
+    table_source,
+    version_time,
+)
 from .splits import (
     WHOLE_TABLE,
     SplitRows,
@@ -259,6 +268,7 @@ class LanceDataModule(pl.LightningDataModule):
         self._announced: set[str] = set()
         self.neighbor_lists: Any = None  # the directory of the train split's neighbour lists in use
         self._neighbor_mining: dict[str, Any] | None = None  # where those were mined from
+        self._following = False  # moving to the latest version at an epoch boundary (table_updates="next_epoch")
 
     @property
     def position(self) -> Any:
@@ -547,9 +557,9 @@ class LanceDataModule(pl.LightningDataModule):
         """Whether another table this run reads has a newer version (rank 0's answer, on every rank)."""
         pinned = self._other_tables()
         moved = False
-        if pinned and self.rank == 0:
+        if pinned and self.rank == 0:  # by version and commit time: a recreated table restarts at version 1
             moved = any(
-                open_other_table(self.source, self._other_uri(key), pin["table"])[0].version != pin["version"]
+                table_pin(open_other_table(self.source, self._other_uri(key), pin["table"])[1]) != pin
                 for key, pin in pinned.items()
             )
         if pinned and self.world_size > 1:
@@ -648,7 +658,20 @@ class LanceDataModule(pl.LightningDataModule):
         kept = self._neighbor_mining
         if every is None or kept is None or self._pinned_epoch % every == 0:
             return None
-        return kept["source"] if kept["rows"] == _rows_digest(split.row_ids) else None
+        if kept["rows"] != _rows_digest(split.row_ids):
+            return None
+        source = kept["source"]
+        if self._following:  # at an epoch boundary, not a resume: lists that cannot be kept are mined again
+            try:
+                source.open()
+            except (LanceSourceError, TableChangedError) as err:
+                rank_zero_warn(
+                    f"the neighbour lists of split {split.name!r} in use were mined from version {source.version} of "
+                    f"table {source.name!r}, which cannot be opened any more ({err}); mining them again from version "
+                    f"{self.source.version}, the one this epoch reads"
+                )
+                return None
+        return source
 
     def _neighbor_state(self) -> dict[str, Any] | None:
         """What a checkpoint records of the lists in use: the version they were mined from."""
@@ -805,7 +828,7 @@ class LanceDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             sampler=self.samplers.get("train"),
             trainer=self._trainer(),
-            extra={"tables": others} if (others := self._other_tables()) else None,
+            extra={**({"tables": others} if (others := self._other_tables()) else {}), TABLE_EPOCH: self._pinned_epoch},
         )
         mined = self._neighbor_state()
         return state if mined is None else {**state, NEIGHBOR_STATE: mined}
@@ -824,8 +847,14 @@ class LanceDataModule(pl.LightningDataModule):
             return
         rewrap = self._resume_neighbors(mined)
         self._pinned_epoch = state.train["epoch"] if state.train else 0  # before a rebuild: which lists it reads
+        if self._starts_a_later_epoch(state):
+            # an epoch-end checkpoint: the epoch it stands at has not started, and an uninterrupted run would
+            # have moved to the latest version at its start; the version read is the previous epoch's
+            self._pinned_epoch -= 1
         if state.table_version is not None and state.table_version != self.source.version:
             follow = " until this epoch ends" if self.options.table_updates == "next_epoch" else ""
+            if self._starts_a_later_epoch(state):
+                follow = f" until epoch {state.train['epoch']} starts (it reads the latest version, as it would have)"
             rank_zero_warn(
                 f"table {self.source.name!r} has moved on since the checkpoint (version {state.table_version} then, "
                 f"{self.source.version} now): this run keeps reading version {state.table_version}{follow}, so the "
@@ -841,6 +870,20 @@ class LanceDataModule(pl.LightningDataModule):
         state.check_same_table(self.source)
         self._pin_other_tables(state.extra.get("tables"))
         self.train_state.resume_from(state, self.samplers.get("train"), table_name=self.source.name)
+
+    def _starts_a_later_epoch(self, state: Any) -> bool:
+        """With ``table_updates="next_epoch"``: whether the checkpoint stands at the first row of an
+        epoch later than the one whose start pinned the version it read (a checkpoint written at an
+        epoch's end). That epoch then starts on the latest version, as it would have without the
+        interruption; the version read is kept only for an epoch the checkpoint interrupted."""
+        train, pinned_for = state.train, state.extra.get(TABLE_EPOCH)
+        return (
+            self.options.table_updates == "next_epoch"
+            and train is not None
+            and train["start_row"] == 0
+            and pinned_for is not None
+            and pinned_for < train["epoch"]
+        )
 
     # -- dataloaders ---------------------------------------------------------------------
 
@@ -884,17 +927,41 @@ class LanceDataModule(pl.LightningDataModule):
         trainer = self._trainer()
         if self.options.table_updates != "next_epoch" or trainer is None or trainer.current_epoch <= self._pinned_epoch:
             return
-        latest = self.source.pinned(None).open().version if self.rank == 0 else None
+        latest = None
+        if self.rank == 0:  # the version and its commit time: a table dropped and recreated restarts at version 1
+            table = self.source.pinned(None).open()
+            latest = (table.version, version_time(table))
         if self.world_size > 1:
             latest = trainer.strategy.broadcast(latest, src=0)  # every rank must read the same version
         moved = self._other_tables_moved(trainer)
         self._pinned_epoch = trainer.current_epoch
         self.train_state.epoch_over()
         self._pins = {}
-        if latest != self.source.version:
-            self._repin(latest)
-        elif moved:
-            self._rebuild()
+        self._following = True
+        try:
+            if latest != (self.source.version, self.source.version_time):
+                self._repin(latest[0])
+            elif moved:
+                self._rebuild()
+            elif self._neighbor_refresh_due():
+                train = self._train_split_name()
+                self.datasets["train"] = self.datasets["train"].inner
+                self.datasets["train"] = self._with_neighbors(
+                    "train", self.split_rows(train), train, assembly.ScanIds()
+                )
+        finally:
+            self._following = False
+
+    def _neighbor_refresh_due(self) -> bool:
+        """Whether this epoch is a refresh (``refresh_every_n_epochs``) while the lists in use were mined
+        from an older version than the one it reads: kept since, as the table moved without moving the
+        split's rows (a column rewritten in place), and the table has not moved again since."""
+        kept, spec = self._neighbor_mining, self.options.neighbors
+        if kept is None or spec is None or spec.refresh_every_n_epochs is None or "train" not in self.datasets:
+            return False
+        if self._pinned_epoch % spec.refresh_every_n_epochs:
+            return False
+        return (kept["source"].version, kept["source"].version_time) != (self.source.version, self.source.version_time)
 
     def train_dataloader(self) -> DataLoader | list:
         self._follow_table_updates()
@@ -954,6 +1021,11 @@ def source_stage_key(stage: str, source: str) -> str:
     """The key of one source's evaluation reader and sampler (``"val/web"``) in ``datasets`` / ``samplers``."""
     return f"{stage}/{source}"
 
+
+TABLE_EPOCH = "table_epoch"
+"""The checkpoint entry (in the data state's ``extra``) that records the epoch whose start pinned the
+table version the run read: with ``table_updates="next_epoch"`` a resume at the first row of a later
+epoch moves to the latest version, as the uninterrupted run did at that epoch's start."""
 
 NEIGHBOR_STATE = "neighbor_lists"
 """The checkpoint entry that records which neighbour lists the run read (:meth:`LanceDataModule._neighbor_state`)."""

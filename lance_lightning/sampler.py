@@ -211,8 +211,13 @@ class LanceBatchSampler(DistributedSampler):
     def num_rows(self) -> int:
         """Rows of an epoch: the split's, a weighted order's draws, or a mixture's rows (which
         depend on the batch layout the epoch is dealt for where each batch holds one source)."""
+        return self.rows_dealt_for(batch_size=self.order_batch_size, world_size=self.order_world_size)
+
+    def rows_dealt_for(self, *, batch_size: int, world_size: int) -> int:
+        """Rows of an epoch dealt for ``batch_size`` × ``world_size``: a mixture's with
+        ``mix_batching="source"`` are whole batches; every other order's do not depend on it."""
         if self.mixture is not None:
-            return int(self.mixture.counts(batch_size=self.order_batch_size, world_size=self.order_world_size).sum())
+            return int(self.mixture.counts(batch_size=batch_size, world_size=world_size).sum())
         return self._num_rows
 
     def plan(self) -> ShardPlan:

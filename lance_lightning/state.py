@@ -371,10 +371,27 @@ class TrainState:
         if state is None or sampler is None or state.train is None:
             return
         train = state.train
-        if train["split_rows"] != sampler.num_rows:
+        mixture = getattr(sampler, "mixture", None)
+        if train["start_row"] and mixture is not None and mixture.batching == "source":
+            then = train["order_batch_size"] or train["batch_size"]
+            if then != sampler.batch_size:
+                raise ResumeRefusedError(
+                    f"cannot resume mid-epoch with batch_size={sampler.batch_size} and mix_batching='source': the "
+                    f"checkpoint's epoch {train['epoch']} was dealt in batches of {then} rows, each of one source, and "
+                    f"its {train['split_rows'] - train['start_row']} unread rows cut into batches of "
+                    f"{sampler.batch_size} would mix sources in a batch. Resume with batch_size={then}, or pass "
+                    "resume='fresh' to start the data afresh (the new batch size applies from the next epoch on "
+                    "when resuming from a checkpoint written at an epoch's end)."
+                )
+        # the rows of an epoch dealt for the checkpoint's layout (a mixture's depend on it), not this run's
+        rows = sampler.rows_dealt_for(
+            batch_size=train["order_batch_size"] or train["batch_size"],
+            world_size=train["order_world_size"] or state.world_size,
+        )
+        if train["split_rows"] != rows:
             raise ValueError(
                 f"the checkpoint's train split of table {table_name!r} has {train['split_rows']} rows, this "
-                f"one {sampler.num_rows} (same table version, splits, filter and seed): the split was built "
+                f"one {rows} (same table version, splits, filter and seed): the split was built "
                 "differently. Pass resume='fresh' to start the data afresh."
             )
         sampler.resume_at(

@@ -111,3 +111,24 @@ def test_weighted_ddp_resume_is_exact_and_resumes_at_one_process(make_table, tmp
     for rank in range(2):
         assert before[rank] + after[rank] == reference[rank]
     assert_no_row_lost(before, run(uri, tmp_path, "after1", 1, ckpt_in=ckpt, data=weighted), new=1, universe=positive)
+
+
+def test_one_source_mixture_batches_resume_on_one_process_with_the_epoch_s_rows(make_table, tmp_path):
+    """``mix_batching="source"``: an epoch holds whole batches, their count a multiple of the world
+    size (96 rows at 2 ranks of 8, 104 at 1), so the interrupted epoch's rows are those dealt for 2
+    ranks; resumed at 1 it reads exactly the rest of them, each batch of one source. Before, the
+    resume was refused: the epoch's rows were counted for the new world size ('the split was built
+    differently')."""
+    uri, _ = make_table("toy", ROWS)
+    halves = {"even": {"proportion": 0.5, "filter": "id % 2 = 0"}, "odd": {"proportion": 0.5, "filter": "id % 2 = 1"}}
+    data = {"mix": halves, "mix_batching": "source", "columns": ["id", "x", "y"]}
+    ckpt = tmp_path / "mid.ckpt"
+    reference = run(uri, tmp_path, "ref", 2, save_step=SAVE_STEP, ckpt_out=ckpt, data=data)
+    per_epoch = len(reference[0]) // 2
+    epoch0 = collections.Counter(flat(b for rank in reference for b in rank[:per_epoch]))
+    assert sum(epoch0.values()) == 96
+    before = collections.Counter(flat(b for rank in before_save(tmp_path, "ref", 2) for b in rank))
+    (after,) = run(uri, tmp_path, "after1", 1, ckpt_in=ckpt, data=data)
+    rest = after[: (96 - sum(before.values())) // BATCH]
+    assert before + collections.Counter(flat(rest)) == epoch0
+    assert all(len({i % 2 for i in batch}) == 1 for batch in after)  # every batch of one source

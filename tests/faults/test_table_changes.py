@@ -171,3 +171,54 @@ def test_a_killed_worker_stops_the_run_with_a_clear_error(make_table, tmp_path):
     named = r"DataLoader worker (\(pid.*\) (is killed by signal|exited unexpectedly)|died while handing over a batch)"
     with pytest.raises(RuntimeError, match=named):
         trainer(tmp_path, callbacks=[KillAWorker()]).fit(Recorder(), datamodule=dm)
+
+
+class RecreateAfterEpoch0(pl.Callback):
+    """When epoch 0 ends, drops table ``name`` and creates it again (at version 1, as it was) with
+    other ids: the same version number, other rows."""
+
+    def __init__(self, uri: str, name: str, first_id: int, rows: int) -> None:
+        self.uri, self.name, self.first_id, self.rows = uri, name, first_id, rows
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            db = lancedb.connect(self.uri)
+            db.drop_table(self.name)
+            ids = pa.array(range(self.first_id, self.first_id + self.rows), pa.int64())
+            db.create_table(self.name, toy_table(self.rows).set_column(0, "id", ids))
+
+
+@pytest.mark.parametrize("staging", ["auto", "off"], ids=["staged", "table"])
+@pytest.mark.parametrize("which", ["main", "mix-source"])
+def test_following_the_table_follows_a_recreation_at_the_same_version_number(make_table, tmp_path, staging, which):
+    """``table_updates="next_epoch"`` moves to the latest version at an epoch boundary, told by its
+    number and commit time: a table dropped and recreated at the pinned version's number is the
+    latest too. Before, the number alone was compared: a staged split went on serving the dropped
+    table's rows (a table read failed on its missing files)."""
+    uri, _ = make_table("toy", 100)
+    other = toy_table(40).set_column(0, "id", pa.array(range(1000, 1040), pa.int64()))
+    make_table("other", other)
+    mix = {"own": {"proportion": 0.5}, "other": {"proportion": 0.5, "table": "other"}} if which != "main" else None
+    name, first = ("toy", 500) if which == "main" else ("other", 2000)
+    model = Recorder()
+    dm = LanceDataModule(
+        uri,
+        "toy",
+        splits={"kind": "hash", "columns": ["id"], "weights": {"train": 1}},
+        batch_size=8,
+        seed=5,
+        columns=["id", "x", "y"],
+        table_updates="next_epoch",
+        staging=staging,
+        mix=mix,
+    )
+    recreate = RecreateAfterEpoch0(uri, name, first, 100 if which == "main" else 40)
+    trainer(tmp_path, callbacks=[recreate], reload_dataloaders_every_n_epochs=1).fit(model, datamodule=dm)
+    half = len(model.seen) // 2
+    epoch0 = {i for batch in model.seen[:half] for i in batch}
+    epoch1 = {i for batch in model.seen[half:] for i in batch}
+    if which == "main":
+        assert epoch0 == set(range(100)) and epoch1 == set(range(500, 600))
+    else:
+        assert {i for i in epoch0 if i >= 1000} <= set(range(1000, 1040))
+        assert {i for i in epoch1 if i >= 1000} <= set(range(2000, 2040)) and max(epoch1) >= 2000

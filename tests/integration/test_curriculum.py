@@ -161,3 +161,33 @@ def test_with_tables_splits_the_values_go_into_the_table_the_train_split_reads(m
     other.checkout_latest()
     assert column(train, "w") == {i: (i + 1001.0 if i < 50 else 0.0) for i in range(ROWS)}
     assert column(other, "w") == {i: 1.0 for i in range(ROWS)}
+
+
+def test_a_resume_from_the_checkpoint_written_at_an_epoch_s_end_draws_by_that_epoch_s_values(tmp_path):
+    """Lightning's default ``ModelCheckpoint`` saves at an epoch's end, after the writer's commit: the
+    resumed run's next epoch draws by the values written then, as the uninterrupted run's did (before,
+    it drew by the finished epoch's weights, and every later epoch differed from then on)."""
+    import lancedb
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(tag: str, epochs: int, model: RowModel, callbacks: list, ckpt: str | None = None) -> None:
+        uri = str(tmp_path / tag)
+        if ckpt is None:
+            lancedb.connect(uri).create_table("toy", toy_table(ROWS).append_column("w", pa.array(np.ones(ROWS))))
+        data = {"weight_column": "w", "weight_replacement": True, "table_updates": "next_epoch"}
+        quiet_trainer(
+            tmp_path,
+            max_epochs=epochs,
+            limit_val_batches=0,
+            reload_dataloaders_every_n_epochs=1,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            callbacks=[RowValueWriter(column="w", key="id"), *callbacks],
+        ).fit(model, datamodule=datamodule(uri, tmp_path, **data), ckpt_path=ckpt)
+
+    reference = RowModel()
+    run("reference", 3, reference, [])
+    first, resumed = RowModel(), RowModel()
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    run("interrupted", 1, first, [saving])
+    run("interrupted", 3, resumed, [], ckpt=saving.last_model_path)
+    assert {**first.seen, **resumed.seen} == reference.seen

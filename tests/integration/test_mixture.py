@@ -165,6 +165,43 @@ def test_a_resume_with_a_changed_source_is_refused_naming_it(tables, tmp_path):
         )
 
 
+def test_one_source_batches_resume_mid_epoch_only_in_their_batch_size(tables, tmp_path):
+    """``mix_batching="source"``: the epoch's order is dealt in whole one-source batches, so its
+    unread rows cut into another ``batch_size`` would mix sources in a batch: refused, naming both
+    sizes (before: a ValueError saying the split 'was built differently')."""
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(Preempted):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2, callbacks=[SaveThenStop(5, ckpt)]).fit(
+            SourceRecorder(), datamodule=datamodule(tables, tmp_path, mix_batching="source")
+        )
+    with pytest.raises(ResumeRefusedError, match=r"batch_size=5 and mix_batching='source'.*batches of 8 rows"):
+        quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
+            SourceRecorder(),
+            datamodule=datamodule(tables, tmp_path, mix_batching="source", batch_size=5),
+            ckpt_path=ckpt,
+        )
+
+
+def test_one_source_batches_take_a_new_batch_size_from_an_epoch_end_checkpoint(tables, tmp_path):
+    """An epoch-end checkpoint: the next epoch is dealt afresh in the new batch size (its rows are
+    whole batches of it), every batch of one source (before: refused, the split 'built differently')."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=1, enable_checkpointing=True, callbacks=[saving]).fit(
+        SourceRecorder(), datamodule=datamodule(tables, tmp_path, mix_batching="source")
+    )
+    resumed = SourceRecorder()
+    quiet_trainer(tmp_path, limit_val_batches=0, max_epochs=2).fit(
+        resumed,
+        datamodule=datamodule(tables, tmp_path, mix_batching="source", batch_size=5),
+        ckpt_path=saving.last_model_path,
+    )
+    assert resumed.sources and all(len(b) == 5 and len(set(b)) == 1 for b in resumed.sources)
+    for ids, sources in zip(resumed.seen, resumed.sources):
+        assert np.array_equal(source_of(np.asarray(ids)), np.asarray(sources))
+
+
 def test_samples_per_epoch_sets_the_epoch_and_each_source_gets_its_share(tables, tmp_path):
     dm = datamodule(tables, tmp_path, samples_per_epoch=40)
     dm.setup("fit")

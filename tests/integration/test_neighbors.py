@@ -7,6 +7,7 @@ package's exact search.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import lightning.pytorch as pl
 import numpy as np
@@ -308,6 +309,88 @@ def test_refresh_every_two_epochs_keeps_the_lists_between_refreshes_and_on_resum
     epoch1 = first.seen[ROWS:] + second.seen[: 2 * ROWS - len(first.seen)]
     assert sorted(i for i, _ in epoch1) == list(range(ROWS))
     assert dict(epoch1) == dict(first.seen[:ROWS])  # the same lists: each row the same neighbours
+
+
+class RelabelInPlace(pl.Callback):
+    """When epoch 0 ends, writes column ``y`` anew without moving a row (drop, then add it from an
+    SQL expression: a new version, the same row addresses, as ``LancePredictionWriter``'s column
+    writes are); records the lists each epoch reads."""
+
+    def __init__(self, table):
+        self.table, self.lists = table, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.lists.append(trainer.datamodule.neighbor_lists)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.table.drop_columns(["y"])
+            self.table.add_columns({"y": "CAST(id % 4 AS BIGINT)"})
+
+
+def test_a_refresh_epoch_mines_again_after_a_column_written_in_place_on_a_version_that_has_not_moved(
+    make_table, tmp_path
+):
+    """``refresh_every_n_epochs=2``: a column written in place at epoch 0's end (the split's rows
+    stay where they were) leaves epoch 1 on epoch 0's lists (not a refresh); epoch 2 is a refresh and
+    mines from the version it reads, although that version has not moved since epoch 1. Before, the
+    lists were mined only when the version moved: epoch 2 and every later one kept epoch 0's lists,
+    whose neighbours share the row's new label (``exclude_same``)."""
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, y = table_arrays(table)
+    relabel = RelabelInPlace(table)
+    neighbors = {"column": "x", "k": 3, "exclude_same": "y", "refresh_every_n_epochs": 2}
+    dm = datamodule(uri, splits=None, table_updates="next_epoch", neighbors=neighbors)
+    model = NeighborRecorder()
+    quiet_trainer(
+        tmp_path, limit_val_batches=0, max_epochs=3, reload_dataloaders_every_n_epochs=1, callbacks=[relabel]
+    ).fit(model, datamodule=dm)
+    before, after = brute_force(x, 3, labels=y), brute_force(x, 3, labels=np.arange(ROWS) % 4)
+    epochs = [model.seen[i * ROWS : (i + 1) * ROWS] for i in range(3)]
+    assert all(found == before[row] for row, found in epochs[0] + epochs[1])  # epoch 1 keeps epoch 0's lists
+    assert all(found == after[row] for row, found in epochs[2])  # epoch 2 is a refresh
+    assert relabel.lists[1] == relabel.lists[0] != relabel.lists[2]
+
+
+class CleanUpAfterEpoch0(pl.Callback):
+    """When epoch 0 ends, appends rows and deletes them again (the split's rows stay where they were),
+    then removes every old version (``optimize(cleanup_older_than=0)``): the version epoch 0 mined
+    from is gone."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.table.add(toy_table(ROWS + 10, dim=DIM).slice(ROWS))
+            self.table.delete(f"id >= {ROWS}")
+            self.table.optimize(cleanup_older_than=timedelta(0))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_lists_kept_between_refreshes_are_mined_again_when_their_version_was_cleaned_up(
+    make_table, tmp_path, num_workers
+):
+    """Following the table, a run no longer reads the versions before the one it moved to, so their
+    cleanup between epochs goes unnoticed; so do lists kept from one of them (refresh not due): they
+    are mined again from the version the epoch reads, with a warning naming both versions. Before,
+    the epoch stopped with a TableChangedError saying the run read the cleaned-up version."""
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, _ = table_arrays(table)
+    neighbors = {"column": "x", "k": 3, "refresh_every_n_epochs": 2}
+    dm = datamodule(uri, splits=None, table_updates="next_epoch", neighbors=neighbors, num_workers=num_workers)
+    model = NeighborRecorder()
+    run = quiet_trainer(
+        tmp_path,
+        limit_val_batches=0,
+        max_epochs=2,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[CleanUpAfterEpoch0(table)],
+    )
+    with pytest.warns(UserWarning, match=r"mined from version 1 of table 'toy', which cannot be opened any more"):
+        run.fit(model, datamodule=dm)
+    expected = brute_force(x, 3)
+    assert len(model.seen) == 2 * ROWS and all(found == expected[row] for row, found in model.seen)
 
 
 @pytest.fixture

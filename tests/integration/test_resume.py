@@ -173,6 +173,41 @@ def test_resume_from_an_epoch_end_checkpoint_trains_the_next_epochs_exactly(make
     assert first.seen + resumed.seen == reference.seen
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_epoch_end_checkpoint_following_the_table_resumes_on_the_version_the_next_epoch_reads(tmp_path, num_workers):
+    """``table_updates="next_epoch"``: rows written at an epoch's end (a curriculum's writer, an
+    appender) join the next epoch; a resume from the checkpoint written at that end (Lightning's
+    default ModelCheckpoint, after the writer's callback) reads them too, as the uninterrupted run
+    did, not the version the finished epoch read (which it read before: 100 rows, not 150)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def follow() -> LanceDataModule:
+        return LanceDataModule(
+            uri, "toy", splits=HASH, batch_size=8, seed=5, table_updates="next_epoch", num_workers=num_workers
+        )
+
+    import lancedb
+
+    run = {"reload_dataloaders_every_n_epochs": 1}
+    uri = str(tmp_path / "reference")
+    table = lancedb.connect(uri).create_table("toy", toy_table(100))
+    reference = Recorder()
+    trainer(tmp_path, callbacks=[AppendAfterEpoch(table)], **run).fit(reference, datamodule=follow())
+    assert sum(map(len, reference.seen[13:])) == 150
+
+    uri = str(tmp_path / "interrupted")  # the same table, written the same way
+    table = lancedb.connect(uri).create_table("toy", toy_table(100))
+    first = Recorder()
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[AppendAfterEpoch(table), saving], **run).fit(
+        first, datamodule=follow()
+    )
+    resumed = Recorder()
+    with pytest.warns(UserWarning, match="until epoch 1 starts"):
+        trainer(tmp_path, **run).fit(resumed, datamodule=follow(), ckpt_path=saving.last_model_path)
+    assert first.seen + resumed.seen == reference.seen
+
+
 def as_format_1(state: dict) -> dict:
     """The data state as lance-lightning wrote it up to commit faa4ade (format 1): the epoch being
     read, even when finished, with its batches and rows consumed."""
