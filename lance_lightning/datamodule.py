@@ -671,7 +671,35 @@ class LanceDataModule(pl.LightningDataModule):
                     f"{self.source.version}, the one this epoch reads"
                 )
                 return None
+        if source.version != split.source.version and not self._exclusions_kept(split, source):
+            return None
         return source
+
+    def _exclusions_kept(self, split: SplitRows, source: Any) -> bool:
+        """Whether ``exclude_same`` and ``where`` make the same of the split's rows at the version this
+        epoch reads as at ``source``'s, where the lists in use were mined: a label or filtered column
+        written in place would otherwise leave lists that hold a row's positives (or rows the filter
+        now leaves out) until the next refresh. When not, they are mined again, with a warning."""
+        from .neighbors.mine import exclusions_digest
+
+        spec = self.options.neighbors
+        kept = self._neighbor_mining
+        if not spec.exclude_same and not spec.where:
+            return True
+        if kept.get("exclusions") is None:
+            kept["exclusions"] = exclusions_digest(spec, source.open(), split.row_ids, source.name)
+        now = exclusions_digest(spec, split.source.open(), split.row_ids, split.source.name)
+        if now == kept["exclusions"]:
+            return True
+        settings = ", ".join(
+            f"{key}={value!r}" for key, value in (("exclude_same", spec.exclude_same), ("where", spec.where)) if value
+        )
+        rank_zero_warn(
+            f"the neighbour lists of split {split.name!r} in use were mined from version {source.version} of table "
+            f"{source.name!r}; at version {split.source.version}, the one this epoch reads, {settings} exclude other "
+            "rows, so the kept lists would break them: mining them again from that version"
+        )
+        return False
 
     def _neighbor_state(self) -> dict[str, Any] | None:
         """What a checkpoint records of the lists in use: the version they were mined from."""

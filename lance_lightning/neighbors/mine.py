@@ -184,6 +184,22 @@ def eligible_rows(table: Any, row_ids: np.ndarray, where: str, table_name: str) 
     return np.isin(row_ids, keep)
 
 
+def exclusions_digest(spec: NeighborSpec, table: Any, row_ids: np.ndarray, table_name: str = "") -> str | None:
+    """What ``exclude_same`` and ``where`` make of the split's rows at the table's checked-out
+    version, in a few bytes (None: neither is set): which rows share a group (numbered by first
+    appearance, so relabelling every group alike changes nothing) and which are eligible. Lists
+    mined at another version still apply to this one only where this is equal (and the rows are)."""
+    if not spec.exclude_same and not spec.where:
+        return None
+    digest = hashlib.sha256()
+    if spec.exclude_same:
+        groups = groups_of(read_split_columns(table, row_ids, [spec.exclude_same]).column(spec.exclude_same))
+        digest.update(b"groups" + np.ascontiguousarray(groups, dtype=np.int64).tobytes())
+    if spec.where:
+        digest.update(b"where" + np.packbits(eligible_rows(table, row_ids, spec.where, table_name)).tobytes())
+    return digest.hexdigest()[:32]
+
+
 # -- mining ----------------------------------------------------------------------------------------
 
 

@@ -316,8 +316,8 @@ class RelabelInPlace(pl.Callback):
     SQL expression: a new version, the same row addresses, as ``LancePredictionWriter``'s column
     writes are); records the lists each epoch reads."""
 
-    def __init__(self, table):
-        self.table, self.lists = table, []
+    def __init__(self, table, y: str = "CAST(id % 4 AS BIGINT)"):
+        self.table, self.y, self.lists = table, y, []
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.lists.append(trainer.datamodule.neighbor_lists)
@@ -325,31 +325,63 @@ class RelabelInPlace(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == 0:
             self.table.drop_columns(["y"])
-            self.table.add_columns({"y": "CAST(id % 4 AS BIGINT)"})
+            self.table.add_columns({"y": self.y})
 
 
 def test_a_refresh_epoch_mines_again_after_a_column_written_in_place_on_a_version_that_has_not_moved(
     make_table, tmp_path
 ):
     """``refresh_every_n_epochs=2``: a column written in place at epoch 0's end (the split's rows
-    stay where they were) leaves epoch 1 on epoch 0's lists (not a refresh); epoch 2 is a refresh and
-    mines from the version it reads, although that version has not moved since epoch 1. Before, the
-    lists were mined only when the version moved: epoch 2 and every later one kept epoch 0's lists,
-    whose neighbours share the row's new label (``exclude_same``)."""
+    stay where they were; its labels the same groups under other values) leaves epoch 1 on epoch 0's
+    lists (not a refresh); epoch 2 is a refresh and mines from the version it reads, although that
+    version has not moved since epoch 1. Before, the lists were mined only when the version moved:
+    epoch 2 and every later one kept epoch 0's lists."""
     uri, table = make_table("toy", ROWS, dim=DIM)
     x, y = table_arrays(table)
-    relabel = RelabelInPlace(table)
+    relabel = RelabelInPlace(table, y="CAST(id % 3 + 100 AS BIGINT)")  # y was id % 3: the same groups
     neighbors = {"column": "x", "k": 3, "exclude_same": "y", "refresh_every_n_epochs": 2}
     dm = datamodule(uri, splits=None, table_updates="next_epoch", neighbors=neighbors)
     model = NeighborRecorder()
     quiet_trainer(
         tmp_path, limit_val_batches=0, max_epochs=3, reload_dataloaders_every_n_epochs=1, callbacks=[relabel]
     ).fit(model, datamodule=dm)
-    before, after = brute_force(x, 3, labels=y), brute_force(x, 3, labels=np.arange(ROWS) % 4)
+    want = brute_force(x, 3, labels=y)
+    assert all(found == want[row] for row, found in model.seen)
+    assert relabel.lists[1] == relabel.lists[0] != relabel.lists[2]  # kept in epoch 1, mined in epoch 2
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "exclusion"), [(0, "exclude_same"), (2, "exclude_same"), (0, "where"), (2, "where")]
+)
+def test_labels_regrouped_in_place_between_refreshes_are_honoured_from_the_next_epoch(
+    make_table, tmp_path, num_workers, exclusion
+):
+    """``exclude_same`` and ``where`` hold in every epoch, refresh due or not: labels written in place
+    at epoch 0's end that group the rows otherwise (or that the filter now keeps otherwise) make
+    epoch 1 (not a refresh) mine again from the version it reads, with a warning naming the setting;
+    kept, epoch 0's lists would hand rows neighbours that now share their label (or that the filter
+    leaves out). Epoch 2 (a refresh) reads the same lists as epoch 1."""
+    uri, table = make_table("toy", ROWS, dim=DIM)
+    x, y = table_arrays(table)
+    relabel = RelabelInPlace(table)  # id % 4: other groups than y's id % 3
+    setting = {"exclude_same": "y"} if exclusion == "exclude_same" else {"where": "y < 2"}
+    neighbors = {"column": "x", "k": 3, **setting, "refresh_every_n_epochs": 2}
+    dm = datamodule(uri, splits=None, table_updates="next_epoch", neighbors=neighbors, num_workers=num_workers)
+    model = NeighborRecorder()
+    trainer = quiet_trainer(
+        tmp_path, limit_val_batches=0, max_epochs=3, reload_dataloaders_every_n_epochs=1, callbacks=[relabel]
+    )
+    with pytest.warns(UserWarning, match=rf"{exclusion}='[^']+' exclude other rows.*mining them again"):
+        trainer.fit(model, datamodule=dm)
+    y_after = np.arange(ROWS) % 4
+    if exclusion == "exclude_same":
+        before, after = brute_force(x, 3, labels=y), brute_force(x, 3, labels=y_after)
+    else:
+        before, after = brute_force(x, 3, eligible=y < 2), brute_force(x, 3, eligible=y_after < 2)
     epochs = [model.seen[i * ROWS : (i + 1) * ROWS] for i in range(3)]
-    assert all(found == before[row] for row, found in epochs[0] + epochs[1])  # epoch 1 keeps epoch 0's lists
-    assert all(found == after[row] for row, found in epochs[2])  # epoch 2 is a refresh
-    assert relabel.lists[1] == relabel.lists[0] != relabel.lists[2]
+    assert all(found == before[row] for row, found in epochs[0])
+    assert all(found == after[row] for row, found in epochs[1] + epochs[2])
+    assert relabel.lists[0] != relabel.lists[1] == relabel.lists[2]
 
 
 class CleanUpAfterEpoch0(pl.Callback):
