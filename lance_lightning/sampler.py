@@ -241,13 +241,22 @@ class LanceBatchSampler(DistributedSampler):
         held meanwhile."""
         key = (self.epoch, self.order_world_size, self.order_batch_size)
         if self._order is None or self._order[0] != key:
-            order = self._made_ahead(key) or self._make_order(key)
+            before = self._order[1] if self._order is not None else None
+            order = self._made_ahead(key) or self._make_order(key, before=before)
             self._order = (key, order)
-            if self.order_class.made_ahead:
-                self._make_ahead((self.epoch + 1, self.num_replicas, self.batch_size))
+            if self.order_class.made_ahead and self.make_ahead:
+                self._make_ahead((self.epoch + 1, self.num_replicas, self.batch_size), before=order)
         return self._order[1]
 
-    def _make_order(self, key: tuple[int, int, int], *, whole: bool = False) -> EpochOrder:
+    make_ahead: bool = True
+    """False: every epoch's order is made when its epoch asks for it, on the asking thread (the same
+    order; what tests compare the orders made ahead with)."""
+
+    def _make_order(
+        self, key: tuple[int, int, int], *, whole: bool = False, before: EpochOrder | None = None
+    ) -> EpochOrder:
+        """The order of ``key``; ``before``: an order at hand (the previous epoch's), whose work the
+        new one may reuse (:meth:`.EpochOrder.create`)."""
         epoch, world_size, batch_size = key
         return self.order_class.create(
             self.split_rows,
@@ -262,14 +271,15 @@ class LanceBatchSampler(DistributedSampler):
             replacement=self.replacement,
             mixture=self.mixture,
             whole=whole,
+            before=before,
         )
 
-    def _make_ahead(self, key: tuple[int, int, int]) -> None:
+    def _make_ahead(self, key: tuple[int, int, int], *, before: EpochOrder) -> None:
         box: dict[str, Any] = {}
 
         def make() -> None:
             try:
-                order = self._make_order(key, whole=True)
+                order = self._make_order(key, whole=True, before=before)
                 order.complete()
                 box["order"] = order
             except BaseException as err:  # raised where the order is asked for, not here

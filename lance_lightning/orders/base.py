@@ -82,6 +82,7 @@ class EpochOrder:
         replacement: bool = False,
         mixture: Any = None,
         whole: bool = False,
+        before: EpochOrder | None = None,
     ) -> EpochOrder:
         """Epoch ``epoch``'s order; every order gets every setting and uses the ones it needs.
 
@@ -92,6 +93,11 @@ class EpochOrder:
         ``weights`` (one a split row), ``samples`` and ``replacement``: the draws of a
         :attr:`weighted` order (see :class:`~.weighted.WeightedOrder`); the others get None.
         ``mixture``: the sources of a :attr:`mixes` order (:class:`~.mixture.MixturePlan`).
+
+        ``before``: another epoch's order of the same sampler where one is at hand (the epoch before,
+        as the sampler makes the next epoch's order): an order may take work from it that it would
+        otherwise do again (a mixture takes a source's pass that runs over the boundary), never
+        anything that changes its rows; it may leave ``before`` without that work.
 
         ``streams`` and ``batch_size`` are the world size and per-rank batch size the epoch is
         dealt for (an order may deal rows per rank, as :class:`~.block.BlockOrder` does).

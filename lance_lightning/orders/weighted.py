@@ -75,13 +75,18 @@ def uniforms(key: np.uint64, counters: np.ndarray) -> np.ndarray:
     """``U`` in ``(0, 1)`` (float64, 53 bits) for each counter: splitmix64's finalizer of
     ``counter * golden + key``; a pure function of the key and the counter."""
     with np.errstate(over="ignore"):
-        z = np.asarray(counters, dtype=np.uint64) * _GOLDEN + key
+        z = np.asarray(counters, dtype=np.uint64) * _GOLDEN
+        z += key  # in place from here on: one array, not one a step
         z ^= z >> np.uint64(30)
         z *= _MIX1
         z ^= z >> np.uint64(27)
         z *= _MIX2
         z ^= z >> np.uint64(31)
-    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    z >>= np.uint64(11)
+    u = z.astype(np.float64)
+    u += 0.5
+    u *= 2.0**-53
+    return u
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ pass ends, the three layouts, and the settings' checks. Pure: no table, no torch
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -94,6 +95,27 @@ def test_a_pass_that_runs_over_an_epoch_boundary_continues_it():
         _, positions = whole_epoch(plan, epoch=epoch)
         drawn += sorted(positions[plan.source_of(positions) == 0].tolist())
     assert sorted(drawn) == list(range(30))
+
+
+def test_the_next_epoch_s_order_takes_the_open_pass_from_the_one_before_and_holds_it_alone():
+    """A pass the epoch ends inside is permuted once: the next epoch's order takes it from the order
+    before (the same rows as made afresh), which then no longer holds it; each order counts it in
+    its bytes while it holds it."""
+    from lance_lightning.orders import MixtureOrder
+
+    plan = MixturePlan((30, 7), (1, 1), samples=20)  # source 0: 10 of 30 rows an epoch; source 1: 10 of 7
+    make = functools.partial(MixtureOrder, plan, seed=3, batch_size=4, streams=1)
+    first = make(epoch=0)
+    assert sorted(first.open_passes) == [0, 1]  # source 0 in pass 0 (rows 10-29 left), source 1 in pass 1
+    rows = first.open_passes[0][1]
+    assert first.nbytes == first.held.nbytes + rows.nbytes + first.open_passes[1][1].nbytes
+    second = make(epoch=1, before=first)
+    assert first.open_passes == {} and first.nbytes == first.held.nbytes  # handed over
+    assert second.open_passes[0][1] is rows  # pass 0 still open after epoch 1 (rows 20-29 left)
+    assert np.array_equal(second.held, make(epoch=1).held)
+    other_seed = MixtureOrder(plan, seed=4, epoch=2, batch_size=4, streams=1, before=second)
+    assert second.open_passes[0][1] is rows  # not this mixture's: neither taken nor used
+    assert np.array_equal(other_seed.held, MixtureOrder(plan, seed=4, epoch=2, batch_size=4, streams=1).held)
 
 
 @pytest.mark.parametrize("world,batch", [(1, 8), (2, 4), (3, 5)])

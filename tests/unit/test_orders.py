@@ -222,6 +222,79 @@ def test_sampler_batches_hold_the_same_rows_as_before(mode):
     assert (first == sorted(first)) == (mode == "none"), "shuffled batches come in epoch order, not sorted"
 
 
+# The mixture's and the weighted order's epochs, digested as above, at commit 782f8fc (before their
+# orders were made with fewer copies and passes): a checkpoint written then resumes to the same rows.
+# (sizes, proportions, samples_per_epoch, batching, batch_size, world_size, epoch, digest), seed 7.
+PINNED_MIXTURES = [
+    ((1000, 777, 333), (1, 2, 1), None, "mixed", 8, 1, 0, "f308d6ca608544ec"),
+    ((1000, 777, 333), (1, 2, 1), None, "mixed", 8, 1, 1, "78f117bc359546b3"),
+    ((1000, 777, 333), (1, 2, 1), None, "mixed", 5, 3, 4, "f78dfb9a6936e27c"),
+    ((1000, 777, 333), (1, 2, 1), None, "stratified", 8, 1, 0, "7cf99dde06cf5350"),
+    ((1000, 777, 333), (1, 2, 1), None, "stratified", 8, 1, 1, "75caa156feb3a9b9"),
+    ((1000, 777, 333), (1, 2, 1), None, "stratified", 8, 1, 4, "c3d732bf3ef25278"),
+    ((1000, 777, 333), (1, 2, 1), None, "stratified", 5, 3, 0, "7303fc5b4c10b71f"),
+    ((1000, 777, 333), (1, 2, 1), None, "stratified", 5, 3, 1, "b753c39801567241"),
+    ((1000, 777, 333), (1, 2, 1), None, "stratified", 5, 3, 4, "d4ac0801a080fd63"),
+    ((1000, 777, 333), (1, 2, 1), None, "source", 8, 1, 0, "2c286bce5485af69"),
+    ((1000, 777, 333), (1, 2, 1), None, "source", 8, 1, 1, "58fe8219e739e308"),
+    ((1000, 777, 333), (1, 2, 1), None, "source", 8, 1, 4, "7ada04dd28cf409b"),
+    ((1000, 777, 333), (1, 2, 1), None, "source", 5, 3, 0, "2301bcbb3cb08267"),
+    ((1000, 777, 333), (1, 2, 1), None, "source", 5, 3, 1, "31a268e2aa4a7c57"),
+    ((1000, 777, 333), (1, 2, 1), None, "source", 5, 3, 4, "51d9a6713c496339"),
+    # a source of 37 rows drawn 175 times an epoch (several passes), one of 2000 drawn 525 (part of one)
+    ((2000, 37), (3, 1), 700, "mixed", 16, 2, 0, "d7933144e4ac6be0"),
+    ((2000, 37), (3, 1), 700, "mixed", 16, 2, 5, "2c63632f4d6f4150"),
+    ((2000, 37), (3, 1), 700, "stratified", 16, 2, 0, "ac06b35041381587"),
+    ((2000, 37), (3, 1), 700, "stratified", 16, 2, 5, "9fdfa613ed42d5b2"),
+    ((2000, 37), (3, 1), 700, "source", 16, 2, 0, "e1fb50acd397a2e5"),
+    ((2000, 37), (3, 1), 700, "source", 16, 2, 5, "d51ca0bf47e62f9b"),
+]
+# (samples_per_epoch, replacement, epoch, digest) of 20,000 weights (every 9th 0, every 11th from
+# the 5th 1e-310: keys capped below inf), seed 11, made on demand and whole (ahead) alike.
+PINNED_WEIGHTED = [
+    (None, False, 0, "d95ce18773dbd557"),
+    (None, False, 3, "aaa2560371dfd338"),
+    (5000, False, 0, "9271d9188e690235"),
+    (5000, False, 3, "42a420d6490ef508"),
+    (5000, True, 0, "051dddaf9eb0f5fc"),
+    (5000, True, 3, "3f240bf8fbf6f904"),
+]
+
+
+def _digest(order: EpochOrder) -> str:
+    return hashlib.sha256(order.positions(np.arange(order.num_rows)).astype("<i8").tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "shares", "samples", "batching", "batch", "world", "epoch", "digest"), PINNED_MIXTURES
+)
+def test_mixture_orders_are_bit_identical_to_before(sizes, shares, samples, batching, batch, world, epoch, digest):
+    from lance_lightning.orders import MixtureOrder, MixturePlan
+
+    plan = MixturePlan(sizes, tuple(map(float, shares)), samples=samples, batching=batching)
+    alone = MixtureOrder.create(sum(sizes), seed=7, epoch=epoch, streams=world, batch_size=batch, mixture=plan)
+    assert _digest(alone) == digest
+    # made after another epoch's order, as the sampler makes the next epoch's (it may reuse that
+    # order's work where it applies): the same rows in the same places
+    before = MixtureOrder.create(
+        sum(sizes), seed=7, epoch=epoch - 1 if epoch else 2, streams=world, batch_size=batch, mixture=plan
+    )
+    after = MixtureOrder.create(
+        sum(sizes), seed=7, epoch=epoch, streams=world, batch_size=batch, mixture=plan, before=before, whole=True
+    )
+    assert _digest(after) == digest
+
+
+@pytest.mark.parametrize(("samples", "replacement", "epoch", "digest"), PINNED_WEIGHTED)
+def test_weighted_orders_are_bit_identical_to_before(samples, replacement, epoch, digest):
+    weights = np.random.default_rng(3).random(20_000)
+    weights[::9] = 0
+    weights[5::11] = 1e-310
+    for whole in (False, True):
+        order = WeightedOrder(weights, seed=11, epoch=epoch, samples=samples, replacement=replacement, whole=whole)
+        assert _digest(order) == digest
+
+
 def test_batches_read_together_are_bounded_in_bytes():
     """Several batches are read together (a worker's hand-over from a stage; a range scan of the
     table), ~16k rows or a block window, fewer where the rows are wide: a group never passes
