@@ -11,7 +11,9 @@ workers:
 Each cell runs in its own process (``python bench_mixture.py --cell ...``), in ``--rounds``
 interleaved rounds. The stages are filled before timing; a process reads ``--epochs`` epochs and
 the steady epochs (all but the first) are timed from the first ``next()`` to the last batch. The
-table reports the median rows/s over rounds and epochs, min-max, and mix/split.
+table reports the median rows/s over rounds and epochs, min-max, and mix/split; and, paired, the
+median over rounds of each round's mix / split (its two cells run back to back, which goes first
+alternating), steadier where the machine's speed drifts between rounds.
 
     python benchmarks/bench_mixture.py --rows 1000000 --rounds 3
 
@@ -128,11 +130,13 @@ def main() -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     codes = {"this": here, **({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})}
     results: dict[tuple[str, str, int], list[float]] = {}
+    paired: dict[tuple[str, int], list[float]] = {}  # each round's mix / split, the two cells run back to back
     loads = []
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for w in workers:
             for code, root in codes.items():
-                for reader in ("split", "mix"):
+                medians = {}
+                for reader in ("split", "mix") if round_ % 2 == 0 else ("mix", "split"):  # alternate who goes first
                     cmd = [sys.executable, os.path.abspath(__file__), "--rows", str(args.rows)]
                     cmd += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
                     cmd += ["--batching", args.batching, "--dir", os.path.abspath(args.dir)]
@@ -141,14 +145,19 @@ def main() -> None:
                     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=root)
                     out = json.loads(done.stdout.strip().splitlines()[-1])
                     results.setdefault((code, reader, w), []).extend(out["rows_per_s"])
+                    medians[reader] = statistics.median(out["rows_per_s"])
+                paired.setdefault((code, w), []).append(medians["mix"] / medians["split"])
         loads.append(os.getloadavg()[0])
     print(
         f"bench_mixture.py at commit {_commit()}: {args.rows:,} rows of 520 B, batch {args.batch_size}, "
         f"mix_batching={args.batching}, {args.rounds} interleaved rounds x {args.epochs - 1} steady epochs; "
         f"load average after each round {', '.join(f'{x:.1f}' for x in loads)}"
     )
-    print("| code | workers | one staged split, rows/s | mixture of 3 staged sources, rows/s | mixture / split |")
-    print("|---|---|---|---|---|")
+    print(
+        "| code | workers | one staged split, rows/s | mixture of 3 staged sources, rows/s | mixture / split "
+        "| paired: median of the rounds' mix / split (min-max) |"
+    )
+    print("|---|---|---|---|---|---|")
     for w in workers:
         for code, root in codes.items():
             split, mix = results[(code, "split", w)], results[(code, "mix", w)]
@@ -156,7 +165,8 @@ def main() -> None:
                 f"| {code if code == 'this' else root} | {w} | "
                 f"{statistics.median(split) / 1e6:.2f}M ({min(split) / 1e6:.2f}-{max(split) / 1e6:.2f}) | "
                 f"{statistics.median(mix) / 1e6:.2f}M ({min(mix) / 1e6:.2f}-{max(mix) / 1e6:.2f}) | "
-                f"{statistics.median(mix) / statistics.median(split):.2f} |"
+                f"{statistics.median(mix) / statistics.median(split):.2f} | "
+                f"{statistics.median(pairs := paired[(code, w)]):.2f} ({min(pairs):.2f}-{max(pairs):.2f}) |"
             )
 
 
