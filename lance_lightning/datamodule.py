@@ -631,6 +631,9 @@ class LanceDataModule(pl.LightningDataModule):
             )
 
         mined_from = self._neighbor_source(split)
+        kept = self._neighbor_mining
+        # kept lists keep what exclude_same / where made of the rows where they were mined (read once)
+        exclusions = kept.get("exclusions") if mined_from is not None and kept is not None else None
         reader = neighbor_reader(
             self.options,
             split,
@@ -647,6 +650,7 @@ class LanceDataModule(pl.LightningDataModule):
             "source": mined_from or split.source,
             "rows": _rows_digest(split.row_ids),
             "epoch": self._pinned_epoch,
+            "exclusions": exclusions,
         }
         return reader
 
@@ -671,7 +675,8 @@ class LanceDataModule(pl.LightningDataModule):
                     f"{self.source.version}, the one this epoch reads"
                 )
                 return None
-        if source.version != split.source.version and not self._exclusions_kept(split, source):
+        same = (source.version, source.version_time) == (split.source.version, split.source.version_time)
+        if not same and not self._exclusions_kept(split, source):
             return None
         return source
 
@@ -973,7 +978,7 @@ class LanceDataModule(pl.LightningDataModule):
                 self._rebuild()
             elif self._neighbor_refresh_due():
                 train = self._train_split_name()
-                self.datasets["train"] = self.datasets["train"].inner
+                self.datasets["train"] = self.datasets["train"].unwrap()  # the old lists let go of
                 self.datasets["train"] = self._with_neighbors(
                     "train", self.split_rows(train), train, assembly.ScanIds()
                 )

@@ -213,13 +213,20 @@ class NeighborBatchDataset(BatchReader):
 
     def close(self) -> None:
         """Drop this process's mappings and leases (reopened on next use)."""
+        inner = self.unwrap()
+        if hasattr(inner, "close"):
+            inner.close()
+
+    def unwrap(self) -> Any:
+        """The inner reader, with what only this wrapper holds let go of (the lists' mapping and lease,
+        the neighbour-columns reader's): an epoch that mines its lists again wraps the inner anew."""
         from ..stage import release_stage
 
-        for reader in (self.inner, self.columns_reader):
-            if reader is not None and hasattr(reader, "close"):
-                reader.close()
+        if self.columns_reader is not None and hasattr(self.columns_reader, "close"):
+            self.columns_reader.close()
         release_stage(self.lists.path)
         self.lists.close()
+        return self.inner
 
     def neighbors(self, positions: np.ndarray, allocate: Allocate | None = None) -> dict[str, Any]:
         """``batch["neighbors"]`` of the rows at ``positions``: one gather of their ``B x k`` neighbours.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from lance_lightning import LanceDataModule
 from lance_lightning.options import SettingError
+from lance_lightning.stage.store import in_use
 from tests.conftest import toy_table
 from tests.helpers import NeighborRecorder, Preempted, SaveThenStop, quiet_trainer
 
@@ -317,10 +319,11 @@ class RelabelInPlace(pl.Callback):
     writes are); records the lists each epoch reads."""
 
     def __init__(self, table, y: str = "CAST(id % 4 AS BIGINT)"):
-        self.table, self.y, self.lists = table, y, []
+        self.table, self.y, self.lists, self.leased = table, y, [], []
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.lists.append(trainer.datamodule.neighbor_lists)
+        self.leased.append({str(p): in_use(Path(p)) for p in self.lists})  # which lists anything holds now
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == 0:
@@ -348,6 +351,8 @@ def test_a_refresh_epoch_mines_again_after_a_column_written_in_place_on_a_versio
     want = brute_force(x, 3, labels=y)
     assert all(found == want[row] for row, found in model.seen)
     assert relabel.lists[1] == relabel.lists[0] != relabel.lists[2]  # kept in epoch 1, mined in epoch 2
+    # the refresh let go of the lists it replaced (nothing else holds them: eviction may take them)
+    assert relabel.leased[2] == {str(relabel.lists[0]): False, str(relabel.lists[2]): True}
 
 
 @pytest.mark.parametrize(
